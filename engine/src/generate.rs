@@ -1,0 +1,1 @@
+//! Generation loop: prefill, decode, streaming, stop conditions, cancellation.

@@ -1,0 +1,2 @@
+//! The browser app (Leptos CSR); filled in by the app issue.
+fn main() {}
