@@ -1,1 +1,37 @@
 //! Model architectures. Each file reads like its paper; hyperparameters come only from metadata.
+//!
+//! [`ForwardPass`] is what every backend implements for a loaded model: the generation loop in
+//! [`crate::generate`] drives it without knowing whether it runs on the CPU or the GPU.
+
+pub mod config;
+pub mod llama;
+
+pub use config::{Arch, ModelConfig, RopeLayout};
+
+use crate::error::Result;
+
+/// Which logits a forward call returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position's: (n_vocab).
+    Last,
+    /// Every position's: (n_tokens, n_vocab), row-major.
+    All,
+}
+
+/// A loaded model with its KV cache on some backend.
+pub trait ForwardPass {
+    /// Hyperparameters.
+    fn config(&self) -> &ModelConfig;
+
+    /// Context capacity of the KV cache in tokens.
+    fn n_ctx(&self) -> usize;
+
+    /// Run `tokens` at positions `pos .. pos + tokens.len()` (prefill when more than one, decode
+    /// when one), writing their keys/values into the KV cache; positions `>= pos` already in the
+    /// cache are overwritten. Returns logits as selected by `which`.
+    ///
+    /// Errors: [`crate::Error::ContextFull`] past `n_ctx`, [`crate::Error::TokenOutOfRange`],
+    /// backend errors (e.g. GPU device lost).
+    fn forward(&mut self, tokens: &[u32], pos: usize, which: Logits) -> Result<&[f32]>;
+}

@@ -1,0 +1,1 @@
+//! Llama-family decoder (llama, qwen2) on the CPU backend.
