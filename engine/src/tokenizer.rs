@@ -1,22 +1,1041 @@
-//! Tokenizer built from the GGUF's own vocabulary (`tokenizer.ggml.*`) with the `tokenizers`
-//! crate: `gpt2` byte-level BPE and `llama` SentencePiece (scores, byte fallback).
-//! Behaviour matches llama.cpp `src/llama-vocab.cpp`.
+//! Tokenizer built from the GGUF's own vocabulary (`tokenizer.ggml.*`), matching llama.cpp
+//! (`src/llama-vocab.cpp`) token for token.
+//!
+//! - `gpt2` (byte-level BPE): the `tokenizers` crate's BPE model with the file's merges, behind
+//!   the pre-tokenizer regexes llama.cpp uses for the file's `tokenizer.ggml.pre`.
+//! - `llama` (SentencePiece with scores and byte fallback): llama.cpp's SPM algorithm (merge the
+//!   adjacent pair whose concatenation is the highest-scoring vocabulary entry, leftmost first;
+//!   symbols that never became a token fall back to `<0xAB>` byte tokens), implemented here
+//!   directly so that scores, ties and unknown characters behave exactly as in llama.cpp.
+//!
+//! Both share llama.cpp's special-token partition: before the model sees the text, user-defined
+//! tokens (always) and control tokens (only with `parse_special`) are cut out of it, longest
+//! token first.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{
+    Model, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, SplitDelimiterBehavior,
+};
 
 use crate::error::{Error, Result};
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, MetaValue};
 
-/// A tokenizer for one model.
+// Token attributes, the same bits as llama.cpp's `llama_token_attr`.
+const ATTR_UNKNOWN: u32 = 1 << 0;
+const ATTR_UNUSED: u32 = 1 << 1;
+const ATTR_NORMAL: u32 = 1 << 2;
+const ATTR_CONTROL: u32 = 1 << 3;
+const ATTR_USER_DEFINED: u32 = 1 << 4;
+const ATTR_BYTE: u32 = 1 << 5;
+
+/// Most tokens a vocabulary may have (guards against absurd metadata).
+const MAX_VOCAB: usize = 1 << 22;
+
+/// SentencePiece's escaped space, U+2581.
+const SPM_SPACE: &str = "\u{2581}";
+
+/// Which algorithm turns a text fragment into tokens.
+enum Model_ {
+    /// SentencePiece (`tokenizer.ggml.model = llama`).
+    Spm,
+    /// Byte-level BPE (`tokenizer.ggml.model = gpt2`).
+    Bpe(Box<BpeModel>),
+}
+
+/// The `tokenizers` pieces of a byte-level BPE tokenizer.
+struct BpeModel {
+    /// Regex splits applied in order (llama.cpp's `regex_exprs`), each isolating its matches.
+    splits: Vec<Split>,
+    /// Maps the bytes of each piece to GPT-2's printable characters.
+    byte_level: ByteLevel,
+    model: BPE,
+}
+
+/// One vocabulary entry.
+struct TokenData {
+    text: String,
+    score: f32,
+    attr: u32,
+}
+
+/// A piece of the input after the special-token partition.
+#[derive(Clone, Copy)]
+enum Fragment {
+    /// Byte range of raw text still to tokenize.
+    Text(usize, usize),
+    /// A special token cut out of the text.
+    Token(u32),
+}
+
+/// A tokenizer for one model: encodes text to ids and decodes ids to text exactly as llama.cpp
+/// does for the same GGUF.
 pub struct Tokenizer {
-    _private: (),
+    model: Model_,
+    tokens: Vec<TokenData>,
+    token_to_id: HashMap<String, u32>,
+    /// Control, user-defined and unknown tokens, longest text first (llama.cpp's
+    /// `cache_special_tokens`).
+    special_cache: Vec<u32>,
+    /// Token for each byte value: `<0xAB>` (SPM) or the byte-level character (BPE).
+    byte_tokens: Vec<Option<u32>>,
+    /// Byte-level BPE: GPT-2 character → byte.
+    byte_decoder: HashMap<char, u8>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    eog: Vec<u32>,
+    add_bos: bool,
+    add_eos: bool,
+    add_space_prefix: bool,
+    clean_spaces: bool,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field(
+                "model",
+                &match self.model {
+                    Model_::Spm => "spm",
+                    Model_::Bpe(_) => "bpe",
+                },
+            )
+            .field("n_vocab", &self.tokens.len())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("eog", &self.eog)
+            .field("add_bos", &self.add_bos)
+            .finish()
+    }
+}
+
+fn terr(what: impl Into<String>) -> Error {
+    Error::Tokenizer(what.into())
+}
+
+/// GPT-2's byte ↔ printable character table: printable Latin-1 bytes map to themselves, the
+/// others to U+0100 onwards in byte order.
+fn gpt2_byte_chars() -> [char; 256] {
+    let mut out = ['\0'; 256];
+    let mut next = 256u32;
+    for b in 0..256u32 {
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let c = if printable {
+            b
+        } else {
+            let c = next;
+            next += 1;
+            c
+        };
+        out[b as usize] = char::from_u32(c).unwrap_or('\u{fffd}');
+    }
+    out
+}
+
+/// The pre-tokenizer regexes llama.cpp uses for `tokenizer.ggml.pre`, plus whether whole words
+/// found in the vocabulary skip the merges (`ignore_merges`), whether decoding cleans spaces,
+/// and the default `add_bos`.
+struct PreConfig {
+    regexes: &'static [&'static str],
+    ignore_merges: bool,
+    clean_spaces: bool,
+    add_bos: bool,
+}
+
+const RE_GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const RE_LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const RE_QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn pre_config(pre: &str) -> PreConfig {
+    let cfg = |regexes, ignore_merges, clean_spaces, add_bos| PreConfig {
+        regexes,
+        ignore_merges,
+        clean_spaces,
+        add_bos,
+    };
+    match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" => cfg(&[RE_LLAMA3], true, true, true),
+        "dbrx" | "smaug-bpe" => cfg(&[RE_LLAMA3], false, true, false),
+        "smollm" | "command-r" => cfg(&[r"\p{N}", RE_GPT2], false, false, false),
+        "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" => {
+            cfg(&[r"\p{N}", RE_GPT2], false, true, false)
+        }
+        "qwen2" | "deepseek-r1-qwen" => cfg(&[RE_QWEN2], false, false, false),
+        "stablelm2" | "megrez" => cfg(&[RE_QWEN2], false, true, false),
+        "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "jina-es" | "jina-de" | "jina-v2-es"
+        | "jina-v2-de" | "gigachat" | "exaone4" | "roberta-bpe" | "jina-v1-en" | "jina-v2-code" => {
+            cfg(&[RE_GPT2], false, true, false)
+        }
+        "" | "default" => cfg(
+            &[
+                r"[\p{P}\$\+<=>\^~\|]+",
+                RE_GPT2,
+                r"\p{N}+",
+                r"[0-9][0-9][0-9]",
+            ],
+            false,
+            true,
+            false,
+        ),
+        // Not in our table: GPT-2's regex is the closest general-purpose choice.
+        _ => cfg(&[RE_GPT2], false, true, false),
+    }
+}
+
+fn string_array<'a>(gguf: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
+    gguf.get_array(key)?
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .ok_or_else(|| Error::metadata(key, "array element is not a string"))
+        })
+        .collect()
+}
+
+fn opt_bool(gguf: &GgufFile, key: &str) -> Option<bool> {
+    gguf.get(key).and_then(MetaValue::as_bool)
 }
 
 impl Tokenizer {
     /// Build from `tokenizer.ggml.model`, `.tokens`, `.scores`, `.token_type`, `.merges`,
     /// `.bos_token_id`, `.eos_token_id`, `.add_bos_token`, ...
     ///
-    /// Errors: [`Error::Tokenizer`] for an unknown tokenizer model or inconsistent vocabulary.
+    /// Errors: [`Error::Tokenizer`] for an unknown tokenizer model or inconsistent vocabulary,
+    /// [`Error::Metadata`] for missing or mistyped keys.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
-        let _ = gguf;
-        Err(Error::Tokenizer("not implemented".into()))
+        let t0 = std::time::Instant::now();
+        let model_name = gguf.get_str("tokenizer.ggml.model")?;
+        let pre = gguf
+            .get("tokenizer.ggml.pre")
+            .and_then(MetaValue::as_str)
+            .unwrap_or("");
+        let is_spm = match model_name {
+            "llama" => true,
+            "gpt2" => false,
+            other => {
+                return Err(terr(format!(
+                    "unsupported tokenizer model `{other}` (supported: llama, gpt2)"
+                )))
+            }
+        };
+
+        // Vocabulary.
+        let texts = string_array(gguf, "tokenizer.ggml.tokens")?;
+        let n = texts.len();
+        if n == 0 || n > MAX_VOCAB {
+            return Err(terr(format!("vocabulary of {n} tokens")));
+        }
+        let scores: Option<&[MetaValue]> = match gguf.get("tokenizer.ggml.scores") {
+            Some(v) => Some(
+                v.as_array()
+                    .ok_or_else(|| Error::metadata("tokenizer.ggml.scores", "not an array"))?,
+            ),
+            None => None,
+        };
+        let types: Option<&[MetaValue]> = match gguf.get("tokenizer.ggml.token_type") {
+            Some(v) => Some(
+                v.as_array()
+                    .ok_or_else(|| Error::metadata("tokenizer.ggml.token_type", "not an array"))?,
+            ),
+            None => None,
+        };
+        if scores.is_some_and(|s| s.len() < n) || types.is_some_and(|t| t.len() < n) {
+            return Err(terr("scores or token types shorter than the vocabulary"));
+        }
+        let mut tokens = Vec::with_capacity(n);
+        let mut token_to_id = HashMap::with_capacity(n);
+        for (i, t) in texts.iter().enumerate() {
+            let text = if t.is_empty() {
+                format!("[EMPTY_{i}]")
+            } else {
+                (*t).to_string()
+            };
+            let score = scores
+                .and_then(|s| s[i].as_f64())
+                .map(|v| v as f32)
+                .unwrap_or(0.0);
+            let attr = match types.map(|t| t[i].as_i64()) {
+                None => ATTR_NORMAL,
+                Some(Some(1)) => ATTR_NORMAL,
+                Some(Some(2)) => ATTR_UNKNOWN,
+                Some(Some(3)) => ATTR_CONTROL,
+                Some(Some(4)) => ATTR_USER_DEFINED,
+                Some(Some(5)) => ATTR_UNUSED,
+                Some(Some(6)) => ATTR_BYTE,
+                Some(_) => 0,
+            };
+            if let Some(prev) = token_to_id.insert(text.clone(), i as u32) {
+                return Err(terr(format!(
+                    "duplicate token {text:?} with ids {prev} and {i}"
+                )));
+            }
+            tokens.push(TokenData { text, score, attr });
+        }
+
+        eprintln!("vocab {:?}", t0.elapsed());
+        // Model-type defaults, then metadata.
+        let (mut bos, mut eos, unk): (Option<u32>, Option<u32>, Option<u32>) = if is_spm {
+            (Some(1), Some(2), Some(0))
+        } else {
+            (Some(11), Some(11), None)
+        };
+        let pre_cfg = pre_config(pre);
+        let mut add_bos = if is_spm { true } else { pre_cfg.add_bos };
+        let mut add_space_prefix = is_spm;
+        let clean_spaces = if is_spm { false } else { pre_cfg.clean_spaces };
+        if let Some(v) = opt_bool(gguf, "tokenizer.ggml.add_space_prefix") {
+            add_space_prefix = v;
+        }
+        let in_range = |id: Option<u32>| id.filter(|&i| (i as usize) < n);
+        let read_id = |key: &str, default: Option<u32>| -> Option<u32> {
+            match gguf.get(key).and_then(MetaValue::as_u64) {
+                Some(v) if (v as usize) < n => Some(v as u32),
+                _ => in_range(default),
+            }
+        };
+        bos = read_id("tokenizer.ggml.bos_token_id", bos);
+        eos = read_id("tokenizer.ggml.eos_token_id", eos);
+        let _unk = read_id("tokenizer.ggml.unknown_token_id", unk);
+        let mut eot = read_id("tokenizer.ggml.eot_token_id", None);
+        let mut eom = read_id("tokenizer.ggml.eom_token_id", None);
+        let mut fim_pad = read_id("tokenizer.ggml.fim_pad_token_id", None);
+        let mut fim_rep = read_id("tokenizer.ggml.fim_rep_token_id", None);
+        let mut fim_sep = read_id("tokenizer.ggml.fim_sep_token_id", None);
+        if let Some(v) = opt_bool(gguf, "tokenizer.ggml.add_bos_token") {
+            add_bos = v;
+        }
+        let add_eos = opt_bool(gguf, "tokenizer.ggml.add_eos_token").unwrap_or(false);
+        if add_bos && bos.is_none() {
+            return Err(terr("add_bos_token is true but there is no BOS token"));
+        }
+        if add_eos && eos.is_none() {
+            return Err(terr("add_eos_token is true but there is no EOS token"));
+        }
+
+        // Auto-detect end-of-turn / FIM tokens by their text, as llama.cpp does, marking them
+        // as control tokens.
+        const EOT: &[&str] = &[
+            "<|eot_id|>",
+            "<|im_end|>",
+            "<|end|>",
+            "<end_of_turn>",
+            "<|endoftext|>",
+            "<|end_of_text|>",
+            "<EOT>",
+            "_<EOT>",
+            "[EOT]",
+            "<｜end▁of▁sentence｜>",
+            "<end_of_utterance>",
+        ];
+        const FIM_PAD: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
+        const FIM_REP: &[&str] = &[
+            "<|fim_repo|>",
+            "<|repo_name|>",
+            "<fim-repo>",
+            "<REPO>",
+            "<reponame>",
+        ];
+        const FIM_SEP: &[&str] = &["<|file_sep|>"];
+        const EOG: &[&str] = &[
+            "<|eot_id|>",
+            "<|im_end|>",
+            "<|end|>",
+            "<|return|>",
+            "<|call|>",
+            "<|flush|>",
+            "<|calls|>",
+            "<end_of_turn>",
+            "<|endoftext|>",
+            "</s>",
+            "<|eom_id|>",
+            "<EOT>",
+            "_<EOT>",
+            "[EOT]",
+            "[EOS]",
+            "<|end_of_text|>",
+            "<end_of_utterance>",
+            "<eos>",
+            "<turn|>",
+            "<|tool_response>",
+            "<｜end▁of▁sentence｜>",
+            "[e~[",
+        ];
+        let detect = |slot: &mut Option<u32>, names: &[&str], tokens: &mut [TokenData]| {
+            if slot.is_some() {
+                return;
+            }
+            if let Some(id) = names.iter().find_map(|s| token_to_id.get(*s).copied()) {
+                *slot = Some(id);
+                tokens[id as usize].attr |= ATTR_CONTROL;
+            }
+        };
+        detect(&mut eot, EOT, &mut tokens);
+        detect(&mut eom, &["<|eom_id|>"], &mut tokens);
+        detect(&mut fim_pad, FIM_PAD, &mut tokens);
+        detect(&mut fim_rep, FIM_REP, &mut tokens);
+        detect(&mut fim_sep, FIM_SEP, &mut tokens);
+
+        // Control tokens whose text says "unused".
+        for t in tokens.iter_mut() {
+            if t.attr & ATTR_CONTROL != 0 && t.text.contains("unused") {
+                t.attr |= ATTR_UNUSED;
+            }
+        }
+
+        // End-of-generation set.
+        let mut eog: Vec<u32> = [fim_pad, fim_rep, fim_sep].into_iter().flatten().collect();
+        for name in EOG {
+            if let Some(&id) = token_to_id.get(*name) {
+                eog.push(id);
+                tokens[id as usize].attr |= ATTR_CONTROL;
+            }
+        }
+        for name in ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"] {
+            if let Some(&id) = token_to_id.get(name) {
+                tokens[id as usize].attr = ATTR_USER_DEFINED;
+            }
+        }
+        eog.extend([eos, eot, eom].into_iter().flatten());
+        eog.sort_unstable();
+        eog.dedup();
+        let has = |eog: &[u32], tokens: &[TokenData], s: &str| {
+            eog.iter().any(|&i| tokens[i as usize].text == s)
+        };
+        let drop_end = has(&eog, &tokens, "<|end|>")
+            && ((has(&eog, &tokens, "<|return|>") && has(&eog, &tokens, "<|call|>"))
+                || ((has(&eog, &tokens, "<|call|>") || has(&eog, &tokens, "<|calls|>"))
+                    && has(&eog, &tokens, "<|flush|>")));
+        if drop_end {
+            if let Some(&end) = token_to_id.get("<|end|>") {
+                eog.retain(|&i| i != end);
+                tokens[end as usize].attr = ATTR_USER_DEFINED;
+            }
+        }
+        if has(&eog, &tokens, "<|tool_response>") {
+            if let Some(&s) = token_to_id.get("</s>") {
+                if eog.contains(&s) {
+                    eog.retain(|&i| i != s);
+                    tokens[s as usize].attr = ATTR_NORMAL;
+                }
+            }
+        }
+
+        eprintln!("eog {:?}", t0.elapsed());
+        // Special-token partition order: longest text first (ties by id).
+        let mut special_cache: Vec<u32> = (0..n as u32)
+            .filter(|&i| {
+                tokens[i as usize].attr & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN) != 0
+            })
+            .collect();
+        special_cache.sort_by(|&a, &b| {
+            tokens[b as usize]
+                .text
+                .len()
+                .cmp(&tokens[a as usize].text.len())
+                .then(a.cmp(&b))
+        });
+
+        eprintln!("cache {:?}", t0.elapsed());
+        // Byte tokens and the fragment model.
+        let mut byte_tokens = vec![None; 256];
+        let mut byte_decoder = HashMap::new();
+        let model = if is_spm {
+            for (b, slot) in byte_tokens.iter_mut().enumerate() {
+                *slot = token_to_id
+                    .get(&format!("<0x{b:02X}>"))
+                    .or_else(|| {
+                        std::str::from_utf8(&[b as u8])
+                            .ok()
+                            .and_then(|s| token_to_id.get(s))
+                    })
+                    .copied();
+            }
+            Model_::Spm
+        } else {
+            let chars = gpt2_byte_chars();
+            for (b, c) in chars.iter().enumerate() {
+                byte_tokens[b] = token_to_id.get(c.to_string().as_str()).copied();
+                byte_decoder.insert(*c, b as u8);
+            }
+            Model_::Bpe(Box::new(build_bpe(gguf, &tokens, &token_to_id, &pre_cfg)?))
+        };
+
+        eprintln!("model {:?}", t0.elapsed());
+        Ok(Tokenizer {
+            model,
+            tokens,
+            token_to_id,
+            special_cache,
+            byte_tokens,
+            byte_decoder,
+            bos,
+            eos,
+            eog,
+            add_bos,
+            add_eos,
+            add_space_prefix,
+            clean_spaces,
+        })
+    }
+
+    /// Tokenize `text` as `llama_tokenize(text, add_special = add_bos, parse_special)` does:
+    /// `add_bos` adds BOS (and EOS) only where the GGUF says `add_bos_token` (`add_eos_token`);
+    /// `parse_special` turns control-token text such as `<|im_start|>` into its id (user-defined
+    /// tokens are always matched).
+    ///
+    /// Errors: [`Error::Tokenizer`] if the BPE model fails on a piece.
+    pub fn encode(&self, text: &str, add_bos: bool, parse_special: bool) -> Result<Vec<u32>> {
+        let fragments = self.partition(text, parse_special);
+        let mut out = Vec::with_capacity(text.len() / 3 + 2);
+        if add_bos && self.add_bos {
+            if let Some(b) = self.bos {
+                out.push(b);
+            }
+        }
+        match &self.model {
+            Model_::Spm => {
+                let mut prev_special = true;
+                let mut buf = String::new();
+                for f in fragments {
+                    match f {
+                        Fragment::Text(s, e) => {
+                            buf.clear();
+                            if self.add_space_prefix && prev_special {
+                                buf.push_str(SPM_SPACE);
+                            }
+                            for c in text[s..e].chars() {
+                                if c == ' ' {
+                                    buf.push_str(SPM_SPACE);
+                                } else {
+                                    buf.push(c);
+                                }
+                            }
+                            self.spm_tokenize(&buf, &mut out);
+                            prev_special = false;
+                        }
+                        Fragment::Token(id) => {
+                            out.push(id);
+                            prev_special = true;
+                        }
+                    }
+                }
+            }
+            Model_::Bpe(bpe) => {
+                for f in fragments {
+                    match f {
+                        Fragment::Text(s, e) => self.bpe_tokenize(bpe, &text[s..e], &mut out)?,
+                        Fragment::Token(id) => out.push(id),
+                    }
+                }
+            }
+        }
+        if add_bos && self.add_eos {
+            if let Some(e) = self.eos {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// llama.cpp's `tokenizer_st_partition`: for each special token, longest first, split every
+    /// remaining raw-text fragment at each of its occurrences.
+    fn partition(&self, text: &str, parse_special: bool) -> Vec<Fragment> {
+        if text.is_empty() {
+            return Vec::new();
+        }
+        let mut frags = vec![Fragment::Text(0, text.len())];
+        if self.special_cache.is_empty() {
+            return frags;
+        }
+        // A token can only occur in a fragment if it occurs in the text: a cheap filter on
+        // the bytes and byte pairs present avoids searching for thousands of absent tokens.
+        let bytes = text.as_bytes();
+        let mut first = [false; 256];
+        let mut pairs = vec![0u64; 1024];
+        for (i, &b) in bytes.iter().enumerate() {
+            first[b as usize] = true;
+            if let Some(&c) = bytes.get(i + 1) {
+                let k = (b as usize) << 8 | c as usize;
+                pairs[k >> 6] |= 1 << (k & 63);
+            }
+        }
+        let mut next = Vec::new();
+        for &id in &self.special_cache {
+            let data = &self.tokens[id as usize];
+            if !parse_special && data.attr & (ATTR_CONTROL | ATTR_UNKNOWN) != 0 {
+                continue;
+            }
+            let tb = data.text.as_bytes();
+            let maybe = match tb {
+                [] => false,
+                [b] => first[*b as usize],
+                [b, c, ..] => {
+                    let k = (*b as usize) << 8 | *c as usize;
+                    pairs[k >> 6] & (1 << (k & 63)) != 0
+                }
+            };
+            if !maybe || !text.contains(data.text.as_str()) {
+                continue;
+            }
+            next.clear();
+            let mut found = false;
+            for &f in &frags {
+                let Fragment::Text(mut s, e) = f else {
+                    next.push(f);
+                    continue;
+                };
+                while let Some(pos) = text[s..e].find(data.text.as_str()) {
+                    found = true;
+                    if pos > 0 {
+                        next.push(Fragment::Text(s, s + pos));
+                    }
+                    next.push(Fragment::Token(id));
+                    s += pos + tb.len();
+                }
+                if s < e {
+                    next.push(Fragment::Text(s, e));
+                }
+            }
+            if found {
+                std::mem::swap(&mut frags, &mut next);
+            }
+        }
+        frags
+    }
+
+    /// llama.cpp's SPM session on one (space-escaped) fragment.
+    fn spm_tokenize(&self, text: &str, out: &mut Vec<u32>) {
+        #[derive(Clone, Copy)]
+        struct Sym {
+            prev: isize,
+            next: isize,
+            start: usize,
+            len: usize,
+        }
+        struct Bigram {
+            score: f32,
+            left: usize,
+            right: usize,
+            size: usize,
+        }
+        impl PartialEq for Bigram {
+            fn eq(&self, o: &Self) -> bool {
+                self.cmp(o) == Ordering::Equal
+            }
+        }
+        impl Eq for Bigram {}
+        impl PartialOrd for Bigram {
+            fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+                Some(self.cmp(o))
+            }
+        }
+        impl Ord for Bigram {
+            // Max-heap: higher score first, then the leftmost pair.
+            fn cmp(&self, o: &Self) -> Ordering {
+                self.score
+                    .total_cmp(&o.score)
+                    .then_with(|| o.left.cmp(&self.left))
+            }
+        }
+
+        let mut syms: Vec<Sym> = Vec::with_capacity(text.len());
+        for (i, (start, c)) in text.char_indices().enumerate() {
+            let len = c.len_utf8();
+            syms.push(Sym {
+                prev: i as isize - 1,
+                next: if start + len == text.len() {
+                    -1
+                } else {
+                    i as isize + 1
+                },
+                start,
+                len,
+            });
+        }
+        if syms.is_empty() {
+            return;
+        }
+        let mut heap = BinaryHeap::new();
+        let try_add = |heap: &mut BinaryHeap<Bigram>, syms: &[Sym], l: isize, r: isize| {
+            if l < 0 || r < 0 {
+                return;
+            }
+            let (ls, rs) = (syms[l as usize], syms[r as usize]);
+            let piece = &text[ls.start..ls.start + ls.len + rs.len];
+            if let Some(&id) = self.token_to_id.get(piece) {
+                heap.push(Bigram {
+                    score: self.tokens[id as usize].score,
+                    left: l as usize,
+                    right: r as usize,
+                    size: piece.len(),
+                });
+            }
+        };
+        for i in 1..syms.len() {
+            try_add(&mut heap, &syms, i as isize - 1, i as isize);
+        }
+        while let Some(bg) = heap.pop() {
+            let (l, r) = (syms[bg.left], syms[bg.right]);
+            if l.len == 0 || r.len == 0 || l.len + r.len != bg.size {
+                continue;
+            }
+            syms[bg.left].len += r.len;
+            syms[bg.right].len = 0;
+            syms[bg.left].next = r.next;
+            if r.next >= 0 {
+                syms[r.next as usize].prev = bg.left as isize;
+            }
+            let left = syms[bg.left];
+            try_add(&mut heap, &syms, left.prev, bg.left as isize);
+            try_add(&mut heap, &syms, bg.left as isize, left.next);
+        }
+        let mut i: isize = 0;
+        while i >= 0 {
+            let s = syms[i as usize];
+            let piece = &text[s.start..s.start + s.len];
+            if let Some(&id) = self.token_to_id.get(piece) {
+                out.push(id);
+            } else {
+                // Never merged and not a token: byte fallback.
+                out.extend(piece.bytes().filter_map(|b| self.byte_tokens[b as usize]));
+            }
+            i = s.next;
+        }
+    }
+
+    /// Pre-tokenize one raw fragment with the regexes, then BPE each piece.
+    fn bpe_tokenize(&self, bpe: &BpeModel, text: &str, out: &mut Vec<u32>) -> Result<()> {
+        let mut pre = PreTokenizedString::from(text);
+        for s in &bpe.splits {
+            s.pre_tokenize(&mut pre)
+                .map_err(|e| terr(format!("pre-tokenizer: {e}")))?;
+        }
+        bpe.byte_level
+            .pre_tokenize(&mut pre)
+            .map_err(|e| terr(format!("byte-level pre-tokenizer: {e}")))?;
+        for (piece, _, _) in pre.get_splits(OffsetReferential::Original, OffsetType::None) {
+            if piece.is_empty() {
+                continue;
+            }
+            let toks = bpe
+                .model
+                .tokenize(piece)
+                .map_err(|e| terr(format!("BPE: {e}")))?;
+            out.extend(toks.iter().map(|t| t.id));
+        }
+        Ok(())
+    }
+
+    /// Decode ids to text (llama.cpp's `llama_detokenize` with `remove_special = false`):
+    /// control tokens are rendered only when `special`; invalid UTF-8 becomes U+FFFD. Ids outside
+    /// the vocabulary are skipped.
+    pub fn decode(&self, ids: &[u32], special: bool) -> String {
+        let mut bytes = Vec::with_capacity(ids.len() * 4);
+        let mut remove_space = self.add_space_prefix;
+        for &id in ids {
+            let piece = self.token_bytes(id, special);
+            let piece = if remove_space {
+                piece.strip_prefix(b" ").unwrap_or(&piece)
+            } else {
+                &piece
+            };
+            bytes.extend_from_slice(piece);
+            remove_space = false;
+        }
+        if self.clean_spaces {
+            bytes = clean_up_spaces(&bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Raw bytes of one token's text: byte-level BPE characters mapped back to bytes,
+    /// SentencePiece `▁` → space, `<0xAB>` byte tokens → that byte; control (and unknown) tokens
+    /// → empty unless `special`; unused tokens and ids outside the vocabulary → empty.
+    pub fn token_bytes(&self, id: u32, special: bool) -> Vec<u8> {
+        let Some(t) = self.tokens.get(id as usize) else {
+            return Vec::new();
+        };
+        let special_attr = ATTR_UNKNOWN | ATTR_CONTROL;
+        if t.attr & special_attr != 0 && !special {
+            return Vec::new();
+        }
+        if t.attr & (special_attr | ATTR_USER_DEFINED) != 0 {
+            return t.text.as_bytes().to_vec();
+        }
+        if t.attr & ATTR_NORMAL != 0 {
+            return match self.model {
+                Model_::Spm => t.text.replace(SPM_SPACE, " ").into_bytes(),
+                Model_::Bpe(_) => {
+                    let mut out = Vec::with_capacity(t.text.len());
+                    for c in t.text.chars() {
+                        match self.byte_decoder.get(&c) {
+                            Some(&b) => out.push(b),
+                            None => {
+                                let mut buf = [0u8; 4];
+                                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                            }
+                        }
+                    }
+                    out
+                }
+            };
+        }
+        if t.attr & ATTR_BYTE != 0 {
+            let hex = t
+                .text
+                .strip_prefix("<0x")
+                .and_then(|s| s.strip_suffix('>'))
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            return hex.map(|b| vec![b]).unwrap_or_default();
+        }
+        Vec::new()
+    }
+
+    /// Number of tokens in the vocabulary.
+    pub fn n_vocab(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Beginning-of-sequence token.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// End-of-sequence token.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// End-of-generation ids as llama.cpp computes them (eos, eot, eom, FIM pad/repo/sep and
+    /// control tokens such as `<|im_end|>`, `<end_of_turn>`, `<|endoftext|>`), ascending.
+    pub fn eog_ids(&self) -> &[u32] {
+        &self.eog
+    }
+
+    /// Whether `id` ends generation.
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog.binary_search(&id).is_ok()
+    }
+
+    /// Whether `add_bos` in [`Tokenizer::encode`] actually adds a BOS for this model
+    /// (`tokenizer.ggml.add_bos_token`).
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos && self.bos.is_some()
+    }
+
+    /// Whether `id` is a control token (rendered only on request, e.g. `<|im_start|>`).
+    pub fn is_control(&self, id: u32) -> bool {
+        self.tokens
+            .get(id as usize)
+            .is_some_and(|t| t.attr & ATTR_CONTROL != 0)
+    }
+
+    /// The text of a token as stored in the vocabulary (for chat templates' `bos_token` /
+    /// `eos_token`).
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(|t| t.text.as_str())
+    }
+
+    /// The id of a vocabulary entry with exactly this text.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.token_to_id.get(text).copied()
+    }
+}
+
+/// llama.cpp's `clean_spaces` passes over detokenized bytes: drop the space before `?!.,`,
+/// collapse ` ' ` to `'`, and join ` 's`, ` 'm`, ` 're`, ` 've` to the preceding word.
+fn clean_up_spaces(t: &[u8]) -> Vec<u8> {
+    // Pass 1: " ?", " !", " .", " ,".
+    let mut a: Vec<u8> = Vec::with_capacity(t.len());
+    for (i, &x) in t.iter().enumerate() {
+        if i > 0 && t[i - 1] == b' ' && matches!(x, b'?' | b'!' | b'.' | b',') {
+            a.pop();
+        }
+        a.push(x);
+    }
+    // Pass 2: a single apostrophe between spaces; the space after it is blanked in place (as
+    // llama.cpp does), so it no longer counts as a space for the next character.
+    let mut b: Vec<u8> = Vec::with_capacity(a.len());
+    let mut i = 0;
+    while i < a.len() {
+        let x = a[i];
+        if i > 0 && x == b'\'' && i + 1 < a.len() && a[i - 1] == b' ' && a[i + 1] == b' ' {
+            b.pop();
+            b.push(x);
+            a[i + 1] = 0;
+            i += 2;
+            continue;
+        }
+        b.push(x);
+        i += 1;
+    }
+    // Pass 3: contractions.
+    let mut c: Vec<u8> = Vec::with_capacity(b.len());
+    for (i, &x) in b.iter().enumerate() {
+        if i > 0 && b[i - 1] == b' ' && x == b'\'' && i + 1 < b.len() {
+            let x1 = b[i + 1];
+            let x2 = b.get(i + 2).copied();
+            let join = matches!(x1, b's' | b'm')
+                || (i + 2 < b.len() && matches!((x1, x2), (b'r', Some(b'e')) | (b'v', Some(b'e'))));
+            if join {
+                c.pop();
+            }
+        }
+        c.push(x);
+    }
+    c
+}
+
+/// The byte-level BPE model from `tokenizer.ggml.merges`.
+fn build_bpe(
+    gguf: &GgufFile,
+    tokens: &[TokenData],
+    token_to_id: &HashMap<String, u32>,
+    cfg: &PreConfig,
+) -> Result<BpeModel> {
+    let merges_raw = string_array(gguf, "tokenizer.ggml.merges")?;
+    let mut seen = std::collections::HashSet::with_capacity(merges_raw.len());
+    let mut merges = Vec::with_capacity(merges_raw.len());
+    for m in merges_raw {
+        // llama.cpp splits at the first space after the first byte.
+        let Some(pos) = m.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1) else {
+            continue;
+        };
+        let (a, b) = (&m[..pos], &m[pos + 1..]);
+        // The BPE model needs both halves and their concatenation in the vocabulary; llama.cpp
+        // keeps the first rank of a repeated pair.
+        if !token_to_id.contains_key(a)
+            || !token_to_id.contains_key(b)
+            || !token_to_id.contains_key(&format!("{a}{b}"))
+            || !seen.insert((a, b))
+        {
+            continue;
+        }
+        merges.push((a.to_string(), b.to_string()));
+    }
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.text.clone(), i as u32))
+        .collect();
+    let model = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(cfg.ignore_merges)
+        .build()
+        .map_err(|e| terr(format!("BPE model: {e}")))?;
+    let splits = cfg
+        .regexes
+        .iter()
+        .map(|r| {
+            Split::new(
+                SplitPattern::Regex((*r).to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| terr(format!("pre-tokenizer regex {r:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(BpeModel {
+        splits,
+        byte_level: ByteLevel::new(false, false, false),
+        model,
+    })
+}
+
+/// Streaming detokenizer: feed ids one at a time and get back only complete UTF-8 (never a
+/// broken character); bytes that can never become valid UTF-8 come out as U+FFFD.
+/// [`StreamDecoder::flush`] returns what remains (lossy).
+#[derive(Debug, Default, Clone)]
+pub struct StreamDecoder {
+    pending: Vec<u8>,
+    special: bool,
+}
+
+impl StreamDecoder {
+    /// A decoder that drops control tokens (as a chat UI wants).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A decoder that renders control tokens' text too when `special`.
+    pub fn with_special(special: bool) -> Self {
+        StreamDecoder {
+            pending: Vec::new(),
+            special,
+        }
+    }
+
+    /// Add one token; returns the text that became complete (possibly empty).
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {
+        self.pending
+            .extend_from_slice(&tok.token_bytes(id, self.special));
+        let mut out = String::new();
+        let mut start = 0;
+        loop {
+            match std::str::from_utf8(&self.pending[start..]) {
+                Ok(s) => {
+                    out.push_str(s);
+                    start = self.pending.len();
+                    break;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    // `valid` bytes were just checked to be UTF-8.
+                    out.push_str(
+                        std::str::from_utf8(&self.pending[start..start + valid]).unwrap_or(""),
+                    );
+                    start += valid;
+                    match e.error_len() {
+                        // An invalid sequence: it can never complete.
+                        Some(n) => {
+                            out.push('\u{fffd}');
+                            start += n;
+                        }
+                        // An incomplete character at the end: wait for more bytes.
+                        None => break,
+                    }
+                }
+            }
+        }
+        self.pending.drain(..start);
+        out
+    }
+
+    /// Whatever is left (an incomplete character becomes U+FFFD); resets the decoder.
+    pub fn flush(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpt2_byte_table_is_a_bijection() {
+        let chars = gpt2_byte_chars();
+        let set: std::collections::HashSet<char> = chars.iter().copied().collect();
+        assert_eq!(set.len(), 256);
+        assert_eq!(chars[b' ' as usize], 'Ġ');
+        assert_eq!(chars[b'\n' as usize], 'Ċ');
+        assert_eq!(chars[b'a' as usize], 'a');
+    }
+
+    #[test]
+    fn clean_spaces_matches_llama_cpp() {
+        let f = |s: &str| String::from_utf8(clean_up_spaces(s.as_bytes())).unwrap();
+        assert_eq!(f("Hello , world !"), "Hello, world!");
+        assert_eq!(f("it ' s"), "it's");
+        assert_eq!(f("I 'm here , they 've gone"), "I'm here, they've gone");
+        assert_eq!(f("don 't"), "don 't");
+        assert_eq!(f(""), "");
     }
 }

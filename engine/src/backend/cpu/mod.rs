@@ -1,1 +1,7 @@
-//! CPU backend: quantized matrix-vector/matrix products, norms, RoPE and attention in f32.
+//! CPU backend: quantized matrix products on prepared activations (threaded natively with rayon,
+//! single-threaded in wasm), and the f32 ops of [`ops`].
+
+pub mod matmul;
+pub mod ops;
+
+pub use matmul::{matmul, CpuThreads};

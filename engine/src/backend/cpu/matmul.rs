@@ -1,0 +1,97 @@
+//! Quantized matrix products on the CPU: weights stay in GGUF block layout, activations are
+//! quantized once per token ([`PreparedActs`]) and each weight row is streamed once per batch
+//! (prefill reuses it across all tokens while it is in L1).
+
+use crate::quant::{self, PreparedActs};
+use crate::tensor::QMatrix;
+
+/// The CPU worker threads. Natively a dedicated rayon pool (none for one thread, so decode pays
+/// no synchronisation); in wasm always the calling thread.
+pub struct CpuThreads {
+    n: usize,
+    #[cfg(not(target_arch = "wasm32"))]
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl std::fmt::Debug for CpuThreads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CpuThreads({})", self.n)
+    }
+}
+
+impl CpuThreads {
+    /// `n` threads (0 = all available cores).
+    pub fn new(n: usize) -> Self {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let n = if n == 0 {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            } else {
+                n
+            };
+            let pool = if n > 1 {
+                rayon::ThreadPoolBuilder::new().num_threads(n).build().ok()
+            } else {
+                None
+            };
+            let n = if pool.is_some() { n } else { 1 };
+            Self { n, pool }
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = n;
+            Self { n: 1 }
+        }
+    }
+
+    /// Number of threads used.
+    pub fn count(&self) -> usize {
+        self.n
+    }
+}
+
+/// Raw output pointer shared by workers that write disjoint elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: workers write disjoint indices (distinct weight rows) of one live `&mut [f32]`.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `out = x · wᵀ`: x: (n_tokens, cols) given as one [`PreparedActs`] per token (prepared for
+/// `w.dtype`); w: (rows, cols); out: (n_tokens, rows) row-major.
+pub fn matmul(w: &QMatrix, acts: &[PreparedActs], out: &mut [f32], threads: &CpuThreads) {
+    let rows = w.rows;
+    let n_tokens = acts.len();
+    assert_eq!(out.len(), n_tokens * rows, "matmul output length");
+    let ptr = OutPtr(out.as_mut_ptr());
+    let work = move |r0: usize, r1: usize| {
+        let p = ptr;
+        for r in r0..r1 {
+            let row = w.row(r);
+            for (t, a) in acts.iter().enumerate() {
+                let v = quant::vec_dot(w.dtype, row, a);
+                // SAFETY: t * rows + r < out.len() and (t, r) pairs are disjoint across workers.
+                unsafe { *p.0.add(t * rows + r) = v };
+            }
+        }
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some(pool) = &threads.pool {
+        // Several chunks per thread balance uneven cores; multiples of 8 rows keep cache lines
+        // of `out` mostly owned by one worker.
+        let chunk = (rows / (threads.n * 4)).max(8).next_multiple_of(8);
+        pool.scope(|s| {
+            let mut r0 = 0;
+            while r0 < rows {
+                let r1 = (r0 + chunk).min(rows);
+                s.spawn(move |_| work(r0, r1));
+                r0 = r1;
+            }
+        });
+        return;
+    }
+    let _ = threads;
+    work(0, rows);
+}

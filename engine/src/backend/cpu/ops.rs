@@ -1,0 +1,274 @@
+//! Plain f32 reference ops of the transformer block (RMSNorm, RoPE, softmax, SwiGLU, attention).
+//! They are the CPU backend's implementation and the oracle the GPU kernels are tested against.
+
+use crate::model::RopeLayout;
+use crate::quant::{self, PreparedActs};
+use crate::tensor::QMatrix;
+
+/// RMSNorm (Zhang & Sennrich 2019): `out = x / sqrt(mean(x²) + eps) * weight`.
+/// x, weight, out: (n_embd).
+pub fn rms_norm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (mean_sq + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * scale * w;
+    }
+}
+
+/// Rotary position embedding (Su et al. 2021, RoFormer) of one position, in place.
+/// x: (n_heads, head_dim); only the first `n_rot` dims of each head rotate.
+/// Pair `i` (0..n_rot/2) turns by `pos * pos_scale * base^(-2i/n_rot) / freq_factors[i]`:
+/// [`RopeLayout::Adjacent`] pairs (x[2i], x[2i+1]), [`RopeLayout::Neox`] pairs (x[i], x[i+n_rot/2]).
+/// Follows llama.cpp `ggml_rope_ext` (ggml-cpu ops.cpp `rope_f32`).
+#[allow(clippy::too_many_arguments)]
+pub fn rope(
+    x: &mut [f32],
+    n_heads: usize,
+    head_dim: usize,
+    n_rot: usize,
+    pos: usize,
+    base: f32,
+    pos_scale: f32,
+    layout: RopeLayout,
+    freq_factors: Option<&[f32]>,
+) {
+    let half = n_rot / 2;
+    let p = pos as f32 * pos_scale;
+    for i in 0..half {
+        let mut theta = p * base.powf(-2.0 * i as f32 / n_rot as f32);
+        if let Some(ff) = freq_factors {
+            theta /= ff[i];
+        }
+        let (sin, cos) = theta.sin_cos();
+        for h in 0..n_heads {
+            let head = &mut x[h * head_dim..(h + 1) * head_dim];
+            let (a, b) = match layout {
+                RopeLayout::Adjacent => (2 * i, 2 * i + 1),
+                RopeLayout::Neox => (i, i + half),
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * cos - x1 * sin;
+            head[b] = x0 * sin + x1 * cos;
+        }
+    }
+}
+
+/// Numerically stable softmax in place.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// SiLU(x) = x · σ(x).
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// SwiGLU (Shazeer 2020): `gate = silu(gate) * up`. gate, up: (n_ff).
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
+/// `a += b`.
+pub fn add_inplace(a: &mut [f32], b: &[f32]) {
+    for (x, &y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}
+
+/// Scaled dot-product attention of one query position over KV-cache rows `0..n_kv`, with
+/// grouped-query attention (query head `h` reads KV head `h / (n_head / n_head_kv)`).
+/// q, out: (n_head, head_dim); k_cache, v_cache: (≥ n_kv, n_head_kv * head_dim);
+/// scores: scratch of ≥ n_kv. Scale 1/√head_dim. Causality is the caller's: pass only the
+/// positions this query may see.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    out: &mut [f32],
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    n_kv: usize,
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    scores: &mut [f32],
+) {
+    let kv_dim = n_head_kv * head_dim;
+    let group = n_head / n_head_kv;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let scores = &mut scores[..n_kv];
+    for h in 0..n_head {
+        let kvh = h / group;
+        let qh = &q[h * head_dim..(h + 1) * head_dim];
+        for (t, s) in scores.iter_mut().enumerate() {
+            let k = &k_cache[t * kv_dim + kvh * head_dim..][..head_dim];
+            *s = dot(qh, k) * scale;
+        }
+        softmax(scores);
+        let oh = &mut out[h * head_dim..(h + 1) * head_dim];
+        oh.fill(0.0);
+        for (t, &p) in scores.iter().enumerate() {
+            let v = &v_cache[t * kv_dim + kvh * head_dim..][..head_dim];
+            for (o, &vv) in oh.iter_mut().zip(v) {
+                *o += p * vv;
+            }
+        }
+    }
+}
+
+/// f32 dot product (written so the compiler vectorizes it: 8 independent accumulators).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for j in 0..8 {
+            acc[j] += a[c * 8 + j] * b[c * 8 + j];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+/// Scalar reference matrix-vector product: `out[r] = Σ_c dequant(w)[r, c] · x[c]`.
+/// w: (rows, cols); x: (cols); out: (rows). Errors: those of [`quant::dequantize_row`].
+pub fn matvec_ref(w: &QMatrix, x: &[f32], out: &mut [f32]) -> crate::Result<()> {
+    let mut row = vec![0f32; w.cols];
+    for (r, o) in out.iter_mut().enumerate().take(w.rows) {
+        quant::dequantize_row(w.dtype, w.row(r), &mut row)?;
+        *o = row.iter().zip(x).map(|(a, b)| a * b).sum();
+    }
+    Ok(())
+}
+
+/// Fast matrix-vector product on prepared activations over rows `rows` of `w`:
+/// `out[i] = w[rows.start + i] · x`. Used by the threaded matmul in `cpu::matmul`.
+pub fn matvec_rows(
+    w: &QMatrix,
+    acts: &PreparedActs,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    for (o, r) in out.iter_mut().zip(rows) {
+        *o = quant::vec_dot(w.dtype, w.row(r), acts);
+    }
+}
+
+/// Index of the largest value (first on ties).
+pub fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_unit_rms() {
+        let x = [3.0, -4.0, 0.0, 1.0];
+        let mut out = [0.0; 4];
+        rms_norm(&mut out, &x, &[1.0; 4], 0.0);
+        let rms = (out.iter().map(|v| v * v).sum::<f32>() / 4.0).sqrt();
+        assert!((rms - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_layouts_agree_up_to_permutation_and_preserve_norm() {
+        let head_dim = 8;
+        let x: Vec<f32> = (0..16).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut a = x.clone();
+        rope(
+            &mut a,
+            2,
+            head_dim,
+            head_dim,
+            5,
+            10000.0,
+            1.0,
+            RopeLayout::Adjacent,
+            None,
+        );
+        // NeoX on the de-interleaved head equals adjacent on the interleaved head.
+        let perm = |v: &[f32]| -> Vec<f32> {
+            v.chunks(head_dim)
+                .flat_map(|h| {
+                    (0..head_dim / 2)
+                        .map(|i| h[2 * i])
+                        .chain((0..head_dim / 2).map(|i| h[2 * i + 1]))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let mut b = perm(&x);
+        rope(
+            &mut b,
+            2,
+            head_dim,
+            head_dim,
+            5,
+            10000.0,
+            1.0,
+            RopeLayout::Neox,
+            None,
+        );
+        for (u, v) in perm(&a).iter().zip(&b) {
+            assert!((u - v).abs() < 1e-6);
+        }
+        let n0: f32 = x.iter().map(|v| v * v).sum();
+        let n1: f32 = a.iter().map(|v| v * v).sum();
+        assert!((n0 - n1).abs() < 1e-5);
+        // Position 0 is the identity.
+        let mut c = x.clone();
+        rope(
+            &mut c,
+            2,
+            head_dim,
+            head_dim,
+            0,
+            10000.0,
+            1.0,
+            RopeLayout::Adjacent,
+            None,
+        );
+        assert_eq!(c, x);
+    }
+
+    #[test]
+    fn attention_with_one_key_returns_its_value_and_gqa_maps_heads() {
+        // 2 query heads share 1 KV head.
+        let (n_head, n_head_kv, hd) = (2, 1, 2);
+        let q = [1.0, 0.0, 0.0, 1.0];
+        let k = [1.0, 0.0, 0.0, 1.0];
+        let v = [10.0, 20.0, 30.0, 40.0];
+        let mut out = [0.0; 4];
+        let mut scores = [0.0; 2];
+        attention(&mut out, &q, &k, &v, 1, n_head, n_head_kv, hd, &mut scores);
+        assert_eq!(out, [10.0, 20.0, 10.0, 20.0]);
+        attention(&mut out, &q, &k, &v, 2, n_head, n_head_kv, hd, &mut scores);
+        // Head 0 prefers key 0, head 1 key 1, with softmax weights e^(1/√2) : 1.
+        let w = (1.0f32 / 2f32.sqrt()).exp();
+        let p = w / (w + 1.0);
+        assert!((out[0] - (p * 10.0 + (1.0 - p) * 30.0)).abs() < 1e-4);
+        assert!((out[2] - ((1.0 - p) * 10.0 + p * 30.0)).abs() < 1e-4);
+    }
+}

@@ -1,0 +1,414 @@
+//! One-shot runs of single kernels on host data: the parity tests and the `--backend auto`
+//! self-test use them. Each call creates its buffers and bind groups (unlike the model, which
+//! builds everything at load), submits once and reads the result back.
+
+use bytemuck::Pod;
+
+use crate::error::{Error, Result};
+use crate::model::RopeLayout;
+use crate::quant::GgmlDType;
+
+use super::arena::{dispatch, ParamArena};
+use super::params::*;
+use super::shaders::Op;
+use super::weights::{bind_group, GpuWeight};
+use super::{Gpu, GpuSampling};
+
+fn shape(op: &'static str, ok: bool, detail: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Shape {
+            op,
+            detail: detail(),
+        })
+    }
+}
+
+fn u32_of(op: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Shape {
+        op,
+        detail: format!("{v} does not fit in u32"),
+    })
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// One dispatch of a one-shot run: its parameter block, buffers and workgroup count.
+struct Job<'a> {
+    params: Vec<u8>,
+    buffers: Vec<&'a wgpu::Buffer>,
+    n_wg: u32,
+}
+
+impl Gpu {
+    fn storage(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
+        self.ctx.buffer_init(
+            label,
+            data,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+        )
+    }
+
+    fn f32_buf(&self, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+        self.storage(label, bytemuck::cast_slice(data))
+    }
+
+    /// Run `jobs` of one kernel in one pass, then read `out_bytes` bytes of `out`.
+    async fn run(
+        &mut self,
+        op: Op,
+        dtype: GgmlDType,
+        jobs: &[Job<'_>],
+        out: &wgpu::Buffer,
+        out_bytes: usize,
+    ) -> Result<Vec<u8>> {
+        let key = self.pipes.key(op, dtype);
+        self.pipes.prepare(&self.ctx, key)?;
+        let mut arena = ParamArena::new(&self.ctx, jobs.len())?;
+        let mut binds = Vec::with_capacity(jobs.len());
+        for (i, j) in jobs.iter().enumerate() {
+            let mut block = [0u8; super::shaders::PARAMS_BYTES as usize];
+            block[..j.params.len()].copy_from_slice(&j.params);
+            arena.set(i, &block);
+            let layout = self.pipes.layout(&self.ctx, op);
+            binds.push(bind_group(
+                &self.ctx,
+                layout,
+                &arena.buffer,
+                arena.offset(i),
+                &j.buffers,
+            ));
+        }
+        arena.upload(&self.ctx, jobs.len());
+        let staging = self.ctx.buffer(
+            "staging",
+            out_bytes as u64,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+        let mut enc = self
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        {
+            let pipeline = self.pipes.get(key)?;
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            for (j, b) in jobs.iter().zip(&binds) {
+                dispatch(&mut pass, pipeline, b, j.n_wg);
+            }
+        }
+        let copy = (out_bytes as u64).next_multiple_of(4).max(4);
+        enc.copy_buffer_to_buffer(out, 0, &staging, 0, copy);
+        let mut result = vec![0u8; out_bytes];
+        self.ctx
+            .submit_and_read(enc.finish(), &staging, &mut result)
+            .await?;
+        Ok(result)
+    }
+
+    /// y = W x (+ bias) on the GPU. w: (rows, cols); x: (n_tok, cols); bias: (rows);
+    /// returns y: (n_tok, rows). One token uses the decode kernel, more the prefill kernel.
+    pub async fn matmul(
+        &mut self,
+        w: &GpuWeight,
+        x: &[f32],
+        n_tok: usize,
+        bias: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        const OP: &str = "gpu matmul";
+        shape(OP, x.len() == n_tok * w.cols && n_tok > 0, || {
+            format!("x has {} values for {n_tok}x{}", x.len(), w.cols)
+        })?;
+        shape(OP, bias.is_none_or(|b| b.len() == w.rows), || {
+            format!("bias must have {} values", w.rows)
+        })?;
+        let xb = self.f32_buf("x", x)?;
+        let yb = self.f32_buf("y", &vec![0.0; n_tok * w.rows])?;
+        let bb = self.f32_buf("bias", bias.unwrap_or(&[0.0]))?;
+        let (op, tile) = if n_tok == 1 {
+            (Op::MatVec, 1)
+        } else {
+            (Op::MatMul, MATMUL_TILE)
+        };
+        let mut jobs = Vec::new();
+        for c in &w.chunks {
+            let total = MatParams::workgroups(u32_of(OP, c.rows)?, u32_of(OP, n_tok)?, tile);
+            let p = MatParams {
+                rows: u32_of(OP, c.rows)?,
+                cols: u32_of(OP, w.cols)?,
+                row_bytes: u32_of(OP, w.row_bytes)?,
+                n_tok: n_tok as u32,
+                x_off: 0,
+                x_stride: w.cols as u32,
+                out_off: u32_of(OP, c.row_begin)?,
+                out_stride: u32_of(OP, w.rows)?,
+                bias_off: c.row_begin as u32,
+                flags: if bias.is_some() { MAT_BIAS } else { 0 },
+                total_wg: total,
+                _pad: 0,
+            };
+            jobs.push(Job {
+                params: bytemuck::bytes_of(&p).to_vec(),
+                buffers: vec![&c.buffer, &xb, &yb, &bb],
+                n_wg: total,
+            });
+        }
+        let out = self
+            .run(op, w.dtype, &jobs, &yb, n_tok * w.rows * 4)
+            .await?;
+        Ok(f32s(&out))
+    }
+
+    /// Embedding lookup: rows `tokens` of `table` (rows, cols), dequantized; returns
+    /// (tokens.len(), cols). Errors: [`Error::TokenOutOfRange`].
+    pub async fn get_rows(&mut self, table: &GpuWeight, tokens: &[u32]) -> Result<Vec<f32>> {
+        const OP: &str = "gpu get_rows";
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= table.rows) {
+            return Err(Error::TokenOutOfRange {
+                id: t,
+                n_vocab: table.rows,
+            });
+        }
+        let n = tokens.len();
+        shape(OP, n > 0, || "no tokens".into())?;
+        let tb = self.storage("tokens", bytemuck::cast_slice(tokens))?;
+        let ob = self.f32_buf("out", &vec![0.0; n * table.cols])?;
+        let pieces = table.cols.div_ceil(16);
+        let mut jobs = Vec::new();
+        for c in &table.chunks {
+            let total = u32_of(OP, n * pieces)?;
+            let p = GetRowsParams {
+                cols: u32_of(OP, table.cols)?,
+                row_bytes: u32_of(OP, table.row_bytes)?,
+                n_tok: n as u32,
+                row_begin: c.row_begin as u32,
+                n_rows: c.rows as u32,
+                total,
+                _pad: [0; 2],
+            };
+            jobs.push(Job {
+                params: bytemuck::bytes_of(&p).to_vec(),
+                buffers: vec![&c.buffer, &tb, &ob],
+                n_wg: total.div_ceil(ELT_WG),
+            });
+        }
+        let out = self
+            .run(Op::GetRows, table.dtype, &jobs, &ob, n * table.cols * 4)
+            .await?;
+        Ok(f32s(&out))
+    }
+
+    async fn simple<P: Pod>(
+        &mut self,
+        op: Op,
+        p: &P,
+        buffers: Vec<&wgpu::Buffer>,
+        n_wg: u32,
+        out: &wgpu::Buffer,
+        out_len: usize,
+    ) -> Result<Vec<f32>> {
+        let jobs = [Job {
+            params: bytemuck::bytes_of(p).to_vec(),
+            buffers,
+            n_wg,
+        }];
+        let out = self
+            .run(op, GgmlDType::F32, &jobs, out, out_len * 4)
+            .await?;
+        Ok(f32s(&out))
+    }
+
+    /// RMSNorm of each row. x: (n_rows, n); w: (n); returns (n_rows, n).
+    pub async fn rms_norm(&mut self, x: &[f32], w: &[f32], eps: f32) -> Result<Vec<f32>> {
+        const OP: &str = "gpu rms_norm";
+        let n = w.len();
+        shape(OP, n > 0 && x.len() % n == 0 && !x.is_empty(), || {
+            format!("x has {} values for rows of {n}", x.len())
+        })?;
+        let rows = x.len() / n;
+        let (xb, wb) = (self.f32_buf("x", x)?, self.f32_buf("w", w)?);
+        let ob = self.f32_buf("out", &vec![0.0; x.len()])?;
+        let p = NormParams {
+            n: u32_of(OP, n)?,
+            row_begin: 0,
+            n_rows: u32_of(OP, rows)?,
+            eps,
+        };
+        self.simple(
+            Op::RmsNorm,
+            &p,
+            vec![&xb, &wb, &ob],
+            rows as u32,
+            &ob,
+            x.len(),
+        )
+        .await
+    }
+
+    /// RoPE of `n_tok` rows at positions `pos0 ..`. x: (n_tok, n_heads * head_dim); freq:
+    /// (n_rot / 2); returns the rotated copy.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn rope(
+        &mut self,
+        x: &[f32],
+        n_tok: usize,
+        n_heads: usize,
+        head_dim: usize,
+        n_rot: usize,
+        pos0: usize,
+        base: f32,
+        pos_scale: f32,
+        layout: RopeLayout,
+        freq: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        const OP: &str = "gpu rope";
+        let w = n_heads * head_dim;
+        shape(OP, x.len() == n_tok * w && n_tok > 0, || {
+            format!("x has {} values for {n_tok}x{w}", x.len())
+        })?;
+        shape(
+            OP,
+            n_rot <= head_dim && n_rot % 2 == 0 && head_dim % 2 == 0,
+            || format!("n_rot {n_rot}, head_dim {head_dim}"),
+        )?;
+        shape(OP, freq.is_none_or(|f| f.len() >= n_rot / 2), || {
+            format!("freq factors need {} values", n_rot / 2)
+        })?;
+        let xb = self.f32_buf("x", x)?;
+        let ob = self.f32_buf("out", &vec![0.0; x.len()])?;
+        let fb = self.f32_buf("freq", freq.unwrap_or(&[1.0]))?;
+        let total = u32_of(OP, n_tok * n_heads * head_dim / 2)?;
+        let p = RopeParams {
+            n_heads: n_heads as u32,
+            head_dim: head_dim as u32,
+            n_rot: n_rot as u32,
+            pos0: u32_of(OP, pos0)?,
+            n_tok: n_tok as u32,
+            neox: match layout {
+                RopeLayout::Adjacent => 0,
+                RopeLayout::Neox => 1,
+            },
+            has_freq: freq.is_some() as u32,
+            src_stride: w as u32,
+            dst_off: 0,
+            dst_stride: w as u32,
+            base,
+            pos_scale,
+        };
+        self.simple(
+            Op::Rope,
+            &p,
+            vec![&xb, &ob, &fb],
+            total.div_ceil(ELT_WG),
+            &ob,
+            x.len(),
+        )
+        .await
+    }
+
+    /// Causal GQA attention of `n_tok` queries at positions `pos0 ..` over cache rows
+    /// `0 ..= pos0 + t`. q: (n_tok, n_head * head_dim); k_cache, v_cache: (n_ctx, n_head_kv *
+    /// head_dim) with n_ctx ≥ pos0 + n_tok; returns (n_tok, n_head * head_dim).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn attention(
+        &mut self,
+        q: &[f32],
+        k_cache: &[f32],
+        v_cache: &[f32],
+        n_tok: usize,
+        pos0: usize,
+        n_head: usize,
+        n_head_kv: usize,
+        head_dim: usize,
+    ) -> Result<Vec<f32>> {
+        const OP: &str = "gpu attention";
+        let kv_dim = n_head_kv * head_dim;
+        let qd = n_head * head_dim;
+        shape(
+            OP,
+            n_tok > 0
+                && q.len() == n_tok * qd
+                && n_head_kv > 0
+                && n_head % n_head_kv == 0
+                && head_dim <= 256
+                && k_cache.len() == v_cache.len()
+                && k_cache.len() % kv_dim == 0
+                && k_cache.len() / kv_dim >= pos0 + n_tok,
+            || format!("q {} values, cache {} values", q.len(), k_cache.len()),
+        )?;
+        let n_ctx = k_cache.len() / kv_dim;
+        let qb = self.f32_buf("q", q)?;
+        let kb = self.f32_buf("k", k_cache)?;
+        let vb = self.f32_buf("v", v_cache)?;
+        let sb = self.f32_buf("scores", &vec![0.0; n_tok * n_head * n_ctx])?;
+        let ob = self.f32_buf("out", &vec![0.0; q.len()])?;
+        let p = AttnParams {
+            n_head: n_head as u32,
+            n_head_kv: n_head_kv as u32,
+            head_dim: head_dim as u32,
+            n_tok: n_tok as u32,
+            pos0: u32_of(OP, pos0)?,
+            kv_dim: kv_dim as u32,
+            q_stride: qd as u32,
+            n_ctx: u32_of(OP, n_ctx)?,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            _pad: [0; 3],
+        };
+        let n_wg = u32_of(OP, n_tok * n_head)?;
+        self.simple(
+            Op::Attention,
+            &p,
+            vec![&qb, &kb, &vb, &sb, &ob],
+            n_wg,
+            &ob,
+            q.len(),
+        )
+        .await
+    }
+
+    async fn eltwise(&mut self, op: Op, a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
+        shape("gpu eltwise", a.len() == b.len() && !a.is_empty(), || {
+            format!("{} vs {} values", a.len(), b.len())
+        })?;
+        let ab = self.f32_buf("a", a)?;
+        let bb = self.f32_buf("b", b)?;
+        let p = EltParams {
+            n: u32_of("gpu eltwise", a.len())?,
+            _pad: [0; 3],
+        };
+        self.simple(op, &p, vec![&ab, &bb], p.n.div_ceil(ELT_WG), &ab, a.len())
+            .await
+    }
+
+    /// SwiGLU: returns silu(gate) * up. gate, up: (n).
+    pub async fn swiglu(&mut self, gate: &[f32], up: &[f32]) -> Result<Vec<f32>> {
+        self.eltwise(Op::SwiGlu, gate, up).await
+    }
+
+    /// Residual add: returns a + b. a, b: (n).
+    pub async fn add(&mut self, a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
+        self.eltwise(Op::Add, a, b).await
+    }
+
+    /// Sample a token id from `logits` (n_vocab) as the decode step does.
+    pub async fn sample(&mut self, logits: &[f32], s: &GpuSampling) -> Result<u32> {
+        s.validate()?;
+        shape("gpu sample", !logits.is_empty(), || "no logits".into())?;
+        let lb = self.f32_buf("logits", logits)?;
+        let ob = self.storage("token", &[0u8; 8])?;
+        let p = s.params(u32_of("gpu sample", logits.len())?, 0);
+        let jobs = [Job {
+            params: bytemuck::bytes_of(&p).to_vec(),
+            buffers: vec![&lb, &ob],
+            n_wg: 1,
+        }];
+        let out = self.run(Op::Sample, GgmlDType::F32, &jobs, &ob, 4).await?;
+        Ok(u32::from_le_bytes([out[0], out[1], out[2], out[3]]))
+    }
+}

@@ -1,0 +1,131 @@
+//! Uniform parameter blocks of the kernels: `#[repr(C)]` mirrors of each WGSL `Params` struct
+//! (field for field, all 4-byte scalars) and the workgroup counts of each dispatch.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::shaders::PARAMS_BYTES;
+
+/// matmul.wgsl `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct MatParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub row_bytes: u32,
+    pub n_tok: u32,
+    pub x_off: u32,
+    pub x_stride: u32,
+    pub out_off: u32,
+    pub out_stride: u32,
+    pub bias_off: u32,
+    /// [`MAT_BIAS`] | [`MAT_ACCUMULATE`].
+    pub flags: u32,
+    pub total_wg: u32,
+    pub _pad: u32,
+}
+
+/// matmul flag: add `bias[bias_off + r]`.
+pub const MAT_BIAS: u32 = 1;
+/// matmul flag: `y += W x` instead of `y = W x` (fused residual add).
+pub const MAT_ACCUMULATE: u32 = 2;
+/// Tokens per workgroup of the prefill matmul (`TILE_N` of [`super::shaders::Op::MatMul`]).
+pub const MATMUL_TILE: u32 = 8;
+
+impl MatParams {
+    /// Workgroups: one per (row, token tile).
+    pub fn workgroups(rows: u32, n_tok: u32, tile: u32) -> u32 {
+        rows * n_tok.div_ceil(tile)
+    }
+}
+
+/// get_rows.wgsl `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct GetRowsParams {
+    pub cols: u32,
+    pub row_bytes: u32,
+    pub n_tok: u32,
+    pub row_begin: u32,
+    pub n_rows: u32,
+    /// n_tok * ceil(cols / 16) invocations.
+    pub total: u32,
+    pub _pad: [u32; 2],
+}
+
+/// rms_norm.wgsl `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct NormParams {
+    pub n: u32,
+    pub row_begin: u32,
+    pub n_rows: u32,
+    pub eps: f32,
+}
+
+/// rope.wgsl `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct RopeParams {
+    pub n_heads: u32,
+    pub head_dim: u32,
+    pub n_rot: u32,
+    pub pos0: u32,
+    pub n_tok: u32,
+    /// 0 adjacent, 1 NeoX.
+    pub neox: u32,
+    pub has_freq: u32,
+    pub src_stride: u32,
+    pub dst_off: u32,
+    pub dst_stride: u32,
+    pub base: f32,
+    pub pos_scale: f32,
+}
+
+/// attention.wgsl `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct AttnParams {
+    pub n_head: u32,
+    pub n_head_kv: u32,
+    pub head_dim: u32,
+    pub n_tok: u32,
+    pub pos0: u32,
+    pub kv_dim: u32,
+    pub q_stride: u32,
+    pub n_ctx: u32,
+    pub scale: f32,
+    pub _pad: [u32; 3],
+}
+
+/// swiglu.wgsl / add.wgsl `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct EltParams {
+    pub n: u32,
+    pub _pad: [u32; 3],
+}
+
+/// sample.wgsl `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct SampleParams {
+    pub n_vocab: u32,
+    pub logits_off: u32,
+    pub top_k: u32,
+    pub _pad0: u32,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub random: f32,
+    pub _pad1: u32,
+}
+
+/// Invocations per workgroup of the element-wise kernels (get_rows, rope, swiglu, add).
+pub const ELT_WG: u32 = 64;
+
+const _: () = {
+    assert!(std::mem::size_of::<MatParams>() as u64 <= PARAMS_BYTES);
+    assert!(std::mem::size_of::<GetRowsParams>() as u64 <= PARAMS_BYTES);
+    assert!(std::mem::size_of::<RopeParams>() as u64 <= PARAMS_BYTES);
+    assert!(std::mem::size_of::<AttnParams>() as u64 <= PARAMS_BYTES);
+    assert!(std::mem::size_of::<SampleParams>() as u64 <= PARAMS_BYTES);
+};

@@ -1,0 +1,358 @@
+//! Every GPU kernel's WGSL, included from `shaders/` at compile time, and the pipeline cache.
+//!
+//! A kernel's source is a fixed list of parts joined in order: the `common.wgsl` declarations,
+//! `quant.wgsl` (GGUF block decoders) for kernels that read weights, one of the two reduction
+//! helpers (`reduce_wg.wgsl`, baseline; `reduce_sg.wgsl`, subgroups) for kernels that reduce,
+//! then the kernel file. Variants differ only by that choice of parts and by pipeline-overridable
+//! constants (`DTYPE`, `TILE_N`); no shader text is generated.
+//!
+//! Pipelines, bind group layouts and pipeline layouts are created once and kept under a
+//! [`PipelineKey`].
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::quant::GgmlDType;
+
+use super::context::GpuContext;
+
+/// `shaders/common.wgsl`: type ids and small helpers.
+pub const COMMON: &str = include_str!("../../../../shaders/common.wgsl");
+/// `shaders/quant.wgsl`: GGUF block decoders over `wq: array<u32>`.
+pub const QUANT: &str = include_str!("../../../../shaders/quant.wgsl");
+/// `shaders/reduce_wg.wgsl`: workgroup reductions through workgroup memory.
+pub const REDUCE_WG: &str = include_str!("../../../../shaders/reduce_wg.wgsl");
+/// `shaders/reduce_sg.wgsl`: workgroup reductions with subgroup operations.
+pub const REDUCE_SG: &str = include_str!("../../../../shaders/reduce_sg.wgsl");
+/// Kernel files.
+pub const MATMUL: &str = include_str!("../../../../shaders/matmul.wgsl");
+pub const GET_ROWS: &str = include_str!("../../../../shaders/get_rows.wgsl");
+pub const RMS_NORM: &str = include_str!("../../../../shaders/rms_norm.wgsl");
+pub const ROPE: &str = include_str!("../../../../shaders/rope.wgsl");
+pub const ATTENTION: &str = include_str!("../../../../shaders/attention.wgsl");
+pub const SWIGLU: &str = include_str!("../../../../shaders/swiglu.wgsl");
+pub const ADD: &str = include_str!("../../../../shaders/add.wgsl");
+pub const SAMPLE: &str = include_str!("../../../../shaders/sample.wgsl");
+
+/// Browsers' WGSL front ends want the extension enabled; naga (native) accepts subgroup
+/// builtins without it and rejects the directive.
+#[cfg(target_arch = "wasm32")]
+const ENABLE_SUBGROUPS: &str = "enable subgroups;\n";
+#[cfg(not(target_arch = "wasm32"))]
+const ENABLE_SUBGROUPS: &str = "";
+
+/// Weight types the GPU kernels decode (matmul and embedding lookup).
+pub const GPU_WEIGHT_TYPES: [GgmlDType; 8] = [
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q6K,
+];
+
+/// Whether `op` has a GPU kernel for weights of `dtype`.
+pub fn supports(op: Op, dtype: GgmlDType) -> bool {
+    match op {
+        Op::MatVec | Op::MatMul | Op::GetRows => GPU_WEIGHT_TYPES.contains(&dtype),
+        _ => dtype == GgmlDType::F32,
+    }
+}
+
+/// A kernel family. Ops sharing a bind group layout share one entry of [`Op::bindings`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Quantized matrix × one vector (decode): matmul.wgsl with TILE_N = 1.
+    MatVec,
+    /// Quantized matrix × n vectors (prefill): matmul.wgsl with TILE_N = 8.
+    MatMul,
+    /// Embedding lookup from a quantized table.
+    GetRows,
+    RmsNorm,
+    Rope,
+    /// Causal GQA attention over the GPU KV cache (prefill and decode).
+    Attention,
+    SwiGlu,
+    Add,
+    /// Argmax / temperature, top-k, top-p sampling of one logits row.
+    Sample,
+}
+
+/// Which reduction helper a kernel is built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// Workgroup-memory reductions: every WebGPU device.
+    Base,
+    /// Subgroup reductions: devices with `SUBGROUP`.
+    Subgroup,
+}
+
+/// Cache key of one compute pipeline. `dtype` is the weight type for the weight kernels and
+/// `F32` for the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PipelineKey {
+    pub op: Op,
+    pub dtype: GgmlDType,
+    pub variant: Variant,
+}
+
+/// Size in bytes of the uniform parameter block every kernel binds at binding 0 (each kernel's
+/// `Params` struct fits in it).
+pub const PARAMS_BYTES: u64 = 64;
+
+impl Op {
+    /// Every op.
+    pub const ALL: [Op; 9] = [
+        Op::MatVec,
+        Op::MatMul,
+        Op::GetRows,
+        Op::RmsNorm,
+        Op::Rope,
+        Op::Attention,
+        Op::SwiGlu,
+        Op::Add,
+        Op::Sample,
+    ];
+
+    fn kernel(self) -> &'static str {
+        match self {
+            Op::MatVec | Op::MatMul => MATMUL,
+            Op::GetRows => GET_ROWS,
+            Op::RmsNorm => RMS_NORM,
+            Op::Rope => ROPE,
+            Op::Attention => ATTENTION,
+            Op::SwiGlu => SWIGLU,
+            Op::Add => ADD,
+            Op::Sample => SAMPLE,
+        }
+    }
+
+    fn reads_weights(self) -> bool {
+        matches!(self, Op::MatVec | Op::MatMul | Op::GetRows)
+    }
+
+    /// Whether the kernel uses the workgroup reductions (and so has a subgroup variant).
+    pub fn reduces(self) -> bool {
+        matches!(
+            self,
+            Op::MatVec | Op::MatMul | Op::RmsNorm | Op::Attention | Op::Sample
+        )
+    }
+
+    /// Storage bindings after the uniform at binding 0, in order: `true` = read-write.
+    pub fn bindings(self) -> &'static [bool] {
+        match self {
+            // wq, x, y, bias
+            Op::MatVec | Op::MatMul => &[false, false, true, false],
+            // wq, tokens, out
+            Op::GetRows => &[false, false, true],
+            // x, w, out
+            Op::RmsNorm => &[false, false, true],
+            // src, dst, freq
+            Op::Rope => &[false, true, false],
+            // q, k_cache, v_cache, scores, out
+            Op::Attention => &[false, false, false, true, true],
+            // a (rw), b
+            Op::SwiGlu | Op::Add => &[true, false],
+            // logits, out
+            Op::Sample => &[false, true],
+        }
+    }
+
+    /// The ops sharing one bind group layout are keyed by their first member.
+    fn layout_op(self) -> Op {
+        match self {
+            Op::MatMul => Op::MatVec,
+            Op::Add => Op::SwiGlu,
+            o => o,
+        }
+    }
+}
+
+/// The WGSL of `op` built with `variant`: the fixed list of parts, joined.
+pub fn source(op: Op, variant: Variant) -> String {
+    let mut parts: Vec<&'static str> = Vec::with_capacity(5);
+    let sg = variant == Variant::Subgroup && op.reduces();
+    if sg {
+        parts.push(ENABLE_SUBGROUPS);
+    }
+    parts.push(COMMON);
+    if op.reads_weights() {
+        parts.push(QUANT);
+    }
+    if op.reduces() {
+        parts.push(if sg { REDUCE_SG } else { REDUCE_WG });
+    }
+    parts.push(op.kernel());
+    parts.concat()
+}
+
+/// Pipeline-overridable constants of a key.
+fn overrides(key: PipelineKey) -> Vec<(&'static str, f64)> {
+    let mut c = Vec::new();
+    if key.op.reads_weights() {
+        c.push(("DTYPE", key.dtype.ggml_id() as f64));
+    }
+    match key.op {
+        Op::MatVec => c.push(("TILE_N", 1.0)),
+        Op::MatMul => c.push(("TILE_N", 8.0)),
+        _ => {}
+    }
+    c
+}
+
+/// Built pipelines and layouts, created on first request (at model load) and kept.
+pub struct PipelineCache {
+    variant: Variant,
+    layouts: HashMap<Op, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
+    modules: HashMap<(Op, Variant), wgpu::ShaderModule>,
+    pipelines: HashMap<PipelineKey, wgpu::ComputePipeline>,
+}
+
+impl PipelineCache {
+    /// Empty cache; kernels that reduce use subgroups when the device has them.
+    pub fn new(ctx: &GpuContext) -> Self {
+        Self {
+            variant: if ctx.info.subgroups {
+                Variant::Subgroup
+            } else {
+                Variant::Base
+            },
+            layouts: HashMap::new(),
+            modules: HashMap::new(),
+            pipelines: HashMap::new(),
+        }
+    }
+
+    /// The key used for `op` on weights of `dtype` (`F32` for non-weight ops).
+    pub fn key(&self, op: Op, dtype: GgmlDType) -> PipelineKey {
+        PipelineKey {
+            op,
+            dtype,
+            variant: if op.reduces() {
+                self.variant
+            } else {
+                Variant::Base
+            },
+        }
+    }
+
+    /// Number of pipelines built so far.
+    pub fn len(&self) -> usize {
+        self.pipelines.len()
+    }
+
+    /// Whether none is built.
+    pub fn is_empty(&self) -> bool {
+        self.pipelines.is_empty()
+    }
+
+    /// The bind group layout of `op` (created on first use).
+    pub fn layout(&mut self, ctx: &GpuContext, op: Op) -> &wgpu::BindGroupLayout {
+        &self.layout_pair(ctx, op).0
+    }
+
+    fn layout_pair(
+        &mut self,
+        ctx: &GpuContext,
+        op: Op,
+    ) -> &(wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+        let lop = op.layout_op();
+        self.layouts.entry(lop).or_insert_with(|| {
+            let mut entries = vec![wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            }];
+            for (i, &rw) in lop.bindings().iter().enumerate() {
+                entries.push(wgpu::BindGroupLayoutEntry {
+                    binding: i as u32 + 1,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only: !rw },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                });
+            }
+            let bgl = ctx
+                .device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some("slm bind group layout"),
+                    entries: &entries,
+                });
+            let pl = ctx
+                .device
+                .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some("slm pipeline layout"),
+                    bind_group_layouts: &[Some(&bgl)],
+                    immediate_size: 0,
+                });
+            (bgl, pl)
+        })
+    }
+
+    /// Build (once) the pipeline of `key`. Errors: [`Error::OpDType`] for an unsupported dtype,
+    /// [`Error::Gpu`] when the shader fails to compile.
+    pub fn prepare(&mut self, ctx: &GpuContext, key: PipelineKey) -> Result<()> {
+        if self.pipelines.contains_key(&key) {
+            return Ok(());
+        }
+        if !supports(key.op, key.dtype) {
+            return Err(Error::OpDType {
+                op: "gpu pipeline",
+                dtype: key.dtype,
+            });
+        }
+        ctx.check()?;
+        if !self.modules.contains_key(&(key.op, key.variant)) {
+            let src = source(key.op, key.variant);
+            let module = ctx
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some("slm kernel"),
+                    source: wgpu::ShaderSource::Wgsl(src.into()),
+                });
+            self.modules.insert((key.op, key.variant), module);
+        }
+        let consts = overrides(key);
+        self.layout_pair(ctx, key.op);
+        let (_, pl) = &self.layouts[&key.op.layout_op()];
+        let module = &self.modules[&(key.op, key.variant)];
+        let pipeline = ctx
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some("slm pipeline"),
+                layout: Some(pl),
+                module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &consts,
+                    zero_initialize_workgroup_memory: true,
+                },
+                cache: None,
+            });
+        ctx.check().map_err(|e| Error::Gpu {
+            op: "compile kernel",
+            what: format!("{key:?}: {e}"),
+        })?;
+        self.pipelines.insert(key, pipeline);
+        Ok(())
+    }
+
+    /// The pipeline of `key`, which [`PipelineCache::prepare`] must have built.
+    pub fn get(&self, key: PipelineKey) -> Result<&wgpu::ComputePipeline> {
+        self.pipelines.get(&key).ok_or_else(|| Error::Gpu {
+            op: "pipeline cache",
+            what: format!("{key:?} was not prepared"),
+        })
+    }
+}

@@ -1,0 +1,353 @@
+//! wasm32 `simd128` dot products on prepared activations (compiled only with
+//! `-C target-feature=+simd128`). Same arithmetic as `scalar.rs`; simd128 has no u8×i8
+//! multiply-add, so products are formed as i16 with `extmul`, summed in i16 while they cannot
+//! overflow, then widened (`extadd_pairwise`) or scaled and widened at once (`i32x4.dot_i16x8`).
+//! Kernels for the other types fall back to `scalar.rs`. Inspired by the wasm paths in llama.cpp
+//! `ggml-cpu/arch/wasm/quants.c`.
+
+use core::arch::wasm32::*;
+
+use half::f16;
+
+use super::blocks::*;
+use super::{GgmlDType, PreparedActs};
+
+/// Whether [`vec_dot`] has a kernel for `dtype`.
+pub(crate) fn supports(dtype: GgmlDType) -> bool {
+    matches!(
+        dtype,
+        GgmlDType::F32
+            | GgmlDType::Q4_0
+            | GgmlDType::Q4_1
+            | GgmlDType::Q5_0
+            | GgmlDType::Q5_1
+            | GgmlDType::Q8_0
+            | GgmlDType::Q4K
+            | GgmlDType::Q5K
+            | GgmlDType::Q6K
+    )
+}
+
+/// simd128 dot product, or `None` when there is no kernel for `dtype`. Arguments were checked by
+/// the caller (format and row length).
+pub(crate) fn vec_dot(dtype: GgmlDType, row: &[u8], acts: &PreparedActs) -> Option<f32> {
+    let (x, q8, q8k) = (&acts.x[..], &acts.q8[..], &acts.q8k[..]);
+    Some(match dtype {
+        GgmlDType::F32 => dot_f32(row, x),
+        GgmlDType::Q4_0 => dot_q4_0(super::row_blocks(row), q8),
+        GgmlDType::Q4_1 => dot_q4_1(super::row_blocks(row), q8),
+        GgmlDType::Q5_0 => dot_q5_0(super::row_blocks(row), q8),
+        GgmlDType::Q5_1 => dot_q5_1(super::row_blocks(row), q8),
+        GgmlDType::Q8_0 => dot_q8_0(super::row_blocks(row), q8),
+        GgmlDType::Q4K => dot_q4k(super::row_blocks(row), q8k),
+        GgmlDType::Q5K => dot_q5k(super::row_blocks(row), q8k),
+        GgmlDType::Q6K => dot_q6k(super::row_blocks(row), q8k),
+        _ => return None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Branch-light f16 → f32: shift the magnitude into f32 position and rescale by 2^112 (exact for
+/// normals and subnormals); infinities and NaNs are rebuilt explicitly.
+#[inline(always)]
+fn h2f(h: f16) -> f32 {
+    let b = h.to_bits() as u32;
+    let sign = (b & 0x8000) << 16;
+    let mag = b & 0x7FFF;
+    let v = if mag >= 0x7C00 {
+        0x7F80_0000 | ((mag & 0x03FF) << 13)
+    } else {
+        (f32::from_bits(mag << 13) * f32::from_bits(0x7780_0000)).to_bits()
+    };
+    f32::from_bits(v | sign)
+}
+
+/// 16 bytes starting at `p[0]`.
+#[inline(always)]
+fn load16<T: bytemuck::Pod>(p: &[T]) -> v128 {
+    let bytes: &[u8] = bytemuck::cast_slice(p);
+    assert!(bytes.len() >= 16);
+    // SAFETY: at least 16 readable bytes; v128_load has no alignment requirement.
+    unsafe { v128_load(bytes.as_ptr().cast()) }
+}
+
+#[inline(always)]
+fn hsum_f32(v: v128) -> f32 {
+    f32x4_extract_lane::<0>(v)
+        + f32x4_extract_lane::<1>(v)
+        + f32x4_extract_lane::<2>(v)
+        + f32x4_extract_lane::<3>(v)
+}
+
+/// Σ u·y over 16 lanes as 8 i16 (pairwise-summed products; `|u·y|` pairs must fit i16).
+#[inline(always)]
+fn mul16(u: v128, y: v128) -> v128 {
+    i16x8_add(i16x8_extmul_low_i8x16(u, y), i16x8_extmul_high_i8x16(u, y))
+}
+
+/// Byte `j` = 0xFF where bit `j + 16 * half` of `bits` is set.
+#[inline(always)]
+fn bits_to_bytes(bits: u32, upper: bool) -> v128 {
+    let v = u32x4_splat(bits);
+    let pick = if upper {
+        u8x16(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3)
+    } else {
+        u8x16(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
+    };
+    let mask = u8x16(1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128);
+    i8x16_eq(v128_and(i8x16_swizzle(v, pick), mask), mask)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float rows
+
+fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(row.len() / 4);
+    let mut acc = [f32x4_splat(0.0); 4];
+    let mut i = 0;
+    while i + 16 <= n {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let o = i + 4 * k;
+            let w = load16(&row[4 * o..4 * o + 16]);
+            *a = f32x4_add(*a, f32x4_mul(w, load16(&x[o..o + 4])));
+        }
+        i += 16;
+    }
+    let s = f32x4_add(f32x4_add(acc[0], acc[1]), f32x4_add(acc[2], acc[3]));
+    let mut sum = hsum_f32(s);
+    while i < n {
+        let b = &row[4 * i..4 * i + 4];
+        sum += f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * x[i];
+        i += 1;
+    }
+    sum
+}
+
+// ---------------------------------------------------------------------------------------------
+// Legacy 32-element blocks: per block `d dy Σ u·qy + off · s` with unsigned codes `u` (< 32)
+// and offset `off` (`m`, `-8 d`, `-16 d`).
+
+#[inline(always)]
+fn legacy_loop<B>(
+    w: &[B],
+    a: &[ActBlockQ8],
+    codes: impl Fn(&B) -> (v128, v128),
+    d_off: impl Fn(&B) -> (f32, f32),
+) -> f32 {
+    let mut acc = f32x4_splat(0.0);
+    let mut off_sum = 0f32;
+    for (b, y) in w.iter().zip(a) {
+        let (u0, u1) = codes(b);
+        // Codes < 32: four products of at most 31·127 fit i16.
+        let s16 = i16x8_add(
+            mul16(u0, load16(&y.qs[..16])),
+            mul16(u1, load16(&y.qs[16..])),
+        );
+        let s = f32x4_convert_i32x4(i32x4_extadd_pairwise_i16x8(s16));
+        let (d, off) = d_off(b);
+        acc = f32x4_add(acc, f32x4_mul(s, f32x4_splat(d * y.d)));
+        off_sum += off * y.s;
+    }
+    hsum_f32(acc) + off_sum
+}
+
+/// Low nibbles (elements 0..16) and high nibbles (16..32) of a legacy block.
+#[inline(always)]
+fn nibbles(qs: &[u8; 16]) -> (v128, v128) {
+    let q = load16(&qs[..]);
+    (v128_and(q, u8x16_splat(0x0F)), u8x16_shr(q, 4))
+}
+
+#[inline(always)]
+fn q5_codes(qs: &[u8; 16], qh: [u8; 4]) -> (v128, v128) {
+    let (lo, hi) = nibbles(qs);
+    let bits = u32::from_le_bytes(qh);
+    let b16 = u8x16_splat(0x10);
+    (
+        v128_or(lo, v128_and(bits_to_bytes(bits, false), b16)),
+        v128_or(hi, v128_and(bits_to_bytes(bits, true), b16)),
+    )
+}
+
+fn dot_q4_0(w: &[BlockQ4_0], a: &[ActBlockQ8]) -> f32 {
+    legacy_loop(
+        w,
+        a,
+        |b| nibbles(&b.qs),
+        |b| {
+            let d = h2f(b.d);
+            (d, -8.0 * d)
+        },
+    )
+}
+
+fn dot_q4_1(w: &[BlockQ4_1], a: &[ActBlockQ8]) -> f32 {
+    legacy_loop(w, a, |b| nibbles(&b.qs), |b| (h2f(b.d), h2f(b.m)))
+}
+
+fn dot_q5_0(w: &[BlockQ5_0], a: &[ActBlockQ8]) -> f32 {
+    legacy_loop(
+        w,
+        a,
+        |b| q5_codes(&b.qs, b.qh),
+        |b| {
+            let d = h2f(b.d);
+            (d, -16.0 * d)
+        },
+    )
+}
+
+fn dot_q5_1(w: &[BlockQ5_1], a: &[ActBlockQ8]) -> f32 {
+    legacy_loop(w, a, |b| q5_codes(&b.qs, b.qh), |b| (h2f(b.d), h2f(b.m)))
+}
+
+fn dot_q8_0(w: &[BlockQ8_0], a: &[ActBlockQ8]) -> f32 {
+    let mut acc = f32x4_splat(0.0);
+    for (b, y) in w.iter().zip(a) {
+        // Products reach 128·127, so only pairs are summed in i16.
+        let s0 = i32x4_extadd_pairwise_i16x8(mul16(load16(&b.qs[..16]), load16(&y.qs[..16])));
+        let s1 = i32x4_extadd_pairwise_i16x8(mul16(load16(&b.qs[16..]), load16(&y.qs[16..])));
+        let s = f32x4_convert_i32x4(i32x4_add(s0, s1));
+        acc = f32x4_add(acc, f32x4_mul(s, f32x4_splat(h2f(b.d) * y.d)));
+    }
+    hsum_f32(acc)
+}
+
+// ---------------------------------------------------------------------------------------------
+// K-quants on Q8_K activations.
+
+/// Σ over the 8 sub-blocks of `mn[s] · (bsums[2s] + bsums[2s + 1])`.
+#[inline(always)]
+fn k4_min_sum(mn: &[u8; 8], bsums: &[i16; 16]) -> i32 {
+    let mut s = 0i32;
+    for k in 0..8 {
+        s += mn[k] as i32 * (bsums[2 * k] as i32 + bsums[2 * k + 1] as i32);
+    }
+    s
+}
+
+/// Shared Q4_K / Q5_K loop; `codes(b, i)` gives the 4 × 16 codes of sub-blocks `2i` (first two)
+/// and `2i + 1` (last two), each < 32.
+#[inline(always)]
+fn k4_loop<B>(
+    w: &[B],
+    a: &[BlockQ8K],
+    parts: impl Fn(&B) -> (f16, f16, &[u8; 12]),
+    codes: impl Fn(&B, usize) -> [v128; 4],
+) -> f32 {
+    let mut acc = f32x4_splat(0.0);
+    let mut min_sum = 0f32;
+    for (b, y) in w.iter().zip(a) {
+        let (d, dmin, scales) = parts(b);
+        let (sc, mn) = unpack_k4_scales(scales);
+        let mut isum = i32x4_splat(0);
+        for i in 0..4 {
+            let [l0, l1, h0, h1] = codes(b, i);
+            let yq = &y.qs[64 * i..64 * i + 64];
+            let s_lo = i16x8_add(mul16(l0, load16(&yq[..16])), mul16(l1, load16(&yq[16..32])));
+            let s_hi = i16x8_add(mul16(h0, load16(&yq[32..48])), mul16(h1, load16(&yq[48..])));
+            isum = i32x4_add(isum, i32x4_dot_i16x8(s_lo, i16x8_splat(sc[2 * i] as i16)));
+            isum = i32x4_add(
+                isum,
+                i32x4_dot_i16x8(s_hi, i16x8_splat(sc[2 * i + 1] as i16)),
+            );
+        }
+        let dy = y.d;
+        acc = f32x4_add(
+            acc,
+            f32x4_mul(f32x4_convert_i32x4(isum), f32x4_splat(h2f(d) * dy)),
+        );
+        min_sum += h2f(dmin) * dy * k4_min_sum(&mn, &y.bsums) as f32;
+    }
+    hsum_f32(acc) - min_sum
+}
+
+fn dot_q4k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+    let low4 = u8x16_splat(0x0F);
+    k4_loop(
+        w,
+        a,
+        |b| (b.d, b.dmin, &b.scales),
+        |b, i| {
+            let q0 = load16(&b.qs[32 * i..]);
+            let q1 = load16(&b.qs[32 * i + 16..]);
+            [
+                v128_and(q0, low4),
+                v128_and(q1, low4),
+                u8x16_shr(q0, 4),
+                u8x16_shr(q1, 4),
+            ]
+        },
+    )
+}
+
+fn dot_q5k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
+    let low4 = u8x16_splat(0x0F);
+    let bit4 = u8x16_splat(0x10);
+    k4_loop(
+        w,
+        a,
+        |b| (b.d, b.dmin, &b.scales),
+        |b, i| {
+            let q0 = load16(&b.qs[32 * i..]);
+            let q1 = load16(&b.qs[32 * i + 16..]);
+            let (qh0, qh1) = (load16(&b.qh[..16]), load16(&b.qh[16..]));
+            // Bit 2i of qh[l] is bit 4 of sub-block 2i, bit 2i + 1 of sub-block 2i + 1.
+            let hb = |qh: v128, s: u32| v128_and(u8x16_shl(u8x16_shr(qh, s), 4), bit4);
+            let s = 2 * i as u32;
+            [
+                v128_or(v128_and(q0, low4), hb(qh0, s)),
+                v128_or(v128_and(q1, low4), hb(qh1, s)),
+                v128_or(u8x16_shr(q0, 4), hb(qh0, s + 1)),
+                v128_or(u8x16_shr(q1, 4), hb(qh1, s + 1)),
+            ]
+        },
+    )
+}
+
+fn dot_q6k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    let low4 = u8x16_splat(0x0F);
+    let low2 = u8x16_splat(0x03);
+    let mut acc = f32x4_splat(0.0);
+    for (b, y) in w.iter().zip(a) {
+        // Codes u = q + 32 in 0..64: Σ q·qy = Σ u·qy - 32 Σ qy.
+        let mut bias = 0i32;
+        for (&sc, &bs) in b.scales.iter().zip(&y.bsums) {
+            bias += sc as i32 * bs as i32;
+        }
+        let mut isum = i32x4(-32 * bias, 0, 0, 0);
+        for n in 0..2 {
+            for h in 0..2 {
+                let ql0 = load16(&b.ql[64 * n + 16 * h..]);
+                let ql1 = load16(&b.ql[64 * n + 32 + 16 * h..]);
+                let qh = load16(&b.qh[32 * n + 16 * h..]);
+                let codes = [
+                    v128_or(v128_and(ql0, low4), u8x16_shl(v128_and(qh, low2), 4)),
+                    v128_or(
+                        v128_and(ql1, low4),
+                        u8x16_shl(v128_and(u8x16_shr(qh, 2), low2), 4),
+                    ),
+                    v128_or(
+                        u8x16_shr(ql0, 4),
+                        u8x16_shl(v128_and(u8x16_shr(qh, 4), low2), 4),
+                    ),
+                    v128_or(u8x16_shr(ql1, 4), u8x16_shl(u8x16_shr(qh, 6), 4)),
+                ];
+                for (k, &u) in codes.iter().enumerate() {
+                    let e = 128 * n + 32 * k + 16 * h;
+                    // Codes < 64: a pair of products fits i16.
+                    let s16 = mul16(u, load16(&y.qs[e..e + 16]));
+                    let sc = i16x8_splat(b.scales[e / 16] as i16);
+                    isum = i32x4_add(isum, i32x4_dot_i16x8(s16, sc));
+                }
+            }
+        }
+        acc = f32x4_add(
+            acc,
+            f32x4_mul(f32x4_convert_i32x4(isum), f32x4_splat(h2f(b.d) * y.d)),
+        );
+    }
+    hsum_f32(acc)
+}

@@ -1,0 +1,521 @@
+//! x86_64 AVX2 + FMA + F16C dot products on prepared activations, selected at run time.
+//!
+//! The integer core follows the idea of llama.cpp `ggml-cpu/arch/x86/quants.c`: unsigned weight
+//! codes times signed int8 activations with `vpmaddubsw`, pairs widened with `vpmaddwd`, one
+//! float FMA per block. Offsets (`-8`, `-16`, `-32`, `-4`, mins) are applied through the
+//! activation sums instead of per element.
+
+use std::arch::x86_64::*;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use half::f16;
+
+use super::blocks::*;
+use super::{GgmlDType, PreparedActs};
+
+/// 0 = not yet detected, 1 = unavailable, 2 = available.
+static DETECTED: AtomicU8 = AtomicU8::new(0);
+
+/// Whether AVX2, FMA and F16C are available (detected once, then a relaxed load).
+#[inline]
+pub(crate) fn available() -> bool {
+    match DETECTED.load(Ordering::Relaxed) {
+        2 => true,
+        1 => false,
+        _ => {
+            let ok = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            DETECTED.store(if ok { 2 } else { 1 }, Ordering::Relaxed);
+            ok
+        }
+    }
+}
+
+/// Whether [`vec_dot`] has a kernel for `dtype`.
+pub(crate) fn supports(dtype: GgmlDType) -> bool {
+    !matches!(dtype, GgmlDType::Q8_1 | GgmlDType::Q8K)
+}
+
+/// AVX2 dot product, or `None` when there is no kernel for `dtype`. Arguments were checked by
+/// the caller (format and row length).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C ([`available`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot(dtype: GgmlDType, row: &[u8], acts: &PreparedActs) -> Option<f32> {
+    let (x, q8, q8k) = (&acts.x[..], &acts.q8[..], &acts.q8k[..]);
+    Some(match dtype {
+        GgmlDType::F32 => dot_f32(row, x),
+        GgmlDType::F16 => dot_f16(row, x),
+        GgmlDType::BF16 => dot_bf16(row, x),
+        GgmlDType::Q4_0 => dot_q4_0(super::row_blocks(row), q8),
+        GgmlDType::Q4_1 => dot_q4_1(super::row_blocks(row), q8),
+        GgmlDType::Q5_0 => dot_q5_0(super::row_blocks(row), q8),
+        GgmlDType::Q5_1 => dot_q5_1(super::row_blocks(row), q8),
+        GgmlDType::Q8_0 => dot_q8_0(super::row_blocks(row), q8),
+        GgmlDType::Q2K => dot_q2k(super::row_blocks(row), q8k),
+        GgmlDType::Q3K => dot_q3k(super::row_blocks(row), q8k),
+        GgmlDType::Q4K => dot_q4k(super::row_blocks(row), q8k),
+        GgmlDType::Q5K => dot_q5k(super::row_blocks(row), q8k),
+        GgmlDType::Q6K => dot_q6k(super::row_blocks(row), q8k),
+        GgmlDType::Q8_1 | GgmlDType::Q8K => return None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_ps(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// f16 → f32 with the F16C instruction.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn h2f(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+}
+
+/// 32 bytes from `p` (unaligned).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load256<T>(p: *const T) -> __m256i {
+    _mm256_loadu_si256(p.cast())
+}
+
+/// Split 16 packed bytes into 32 nibbles: bytes 0..16 = low nibbles, 16..32 = high nibbles.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles32(qs: &[u8; 16]) -> __m256i {
+    let x = _mm_loadu_si128(qs.as_ptr().cast());
+    let both = _mm256_set_m128i(_mm_srli_epi16(x, 4), x);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// Byte `j` = 0xFF where bit `j` of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bits_to_bytes(bits: u32) -> __m256i {
+    let v = _mm256_set1_epi32(bits as i32);
+    #[rustfmt::skip]
+    let pick = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+        2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+    );
+    let v = _mm256_shuffle_epi8(v, pick);
+    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(v, mask), mask)
+}
+
+/// Σ of u8 × i8 products, 8 lanes of i32 (`u` must be < 128 or pairs must not overflow i16).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+/// i16 scale vector for `vpmaddwd`: lanes 0..8 = `sc[2k]`, lanes 8..16 = `sc[2k + 1]`, from 8
+/// i16 scales broadcast to both halves of `sc8`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scale_pair(sc8: __m256i, k: usize) -> __m256i {
+    // Byte indices of i16 lane 2k (low half) and 2k + 1 (high half).
+    let lo = (4 * k) as i8;
+    let hi = lo + 2;
+    #[rustfmt::skip]
+    let pick = _mm256_setr_epi8(
+        lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1,
+        lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1,
+        hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1,
+        hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1,
+    );
+    _mm256_shuffle_epi8(sc8, pick)
+}
+
+/// 8 signed bytes → 8 i16 in both 128-bit halves.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn i8x8_to_i16_both(p: &[i8]) -> __m256i {
+    debug_assert!(p.len() >= 8);
+    let v = _mm_cvtepi8_epi16(_mm_loadl_epi64(p.as_ptr().cast()));
+    _mm256_broadcastsi128_si256(v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float rows
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(row.len() / 4);
+    let (w, xp) = (row.as_ptr().cast::<f32>(), x.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let o = i + 8 * k;
+            *a = _mm256_fmadd_ps(_mm256_loadu_ps(w.add(o)), _mm256_loadu_ps(xp.add(o)), *a);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(
+            _mm256_loadu_ps(w.add(i)),
+            _mm256_loadu_ps(xp.add(i)),
+            acc[0],
+        );
+        i += 8;
+    }
+    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut sum = hsum_ps(s);
+    while i < n {
+        sum += w.add(i).read_unaligned() * x[i];
+        i += 1;
+    }
+    sum
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(row.len() / 2);
+    let (w, xp) = (row.as_ptr(), x.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        let w0 = _mm256_cvtph_ps(_mm_loadu_si128(w.add(2 * i).cast()));
+        let w1 = _mm256_cvtph_ps(_mm_loadu_si128(w.add(2 * i + 16).cast()));
+        acc0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp.add(i)), acc0);
+        acc1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp.add(i + 8)), acc1);
+        i += 16;
+    }
+    let mut sum = hsum_ps(_mm256_add_ps(acc0, acc1));
+    while i < n {
+        sum += f16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32() * x[i];
+        i += 1;
+    }
+    sum
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_bf16(row: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(row.len() / 2);
+    let (w, xp) = (row.as_ptr(), x.as_ptr());
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(w.add(2 * i).cast()));
+        let wf = _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+        acc = _mm256_fmadd_ps(wf, _mm256_loadu_ps(xp.add(i)), acc);
+        i += 8;
+    }
+    let mut sum = hsum_ps(acc);
+    while i < n {
+        sum += half::bf16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32() * x[i];
+        i += 1;
+    }
+    sum
+}
+
+// ---------------------------------------------------------------------------------------------
+// Legacy 32-element blocks. Every kernel computes per block `d dy Σ u·qy + off · s` where `u` is
+// the unsigned weight code and `off` its offset (`m`, `-8 d`, `-16 d`); `s = dy Σ qy`.
+
+/// Shared block loop. `$codes` (an expression in `$b`, the weight block) gives the 32 unsigned
+/// codes, `$d_off` the pair `(d, off)`. Two blocks per iteration keep two FMA chains in flight.
+/// A macro rather than a closure-taking function so that everything inlines into the
+/// `#[target_feature]` kernel.
+macro_rules! legacy_dot {
+    ($w:expr, $a:expr, |$b:ident| $codes:expr, $d_off:expr) => {{
+        let (w, a) = ($w, $a);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut off_sum = [0f32; 2];
+        macro_rules! step {
+            ($blk:expr, $y:expr, $k:expr) => {{
+                let $b = $blk;
+                let y: &ActBlockQ8 = $y;
+                let p = _mm256_cvtepi32_ps(dot_u8_i8($codes, load256(y.qs.as_ptr())));
+                let (d, off): (f32, f32) = $d_off;
+                acc[$k] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), p, acc[$k]);
+                off_sum[$k] += off * y.s;
+            }};
+        }
+        let wc = w.chunks_exact(2);
+        let ac = a.chunks_exact(2);
+        let (wr, ar) = (wc.remainder(), ac.remainder());
+        for (wb, yb) in wc.zip(ac) {
+            step!(&wb[0], &yb[0], 0);
+            step!(&wb[1], &yb[1], 1);
+        }
+        if let (Some(blk), Some(y)) = (wr.first(), ar.first()) {
+            step!(blk, y, 0);
+        }
+        hsum_ps(_mm256_add_ps(acc[0], acc[1])) + (off_sum[0] + off_sum[1])
+    }};
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_0(w: &[BlockQ4_0], a: &[ActBlockQ8]) -> f32 {
+    legacy_dot!(w, a, |b| nibbles32(&b.qs), {
+        let d = h2f(b.d);
+        (d, -8.0 * d)
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_1(w: &[BlockQ4_1], a: &[ActBlockQ8]) -> f32 {
+    legacy_dot!(w, a, |b| nibbles32(&b.qs), (h2f(b.d), h2f(b.m)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_codes(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
+    let high = _mm256_and_si256(
+        bits_to_bytes(u32::from_le_bytes(qh)),
+        _mm256_set1_epi8(0x10),
+    );
+    _mm256_or_si256(nibbles32(qs), high)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q5_0(w: &[BlockQ5_0], a: &[ActBlockQ8]) -> f32 {
+    legacy_dot!(w, a, |b| q5_codes(&b.qs, b.qh), {
+        let d = h2f(b.d);
+        (d, -16.0 * d)
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q5_1(w: &[BlockQ5_1], a: &[ActBlockQ8]) -> f32 {
+    legacy_dot!(w, a, |b| q5_codes(&b.qs, b.qh), (h2f(b.d), h2f(b.m)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q8_0(w: &[BlockQ8_0], a: &[ActBlockQ8]) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 2];
+    // Signed × signed via |w| × (sign(w) · y); |w| <= 128 and |y| <= 127 keep pairs in i16.
+    macro_rules! step {
+        ($b:expr, $y:expr, $k:expr) => {{
+            let (b, y): (&BlockQ8_0, &ActBlockQ8) = ($b, $y);
+            let wq = load256(b.qs.as_ptr());
+            let yq = load256(y.qs.as_ptr());
+            let p = dot_u8_i8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(yq, wq));
+            let dd = _mm256_set1_ps(h2f(b.d) * y.d);
+            acc[$k] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(p), acc[$k]);
+        }};
+    }
+    let wc = w.chunks_exact(2);
+    let ac = a.chunks_exact(2);
+    let (wr, ar) = (wc.remainder(), ac.remainder());
+    for (wb, yb) in wc.zip(ac) {
+        step!(&wb[0], &yb[0], 0);
+        step!(&wb[1], &yb[1], 1);
+    }
+    if let (Some(b), Some(y)) = (wr.first(), ar.first()) {
+        step!(b, y, 0);
+    }
+    hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+}
+
+// ---------------------------------------------------------------------------------------------
+// K-quants on Q8_K activations: per super-block an i32 vector of scale-weighted integer sums,
+// one FMA per super-block; min terms go through the activation group sums `bsums`.
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q2k(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_min = _mm256_setzero_ps();
+    let low2 = _mm256_set1_epi8(3);
+    for (b, y) in w.iter().zip(a) {
+        // Group scales (low nibbles) and mins (high nibbles) as i16.
+        let raw = _mm_loadu_si128(b.scales.as_ptr().cast());
+        let sc = _mm_and_si128(raw, _mm_set1_epi8(0x0F));
+        let mn = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0F));
+        let mins = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mn), load256(y.bsums.as_ptr()));
+        let mut isum = _mm256_setzero_si256();
+        let sc_lo = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sc));
+        let sc_hi = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_srli_si128(sc, 8)));
+        for n in 0..2 {
+            let sc8 = if n == 0 { sc_lo } else { sc_hi };
+            let mut q = load256(b.qs.as_ptr().add(32 * n));
+            for j in 0..4 {
+                let codes = _mm256_and_si256(q, low2);
+                let yq = load256(y.qs.as_ptr().add(128 * n + 32 * j));
+                let p = _mm256_maddubs_epi16(codes, yq);
+                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, scale_pair(sc8, j)));
+                q = _mm256_srli_epi16(q, 2);
+            }
+        }
+        let dy = y.d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d) * dy), _mm256_cvtepi32_ps(isum), acc);
+        acc_min = _mm256_fmadd_ps(
+            _mm256_set1_ps(h2f(b.dmin) * dy),
+            _mm256_cvtepi32_ps(mins),
+            acc_min,
+        );
+    }
+    hsum_ps(_mm256_sub_ps(acc, acc_min))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q3k(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let low2 = _mm256_set1_epi8(3);
+    let four = _mm256_set1_epi8(4);
+    for (b, y) in w.iter().zip(a) {
+        let scales = unpack_q3k_scales(&b.scales);
+        // Codes u = low2 + 4·hbit in 0..8, value = u - 4: Σ value·qy = Σ u·qy - 4 Σ qy.
+        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scales.as_ptr().cast()));
+        let bias = _mm256_madd_epi16(sc16, load256(y.bsums.as_ptr()));
+        let mut isum = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(bias, 2));
+        let hm = load256(b.hmask.as_ptr());
+        for n in 0..2 {
+            let sc8 = i8x8_to_i16_both(&scales[8 * n..]);
+            let mut q = load256(b.qs.as_ptr().add(32 * n));
+            for j in 0..4 {
+                let bit = _mm256_set1_epi8((1u8 << (4 * n + j)) as i8);
+                let high = _mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), bit);
+                let codes =
+                    _mm256_or_si256(_mm256_and_si256(q, low2), _mm256_and_si256(high, four));
+                let yq = load256(y.qs.as_ptr().add(128 * n + 32 * j));
+                let p = _mm256_maddubs_epi16(codes, yq);
+                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, scale_pair(sc8, j)));
+                q = _mm256_srli_epi16(q, 2);
+            }
+        }
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(h2f(b.d) * y.d),
+            _mm256_cvtepi32_ps(isum),
+            acc,
+        );
+    }
+    hsum_ps(acc)
+}
+
+/// Σ over the 8 sub-blocks of `mn[s] · (bsums[2s] + bsums[2s + 1])`.
+#[inline]
+fn k4_min_sum(mn: &[u8; 8], bsums: &[i16; 16]) -> i32 {
+    let mut s = 0i32;
+    for k in 0..8 {
+        s += mn[k] as i32 * (bsums[2 * k] as i32 + bsums[2 * k + 1] as i32);
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut min_sum = 0f32;
+    let low4 = _mm256_set1_epi8(0x0F);
+    for (b, y) in w.iter().zip(a) {
+        let (sc, mn) = unpack_k4_scales(&b.scales);
+        let mut isum = _mm256_setzero_si256();
+        for i in 0..4 {
+            let q = load256(b.qs.as_ptr().add(32 * i));
+            let lo = _mm256_and_si256(q, low4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+            let p0 = _mm256_maddubs_epi16(lo, load256(y.qs.as_ptr().add(64 * i)));
+            let p1 = _mm256_maddubs_epi16(hi, load256(y.qs.as_ptr().add(64 * i + 32)));
+            let s0 = _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * i] as i16));
+            let s1 = _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * i + 1] as i16));
+            isum = _mm256_add_epi32(isum, _mm256_add_epi32(s0, s1));
+        }
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(h2f(b.d) * y.d),
+            _mm256_cvtepi32_ps(isum),
+            acc,
+        );
+        min_sum += h2f(b.dmin) * y.d * k4_min_sum(&mn, &y.bsums) as f32;
+    }
+    hsum_ps(acc) - min_sum
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q5k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut min_sum = 0f32;
+    let low4 = _mm256_set1_epi8(0x0F);
+    let bit4 = _mm256_set1_epi8(0x10);
+    for (b, y) in w.iter().zip(a) {
+        let (sc, mn) = unpack_k4_scales(&b.scales);
+        let hq = load256(b.qh.as_ptr());
+        let mut isum = _mm256_setzero_si256();
+        for i in 0..4 {
+            let q = load256(b.qs.as_ptr().add(32 * i));
+            let m0 = _mm256_set1_epi8((1u8 << (2 * i)) as i8);
+            let m1 = _mm256_set1_epi8((1u8 << (2 * i + 1)) as i8);
+            let h0 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hq, m0), m0), bit4);
+            let h1 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hq, m1), m1), bit4);
+            let lo = _mm256_or_si256(_mm256_and_si256(q, low4), h0);
+            let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), low4), h1);
+            let p0 = _mm256_maddubs_epi16(lo, load256(y.qs.as_ptr().add(64 * i)));
+            let p1 = _mm256_maddubs_epi16(hi, load256(y.qs.as_ptr().add(64 * i + 32)));
+            let s0 = _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * i] as i16));
+            let s1 = _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * i + 1] as i16));
+            isum = _mm256_add_epi32(isum, _mm256_add_epi32(s0, s1));
+        }
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(h2f(b.d) * y.d),
+            _mm256_cvtepi32_ps(isum),
+            acc,
+        );
+        min_sum += h2f(b.dmin) * y.d * k4_min_sum(&mn, &y.bsums) as f32;
+    }
+    hsum_ps(acc) - min_sum
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q6k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let low4 = _mm256_set1_epi8(0x0F);
+    let m2 = _mm256_set1_epi8(0x03);
+    let m4 = _mm256_set1_epi8(0x0C);
+    let m6 = _mm256_set1_epi8(0x30);
+    let m8 = _mm256_set1_epi8(0xC0u8 as i8);
+    for (b, y) in w.iter().zip(a) {
+        // Codes u = q + 32 in 0..64: Σ q·qy = Σ u·qy - 32 Σ qy.
+        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.scales.as_ptr().cast()));
+        let bias = _mm256_madd_epi16(sc16, load256(y.bsums.as_ptr()));
+        let mut isum = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(bias, 5));
+        for n in 0..2 {
+            let sc8 = i8x8_to_i16_both(&b.scales[8 * n..]);
+            let ql0 = load256(b.ql.as_ptr().add(64 * n));
+            let ql1 = load256(b.ql.as_ptr().add(64 * n + 32));
+            let qh = load256(b.qh.as_ptr().add(32 * n));
+            let codes = [
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, low4),
+                    _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, low4),
+                    _mm256_slli_epi16(_mm256_and_si256(qh, m4), 2),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
+                    _mm256_and_si256(qh, m6),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
+                    _mm256_srli_epi16(_mm256_and_si256(qh, m8), 2),
+                ),
+            ];
+            for (k, &u) in codes.iter().enumerate() {
+                let yq = load256(y.qs.as_ptr().add(128 * n + 32 * k));
+                let p = _mm256_maddubs_epi16(u, yq);
+                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, scale_pair(sc8, k)));
+            }
+        }
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(h2f(b.d) * y.d),
+            _mm256_cvtepi32_ps(isum),
+            acc,
+        );
+    }
+    hsum_ps(acc)
+}

@@ -1,0 +1,114 @@
+//! The whole model against llama.cpp: teacher-force every golden sequence (prompt + 48 greedy
+//! tokens) and compare logits position by position, as `../shared/README.md` ("How to
+//! compare") prescribes. llama.cpp quantizes activations to 8 bits inside its matmuls, so exact
+//! equality is not expected; near-ties may flip.
+mod common;
+use common::*;
+use engine::backend::{self, BackendChoice};
+use engine::gguf::{FileSource, GgufFile};
+use engine::model::{ForwardPass, Logits};
+
+/// Where llama.cpp's top-1/top-2 margin exceeds this, our top-1 must equal its top-1.
+const DECISIVE_MARGIN: f32 = 1.0;
+/// Largest allowed |our logit − llama.cpp's| over its top-5 ids at any step.
+const MAX_ABS_LOGIT_DIFF: f32 = 2.5;
+/// Largest allowed RMS difference over the full first-step logits vector.
+const MAX_RMS_LOGIT_DIFF: f32 = 1.0;
+
+fn argmax(x: &[f32]) -> u32 {
+    engine::backend::cpu::ops::argmax(x)
+}
+
+/// Teacher-force every case of `key` on `choice` and check the criteria; returns the worst
+/// |Δlogit| seen.
+pub fn check_model(file: &str, key: &str, choice: BackendChoice) -> f32 {
+    let src = FileSource::open(model_path(file)).unwrap();
+    let g = GgufFile::parse(&src).unwrap();
+    let (mut model, _) = backend::load(&g, &src, choice, 512, 2).unwrap();
+    let gold = golden(key);
+    let n_vocab = model.config().n_vocab;
+    let mut worst = 0f32;
+    for (ci, case) in gold["cases"].as_array().unwrap().iter().enumerate() {
+        let ids = |k: &str| -> Vec<u32> {
+            case[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        };
+        let prompt = ids("prompt_ids");
+        let generated = ids("generated_ids_no_stop");
+        let seq: Vec<u32> = prompt.iter().chain(&generated).copied().collect();
+        let logits = model.forward(&seq, 0, Logits::All).unwrap().to_vec();
+        let steps = case["top5_per_step"].as_array().unwrap();
+        for (step, top5) in steps.iter().enumerate() {
+            let pos = prompt.len() - 1 + step;
+            let row = &logits[pos * n_vocab..(pos + 1) * n_vocab];
+            let top5: Vec<(u32, f32)> = top5
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    (
+                        e["id"].as_u64().unwrap() as u32,
+                        e["logit"].as_f64().unwrap() as f32,
+                    )
+                })
+                .collect();
+            let ours = argmax(row);
+            let margin = top5[0].1 - top5[1].1;
+            if margin > DECISIVE_MARGIN {
+                assert_eq!(
+                    ours, top5[0].0,
+                    "{key} case {ci} step {step}: top-1 differs (margin {margin})"
+                );
+            }
+            assert!(
+                top5.iter().any(|&(id, _)| id == ours),
+                "{key} case {ci} step {step}: our top-1 {ours} is outside llama.cpp's top-5 {top5:?}"
+            );
+            for &(id, l) in &top5 {
+                let d = (row[id as usize] - l).abs();
+                worst = worst.max(d);
+                assert!(
+                    d <= MAX_ABS_LOGIT_DIFF,
+                    "{key} case {ci} step {step} id {id}: |Δlogit| {d}"
+                );
+            }
+        }
+        // The full vector at the first generated position.
+        let path = golden_dir().join(case["first_logits_f32le"].as_str().unwrap());
+        let bytes = std::fs::read(&path).unwrap();
+        let want: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(want.len(), n_vocab);
+        let pos = prompt.len() - 1;
+        let row = &logits[pos * n_vocab..(pos + 1) * n_vocab];
+        let (mut max, mut sq) = (0f32, 0f64);
+        for (a, b) in row.iter().zip(&want) {
+            let d = (a - b).abs();
+            max = max.max(d);
+            sq += (d as f64) * (d as f64);
+        }
+        let rms = (sq / n_vocab as f64).sqrt() as f32;
+        eprintln!("{key} case {ci}: first-step logits max |Δ| {max:.3}, RMS {rms:.3}");
+        assert!(
+            max <= MAX_ABS_LOGIT_DIFF,
+            "{key} case {ci}: max |Δlogit| {max}"
+        );
+        assert!(
+            rms <= MAX_RMS_LOGIT_DIFF,
+            "{key} case {ci}: RMS Δlogit {rms}"
+        );
+    }
+    worst
+}
+
+#[test]
+fn smollm2_cpu_matches_llama_cpp_teacher_forced() {
+    let worst = check_model(SMOLLM2, SMOLLM2_KEY, BackendChoice::Cpu);
+    eprintln!("smollm2 cpu: worst top-5 |Δlogit| {worst:.3}");
+}

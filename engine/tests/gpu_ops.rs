@@ -1,0 +1,514 @@
+//! GPU kernels against the CPU scalar references, natively (Mesa lavapipe in CI): every kernel,
+//! every GPU weight type, shapes that are not multiples of the workgroup size, each run with the
+//! optional features (when the adapter has them) and with the baseline forced, plus weight
+//! splitting under an artificially small binding limit.
+//!
+//! No adapter is a failure, unless `SLM_SKIP_GPU_TESTS=1`.
+
+use engine::backend::cpu::ops as cpu;
+use engine::backend::gpu::{block_on, Gpu, GpuOptions, GpuSampling, GpuWeight, GPU_WEIGHT_TYPES};
+use engine::model::RopeLayout;
+use engine::quant::{self, GgmlDType};
+
+/// matmul: |gpu - ref| ≤ MATMUL_RTOL · Σ|w·x| + ABS_TOL.
+const MATMUL_RTOL: f32 = 1e-5;
+/// Absolute floor for every comparison.
+const ABS_TOL: f32 = 1e-5;
+/// Embedding lookup: dequantization is exact in f32 up to this relative error.
+const GET_ROWS_RTOL: f32 = 1e-6;
+/// Element-wise ops, norms: relative tolerance.
+const ELT_RTOL: f32 = 1e-5;
+/// RoPE: GPU pow/sin/cos vs Rust's, at positions up to ~100.
+const ROPE_TOL: f32 = 2e-4;
+/// Attention outputs (softmax-weighted means of values of size ~1).
+const ATTN_TOL: f32 = 1e-4;
+
+fn skip() -> bool {
+    std::env::var("SLM_SKIP_GPU_TESTS").is_ok_and(|v| v == "1")
+}
+
+/// The device with its optional features, then with the baseline forced. Panics when there
+/// is no adapter (unless SLM_SKIP_GPU_TESTS=1: then no devices and the test checks nothing).
+fn gpus() -> Vec<(&'static str, Gpu)> {
+    if skip() {
+        return Vec::new();
+    }
+    let full = Gpu::new(&GpuOptions::default())
+        .unwrap_or_else(|e| panic!("no GPU ({e}); set SLM_SKIP_GPU_TESTS=1 to skip GPU tests"));
+    let base = Gpu::new(&GpuOptions::baseline()).expect("baseline device");
+    assert!(!base.info().subgroups && !base.info().f16);
+    eprintln!("GPU: {:?}", full.info());
+    vec![("features", full), ("baseline", base)]
+}
+
+/// xorshift64*: deterministic test data without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u32(&mut self) -> u32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
+    }
+    /// Uniform in [-1, 1).
+    fn f(&mut self) -> f32 {
+        (self.next_u32() >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u32() as u8).collect()
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f()).collect()
+    }
+}
+
+fn f16b(v: f32) -> [u8; 2] {
+    half::f16::from_f32(v).to_le_bytes()
+}
+
+/// Random blocks of `dtype` with random quants and well-scaled f16 scale fields.
+fn random_row(dtype: GgmlDType, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    let mut out = Vec::new();
+    let nb = cols / dtype.block_size();
+    let scale = |rng: &mut Rng| f16b(0.01 + 0.05 * rng.f().abs());
+    match dtype {
+        GgmlDType::F32 => {
+            for _ in 0..cols {
+                out.extend(rng.f().to_le_bytes());
+            }
+        }
+        GgmlDType::F16 => {
+            for _ in 0..cols {
+                out.extend(f16b(rng.f()));
+            }
+        }
+        GgmlDType::Q4_0 | GgmlDType::Q8_0 => {
+            for _ in 0..nb {
+                out.extend(scale(rng));
+                out.extend(rng.bytes(dtype.type_size() - 2));
+            }
+        }
+        GgmlDType::Q4_1 => {
+            for _ in 0..nb {
+                out.extend(scale(rng));
+                out.extend(f16b(0.1 * rng.f()));
+                out.extend(rng.bytes(16));
+            }
+        }
+        GgmlDType::Q5_0 => {
+            for _ in 0..nb {
+                out.extend(scale(rng));
+                out.extend(rng.bytes(20));
+            }
+        }
+        GgmlDType::Q4K => {
+            for _ in 0..nb {
+                out.extend(scale(rng));
+                out.extend(f16b(0.01 * rng.f().abs()));
+                out.extend(rng.bytes(12 + 128));
+            }
+        }
+        GgmlDType::Q6K => {
+            for _ in 0..nb {
+                out.extend(rng.bytes(128 + 64 + 16));
+                out.extend(f16b(0.002 + 0.005 * rng.f().abs()));
+            }
+        }
+        other => panic!("no generator for {other}"),
+    }
+    assert_eq!(out.len(), dtype.row_bytes(cols).unwrap());
+    out
+}
+
+fn random_matrix(dtype: GgmlDType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    (0..rows)
+        .flat_map(|_| random_row(dtype, cols, rng))
+        .collect()
+}
+
+/// Columns for a dtype: a few blocks, and for the float types a width that is not a multiple
+/// of 16 (the kernel's piece size).
+fn cols_for(dtype: GgmlDType) -> usize {
+    match dtype.block_size() {
+        1 => 100,
+        32 => 96,
+        _ => 512,
+    }
+}
+
+fn dequant(dtype: GgmlDType, bytes: &[u8], rows: usize, cols: usize) -> Vec<f32> {
+    let rb = dtype.row_bytes(cols).unwrap();
+    let mut out = vec![0.0; rows * cols];
+    for r in 0..rows {
+        quant::dequantize_row(
+            dtype,
+            &bytes[r * rb..(r + 1) * rb],
+            &mut out[r * cols..(r + 1) * cols],
+        )
+        .expect("scalar reference dequantize_row");
+    }
+    out
+}
+
+fn check_matmul(
+    gpu: &mut Gpu,
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+    n_tok: usize,
+    seed: u64,
+    bias: bool,
+) {
+    let mut rng = Rng(seed);
+    let bytes = random_matrix(dtype, rows, cols, &mut rng);
+    let x = rng.vec(n_tok * cols);
+    let b = bias.then(|| rng.vec(rows));
+    let w = GpuWeight::upload(&gpu.ctx, "w", dtype, rows, cols, &bytes).unwrap();
+    let got = block_on(gpu.matmul(&w, &x, n_tok, b.as_deref())).unwrap();
+    let wf = dequant(dtype, &bytes, rows, cols);
+    for t in 0..n_tok {
+        for r in 0..rows {
+            let xr = &x[t * cols..(t + 1) * cols];
+            let wr = &wf[r * cols..(r + 1) * cols];
+            let mut want: f64 = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let mag: f32 = wr.iter().zip(xr).map(|(a, b)| (a * b).abs()).sum();
+            if let Some(b) = &b {
+                want += b[r] as f64;
+            }
+            let g = got[t * rows + r];
+            let tol = MATMUL_RTOL * mag + ABS_TOL;
+            assert!(
+                (g - want as f32).abs() <= tol,
+                "{dtype} {rows}x{cols} n_tok {n_tok}: y[{t},{r}] = {g}, want {want} (tol {tol})"
+            );
+        }
+    }
+}
+
+#[test]
+fn matvec_and_matmul_every_dtype() {
+    for (mode, mut gpu) in gpus() {
+        for (i, &dtype) in GPU_WEIGHT_TYPES.iter().enumerate() {
+            let cols = cols_for(dtype);
+            eprintln!("{mode}: {dtype}");
+            check_matmul(&mut gpu, dtype, 67, cols, 1, 1 + i as u64, false);
+            check_matmul(&mut gpu, dtype, 67, cols, 11, 100 + i as u64, i % 2 == 0);
+        }
+    }
+}
+
+#[test]
+fn get_rows_every_dtype() {
+    for (_, mut gpu) in gpus() {
+        for (i, &dtype) in GPU_WEIGHT_TYPES.iter().enumerate() {
+            let (rows, cols) = (37, cols_for(dtype));
+            let mut rng = Rng(7 + i as u64);
+            let bytes = random_matrix(dtype, rows, cols, &mut rng);
+            let table = GpuWeight::upload(&gpu.ctx, "embd", dtype, rows, cols, &bytes).unwrap();
+            let tokens = [3u32, 0, 36, 3, 17];
+            let got = block_on(gpu.get_rows(&table, &tokens)).unwrap();
+            let wf = dequant(dtype, &bytes, rows, cols);
+            for (t, &tok) in tokens.iter().enumerate() {
+                for c in 0..cols {
+                    let (g, e) = (got[t * cols + c], wf[tok as usize * cols + c]);
+                    assert!(
+                        (g - e).abs() <= GET_ROWS_RTOL * e.abs() + ABS_TOL,
+                        "{dtype}: row {tok} col {c}: {g} vs {e}"
+                    );
+                }
+            }
+            assert!(block_on(gpu.get_rows(&table, &[37])).is_err());
+        }
+    }
+}
+
+#[test]
+fn weights_split_across_buffers_under_a_small_binding_limit() {
+    if skip() {
+        return;
+    }
+    let opts = GpuOptions {
+        max_binding_cap: Some(4096),
+        ..GpuOptions::default()
+    };
+    let mut gpu = Gpu::new(&opts).expect("GPU");
+    assert_eq!(gpu.info().max_storage_binding, 4096);
+    for (i, dtype) in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::F16]
+        .into_iter()
+        .enumerate()
+    {
+        let cols = cols_for(dtype);
+        let rows = 150;
+        let mut rng = Rng(99 + i as u64);
+        let bytes = random_matrix(dtype, rows, cols, &mut rng);
+        let w = GpuWeight::upload(&gpu.ctx, "w", dtype, rows, cols, &bytes).unwrap();
+        assert!(w.chunks.len() > 2, "{dtype}: {} chunks", w.chunks.len());
+        assert!(w.chunks.iter().all(|c| c.buffer.size() <= 4096));
+        check_matmul(&mut gpu, dtype, rows, cols, 1, 5, true);
+        check_matmul(&mut gpu, dtype, rows, cols, 9, 6, false);
+        let tokens = [0u32, 149, 75, 14, 15];
+        let got = block_on(gpu.get_rows(&w, &tokens)).unwrap();
+        let wf = dequant(dtype, &bytes, rows, cols);
+        for (t, &tok) in tokens.iter().enumerate() {
+            assert_eq!(
+                &got[t * cols..(t + 1) * cols],
+                &wf[tok as usize * cols..(tok as usize + 1) * cols]
+            );
+        }
+    }
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, e)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - e).abs() <= rtol * e.abs() + ABS_TOL.max(rtol),
+            "{what}[{i}]: {g} vs {e}"
+        );
+    }
+}
+
+#[test]
+fn rms_norm_matches_cpu() {
+    for (mode, mut gpu) in gpus() {
+        let mut rng = Rng(3);
+        let (rows, n) = (5, 203);
+        let x: Vec<f32> = rng.vec(rows * n).iter().map(|v| v * 3.0).collect();
+        let w = rng.vec(n);
+        let got = block_on(gpu.rms_norm(&x, &w, 1e-5)).unwrap();
+        let mut want = vec![0.0; rows * n];
+        for r in 0..rows {
+            cpu::rms_norm(
+                &mut want[r * n..(r + 1) * n],
+                &x[r * n..(r + 1) * n],
+                &w,
+                1e-5,
+            );
+        }
+        assert_close(&format!("rms_norm {mode}"), &got, &want, ELT_RTOL);
+    }
+}
+
+#[test]
+fn rope_both_layouts_with_and_without_freq_factors() {
+    for (mode, mut gpu) in gpus() {
+        let mut rng = Rng(4);
+        let (n_tok, n_heads, head_dim) = (3, 5, 24);
+        for (n_rot, layout, ff) in [
+            (24, RopeLayout::Adjacent, false),
+            (24, RopeLayout::Neox, false),
+            (16, RopeLayout::Adjacent, true),
+            (16, RopeLayout::Neox, true),
+        ] {
+            let x = rng.vec(n_tok * n_heads * head_dim);
+            let freq: Vec<f32> = (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.5).collect();
+            let freq = ff.then_some(freq);
+            let pos0 = 97;
+            let got = block_on(gpu.rope(
+                &x,
+                n_tok,
+                n_heads,
+                head_dim,
+                n_rot,
+                pos0,
+                10000.0,
+                0.5,
+                layout,
+                freq.as_deref(),
+            ))
+            .unwrap();
+            let mut want = x.clone();
+            for t in 0..n_tok {
+                let w = n_heads * head_dim;
+                cpu::rope(
+                    &mut want[t * w..(t + 1) * w],
+                    n_heads,
+                    head_dim,
+                    n_rot,
+                    pos0 + t,
+                    10000.0,
+                    0.5,
+                    layout,
+                    freq.as_deref(),
+                );
+            }
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - e).abs() <= ROPE_TOL,
+                    "rope {mode} {layout:?} n_rot {n_rot} ff {ff}: [{i}] {g} vs {e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_causal_gqa_prefill_and_decode() {
+    for (mode, mut gpu) in gpus() {
+        let mut rng = Rng(5);
+        let (n_head, n_head_kv, head_dim) = (6, 2, 40);
+        let kv_dim = n_head_kv * head_dim;
+        let n_ctx = 150;
+        let k = rng.vec(n_ctx * kv_dim);
+        let v = rng.vec(n_ctx * kv_dim);
+        // (pos0, n_tok): a prefill from 0, a prefill continuing a cache, single-token decodes.
+        for (pos0, n_tok) in [(0, 13), (70, 9), (0, 1), (136, 1), (149, 1)] {
+            let q: Vec<f32> = rng
+                .vec(n_tok * n_head * head_dim)
+                .iter()
+                .map(|x| x * 2.0)
+                .collect();
+            let got = block_on(gpu.attention(&q, &k, &v, n_tok, pos0, n_head, n_head_kv, head_dim))
+                .unwrap();
+            let qd = n_head * head_dim;
+            let mut want = vec![0.0; n_tok * qd];
+            let mut scores = vec![0.0; n_ctx];
+            for t in 0..n_tok {
+                cpu::attention(
+                    &mut want[t * qd..(t + 1) * qd],
+                    &q[t * qd..(t + 1) * qd],
+                    &k,
+                    &v,
+                    pos0 + t + 1,
+                    n_head,
+                    n_head_kv,
+                    head_dim,
+                    &mut scores,
+                );
+            }
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - e).abs() <= ATTN_TOL,
+                    "attention {mode} pos0 {pos0} n_tok {n_tok}: [{i}] {g} vs {e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn swiglu_and_add_match_cpu() {
+    for (mode, mut gpu) in gpus() {
+        let mut rng = Rng(6);
+        let n = 1000;
+        let g: Vec<f32> = rng.vec(n).iter().map(|v| v * 6.0).collect();
+        let u = rng.vec(n);
+        let got = block_on(gpu.swiglu(&g, &u)).unwrap();
+        let mut want = g.clone();
+        cpu::swiglu(&mut want, &u);
+        assert_close(&format!("swiglu {mode}"), &got, &want, ELT_RTOL);
+        let got = block_on(gpu.add(&g, &u)).unwrap();
+        let want: Vec<f32> = g.iter().zip(&u).map(|(a, b)| a + b).collect();
+        assert_close(&format!("add {mode}"), &got, &want, ELT_RTOL);
+    }
+}
+
+/// Reference of the GPU sampler's documented semantics: top-k, then top-p on temperature-1
+/// probabilities, then a draw over temperature-scaled weights walked in index order.
+fn sample_ref(logits: &[f32], s: &GpuSampling) -> u32 {
+    if s.temperature <= 0.0 {
+        return cpu::argmax(logits);
+    }
+    let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    let k = if s.top_k == 0 {
+        logits.len()
+    } else {
+        (s.top_k as usize).min(logits.len())
+    };
+    let mut keep = vec![false; logits.len()];
+    let z: f64 = order[..k]
+        .iter()
+        .map(|&i| ((logits[i] - mx) as f64).exp())
+        .sum();
+    let mut acc = 0.0;
+    for &i in &order[..k] {
+        keep[i] = true;
+        acc += ((logits[i] - mx) as f64).exp();
+        if acc >= s.top_p as f64 * z {
+            break;
+        }
+    }
+    let w: Vec<f64> = (0..logits.len())
+        .map(|i| {
+            if keep[i] {
+                (((logits[i] - mx) / s.temperature) as f64).exp()
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let total: f64 = w.iter().sum();
+    let target = s.random as f64 * total;
+    let mut acc = 0.0;
+    for (i, wi) in w.iter().enumerate() {
+        acc += wi;
+        if *wi > 0.0 && target < acc {
+            return i as u32;
+        }
+    }
+    cpu::argmax(logits)
+}
+
+#[test]
+fn sampling_on_the_gpu_matches_the_reference() {
+    for (mode, mut gpu) in gpus() {
+        let mut rng = Rng(8);
+        let n_vocab = 1003;
+        // Distinct logits so the top-k/top-p sets are unambiguous.
+        let mut logits: Vec<f32> = (0..n_vocab).map(|i| i as f32 * 0.01).collect();
+        for i in (1..n_vocab).rev() {
+            let j = rng.next_u32() as usize % (i + 1);
+            logits.swap(i, j);
+        }
+        // Argmax, with a tie resolved to the lowest index.
+        let mut tied = logits.clone();
+        tied[5] = 100.0;
+        tied[900] = 100.0;
+        assert_eq!(
+            block_on(gpu.sample(&tied, &GpuSampling::greedy())).unwrap(),
+            5,
+            "{mode}"
+        );
+        assert_eq!(
+            block_on(gpu.sample(&logits, &GpuSampling::greedy())).unwrap(),
+            cpu::argmax(&logits),
+            "{mode}"
+        );
+        for (temperature, top_k, top_p) in [
+            (1.0, 0, 1.0),
+            (0.7, 40, 1.0),
+            (1.0, 0, 0.9),
+            (0.8, 50, 0.5),
+            (1.5, 1, 1.0),
+        ] {
+            for _ in 0..8 {
+                let s = GpuSampling {
+                    temperature,
+                    top_k,
+                    top_p,
+                    random: (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32,
+                };
+                let got = block_on(gpu.sample(&logits, &s)).unwrap();
+                assert_eq!(got, sample_ref(&logits, &s), "{mode} {s:?}");
+            }
+        }
+        let bad = GpuSampling {
+            top_p: 0.0,
+            ..GpuSampling::greedy()
+        };
+        assert!(block_on(gpu.sample(&logits, &bad)).is_err());
+    }
+}
+
+#[test]
+fn probe_reports_an_adapter_and_passes_the_self_test() {
+    if skip() {
+        return;
+    }
+    let info = engine::backend::gpu::probe().expect("probe");
+    assert!(!info.name.is_empty());
+    assert!(info.max_storage_binding >= 128 << 20);
+}

@@ -1,0 +1,77 @@
+// attention.wgsl: causal scaled dot-product attention with grouped-query heads over a KV cache
+// that lives on the GPU. Query t (at position pos0 + t) of head h attends to cache rows
+// 0 ..= pos0 + t of KV head h / (n_head / n_head_kv). One workgroup per (token, head): scores go
+// to a scratch row (exact softmax in three passes), then each invocation sums its output dims.
+// Decode is the n_tok = 1 case of the same kernel.
+// q: (n_tok, q_stride); k_cache, v_cache: (n_ctx, kv_dim); scores: (n_tok * n_head, n_ctx);
+// out: (n_tok, n_head * head_dim).
+
+const WG: u32 = 64u;
+const MAX_HEAD_DIM: u32 = 256u;
+
+struct Params {
+    n_head: u32,
+    n_head_kv: u32,
+    head_dim: u32,
+    n_tok: u32,
+    pos0: u32,
+    kv_dim: u32,
+    q_stride: u32,
+    n_ctx: u32,
+    scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
+@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+var<workgroup> qs: array<f32, MAX_HEAD_DIM>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let id = linear_wg(wid, nwg);
+    if (id >= p.n_tok * p.n_head) { return; }
+    let t = id / p.n_head;
+    let h = id % p.n_head;
+    let kvh = h / (p.n_head / p.n_head_kv);
+    let hd = p.head_dim;
+    let n_kv = p.pos0 + t + 1u;
+    let sb = id * p.n_ctx;
+    for (var i = lid; i < hd; i += WG) { qs[i] = q[t * p.q_stride + h * hd + i] * p.scale; }
+    workgroupBarrier();
+
+    var mx = NEG_INF;
+    for (var j = lid; j < n_kv; j += WG) {
+        let kb = j * p.kv_dim + kvh * hd;
+        var s = 0.0;
+        for (var i = 0u; i < hd; i++) { s += qs[i] * k_cache[kb + i]; }
+        scores[sb + j] = s;
+        mx = max(mx, s);
+    }
+    mx = reduce_max(mx, lid);
+    var sum = 0.0;
+    for (var j = lid; j < n_kv; j += WG) {
+        let e = exp(scores[sb + j] - mx);
+        scores[sb + j] = e;
+        sum += e;
+    }
+    sum = reduce_sum(sum, lid);
+    storageBarrier();
+    let inv = 1.0 / sum;
+    for (var i = lid; i < hd; i += WG) {
+        var acc = 0.0;
+        let vb = kvh * hd + i;
+        for (var j = 0u; j < n_kv; j++) { acc += scores[sb + j] * v_cache[j * p.kv_dim + vb]; }
+        out[t * p.n_head * hd + h * hd + i] = acc * inv;
+    }
+}

@@ -1,0 +1,77 @@
+// matmul.wgsl: y[t, r] (+)= dot(W[r, :], x[t, :]) (+ bias[r]) for a quantized weight W in GGUF
+// block layout. One workgroup per (weight row, tile of up to TILE_N tokens): the row is
+// decoded once per tile and reused for every token of the tile. The decode (matrix-vector)
+// pipeline is this kernel with TILE_N = 1; prefill uses TILE_N = 8.
+//
+// W: (rows, cols) in `wq`, row r at byte r * row_bytes; x: (n_tok, x_stride) from x_off;
+// y: (n_tok, out_stride) from out_off; bias: (rows) from bias_off.
+
+const WG: u32 = 64u;
+const TILE_MAX: u32 = 8u;
+override TILE_N: u32 = 8u;
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    row_bytes: u32,
+    n_tok: u32,
+    x_off: u32,
+    x_stride: u32,
+    out_off: u32,
+    out_stride: u32,
+    bias_off: u32,
+    // bit 0: add bias; bit 1: accumulate into y (fused residual add)
+    flags: u32,
+    total_wg: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> wq: array<u32>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let id = linear_wg(wid, nwg);
+    if (id >= p.total_wg) { return; }
+    let n_tiles = (p.n_tok + TILE_N - 1u) / TILE_N;
+    let r = id / n_tiles;
+    let t0 = (id % n_tiles) * TILE_N;
+    let nt = min(TILE_N, p.n_tok - t0);
+    let row_off = r * p.row_bytes;
+    let n_pieces = (p.cols + 15u) / 16u;
+
+    var acc: array<f32, TILE_MAX>;
+    for (var pc = lid; pc < n_pieces; pc += WG) {
+        var v: array<f32, 16>;
+        load_piece(row_off, pc, p.cols, &v);
+        let c0 = pc * 16u;
+        let nc = min(16u, p.cols - c0);
+        for (var t = 0u; t < nt; t++) {
+            let xb = p.x_off + (t0 + t) * p.x_stride + c0;
+            var s = 0.0;
+            if (nc == 16u) {
+                for (var i = 0u; i < 16u; i++) { s += v[i] * x[xb + i]; }
+            } else {
+                for (var i = 0u; i < nc; i++) { s += v[i] * x[xb + i]; }
+            }
+            acc[t] += s;
+        }
+    }
+    var b = 0.0;
+    if ((p.flags & 1u) != 0u) { b = bias[p.bias_off + r]; }
+    for (var t = 0u; t < TILE_N; t++) {
+        if (t0 + t >= p.n_tok) { break; }
+        let s = reduce_sum(acc[t], lid) + b;
+        if (lid == 0u) {
+            let o = p.out_off + (t0 + t) * p.out_stride + r;
+            if ((p.flags & 2u) != 0u) { y[o] = y[o] + s; } else { y[o] = s; }
+        }
+    }
+}
