@@ -15,7 +15,7 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
-use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::models::bpe::{Vocab as HfVocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{
@@ -56,11 +56,103 @@ struct BpeModel {
     model: BPE,
 }
 
-/// One vocabulary entry.
+/// One vocabulary entry; its text is `Vocab::buf[start..end]`.
+#[derive(Clone, Copy)]
 struct TokenData {
-    text: String,
+    start: u32,
+    end: u32,
     score: f32,
     attr: u32,
+}
+
+/// The vocabulary: all token texts in one buffer, plus an open-addressing hash index from text
+/// to id (cheaper to build for 262k tokens than a `HashMap<String, u32>`).
+struct Vocab {
+    buf: String,
+    data: Vec<TokenData>,
+    /// Token ids, `u32::MAX` for empty slots; the length is a power of two.
+    slots: Vec<u32>,
+}
+
+fn hash_text(s: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = (s.len() as u64).wrapping_mul(K);
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        h = (h.rotate_left(5) ^ v).wrapping_mul(K);
+    }
+    let rem = chunks.remainder();
+    if !rem.is_empty() {
+        let mut b = [0u8; 8];
+        b[..rem.len()].copy_from_slice(rem);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(K);
+    }
+    h ^= h >> 29;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^ (h >> 32)
+}
+
+impl Vocab {
+    fn with_capacity(n: usize, bytes: usize) -> Self {
+        let slots = (2 * n).next_power_of_two().max(16);
+        Vocab {
+            buf: String::with_capacity(bytes),
+            data: Vec::with_capacity(n),
+            slots: vec![u32::MAX; slots],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    fn text(&self, id: u32) -> &str {
+        let t = &self.data[id as usize];
+        &self.buf[t.start as usize..t.end as usize]
+    }
+
+    fn get(&self, s: &str) -> Option<u32> {
+        let mask = self.slots.len() - 1;
+        let mut i = hash_text(s.as_bytes()) as usize & mask;
+        loop {
+            let id = self.slots[i];
+            if id == u32::MAX {
+                return None;
+            }
+            if self.text(id) == s {
+                return Some(id);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Append a token; `Err(previous id)` if the text is already present.
+    fn push(&mut self, s: &str, score: f32, attr: u32) -> std::result::Result<u32, u32> {
+        let id = self.data.len() as u32;
+        let mask = self.slots.len() - 1;
+        let mut i = hash_text(s.as_bytes()) as usize & mask;
+        loop {
+            let other = self.slots[i];
+            if other == u32::MAX {
+                break;
+            }
+            if self.text(other) == s {
+                return Err(other);
+            }
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = id;
+        let start = self.buf.len() as u32;
+        self.buf.push_str(s);
+        self.data.push(TokenData {
+            start,
+            end: self.buf.len() as u32,
+            score,
+            attr,
+        });
+        Ok(id)
+    }
 }
 
 /// A piece of the input after the special-token partition.
@@ -76,8 +168,7 @@ enum Fragment {
 /// does for the same GGUF.
 pub struct Tokenizer {
     model: Model_,
-    tokens: Vec<TokenData>,
-    token_to_id: HashMap<String, u32>,
+    vocab: Vocab,
     /// Control, user-defined and unknown tokens, longest text first (llama.cpp's
     /// `cache_special_tokens`).
     special_cache: Vec<u32>,
@@ -104,7 +195,7 @@ impl std::fmt::Debug for Tokenizer {
                     Model_::Bpe(_) => "bpe",
                 },
             )
-            .field("n_vocab", &self.tokens.len())
+            .field("n_vocab", &self.vocab.len())
             .field("bos", &self.bos)
             .field("eos", &self.eos)
             .field("eog", &self.eog)
@@ -209,7 +300,6 @@ impl Tokenizer {
     /// Errors: [`Error::Tokenizer`] for an unknown tokenizer model or inconsistent vocabulary,
     /// [`Error::Metadata`] for missing or mistyped keys.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
-        let t0 = std::time::Instant::now();
         let model_name = gguf.get_str("tokenizer.ggml.model")?;
         let pre = gguf
             .get("tokenizer.ggml.pre")
@@ -248,13 +338,18 @@ impl Tokenizer {
         if scores.is_some_and(|s| s.len() < n) || types.is_some_and(|t| t.len() < n) {
             return Err(terr("scores or token types shorter than the vocabulary"));
         }
-        let mut tokens = Vec::with_capacity(n);
-        let mut token_to_id = HashMap::with_capacity(n);
+        let bytes: usize = texts.iter().map(|t| t.len()).sum();
+        if bytes + 16 * n > u32::MAX as usize {
+            return Err(terr("vocabulary text too large"));
+        }
+        let mut vocab = Vocab::with_capacity(n, bytes);
         for (i, t) in texts.iter().enumerate() {
-            let text = if t.is_empty() {
-                format!("[EMPTY_{i}]")
+            let empty;
+            let text: &str = if t.is_empty() {
+                empty = format!("[EMPTY_{i}]");
+                &empty
             } else {
-                (*t).to_string()
+                t
             };
             let score = scores
                 .and_then(|s| s[i].as_f64())
@@ -270,15 +365,13 @@ impl Tokenizer {
                 Some(Some(6)) => ATTR_BYTE,
                 Some(_) => 0,
             };
-            if let Some(prev) = token_to_id.insert(text.clone(), i as u32) {
+            if let Err(prev) = vocab.push(text, score, attr) {
                 return Err(terr(format!(
                     "duplicate token {text:?} with ids {prev} and {i}"
                 )));
             }
-            tokens.push(TokenData { text, score, attr });
         }
 
-        eprintln!("vocab {:?}", t0.elapsed());
         // Model-type defaults, then metadata.
         let (mut bos, mut eos, unk): (Option<u32>, Option<u32>, Option<u32>) = if is_spm {
             (Some(1), Some(2), Some(0))
@@ -366,111 +459,101 @@ impl Tokenizer {
             "<｜end▁of▁sentence｜>",
             "[e~[",
         ];
-        let detect = |slot: &mut Option<u32>, names: &[&str], tokens: &mut [TokenData]| {
+        let detect = |slot: &mut Option<u32>, names: &[&str], vocab: &mut Vocab| {
             if slot.is_some() {
                 return;
             }
-            if let Some(id) = names.iter().find_map(|s| token_to_id.get(*s).copied()) {
+            if let Some(id) = names.iter().find_map(|s| vocab.get(s)) {
                 *slot = Some(id);
-                tokens[id as usize].attr |= ATTR_CONTROL;
+                vocab.data[id as usize].attr |= ATTR_CONTROL;
             }
         };
-        detect(&mut eot, EOT, &mut tokens);
-        detect(&mut eom, &["<|eom_id|>"], &mut tokens);
-        detect(&mut fim_pad, FIM_PAD, &mut tokens);
-        detect(&mut fim_rep, FIM_REP, &mut tokens);
-        detect(&mut fim_sep, FIM_SEP, &mut tokens);
+        detect(&mut eot, EOT, &mut vocab);
+        detect(&mut eom, &["<|eom_id|>"], &mut vocab);
+        detect(&mut fim_pad, FIM_PAD, &mut vocab);
+        detect(&mut fim_rep, FIM_REP, &mut vocab);
+        detect(&mut fim_sep, FIM_SEP, &mut vocab);
 
         // Control tokens whose text says "unused".
-        for t in tokens.iter_mut() {
-            if t.attr & ATTR_CONTROL != 0 && t.text.contains("unused") {
-                t.attr |= ATTR_UNUSED;
+        for id in 0..n as u32 {
+            if vocab.data[id as usize].attr & ATTR_CONTROL != 0 && vocab.text(id).contains("unused")
+            {
+                vocab.data[id as usize].attr |= ATTR_UNUSED;
             }
         }
 
         // End-of-generation set.
         let mut eog: Vec<u32> = [fim_pad, fim_rep, fim_sep].into_iter().flatten().collect();
         for name in EOG {
-            if let Some(&id) = token_to_id.get(*name) {
+            if let Some(id) = vocab.get(name) {
                 eog.push(id);
-                tokens[id as usize].attr |= ATTR_CONTROL;
+                vocab.data[id as usize].attr |= ATTR_CONTROL;
             }
         }
         for name in ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"] {
-            if let Some(&id) = token_to_id.get(name) {
-                tokens[id as usize].attr = ATTR_USER_DEFINED;
+            if let Some(id) = vocab.get(name) {
+                vocab.data[id as usize].attr = ATTR_USER_DEFINED;
             }
         }
         eog.extend([eos, eot, eom].into_iter().flatten());
         eog.sort_unstable();
         eog.dedup();
-        let has = |eog: &[u32], tokens: &[TokenData], s: &str| {
-            eog.iter().any(|&i| tokens[i as usize].text == s)
-        };
-        let drop_end = has(&eog, &tokens, "<|end|>")
-            && ((has(&eog, &tokens, "<|return|>") && has(&eog, &tokens, "<|call|>"))
-                || ((has(&eog, &tokens, "<|call|>") || has(&eog, &tokens, "<|calls|>"))
-                    && has(&eog, &tokens, "<|flush|>")));
+        let has = |eog: &[u32], vocab: &Vocab, s: &str| eog.iter().any(|&i| vocab.text(i) == s);
+        let drop_end = has(&eog, &vocab, "<|end|>")
+            && ((has(&eog, &vocab, "<|return|>") && has(&eog, &vocab, "<|call|>"))
+                || ((has(&eog, &vocab, "<|call|>") || has(&eog, &vocab, "<|calls|>"))
+                    && has(&eog, &vocab, "<|flush|>")));
         if drop_end {
-            if let Some(&end) = token_to_id.get("<|end|>") {
+            if let Some(end) = vocab.get("<|end|>") {
                 eog.retain(|&i| i != end);
-                tokens[end as usize].attr = ATTR_USER_DEFINED;
+                vocab.data[end as usize].attr = ATTR_USER_DEFINED;
             }
         }
-        if has(&eog, &tokens, "<|tool_response>") {
-            if let Some(&s) = token_to_id.get("</s>") {
+        if has(&eog, &vocab, "<|tool_response>") {
+            if let Some(s) = vocab.get("</s>") {
                 if eog.contains(&s) {
                     eog.retain(|&i| i != s);
-                    tokens[s as usize].attr = ATTR_NORMAL;
+                    vocab.data[s as usize].attr = ATTR_NORMAL;
                 }
             }
         }
 
-        eprintln!("eog {:?}", t0.elapsed());
         // Special-token partition order: longest text first (ties by id).
         let mut special_cache: Vec<u32> = (0..n as u32)
             .filter(|&i| {
-                tokens[i as usize].attr & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN) != 0
+                vocab.data[i as usize].attr & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN) != 0
             })
             .collect();
-        special_cache.sort_by(|&a, &b| {
-            tokens[b as usize]
-                .text
-                .len()
-                .cmp(&tokens[a as usize].text.len())
-                .then(a.cmp(&b))
-        });
+        let tlen = |i: u32| {
+            let t = vocab.data[i as usize];
+            t.end - t.start
+        };
+        special_cache.sort_by(|&a, &b| tlen(b).cmp(&tlen(a)).then(a.cmp(&b)));
 
-        eprintln!("cache {:?}", t0.elapsed());
         // Byte tokens and the fragment model.
         let mut byte_tokens = vec![None; 256];
         let mut byte_decoder = HashMap::new();
         let model = if is_spm {
             for (b, slot) in byte_tokens.iter_mut().enumerate() {
-                *slot = token_to_id
-                    .get(&format!("<0x{b:02X}>"))
-                    .or_else(|| {
-                        std::str::from_utf8(&[b as u8])
-                            .ok()
-                            .and_then(|s| token_to_id.get(s))
-                    })
-                    .copied();
+                *slot = vocab.get(&format!("<0x{b:02X}>")).or_else(|| {
+                    std::str::from_utf8(&[b as u8])
+                        .ok()
+                        .and_then(|s| vocab.get(s))
+                });
             }
             Model_::Spm
         } else {
             let chars = gpt2_byte_chars();
             for (b, c) in chars.iter().enumerate() {
-                byte_tokens[b] = token_to_id.get(c.to_string().as_str()).copied();
+                byte_tokens[b] = vocab.get(c.encode_utf8(&mut [0u8; 4]));
                 byte_decoder.insert(*c, b as u8);
             }
-            Model_::Bpe(Box::new(build_bpe(gguf, &tokens, &token_to_id, &pre_cfg)?))
+            Model_::Bpe(Box::new(build_bpe(gguf, &vocab, &pre_cfg)?))
         };
 
-        eprintln!("model {:?}", t0.elapsed());
         Ok(Tokenizer {
             model,
-            tokens,
-            token_to_id,
+            vocab,
             special_cache,
             byte_tokens,
             byte_decoder,
@@ -567,11 +650,13 @@ impl Tokenizer {
         }
         let mut next = Vec::new();
         for &id in &self.special_cache {
-            let data = &self.tokens[id as usize];
-            if !parse_special && data.attr & (ATTR_CONTROL | ATTR_UNKNOWN) != 0 {
+            if !parse_special
+                && self.vocab.data[id as usize].attr & (ATTR_CONTROL | ATTR_UNKNOWN) != 0
+            {
                 continue;
             }
-            let tb = data.text.as_bytes();
+            let needle = self.vocab.text(id);
+            let tb = needle.as_bytes();
             let maybe = match tb {
                 [] => false,
                 [b] => first[*b as usize],
@@ -580,7 +665,7 @@ impl Tokenizer {
                     pairs[k >> 6] & (1 << (k & 63)) != 0
                 }
             };
-            if !maybe || !text.contains(data.text.as_str()) {
+            if !maybe || !text.contains(needle) {
                 continue;
             }
             next.clear();
@@ -590,7 +675,7 @@ impl Tokenizer {
                     next.push(f);
                     continue;
                 };
-                while let Some(pos) = text[s..e].find(data.text.as_str()) {
+                while let Some(pos) = text[s..e].find(needle) {
                     found = true;
                     if pos > 0 {
                         next.push(Fragment::Text(s, s + pos));
@@ -668,9 +753,9 @@ impl Tokenizer {
             }
             let (ls, rs) = (syms[l as usize], syms[r as usize]);
             let piece = &text[ls.start..ls.start + ls.len + rs.len];
-            if let Some(&id) = self.token_to_id.get(piece) {
+            if let Some(id) = self.vocab.get(piece) {
                 heap.push(Bigram {
-                    score: self.tokens[id as usize].score,
+                    score: self.vocab.data[id as usize].score,
                     left: l as usize,
                     right: r as usize,
                     size: piece.len(),
@@ -699,7 +784,7 @@ impl Tokenizer {
         while i >= 0 {
             let s = syms[i as usize];
             let piece = &text[s.start..s.start + s.len];
-            if let Some(&id) = self.token_to_id.get(piece) {
+            if let Some(id) = self.vocab.get(piece) {
                 out.push(id);
             } else {
                 // Never merged and not a token: byte fallback.
@@ -758,22 +843,23 @@ impl Tokenizer {
     /// SentencePiece `▁` → space, `<0xAB>` byte tokens → that byte; control (and unknown) tokens
     /// → empty unless `special`; unused tokens and ids outside the vocabulary → empty.
     pub fn token_bytes(&self, id: u32, special: bool) -> Vec<u8> {
-        let Some(t) = self.tokens.get(id as usize) else {
+        let Some(&t) = self.vocab.data.get(id as usize) else {
             return Vec::new();
         };
+        let text = self.vocab.text(id);
         let special_attr = ATTR_UNKNOWN | ATTR_CONTROL;
         if t.attr & special_attr != 0 && !special {
             return Vec::new();
         }
         if t.attr & (special_attr | ATTR_USER_DEFINED) != 0 {
-            return t.text.as_bytes().to_vec();
+            return text.as_bytes().to_vec();
         }
         if t.attr & ATTR_NORMAL != 0 {
             return match self.model {
-                Model_::Spm => t.text.replace(SPM_SPACE, " ").into_bytes(),
+                Model_::Spm => text.replace(SPM_SPACE, " ").into_bytes(),
                 Model_::Bpe(_) => {
-                    let mut out = Vec::with_capacity(t.text.len());
-                    for c in t.text.chars() {
+                    let mut out = Vec::with_capacity(text.len());
+                    for c in text.chars() {
                         match self.byte_decoder.get(&c) {
                             Some(&b) => out.push(b),
                             None => {
@@ -787,8 +873,7 @@ impl Tokenizer {
             };
         }
         if t.attr & ATTR_BYTE != 0 {
-            let hex = t
-                .text
+            let hex = text
                 .strip_prefix("<0x")
                 .and_then(|s| s.strip_suffix('>'))
                 .and_then(|h| u8::from_str_radix(h, 16).ok());
@@ -799,7 +884,7 @@ impl Tokenizer {
 
     /// Number of tokens in the vocabulary.
     pub fn n_vocab(&self) -> usize {
-        self.tokens.len()
+        self.vocab.len()
     }
 
     /// Beginning-of-sequence token.
@@ -831,7 +916,8 @@ impl Tokenizer {
 
     /// Whether `id` is a control token (rendered only on request, e.g. `<|im_start|>`).
     pub fn is_control(&self, id: u32) -> bool {
-        self.tokens
+        self.vocab
+            .data
             .get(id as usize)
             .is_some_and(|t| t.attr & ATTR_CONTROL != 0)
     }
@@ -839,12 +925,12 @@ impl Tokenizer {
     /// The text of a token as stored in the vocabulary (for chat templates' `bos_token` /
     /// `eos_token`).
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id as usize).map(|t| t.text.as_str())
+        ((id as usize) < self.vocab.len()).then(|| self.vocab.text(id))
     }
 
     /// The id of a vocabulary entry with exactly this text.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.token_to_id.get(text).copied()
+        self.vocab.get(text)
     }
 }
 
@@ -893,15 +979,11 @@ fn clean_up_spaces(t: &[u8]) -> Vec<u8> {
 }
 
 /// The byte-level BPE model from `tokenizer.ggml.merges`.
-fn build_bpe(
-    gguf: &GgufFile,
-    tokens: &[TokenData],
-    token_to_id: &HashMap<String, u32>,
-    cfg: &PreConfig,
-) -> Result<BpeModel> {
+fn build_bpe(gguf: &GgufFile, vocab: &Vocab, cfg: &PreConfig) -> Result<BpeModel> {
     let merges_raw = string_array(gguf, "tokenizer.ggml.merges")?;
     let mut seen = std::collections::HashSet::with_capacity(merges_raw.len());
     let mut merges = Vec::with_capacity(merges_raw.len());
+    let mut joined = String::new();
     for m in merges_raw {
         // llama.cpp splits at the first space after the first byte.
         let Some(pos) = m.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1) else {
@@ -910,22 +992,22 @@ fn build_bpe(
         let (a, b) = (&m[..pos], &m[pos + 1..]);
         // The BPE model needs both halves and their concatenation in the vocabulary; llama.cpp
         // keeps the first rank of a repeated pair.
-        if !token_to_id.contains_key(a)
-            || !token_to_id.contains_key(b)
-            || !token_to_id.contains_key(&format!("{a}{b}"))
-            || !seen.insert((a, b))
-        {
+        let (Some(ia), Some(ib)) = (vocab.get(a), vocab.get(b)) else {
+            continue;
+        };
+        joined.clear();
+        joined.push_str(a);
+        joined.push_str(b);
+        if vocab.get(&joined).is_none() || !seen.insert((ia, ib)) {
             continue;
         }
         merges.push((a.to_string(), b.to_string()));
     }
-    let vocab: Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.text.clone(), i as u32))
+    let hf_vocab: HfVocab = (0..vocab.len() as u32)
+        .map(|i| (vocab.text(i).to_string(), i))
         .collect();
     let model = BPE::builder()
-        .vocab_and_merges(vocab, merges)
+        .vocab_and_merges(hf_vocab, merges)
         .ignore_merges(cfg.ignore_merges)
         .build()
         .map_err(|e| terr(format!("BPE model: {e}")))?;

@@ -18,9 +18,10 @@ use engine::model::{ForwardPass, Logits, ModelConfig};
 
 /// GPU vs the f32 reference: root-mean-square logit difference over the reference's standard
 /// deviation.
-const REF_NRMSE: f32 = 1e-3;
-/// GPU vs the CPU model (Q8 activations on the CPU side), same measure.
-const CPU_NRMSE: f32 = 0.05;
+const REF_NRMSE: f32 = 5e-4;
+/// GPU vs the CPU model, same measure. Dominated by the CPU's Q8 activations: the CPU model is
+/// itself 0.03-0.08 away from the f32 reference on this prompt (printed by the test).
+const CPU_NRMSE: f32 = 0.15;
 
 fn skip() -> bool {
     std::env::var("SLM_SKIP_GPU_TESTS").is_ok_and(|v| v == "1")

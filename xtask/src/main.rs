@@ -4,6 +4,7 @@
 //! - `test`: install what a fresh machine lacks, then run every test (native, wasm32, GPU on
 //!   lavapipe, goldens against llama.cpp, a short fuzz run).
 //! - `bench`: `slm bench` on the test models.
+//! - `fuzz [seconds]`: run the GGUF parser fuzz target.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -264,7 +265,38 @@ fn test() -> Result {
             "wasm32-unknown-unknown",
         ])
         .env("RUSTFLAGS", "-C target-feature=+simd128"))?;
+    fuzz(30)?;
     Ok(())
+}
+
+/// Run the GGUF parser fuzz target for `seconds` (nightly + cargo-fuzz, installed if missing),
+/// seeded with the real model headers.
+fn fuzz(seconds: u32) -> Result {
+    if !succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let corpus = root().join("fuzz/corpus/gguf_parse");
+    std::fs::create_dir_all(&corpus).map_err(|e| e.to_string())?;
+    for m in MODELS {
+        // The first 64 KiB of each real file: magic, version, counts and the start of metadata.
+        let seed = corpus.join(format!("seed-{}", m.file));
+        if !seed.exists() {
+            if let Ok(bytes) = std::fs::read(models_dir().join(m.file)) {
+                let _ = std::fs::write(&seed, &bytes[..bytes.len().min(1 << 16)]);
+            }
+        }
+    }
+    run(Command::new("cargo")
+        .current_dir(root().join("fuzz"))
+        .args([
+            "+nightly",
+            "fuzz",
+            "run",
+            "gguf_parse",
+            "--",
+            &format!("-max_total_time={seconds}"),
+            "-rss_limit_mb=2048",
+        ]))
 }
 
 fn bench() -> Result {
@@ -298,7 +330,8 @@ fn main() {
         Some("fetch-models") => fetch_models(),
         Some("test") => test(),
         Some("bench") => bench(),
-        _ => Err("usage: cargo xtask <fetch-models|test|bench>".into()),
+        Some("fuzz") => fuzz(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60)),
+        _ => Err("usage: cargo xtask <fetch-models|test|bench|fuzz [seconds]>".into()),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e}");

@@ -79,16 +79,15 @@ pub fn matmul(w: &QMatrix, acts: &[PreparedActs], out: &mut [f32], threads: &Cpu
     };
     #[cfg(not(target_arch = "wasm32"))]
     if let Some(pool) = &threads.pool {
+        use rayon::prelude::*;
         // Several chunks per thread balance uneven cores; multiples of 8 rows keep cache lines
-        // of `out` mostly owned by one worker.
+        // of `out` mostly owned by one worker. Range iterators split by `join`, whose jobs live
+        // on the stack: no heap allocation per call.
         let chunk = (rows / (threads.n * 4)).max(8).next_multiple_of(8);
-        pool.scope(|s| {
-            let mut r0 = 0;
-            while r0 < rows {
-                let r1 = (r0 + chunk).min(rows);
-                s.spawn(move |_| work(r0, r1));
-                r0 = r1;
-            }
+        pool.install(|| {
+            (0..rows.div_ceil(chunk))
+                .into_par_iter()
+                .for_each(|c| work(c * chunk, ((c + 1) * chunk).min(rows)));
         });
         return;
     }

@@ -1,0 +1,332 @@
+//! The `slm` command line: outputs against llama.cpp's goldens, and every kind of bad input
+//! exiting with code 2 and one line on stderr (never a panic or a backtrace).
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Steps where llama.cpp's top-1/top-2 margin is below this are near-ties; free-running greedy
+/// text must agree only up to the first one.
+const NEAR_TIE_MARGIN: f64 = 1.0;
+
+fn slm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_slm"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run slm")
+}
+
+fn smollm2() -> String {
+    model_path(SMOLLM2).to_string_lossy().into_owned()
+}
+
+/// Exit code 2, exactly one line on stderr containing `needle` (case-insensitive), no panic.
+fn assert_bad_input(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("backend:")).collect();
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(lines.len(), 1, "want one line, got: {err}");
+    assert!(
+        lines[0].to_lowercase().contains(&needle.to_lowercase()),
+        "`{}` lacks `{needle}`",
+        lines[0]
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("slm-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// Position just after the first occurrence of `needle` in `hay`.
+fn after(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len())
+        .position(|w| w == needle)
+        .expect("needle present")
+        + needle.len()
+}
+
+fn header_bytes() -> Vec<u8> {
+    // The header (metadata + tensor infos) of SmolLM2 lies in its first 2 MiB.
+    let mut b = std::fs::read(model_path(SMOLLM2)).unwrap();
+    b.truncate(2 << 20);
+    b
+}
+
+fn full_model_with(patch: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let mut b = std::fs::read(model_path(SMOLLM2)).unwrap();
+    patch(&mut b);
+    temp_file(
+        &format!(
+            "patched-{}.gguf",
+            b.len() ^ b[..4096].iter().map(|&x| x as usize).sum::<usize>()
+        ),
+        &b,
+    )
+}
+
+fn run_on(path: &Path, extra: &[&str]) -> Output {
+    let p = path.to_string_lossy();
+    let mut args = vec![
+        "generate",
+        "--model",
+        &p,
+        "--prompt",
+        "Hi",
+        "--max-tokens",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    slm(&args)
+}
+
+#[test]
+fn missing_file() {
+    assert_bad_input(
+        &run_on(Path::new("/nonexistent/model.gguf"), &[]),
+        "cannot open model",
+    );
+}
+
+#[test]
+fn bad_magic() {
+    let mut b = header_bytes();
+    b[..4].copy_from_slice(b"GGML");
+    assert_bad_input(&run_on(&temp_file("magic.gguf", &b), &[]), "magic");
+}
+
+#[test]
+fn bad_version() {
+    let mut b = header_bytes();
+    b[4..8].copy_from_slice(&9u32.to_le_bytes());
+    assert_bad_input(&run_on(&temp_file("version.gguf", &b), &[]), "version 9");
+}
+
+#[test]
+fn absurd_counts() {
+    let mut b = header_bytes();
+    b[8..16].copy_from_slice(&(u64::MAX / 3).to_le_bytes());
+    assert_bad_input(&run_on(&temp_file("count.gguf", &b), &[]), "tensor count");
+    let mut b = header_bytes();
+    // The first metadata key's length.
+    b[24..32].copy_from_slice(&(1u64 << 50).to_le_bytes());
+    assert_bad_input(
+        &run_on(&temp_file("strlen.gguf", &b), &[]),
+        "exceeds the limit",
+    );
+}
+
+#[test]
+fn truncated_file() {
+    // Header intact, tensor data cut: the tensors point past the end.
+    assert_bad_input(
+        &run_on(&temp_file("truncated.gguf", &header_bytes()), &[]),
+        "truncated",
+    );
+    // Cut inside the metadata.
+    let b = &header_bytes()[..5000];
+    assert_bad_input(&run_on(&temp_file("truncated2.gguf", b), &[]), "truncated");
+}
+
+#[test]
+fn unsupported_architecture() {
+    let p = full_model_with(|b| {
+        // general.architecture's value: key, u32 type, u64 length, then "llama".
+        let at = after(b, b"general.architecture") + 12;
+        b[at..at + 5].copy_from_slice(b"mamba");
+    });
+    assert_bad_input(&run_on(&p, &[]), "unsupported model architecture `mamba`");
+}
+
+#[test]
+fn unsupported_tensor_type() {
+    let p = full_model_with(|b| {
+        // First tensor info: name, u32 n_dims (2), two u64 dims, then the u32 type.
+        let at = after(b, b"token_embd.weight") + 4 + 16;
+        b[at..at + 4].copy_from_slice(&16u32.to_le_bytes());
+    });
+    assert_bad_input(&run_on(&p, &[]), "unsupported type iq2_xxs");
+}
+
+#[test]
+fn prompt_longer_than_context() {
+    let long = "word ".repeat(200);
+    let m = smollm2();
+    let out = slm(&[
+        "generate",
+        "--model",
+        &m,
+        "--prompt",
+        &long,
+        "--ctx",
+        "64",
+        "--max-tokens",
+        "8",
+    ]);
+    assert_bad_input(&out, "context holds 64");
+}
+
+#[test]
+fn bad_options() {
+    let m = smollm2();
+    assert_bad_input(
+        &slm(&["generate", "--model", &m, "--prompt", "x", "--top-p", "7"]),
+        "top_p",
+    );
+    assert_bad_input(
+        &slm(&["generate", "--model", &m, "--prompt", "x", "--bogus", "1"]),
+        "unknown option",
+    );
+    assert_bad_input(
+        &slm(&["logits", "--model", &m, "--tokens", "1,x"]),
+        "invalid token id",
+    );
+    assert_bad_input(
+        &slm(&["logits", "--model", &m, "--tokens", "99999999"]),
+        "outside the vocabulary",
+    );
+    assert_bad_input(&slm(&["frobnicate"]), "unknown subcommand");
+}
+
+#[test]
+fn tokenize_matches_llama_cpp() {
+    let gold = golden(SMOLLM2_KEY);
+    let case = &gold["tokenizer_cases"][13];
+    let text = case["text"].as_str().unwrap();
+    let out = slm(&[
+        "tokenize",
+        "--model",
+        &smollm2(),
+        "--text",
+        text,
+        "--special",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids, case["add_bos=False,special=True"]);
+}
+
+#[test]
+fn logits_prints_one_line_per_position() {
+    let out = slm(&[
+        "logits",
+        "--model",
+        &smollm2(),
+        "--tokens",
+        "1,9690,198",
+        "--top",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["pos"], 2);
+    assert_eq!(lines[2]["top"].as_array().unwrap().len(), 3);
+}
+
+/// Free-running greedy chat generation equals llama.cpp's up to the first near-tie.
+#[test]
+fn generate_messages_greedy_matches_llama_cpp_prefix() {
+    let gold = golden(SMOLLM2_KEY);
+    for case in gold["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["mode"] == "chat")
+    {
+        let messages = serde_json::to_string(&case["messages"]).unwrap();
+        let out = slm(&[
+            "generate",
+            "--model",
+            &smollm2(),
+            "--messages",
+            &messages,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "48",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let summary = lines.last().unwrap();
+        assert_eq!(
+            summary["n_prompt"], case["n_prompt"],
+            "the chat template + tokenizer give llama.cpp's prompt"
+        );
+        for k in [
+            "n_generated",
+            "stop_reason",
+            "ttft_ms",
+            "prefill_tok_s",
+            "decode_tok_s",
+        ] {
+            assert!(summary.get(k).is_some(), "summary lacks {k}");
+        }
+        let ours: Vec<u64> = lines[..lines.len() - 1]
+            .iter()
+            .filter_map(|l| l["id"].as_u64())
+            .filter(|&id| id != u32::MAX as u64)
+            .collect();
+        let mut theirs: Vec<u64> = case["generated_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        // We stop on the end-of-generation id without emitting it.
+        if case["stop_reason"] == "eog" {
+            theirs.pop();
+        }
+        // Agreement is required up to (and including) the first near-tie step.
+        let steps = case["top5_per_step"].as_array().unwrap();
+        let first_tie = steps
+            .iter()
+            .position(|s| {
+                s[0]["logit"].as_f64().unwrap() - s[1]["logit"].as_f64().unwrap() < NEAR_TIE_MARGIN
+            })
+            .unwrap_or(steps.len());
+        let n = first_tie.min(theirs.len());
+        assert!(ours.len() >= n, "generated {} tokens, need {n}", ours.len());
+        assert_eq!(
+            &ours[..n],
+            &theirs[..n],
+            "greedy prefix before the first near-tie (step {first_tie})"
+        );
+        // The text streamed equals the decoded golden text over that prefix.
+        let text: String = lines[..lines.len() - 1]
+            .iter()
+            .map(|l| l["text"].as_str().unwrap())
+            .collect();
+        let gold_text = case["decoded_text"].as_str().unwrap();
+        if n == theirs.len() {
+            assert_eq!(text, gold_text);
+        }
+    }
+}
