@@ -174,6 +174,17 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// (year, month 1-12, day 1-31) → days since 1970-01-01, proleptic Gregorian.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Seconds since the Unix epoch. On `wasm32-unknown-unknown` there is no clock without
 /// JavaScript, so a fixed date (2025-01-01) is used there.
 fn unix_now() -> i64 {
@@ -226,14 +237,7 @@ fn format_time(secs: i64, fmt: &str) -> String {
     let (hh, mm, ss) = (sod / 3600, sod / 60 % 60, sod % 60);
     // 1970-01-01 was a Thursday (index 3 from Monday).
     let wd = (days + 3).rem_euclid(7) as usize;
-    let yday = days - {
-        // Days from the epoch to January 1st of year `y`.
-        let mut lo = days - 366;
-        while civil_from_days(lo + 1).0 < y {
-            lo += 1;
-        }
-        lo + 1
-    } + 1;
+    let yday = days - days_from_civil(y, 1, 1) + 1;
     let month = MONTHS[(m as usize).saturating_sub(1).min(11)];
     let mut out = String::new();
     let mut chars = fmt.chars();
@@ -424,7 +428,7 @@ fn write_json(
     Ok(())
 }
 
-fn arg_str<'a>(args: &'a [Value], i: usize) -> Option<&'a str> {
+fn arg_str(args: &[Value], i: usize) -> Option<&str> {
     args.get(i).and_then(Value::as_str)
 }
 
@@ -652,7 +656,7 @@ mod tests {
             &m,
         )
         .unwrap();
-        assert_eq!(out, "[Hi there|Hi there  |Hi,there|USER|true|Yo there|2|d]");
+        assert_eq!(out, "[Hi there|Hi there  |Hi,there|USER|True|Yo there|2|d]");
     }
 
     #[test]
@@ -672,6 +676,10 @@ mod tests {
     fn dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        for d in [-800_000, -1, 0, 59, 365, 19_723, 20_000, 2_000_000] {
+            let (y, m, dd) = civil_from_days(d);
+            assert_eq!(days_from_civil(y, m, dd), d);
+        }
         // 2024-07-26 12:34:56 UTC, a Friday, day 208 of a leap year.
         let t = 1_721_997_296;
         assert_eq!(

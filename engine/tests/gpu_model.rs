@@ -20,8 +20,8 @@ use engine::model::{ForwardPass, Logits, ModelConfig};
 /// deviation.
 const REF_NRMSE: f32 = 5e-4;
 /// GPU vs the CPU model, same measure. Dominated by the CPU's Q8 activations: the CPU model is
-/// itself 0.03-0.08 away from the f32 reference on this prompt (printed by the test).
-const CPU_NRMSE: f32 = 0.15;
+/// itself 0.03-0.14 away from the f32 reference on this prompt (printed by the test).
+const CPU_NRMSE: f32 = 0.25;
 
 fn skip() -> bool {
     std::env::var("SLM_SKIP_GPU_TESTS").is_ok_and(|v| v == "1")
@@ -136,111 +136,119 @@ fn argmax(x: &[f32]) -> usize {
     engine::backend::cpu::ops::argmax(x) as usize
 }
 
-fn run(opts: GpuOptions, label: &str) {
+/// Prompt, then the tokens fed one by one in decode (fixed ids: parity does not need greedy).
+const PROMPT: [u32; 10] = [1, 504, 3458, 314, 260, 1345, 28, 9734, 42, 2];
+const DECODE: [u32; 3] = [7423, 30, 1212];
+
+#[test]
+fn gpu_model_matches_reference_and_cpu_model_on_smollm2() {
+    if skip() {
+        return;
+    }
     let path = model_path(SMOLLM2);
     let src = FileSource::open(&path).unwrap();
     let file = GgufFile::parse(&src).unwrap();
     let n_ctx = 128;
+
+    // References, computed once: f32 forward over the whole sequence, and the CPU model.
     let mut cpu = CpuLlama::load(&file, &src, n_ctx, 2).unwrap();
-    let gpu = Gpu::new(&opts)
-        .unwrap_or_else(|e| panic!("no GPU ({e}); set SLM_SKIP_GPU_TESTS=1 to skip GPU tests"));
-    let mut gm = GpuModel::load(gpu, &file, &src, n_ctx).unwrap();
-    let n_vocab = gm.config().n_vocab;
-    eprintln!(
-        "{label}: {:?}; {} dispatches per token, {} MiB of weights",
-        gm.gpu_info().name,
-        gm.dispatches_per_token(),
-        gm.weight_bytes() >> 20
-    );
+    let cfg = cpu.config().clone();
+    let n_vocab = cfg.n_vocab;
+    let seq: Vec<u32> = PROMPT.iter().chain(&DECODE).copied().collect();
+    let reference = reference_forward(&cfg, cpu.weights(), &seq);
+    let ref_row = |pos: usize| &reference[pos * n_vocab..(pos + 1) * n_vocab];
+    let mut cpu_rows = cpu.forward(&PROMPT, 0, Logits::All).unwrap().to_vec();
+    for (i, &tok) in DECODE.iter().enumerate() {
+        let l = cpu.forward(&[tok], PROMPT.len() + i, Logits::Last).unwrap();
+        cpu_rows.extend_from_slice(l);
+    }
+    let cpu_row = |pos: usize| &cpu_rows[pos * n_vocab..(pos + 1) * n_vocab];
 
-    // Prefill: every position's logits, against the f32 reference and the CPU model.
-    let prompt = [1u32, 504, 3458, 314, 260, 1345, 28, 9734, 42, 2];
-    let reference = reference_forward(gm.config(), cpu.weights(), &prompt);
-    let want = cpu.forward(&prompt, 0, Logits::All).unwrap().to_vec();
-    let got = gm.forward(&prompt, 0, Logits::All).unwrap().to_vec();
-    assert_eq!(got.len(), prompt.len() * n_vocab);
-    for t in 0..prompt.len() {
-        let rows = |v: &[f32]| v[t * n_vocab..(t + 1) * n_vocab].to_vec();
-        let (g, r, w) = (rows(&got), rows(&reference), rows(&want));
-        let (e_ref, e_cpu, e_cpu_ref) = (nrmse(&g, &r), nrmse(&g, &w), nrmse(&w, &r));
+    for (label, opts) in [
+        ("features", GpuOptions::default()),
+        ("baseline", GpuOptions::baseline()),
+    ] {
+        let gpu = Gpu::new(&opts)
+            .unwrap_or_else(|e| panic!("no GPU ({e}); set SLM_SKIP_GPU_TESTS=1 to skip GPU tests"));
+        let mut gm = GpuModel::load(gpu, &file, &src, n_ctx).unwrap();
         eprintln!(
-            "{label}: prefill position {t}: gpu-ref {e_ref:.6}, gpu-cpu {e_cpu:.5} (cpu-ref {e_cpu_ref:.5})"
+            "{label}: {:?}; {} dispatches per token, {} MiB of weights",
+            gm.gpu_info().name,
+            gm.dispatches_per_token(),
+            gm.weight_bytes() >> 20
         );
-        assert!(
-            e_ref <= REF_NRMSE,
-            "{label}: position {t}: GPU vs f32 reference nrmse {e_ref}"
-        );
-        assert!(
-            e_cpu <= CPU_NRMSE,
-            "{label}: position {t}: GPU vs CPU model nrmse {e_cpu}"
-        );
-        assert_eq!(argmax(&g), argmax(&r), "{label}: position {t}: top token");
-    }
+        let check = |what: String, pos: usize, g: &[f32]| {
+            let (r, w) = (ref_row(pos), cpu_row(pos));
+            let (e_ref, e_cpu, e_cpu_ref) = (nrmse(g, r), nrmse(g, w), nrmse(w, r));
+            eprintln!(
+                "{label} {what}: gpu-ref {e_ref:.6}, gpu-cpu {e_cpu:.5} (cpu-ref {e_cpu_ref:.5})"
+            );
+            assert!(
+                e_ref <= REF_NRMSE,
+                "{label} {what}: GPU vs f32 reference nrmse {e_ref}"
+            );
+            assert!(
+                e_cpu <= CPU_NRMSE,
+                "{label} {what}: GPU vs CPU model nrmse {e_cpu}"
+            );
+            assert_eq!(argmax(g), argmax(r), "{label} {what}: top token");
+        };
 
-    // Decode with the KV cache: against the reference over the extended sequence.
-    let mut seq = prompt.to_vec();
-    let mut tok = argmax(&reference[reference.len() - n_vocab..]) as u32;
-    for step in 0..2 {
-        let pos = seq.len();
-        seq.push(tok);
-        let reference = reference_forward(gm.config(), cpu.weights(), &seq);
-        let r = &reference[reference.len() - n_vocab..];
-        let w = cpu.forward(&[tok], pos, Logits::Last).unwrap().to_vec();
+        // Prefill: every position's logits.
+        let got = gm.forward(&PROMPT, 0, Logits::All).unwrap().to_vec();
+        assert_eq!(got.len(), PROMPT.len() * n_vocab);
+        for t in 0..PROMPT.len() {
+            check(
+                format!("prefill position {t}"),
+                t,
+                &got[t * n_vocab..(t + 1) * n_vocab],
+            );
+        }
+        // Decode through the GPU KV cache.
+        for (i, &tok) in DECODE[..2].iter().enumerate() {
+            let pos = PROMPT.len() + i;
+            let g = gm.forward(&[tok], pos, Logits::Last).unwrap().to_vec();
+            check(format!("decode position {pos}"), pos, &g);
+        }
+        // Sampling on the GPU in one submission; greedy is the argmax of that step's logits.
+        let pos = PROMPT.len() + 2;
+        let tok = DECODE[2];
+        let sampled = gm.decode_sample(tok, pos, &GpuSampling::greedy()).unwrap();
+        assert_eq!(gm.last_dispatch_count(), gm.dispatches_per_token());
+        assert_eq!(
+            sampled as usize,
+            argmax(ref_row(pos)),
+            "{label}: GPU greedy token"
+        );
+        let t0 = std::time::Instant::now();
+        for _ in 0..3 {
+            assert_eq!(
+                gm.decode_sample(tok, pos, &GpuSampling::greedy()).unwrap(),
+                sampled
+            );
+        }
+        eprintln!(
+            "{label}: decode_sample {:.0} ms per token",
+            t0.elapsed().as_secs_f64() * 1000.0 / 3.0
+        );
         let g = gm.forward(&[tok], pos, Logits::Last).unwrap().to_vec();
-        let (e_ref, e_cpu) = (nrmse(&g, r), nrmse(&g, &w));
-        eprintln!("{label}: decode {step}: gpu-ref {e_ref:.6}, gpu-cpu {e_cpu:.5}");
-        assert!(
-            e_ref <= REF_NRMSE,
-            "{label}: decode step {step}: nrmse {e_ref}"
-        );
-        assert!(
-            e_cpu <= CPU_NRMSE,
-            "{label}: decode step {step}: nrmse {e_cpu}"
-        );
-        tok = argmax(r) as u32;
+        check(format!("rewritten position {pos}"), pos, &g);
+        let s = GpuSampling {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            random: 0.3,
+        };
+        assert!((gm.decode_sample(tok, pos, &s).unwrap() as usize) < n_vocab);
+
+        // Errors are typed.
+        assert!(matches!(
+            gm.forward(&[tok], n_ctx, Logits::Last),
+            Err(engine::Error::ContextFull { .. })
+        ));
+        assert!(matches!(
+            gm.forward(&[n_vocab as u32], 0, Logits::Last),
+            Err(engine::Error::TokenOutOfRange { .. })
+        ));
     }
-    let pos = seq.len();
-    let w = cpu.forward(&[tok], pos, Logits::Last).unwrap().to_vec();
-    let g = gm.forward(&[tok], pos, Logits::Last).unwrap().to_vec();
-    let greedy = argmax(&g) as u32;
-    let _ = w;
-
-    // GPU sampling in one submission: greedy equals the argmax of the same step's logits.
-    let sampled = gm.decode_sample(tok, pos, &GpuSampling::greedy()).unwrap();
-    assert_eq!(sampled, greedy, "{label}: GPU greedy token");
-    assert_eq!(gm.last_dispatch_count(), gm.dispatches_per_token());
-    let s = GpuSampling {
-        temperature: 0.8,
-        top_k: 40,
-        top_p: 0.95,
-        random: 0.3,
-    };
-    let drawn = gm.decode_sample(tok, pos, &s).unwrap();
-    assert!((drawn as usize) < n_vocab);
-
-    // Errors are typed.
-    assert!(matches!(
-        gm.forward(&[tok], n_ctx, Logits::Last),
-        Err(engine::Error::ContextFull { .. })
-    ));
-    assert!(matches!(
-        gm.forward(&[n_vocab as u32], 0, Logits::Last),
-        Err(engine::Error::TokenOutOfRange { .. })
-    ));
-}
-
-#[test]
-fn gpu_model_matches_cpu_model_on_smollm2() {
-    if skip() {
-        return;
-    }
-    run(GpuOptions::default(), "features");
-}
-
-#[test]
-fn gpu_model_matches_cpu_model_on_smollm2_baseline() {
-    if skip() {
-        return;
-    }
-    run(GpuOptions::baseline(), "baseline");
 }

@@ -217,6 +217,14 @@ fn gemma3_stream_decoder_never_splits_a_char() {
     check_stream(GEMMA3, GEMMA3_KEY);
 }
 
+#[test]
+fn tokenizer_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Tokenizer>();
+    check::<StreamDecoder>();
+    check::<engine::chat_template::ChatTemplate>();
+}
+
 /// Arbitrary strings never panic and control tokens are only parsed on request.
 #[test]
 fn odd_inputs_do_not_panic() {
@@ -245,6 +253,31 @@ fn odd_inputs_do_not_panic() {
                     assert_eq!(tok.decode(&ids, false), s, "{file}: {s:?}");
                 }
             }
+        }
+        // Pseudo-random strings over a pool of awkward characters round-trip (not `▁`, which
+        // SentencePiece decodes to a space, in llama.cpp too).
+        let pool: Vec<char> =
+            "aZ09 \t\n\r'’<>|_\u{a0}\u{3000}éß日本😀👍🏽\u{200d}\u{fe0f}\u{301}𝔘\u{ffff}\u{10ffff}"
+                .chars()
+                .collect();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..300 {
+            let mut s = String::new();
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            for _ in 0..(state % 40) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                s.push(pool[(state % pool.len() as u64) as usize]);
+            }
+            let ids = tok.encode(&s, false, false).unwrap();
+            assert_eq!(tok.decode(&ids, false), s, "{file}: {s:?}");
+            let mut dec = StreamDecoder::new();
+            let mut out: String = ids.iter().map(|&i| dec.push(&tok, i)).collect();
+            out.push_str(&dec.flush());
+            assert_eq!(out, s, "{file}: streamed {s:?}");
         }
         let _ = tok.decode(&[u32::MAX, 0, 1, 2], true);
         assert!(tok.token_bytes(u32::MAX, true).is_empty());

@@ -1,2 +1,22 @@
-//! The browser app (Leptos CSR); filled in by the app issue.
-fn main() {}
+//! Entry point of the browser app's one wasm module. In the page, `main` mounts the Leptos app;
+//! in the engine's Web Worker (`public/worker.js`) there is no `window`, so `main` returns and the
+//! worker calls [`worker::worker_main`] instead.
+
+mod catalog;
+mod components;
+mod download;
+mod engine_client;
+mod error;
+mod idb;
+mod js;
+mod markdown;
+mod protocol;
+mod state;
+mod worker;
+
+fn main() {
+    console_error_panic_hook::set_once();
+    if web_sys::window().is_some() {
+        leptos::mount::mount_to_body(components::app::App);
+    }
+}

@@ -5,6 +5,10 @@
 //!   lavapipe, goldens against llama.cpp, a short fuzz run).
 //! - `bench`: `slm bench` on the test models.
 //! - `fuzz [seconds]`: run the GGUF parser fuzz target.
+//! - `serve [--port N]`: build the browser app with Trunk and serve it (`serve.rs`).
+//! - `browser-tests`: the app's end-to-end tests in headless Chromium (`serve.rs`).
+
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -330,8 +334,10 @@ fn main() {
         Some("fetch-models") => fetch_models(),
         Some("test") => test(),
         Some("bench") => bench(),
+        Some("serve") => serve::serve(&args[1..]),
+        Some("browser-tests") => serve::browser_tests(),
         Some("fuzz") => fuzz(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60)),
-        _ => Err("usage: cargo xtask <fetch-models|test|bench|fuzz [seconds]>".into()),
+        _ => Err("usage: cargo xtask <fetch-models|test|bench|fuzz [seconds]|serve [--port N]|browser-tests>".into()),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e}");

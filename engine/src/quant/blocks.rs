@@ -262,11 +262,22 @@ pub fn unpack_k4_scales(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
 /// bits in byte `8 + i % 4` at bit position `2 * (i / 4)`.
 #[inline]
 pub fn unpack_q3k_scales(s: &[u8; 12]) -> [i8; 16] {
+    // Work on 4 scales at a time as u32 words (little-endian byte order).
+    let word = |o: usize| u32::from_le_bytes([s[o], s[o + 1], s[o + 2], s[o + 3]]);
+    let (a0, a1, a2) = (word(0), word(4), word(8));
+    const LOW4: u32 = 0x0F0F_0F0F;
+    const LOW2: u32 = 0x0303_0303;
+    let words = [
+        (a0 & LOW4) | ((a2 & LOW2) << 4),
+        (a1 & LOW4) | (((a2 >> 2) & LOW2) << 4),
+        ((a0 >> 4) & LOW4) | (((a2 >> 4) & LOW2) << 4),
+        ((a1 >> 4) & LOW4) | (((a2 >> 6) & LOW2) << 4),
+    ];
     let mut out = [0i8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        let low = (s[i % 8] >> (4 * (i / 8))) & 0x0F;
-        let high = (s[8 + i % 4] >> (2 * (i / 4))) & 0x03;
-        *o = ((low | (high << 4)) as i8) - 32;
+    for (o, w) in out.chunks_exact_mut(4).zip(words) {
+        for (v, b) in o.iter_mut().zip(w.to_le_bytes()) {
+            *v = b as i8 - 32;
+        }
     }
     out
 }

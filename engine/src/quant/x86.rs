@@ -120,22 +120,29 @@ unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
 }
 
+/// Shuffle masks for [`scale_pair`]: for pair `k`, the low half repeats the bytes of i16 lane
+/// `2k`, the high half those of lane `2k + 1`.
+static SCALE_PAIR_MASKS: [[u8; 32]; 4] = {
+    let mut m = [[0u8; 32]; 4];
+    let mut k = 0;
+    while k < 4 {
+        let mut i = 0;
+        while i < 32 {
+            let lane = 2 * k + i / 16;
+            m[k][i] = (2 * lane + i % 2) as u8;
+            i += 1;
+        }
+        k += 1;
+    }
+    m
+};
+
 /// i16 scale vector for `vpmaddwd`: lanes 0..8 = `sc[2k]`, lanes 8..16 = `sc[2k + 1]`, from 8
 /// i16 scales broadcast to both halves of `sc8`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn scale_pair(sc8: __m256i, k: usize) -> __m256i {
-    // Byte indices of i16 lane 2k (low half) and 2k + 1 (high half).
-    let lo = (4 * k) as i8;
-    let hi = lo + 2;
-    #[rustfmt::skip]
-    let pick = _mm256_setr_epi8(
-        lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1,
-        lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1,
-        hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1,
-        hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1,
-    );
-    _mm256_shuffle_epi8(sc8, pick)
+    _mm256_shuffle_epi8(sc8, load256(SCALE_PAIR_MASKS[k & 3].as_ptr()))
 }
 
 /// 8 signed bytes → 8 i16 in both 128-bit halves.

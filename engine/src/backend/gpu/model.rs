@@ -120,8 +120,9 @@ pub struct GpuModel {
     output: MatOp,
     sample: Inst,
     /// Keeps the weights alive (bind groups reference them).
-    _weights: Vec<GpuWeight>,
-    _small: Vec<wgpu::Buffer>,
+    weights: Vec<GpuWeight>,
+    /// Keeps the norm weights, biases and RoPE factors alive.
+    _vectors: Vec<wgpu::Buffer>,
     freq_present: bool,
     logits: Vec<f32>,
     last_dispatches: usize,
@@ -469,8 +470,8 @@ impl GpuModel {
             out_norm,
             output: output_op,
             sample,
-            _weights: weights,
-            _small: small,
+            weights,
+            _vectors: small,
             freq_present,
             logits: Vec::new(),
             last_dispatches: 0,
@@ -515,7 +516,7 @@ impl GpuModel {
 
     /// Weight bytes on the GPU.
     pub fn weight_bytes(&self) -> u64 {
-        self._weights.iter().map(|w| w.gpu_bytes()).sum()
+        self.weights.iter().map(|w| w.gpu_bytes()).sum()
     }
 
     fn check_tokens(&self, tokens: &[u32], pos: usize) -> Result<()> {

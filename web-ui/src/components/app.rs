@@ -1,0 +1,95 @@
+//! The app shell: provides every context, starts the engine worker, and lays out the panels.
+
+use std::rc::Rc;
+
+use leptos::prelude::*;
+
+use crate::components::chat::ChatPanel;
+use crate::components::download_panel::{DownloadPanel, DownloadState};
+use crate::components::environment::EnvironmentInfo;
+use crate::components::model_picker::ModelPicker;
+use crate::components::stored_models::StoredModels;
+use crate::engine_client;
+use crate::protocol::{FromWorker, GenSettings};
+use crate::state::{BackendPref, Chat, Conversation, Engine, ErrorBanner, SelectedModel, Settings, StoreVersion};
+
+#[component]
+pub fn App() -> impl IntoView {
+    let banner = ErrorBanner(RwSignal::new(None));
+    let engine = Engine {
+        loaded: RwSignal::new(None),
+        load_progress: RwSignal::new(None),
+    };
+    let chat = Chat {
+        conv: RwSignal::new(Conversation::new()),
+        streaming: RwSignal::new(None),
+        saved: RwSignal::new(Chat::load_saved()),
+    };
+    provide_context(SelectedModel(RwSignal::new(None)));
+    provide_context(banner);
+    provide_context(Settings(RwSignal::new(GenSettings::default())));
+    provide_context(engine);
+    provide_context(chat);
+    let store = StoreVersion(RwSignal::new(0));
+    let pref = BackendPref(RwSignal::new("auto".to_string()));
+    provide_context(store);
+    provide_context(pref);
+    provide_context(DownloadState {
+        progress: RwSignal::new(None),
+        store,
+        engine,
+        banner,
+        pref,
+    });
+
+    let on_event: Rc<dyn Fn(&FromWorker)> = Rc::new(move |m: &FromWorker| match m {
+        FromWorker::Token { text } => chat.streaming.update(|s| s.get_or_insert_with(String::new).push_str(text)),
+        FromWorker::LoadProgress { phase, fraction } => engine.load_progress.set(Some((phase.clone(), *fraction))),
+        FromWorker::Loaded { .. } | FromWorker::Error { .. } => engine.load_progress.set(None),
+        _ => {}
+    });
+    if let Err(e) = engine_client::start(on_event) {
+        banner.show(format!("The engine worker could not start: {e}"));
+    }
+
+    view! {
+        <header>
+            <h1>"slm"</h1>
+            <span class="tagline">"Private chat with small language models, computed in this browser"</span>
+            <BackendBadge/>
+        </header>
+        <Show when=move || banner.0.get().is_some()>
+            <div class="error-banner" data-testid="error-banner" role="alert">
+                <span>{move || banner.0.get().unwrap_or_default()}</span>
+                <button class="dismiss" on:click=move |_| banner.clear()>"×"</button>
+            </div>
+        </Show>
+        <main>
+            <aside>
+                <ModelPicker/>
+                <EnvironmentInfo/>
+                <DownloadPanel/>
+                <StoredModels/>
+            </aside>
+            <ChatPanel/>
+        </main>
+    }
+}
+
+/// Which backend runs the model, and why (hover).
+#[component]
+fn BackendBadge() -> impl IntoView {
+    let engine = expect_context::<Engine>();
+    let text = move || match engine.loaded.get() {
+        Some(l) if l.backend == "gpu" => "WebGPU".to_string(),
+        Some(_) => "CPU (wasm SIMD)".to_string(),
+        None => "no model loaded".to_string(),
+    };
+    let why = move || engine.loaded.get().map(|l| l.reason).unwrap_or_default();
+    view! {
+        <span class="badge" data-testid="backend-badge" title=why>
+            {text}
+        </span>
+        <span class="badge-reason">{why}</span>
+    }
+}

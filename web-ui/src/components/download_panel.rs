@@ -1,0 +1,179 @@
+//! The download button (which also loads an already stored model), the progress bar with
+//! speed and time left, and cancel. Loading hands the stored model to the engine worker.
+
+use std::cell::RefCell;
+
+use leptos::prelude::*;
+use web_sys::AbortController;
+
+use crate::catalog::{fmt_bytes, CatalogEntry};
+use crate::download::{self, Progress};
+use crate::engine_client;
+use crate::state::{BackendPref, Engine, ErrorBanner, SelectedModel, StoreVersion};
+
+/// Context size the engine is loaded with (KV cache memory grows with it).
+pub const N_CTX: usize = 2048;
+
+/// Download progress and the actions around storing and loading a model.
+#[derive(Clone, Copy)]
+pub struct DownloadState {
+    pub progress: RwSignal<Option<Progress>>,
+    pub store: StoreVersion,
+    pub engine: Engine,
+    pub banner: ErrorBanner,
+    pub pref: BackendPref,
+}
+
+impl DownloadState {
+    /// Stored models changed.
+    pub fn bump(&self) {
+        self.store.0.update(|v| *v += 1);
+    }
+
+    /// Load stored model `id` in the worker on the preferred backend; errors go to the banner.
+    pub async fn load(&self, id: &str) -> bool {
+        self.engine.loaded.set(None);
+        let pref = self.pref.0.get_untracked();
+        match engine_client::load(id, &pref, N_CTX).await {
+            Ok(info) => {
+                self.engine.loaded.set(Some(info));
+                true
+            }
+            Err(e) => {
+                self.banner.show(format!("The model could not be loaded: {}", e.message));
+                false
+            }
+        }
+    }
+}
+
+thread_local! {
+    static ABORT: RefCell<Option<AbortController>> = const { RefCell::new(None) };
+}
+
+fn fmt_secs(s: f64) -> String {
+    if !s.is_finite() || s <= 0.0 {
+        "—".into()
+    } else if s < 90.0 {
+        format!("{s:.0} s")
+    } else {
+        format!("{:.0} min", s / 60.0)
+    }
+}
+
+#[component]
+pub fn DownloadPanel() -> impl IntoView {
+    let selected = expect_context::<SelectedModel>().0;
+    let dl = expect_context::<DownloadState>();
+    let banner = dl.banner;
+    let engine = dl.engine;
+    let pref = dl.pref;
+
+    // Whether the selected model is already stored (re-read when storage changes).
+    let stored = LocalResource::new(move || {
+        let id = selected.get().map(|e| e.id);
+        let _ = dl.store.0.get();
+        async move {
+            match id {
+                Some(id) => download::stored_complete(&id).await.ok().flatten().is_some(),
+                None => false,
+            }
+        }
+    });
+
+    let run = Action::new_local(move |entry: &CatalogEntry| {
+        let entry = entry.clone();
+        async move {
+            banner.clear();
+            let ctrl = AbortController::new().ok();
+            let Some(ctrl) = ctrl else {
+                banner.show("This browser cannot run downloads (no AbortController).");
+                return;
+            };
+            ABORT.with(|a| *a.borrow_mut() = Some(ctrl.clone()));
+            let r = download::download(&entry, &ctrl.signal(), &|p| dl.progress.set(Some(p))).await;
+            ABORT.with(|a| *a.borrow_mut() = None);
+            dl.bump();
+            match r {
+                Ok(_) => {
+                    dl.load(&entry.id).await;
+                }
+                Err(e) => banner.show(e.to_string()),
+            }
+        }
+    });
+    let cancel = move |_| {
+        ABORT.with(|a| {
+            if let Some(c) = a.borrow().as_ref() {
+                c.abort();
+            }
+        })
+    };
+    let busy = move || run.pending().get();
+    let label = move || {
+        if busy() {
+            "Working…"
+        } else if stored.get().unwrap_or(false) {
+            "Load model"
+        } else {
+            "Download"
+        }
+    };
+    let disabled = move || busy() || selected.get().is_none_or(|e| !e.supported);
+    let on_backend = move |ev| {
+        pref.0.set(event_target_value(&ev));
+        // Reload a loaded model on the new choice.
+        if let Some(l) = engine.loaded.get_untracked() {
+            let id = l.model_id.clone();
+            leptos::task::spawn_local(async move {
+                dl.load(&id).await;
+            });
+        }
+    };
+
+    view! {
+        <section class="panel download">
+            <label class="backend-choice">"Backend "
+                <select data-testid="backend-select" on:change=on_backend>
+                    <option value="auto" selected=true>"Auto (WebGPU if it passes its self-test)"</option>
+                    <option value="cpu">"CPU (wasm SIMD)"</option>
+                    <option value="gpu">"WebGPU"</option>
+                </select>
+            </label>
+            <div class="buttons">
+                <button data-testid="download-button" disabled=disabled on:click=move |_| {
+                    if let Some(e) = selected.get_untracked() {
+                        run.dispatch(e);
+                    }
+                }>{label}</button>
+                <Show when=busy>
+                    <button data-testid="cancel-button" on:click=cancel>"Cancel"</button>
+                </Show>
+            </div>
+            {move || dl.progress.get().map(|p| {
+                let pct = p.percent();
+                let text = if p.phase == "downloading" {
+                    format!("{} of {} ({pct:.0}%) · {}/s · {} left", fmt_bytes(p.bytes as f64), fmt_bytes(p.total as f64), fmt_bytes(p.speed), fmt_secs(p.eta_s))
+                } else {
+                    format!("{}: {} of {} ({pct:.0}%)", p.phase, fmt_bytes(p.bytes as f64), fmt_bytes(p.total as f64))
+                };
+                view! {
+                    <div class="progress">
+                        <progress data-testid="download-progress" max="100" value=format!("{pct:.1}") data-phase=p.phase></progress>
+                        <span class="progress-text">{text}</span>
+                    </div>
+                }
+            })}
+            {move || engine.load_progress.get().map(|(phase, f)| view! {
+                <div class="progress">
+                    <progress max="100" value=format!("{:.0}", f * 100.0)></progress>
+                    <span class="progress-text">{format!("Loading: {phase}")}</span>
+                </div>
+            })}
+            {move || engine.loaded.get().map(|l| view! {
+                <p class="loaded" data-testid="model-ready">{format!("Ready: {} on {} in {:.1} s — {}", l.arch, l.backend.to_uppercase(), l.load_ms / 1e3, l.reason)}</p>
+            })}
+        </section>
+    }
+}
+

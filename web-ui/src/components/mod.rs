@@ -1,0 +1,10 @@
+//! The page, split by feature: the app shell, model picking and environment facts, download and
+//! stored models, and the chat.
+
+pub mod app;
+pub mod chat;
+pub mod download_panel;
+pub mod environment;
+pub mod message;
+pub mod model_picker;
+pub mod stored_models;

@@ -1,0 +1,217 @@
+//! The page's handle on the engine worker: starts `worker.js` as a module worker, shares the stop
+//! flag, and turns the worker's messages into awaitable results (load, generate) and streamed
+//! events (tokens, load progress).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use js_sys::{Atomics, Function, Int32Array, SharedArrayBuffer};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use web_sys::{MessageEvent, Worker, WorkerOptions, WorkerType};
+
+use crate::js::{await_promise, deferred, err_text, global_get, set};
+use crate::protocol::{FromWorker, GenSettings, ReplyStats, ToWorker, Turn};
+
+/// What the worker reported after loading.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadedInfo {
+    pub model_id: String,
+    pub backend: String,
+    pub reason: String,
+    pub n_ctx: usize,
+    pub arch: String,
+    pub load_ms: f64,
+}
+
+/// A failed worker request: `kind` as in [`FromWorker::Error`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerError {
+    pub kind: String,
+    pub message: String,
+}
+
+struct Client {
+    worker: Worker,
+    stop: Option<Int32Array>,
+    /// The request in flight: resolve/reject of its promise and the final message.
+    pending: Option<(Function, Function)>,
+    result: Option<FromWorker>,
+    ready: Option<js_sys::Promise>,
+    on_event: Rc<dyn Fn(&FromWorker)>,
+    _onmessage: Closure<dyn FnMut(MessageEvent)>,
+}
+
+thread_local! {
+    static CLIENT: RefCell<Option<Client>> = const { RefCell::new(None) };
+}
+
+/// Start the worker. `on_event` sees every message (tokens, progress) as it arrives.
+pub fn start(on_event: Rc<dyn Fn(&FromWorker)>) -> Result<(), String> {
+    let opts = WorkerOptions::new();
+    opts.set_type(WorkerType::Module);
+    let worker = Worker::new_with_options("./worker.js", &opts).map_err(|e| err_text(&e))?;
+    let (ready, ready_res, _) = deferred();
+    let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
+        let Ok(msg) = serde_wasm_bindgen::from_value::<FromWorker>(e.data()) else {
+            return;
+        };
+        if matches!(msg, FromWorker::Ready) {
+            let _ = ready_res.call0(&JsValue::NULL);
+            return;
+        }
+        let (handler, done) = CLIENT.with(|c| {
+            let c = c.borrow();
+            let handler = c.as_ref().map(|c| c.on_event.clone());
+            (handler, matches!(msg, FromWorker::Loaded { .. } | FromWorker::Done(_) | FromWorker::Error { .. }))
+        });
+        if let Some(h) = handler {
+            h(&msg);
+        }
+        if done {
+            let resolve = CLIENT.with(|c| {
+                let mut c = c.borrow_mut();
+                let c = c.as_mut()?;
+                c.result = Some(msg);
+                c.pending.take().map(|p| p.0)
+            });
+            if let Some(r) = resolve {
+                let _ = r.call0(&JsValue::NULL);
+            }
+        }
+    });
+    worker.set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
+    let onerror = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+        let msg = crate::js::get(&e, "message").as_string().unwrap_or_else(|| "the engine worker failed to start".into());
+        let reject = CLIENT.with(|c| c.borrow_mut().as_mut().and_then(|c| {
+            c.result = Some(FromWorker::Error { kind: "worker".into(), message: msg.clone() });
+            c.pending.take().map(|p| p.0)
+        }));
+        if let Some(r) = reject {
+            let _ = r.call0(&JsValue::NULL);
+        }
+    });
+    worker.set_onerror(Some(onerror.as_ref().unchecked_ref()));
+    onerror.forget();
+
+    // The stop flag needs SharedArrayBuffer, i.e. a cross-origin-isolated page (COOP + COEP).
+    let stop = if global_get("crossOriginIsolated").as_bool() == Some(true) {
+        let sab = SharedArrayBuffer::new(4);
+        let init = js_sys::Object::new();
+        set(&init, "type", &JsValue::from_str("init"));
+        set(&init, "stop", &sab);
+        Some((Int32Array::new(&sab), init))
+    } else {
+        None
+    };
+    let stop = stop.map(|(flag, init)| {
+        // Posted after Ready (see `request`), kept here until then.
+        (flag, init)
+    });
+    CLIENT.with(|c| {
+        *c.borrow_mut() = Some(Client {
+            worker,
+            stop: stop.as_ref().map(|s| s.0.clone()),
+            pending: None,
+            result: None,
+            ready: Some(ready),
+            on_event,
+            _onmessage: onmessage,
+        })
+    });
+    if let Some((_, init)) = stop {
+        INIT.with(|i| *i.borrow_mut() = Some(init.into()));
+    }
+    Ok(())
+}
+
+thread_local! {
+    static INIT: RefCell<Option<JsValue>> = const { RefCell::new(None) };
+}
+
+/// Post `msg` and wait for the worker's final answer to it.
+async fn request(msg: &ToWorker) -> Result<FromWorker, WorkerError> {
+    let ready = CLIENT.with(|c| c.borrow_mut().as_mut().and_then(|c| c.ready.take()));
+    if let Some(r) = ready {
+        let _ = await_promise(r).await;
+        let init = INIT.with(|i| i.borrow_mut().take());
+        if let Some(init) = init {
+            CLIENT.with(|c| {
+                if let Some(c) = c.borrow().as_ref() {
+                    let _ = c.worker.post_message(&init);
+                }
+            });
+        }
+    }
+    let (p, res, rej) = deferred();
+    let ser = serde_wasm_bindgen::Serializer::json_compatible();
+    let v = serde::Serialize::serialize(msg, &ser).map_err(|e| WorkerError { kind: "protocol".into(), message: e.to_string() })?;
+    CLIENT.with(|c| {
+        let mut c = c.borrow_mut();
+        let c = c.as_mut().ok_or_else(|| WorkerError { kind: "worker".into(), message: "the engine worker is not running".into() })?;
+        if let Some(f) = &c.stop {
+            let _ = Atomics::store(f, 0, 0);
+        }
+        c.result = None;
+        c.pending = Some((res, rej));
+        c.worker
+            .post_message(&v)
+            .map_err(|e| WorkerError { kind: "worker".into(), message: err_text(&e) })
+    })?;
+    let _ = await_promise(p).await;
+    let r = CLIENT.with(|c| c.borrow_mut().as_mut().and_then(|c| c.result.take()));
+    match r {
+        Some(FromWorker::Error { kind, message }) => Err(WorkerError { kind, message }),
+        Some(m) => Ok(m),
+        None => Err(WorkerError { kind: "worker".into(), message: "the engine worker gave no answer".into() }),
+    }
+}
+
+/// Load a stored model in the worker.
+pub async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<LoadedInfo, WorkerError> {
+    match request(&ToWorker::Load { model_id: model_id.into(), backend: backend.into(), n_ctx }).await? {
+        FromWorker::Loaded { backend, reason, n_ctx, arch, load_ms } => Ok(LoadedInfo {
+            model_id: model_id.into(),
+            backend,
+            reason,
+            n_ctx,
+            arch,
+            load_ms,
+        }),
+        other => Err(WorkerError { kind: "protocol".into(), message: format!("unexpected answer {other:?}") }),
+    }
+}
+
+/// Generate a reply; text arrives through `on_event` as [`FromWorker::Token`].
+pub async fn generate(turns: Vec<Turn>, settings: GenSettings) -> Result<ReplyStats, WorkerError> {
+    match request(&ToWorker::Generate { turns, settings }).await? {
+        FromWorker::Done(s) => Ok(s),
+        other => Err(WorkerError { kind: "protocol".into(), message: format!("unexpected answer {other:?}") }),
+    }
+}
+
+/// Ask the running generation to stop (takes effect at the next token).
+pub fn stop() {
+    CLIENT.with(|c| {
+        if let Some(f) = c.borrow().as_ref().and_then(|c| c.stop.clone()) {
+            let _ = Atomics::store(&f, 0, 1);
+        }
+    });
+}
+
+/// Whether stopping is possible (the page is cross-origin isolated).
+pub fn can_stop() -> bool {
+    CLIENT.with(|c| c.borrow().as_ref().is_some_and(|c| c.stop.is_some()))
+}
+
+/// Forget the KV cache (new chat).
+pub fn reset() {
+    let ser = serde_wasm_bindgen::Serializer::json_compatible();
+    if let Ok(v) = serde::Serialize::serialize(&ToWorker::Reset, &ser) {
+        CLIENT.with(|c| {
+            if let Some(c) = c.borrow().as_ref() {
+                let _ = c.worker.post_message(&v);
+            }
+        });
+    }
+}

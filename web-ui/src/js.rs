@@ -1,0 +1,85 @@
+//! Small JavaScript helpers shared by the page and the worker: the global scope (window or
+//! worker), `performance.now()` as the engine's clock, error text, one-shot promises.
+
+use js_sys::{Function, Promise, Reflect};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+
+/// `globalThis[name]`, or `undefined`.
+pub fn global_get(name: &str) -> JsValue {
+    Reflect::get(&js_sys::global(), &JsValue::from_str(name)).unwrap_or(JsValue::UNDEFINED)
+}
+
+/// `obj[key]`, or `undefined`.
+pub fn get(obj: &JsValue, key: &str) -> JsValue {
+    Reflect::get(obj, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+}
+
+/// `obj[key] = value` (ignoring failures on frozen objects).
+pub fn set(obj: &JsValue, key: &str, value: &JsValue) {
+    let _ = Reflect::set(obj, &JsValue::from_str(key), value);
+}
+
+/// Milliseconds from `performance.now()` (works in the page and in workers).
+pub fn now_ms() -> f64 {
+    let perf = global_get("performance");
+    get(&perf, "now")
+        .dyn_into::<Function>()
+        .ok()
+        .and_then(|f| f.call0(&perf).ok())
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.0)
+}
+
+/// The engine's clock in the browser (`std::time::Instant` panics on wasm32).
+pub struct PerfClock;
+
+impl engine::generate::Clock for PerfClock {
+    fn now_ms(&self) -> f64 {
+        now_ms()
+    }
+}
+
+/// Plain text of a thrown JavaScript value: `Name: message` for errors and DOMExceptions.
+pub fn err_text(v: &JsValue) -> String {
+    if let Some(s) = v.as_string() {
+        return s;
+    }
+    let name = get(v, "name").as_string();
+    let message = get(v, "message").as_string();
+    match (name, message) {
+        (Some(n), Some(m)) => format!("{n}: {m}"),
+        (None, Some(m)) => m,
+        (Some(n), None) => n,
+        _ => format!("{v:?}"),
+    }
+}
+
+/// The `name` of a thrown error (e.g. `QuotaExceededError`, `AbortError`), if any.
+pub fn err_name(v: &JsValue) -> String {
+    get(v, "name").as_string().unwrap_or_default()
+}
+
+/// Await a JavaScript promise, mapping a rejection to its value.
+pub async fn await_promise(p: Promise) -> Result<JsValue, JsValue> {
+    wasm_bindgen_futures::JsFuture::from(p).await
+}
+
+/// A promise plus its `resolve`/`reject` functions: a one-shot channel from callbacks to async code.
+pub fn deferred() -> (Promise, Function, Function) {
+    let mut slots: Option<(Function, Function)> = None;
+    let p = Promise::new(&mut |res, rej| slots = Some((res, rej)));
+    let (res, rej) = slots.unwrap_or_else(|| (Function::new_no_args(""), Function::new_no_args("")));
+    (p, res, rej)
+}
+
+/// Resolve after `ms` milliseconds (page or worker).
+pub async fn sleep_ms(ms: i32) {
+    let p = Promise::new(&mut |res, _| {
+        let st = global_get("setTimeout");
+        if let Ok(f) = st.dyn_into::<Function>() {
+            let _ = f.call2(&JsValue::NULL, &res, &JsValue::from(ms));
+        }
+    });
+    let _ = await_promise(p).await;
+}

@@ -1,0 +1,96 @@
+//! Messages between the page and the engine's Web Worker (serialized with serde-wasm-bindgen).
+//!
+//! The stop flag is not in here: it is a `SharedArrayBuffer` sent once in a raw `init` message,
+//! because the worker is busy inside the synchronous generation loop and cannot receive messages
+//! until it returns.
+
+use serde::{Deserialize, Serialize};
+
+/// One turn of the conversation as the chat template sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    pub role: String,
+    pub content: String,
+}
+
+/// Sampling and length settings of one reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenSettings {
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub max_tokens: usize,
+    pub seed: u64,
+}
+
+impl Default for GenSettings {
+    fn default() -> Self {
+        Self {
+            temperature: 0.7,
+            top_k: 40,
+            top_p: 0.95,
+            max_tokens: 256,
+            seed: 0,
+        }
+    }
+}
+
+/// Page → worker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToWorker {
+    /// Load the model stored in IndexedDB under `model_id` on `backend` (`auto`, `cpu`, `gpu`).
+    Load {
+        model_id: String,
+        backend: String,
+        n_ctx: usize,
+    },
+    /// Generate the assistant's next turn.
+    Generate {
+        turns: Vec<Turn>,
+        settings: GenSettings,
+    },
+    /// Drop the KV cache (new chat).
+    Reset,
+}
+
+/// Worker → page.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromWorker {
+    /// The module is initialised and listening.
+    Ready,
+    /// Loading progress (0..1) with a short phase label.
+    LoadProgress { phase: String, fraction: f64 },
+    Loaded {
+        /// `cpu` or `gpu`.
+        backend: String,
+        /// Why this backend (e.g. "requested", "no WebGPU adapter").
+        reason: String,
+        n_ctx: usize,
+        arch: String,
+        load_ms: f64,
+    },
+    /// New reply text (may be empty while a character is incomplete).
+    Token { text: String },
+    /// The reply is finished.
+    Done(ReplyStats),
+    /// A failure; `kind` lets the page choose a recovery (`context_full`, `gpu_lost`, `load`,
+    /// `generate`).
+    Error { kind: String, message: String },
+}
+
+/// Counts and timings of one reply.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplyStats {
+    pub n_prompt: usize,
+    pub n_prefilled: usize,
+    pub n_generated: usize,
+    pub stop_reason: String,
+    pub ttft_ms: f64,
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+    /// Tokens the context holds after this reply, and its capacity.
+    pub ctx_used: usize,
+    pub n_ctx: usize,
+}

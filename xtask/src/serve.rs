@@ -1,0 +1,422 @@
+//! `cargo xtask serve` and the browser tests: install the web toolchain (wasm32 target, trunk,
+//! wasm-bindgen-cli, wasm-opt), build the app with Trunk into `dist/`, copy the default model
+//! next to it, and serve it with a small static server that sends cross-origin isolation headers,
+//! a Content-Security-Policy limited to this origin and the catalog's model hosts, and honours
+//! HTTP Range requests (download resume).
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use crate::{models_dir, root, run, succeeds, Result};
+
+/// Versions that must match Cargo.lock / TOOLCHAIN.md.
+const TRUNK_VERSION: &str = "0.21.14";
+/// The default model, served from the app's own origin.
+const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn cargo_bin(name: &str) -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from(".cargo"));
+    home.join("bin").join(name)
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    cmd.output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+}
+
+/// The `wasm-bindgen` version locked in Cargo.lock.
+fn locked_wasm_bindgen() -> Result<String> {
+    let lock = std::fs::read_to_string(root().join("Cargo.lock")).map_err(|e| format!("Cargo.lock: {e}"))?;
+    let mut lines = lock.lines();
+    while let Some(l) = lines.next() {
+        if l.trim() == "name = \"wasm-bindgen\"" {
+            if let Some(v) = lines.next().and_then(|v| v.trim().strip_prefix("version = \"")) {
+                return Ok(v.trim_end_matches('"').to_string());
+            }
+        }
+    }
+    Err("wasm-bindgen is not in Cargo.lock".into())
+}
+
+fn web_tests_dir() -> PathBuf {
+    root().join("tests")
+}
+
+/// Install what building the app needs (each step skipped when already present).
+pub fn setup_web_tools() -> Result {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !installed.contains("wasm32-unknown-unknown") {
+        run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
+    }
+    let trunk_ok = output(Command::new(cargo_bin("trunk")).arg("--version")).is_some_and(|v| v.contains(TRUNK_VERSION));
+    if !trunk_ok {
+        eprintln!("installing trunk {TRUNK_VERSION} (about 15 minutes on 2 cores, once)");
+        run(Command::new("nice").args(["-n", "15", "cargo", "install", "trunk", "--version", TRUNK_VERSION, "--locked"]))?;
+    }
+    let wb = locked_wasm_bindgen()?;
+    let wb_ok = output(Command::new(cargo_bin("wasm-bindgen")).arg("--version")).is_some_and(|v| v.contains(&wb));
+    if !wb_ok {
+        // Not --locked: the locked set wants a webpki-roots version this registry lacks.
+        run(Command::new("nice").args(["-n", "15", "cargo", "install", "wasm-bindgen-cli", "--version", &wb]))?;
+    }
+    // wasm-opt (binaryen) and the browser-test driver from npm, into tests/node_modules.
+    if !web_tests_dir().join("node_modules/.bin/wasm-opt").exists() || !web_tests_dir().join("node_modules/playwright-core").exists() {
+        run(Command::new("npm")
+            .current_dir(web_tests_dir())
+            .args(["install", "--no-audit", "--no-fund"]))?;
+    }
+    Ok(())
+}
+
+/// PATH with cargo's bin and the npm tools first (Trunk finds wasm-bindgen and wasm-opt there).
+fn tool_path() -> std::ffi::OsString {
+    let mut parts = vec![
+        cargo_bin(""),
+        web_tests_dir().join("node_modules/.bin"),
+    ];
+    if let Some(p) = std::env::var_os("PATH") {
+        parts.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(parts).unwrap_or_default()
+}
+
+/// Build the release bundle into `dist/` and put the default model next to it.
+pub fn build_web() -> Result {
+    setup_web_tools()?;
+    crate::fetch_models()?;
+    run(Command::new("nice")
+        .current_dir(root())
+        .args(["-n", "15"])
+        .arg(cargo_bin("trunk"))
+        .args(["build", "--release"])
+        .env("PATH", tool_path())
+        .env("CARGO_TARGET_DIR", root().join("target-ui"))
+        // The CPU engine's simd128 kernels.
+        .env("RUSTFLAGS", "-C target-feature=+simd128"))?;
+    let dist = root().join("dist");
+    let models = dist.join("models");
+    std::fs::create_dir_all(&models).map_err(|e| format!("{}: {e}", models.display()))?;
+    let src = models_dir().join(DEFAULT_MODEL);
+    let dst = models.join(DEFAULT_MODEL);
+    let same = std::fs::metadata(&dst).ok().map(|m| m.len()) == std::fs::metadata(&src).ok().map(|m| m.len());
+    if !same {
+        // A hard link when possible (same disk), else a copy.
+        let _ = std::fs::remove_file(&dst);
+        if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).map_err(|e| format!("copy {}: {e}", src.display()))?;
+        }
+    }
+    if let Ok(wasm) = std::fs::read(dist.join("web-ui_bg.wasm")) {
+        eprintln!("wasm: {} bytes ({} gzipped)", wasm.len(), gzip_len(&dist.join("web-ui_bg.wasm")).unwrap_or(0));
+    }
+    Ok(())
+}
+
+fn gzip_len(p: &Path) -> Option<u64> {
+    let o = Command::new("gzip").args(["-9", "-c"]).arg(p).output().ok()?;
+    Some(o.stdout.len() as u64)
+}
+
+/// `cargo xtask serve [--port N]`: build, then serve on 127.0.0.1 until interrupted.
+pub fn serve(args: &[String]) -> Result {
+    let mut port: u16 = 8080;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--port" => {
+                port = it
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .ok_or("--port needs a number from 1 to 65535")?
+            }
+            "--no-build" => {}
+            other => return Err(format!("serve: unknown argument `{other}` (usage: cargo xtask serve [--port N] [--no-build])")),
+        }
+    }
+    if !args.iter().any(|a| a == "--no-build") {
+        build_web()?;
+    }
+    let server = Server::new(root().join("dist"), false)?;
+    let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    eprintln!("serving {} on http://127.0.0.1:{port}/", server.dir.display());
+    server.run(listener);
+    Ok(())
+}
+
+/// The static server.
+#[derive(Clone)]
+pub struct Server {
+    dir: PathBuf,
+    csp: String,
+    /// Test mode: record request lines (served at `/__log`) and honour `?cut=N`.
+    hooks: bool,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// Hosts in the catalog's model URLs, for `connect-src`.
+fn model_hosts(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("models.json")).unwrap_or_default();
+    let mut hosts: Vec<String> = Vec::new();
+    for part in text.split("\"url\"").skip(1) {
+        let Some(start) = part.find("https://") else { continue };
+        let rest = &part[start + 8..];
+        let host: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-').collect();
+        if !host.is_empty() && !part[..start].contains('\n') {
+            let origin = format!("https://{host}");
+            if !hosts.contains(&origin) {
+                hosts.push(origin);
+            }
+        }
+    }
+    // Hugging Face redirects file downloads to its CDN hosts.
+    if hosts.iter().any(|h| h.ends_with("huggingface.co")) {
+        for h in ["https://*.huggingface.co", "https://*.hf.co"] {
+            hosts.push(h.to_string());
+        }
+    }
+    hosts
+}
+
+impl Server {
+    pub fn new(dir: PathBuf, hooks: bool) -> Result<Self> {
+        if !dir.join("index.html").exists() {
+            return Err(format!("{} has no index.html: build first", dir.display()));
+        }
+        let connect = std::iter::once("'self'".to_string()).chain(model_hosts(&dir)).collect::<Vec<_>>().join(" ");
+        let csp = format!(
+            "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; \
+             style-src 'self'; img-src 'self' data:; connect-src {connect}; object-src 'none'; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        );
+        Ok(Server { dir, csp, hooks, log: Arc::new(Mutex::new(Vec::new())) })
+    }
+
+    /// Accept connections forever, one thread each.
+    pub fn run(self, listener: TcpListener) {
+        for stream in listener.incoming().flatten() {
+            let s = self.clone();
+            std::thread::spawn(move || {
+                let _ = s.handle(stream);
+            });
+        }
+    }
+
+    fn handle(&self, mut stream: TcpStream) -> std::io::Result<()> {
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut range: Option<String> = None;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.trim().eq_ignore_ascii_case("range") {
+                    range = Some(v.trim().to_string());
+                }
+            }
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("");
+        let target = parts.next().unwrap_or("/");
+        if self.hooks {
+            if let Ok(mut l) = self.log.lock() {
+                l.push(format!("{method} {target} range={}", range.as_deref().unwrap_or("-")));
+            }
+        }
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        if method != "GET" && method != "HEAD" {
+            return self.respond(&mut stream, 405, "text/plain", b"method not allowed", &[]);
+        }
+        if self.hooks && path == "/__log" {
+            let body = self.log.lock().map(|l| l.join("\n")).unwrap_or_default();
+            return self.respond(&mut stream, 200, "text/plain", body.as_bytes(), &[]);
+        }
+        let Some(file) = self.resolve(path) else {
+            return self.respond(&mut stream, 404, "text/plain", b"not found", &[]);
+        };
+        let mut f = std::fs::File::open(&file)?;
+        let len = f.metadata()?.len();
+        let ctype = content_type(&file);
+        let (status, start, end) = match range.as_deref().map(|r| parse_range(r, len)) {
+            None => (200, 0, len),
+            Some(Some((a, b))) => (206, a, b),
+            Some(None) => {
+                let cr = format!("bytes */{len}");
+                return self.respond(&mut stream, 416, "text/plain", b"range not satisfiable", &[("Content-Range", &cr)]);
+            }
+        };
+        let mut extra: Vec<(&str, String)> = vec![("Accept-Ranges", "bytes".into())];
+        if status == 206 {
+            extra.push(("Content-Range", format!("bytes {start}-{}/{len}", end - 1)));
+        }
+        let extra_ref: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.head(&mut stream, status, ctype, end - start, &extra_ref)?;
+        if method == "HEAD" {
+            return Ok(());
+        }
+        // Test hook: `?cut=N` drops the connection after N bytes of a request without Range.
+        let cut = if self.hooks && range.is_none() {
+            query.split('&').find_map(|kv| kv.strip_prefix("cut=")).and_then(|n| n.parse::<u64>().ok())
+        } else {
+            None
+        };
+        f.seek(SeekFrom::Start(start))?;
+        let mut left = end - start;
+        if let Some(c) = cut {
+            left = left.min(c);
+        }
+        let mut buf = vec![0u8; 256 << 10];
+        while left > 0 {
+            let n = f.read(&mut buf[..left.min(buf.len() as u64) as usize])?;
+            if n == 0 {
+                break;
+            }
+            stream.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        if cut.is_some() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        Ok(())
+    }
+
+    fn resolve(&self, path: &str) -> Option<PathBuf> {
+        let path = percent_decode(path)?;
+        let rel = path.trim_start_matches('/');
+        if rel.split('/').any(|c| c == ".." || c.starts_with('.') && !c.is_empty()) || rel.contains('\\') {
+            return None;
+        }
+        let mut p = self.dir.join(rel);
+        if p.is_dir() {
+            p = p.join("index.html");
+        }
+        p.is_file().then_some(p)
+    }
+
+    fn head(&self, s: &mut TcpStream, status: u16, ctype: &str, len: u64, extra: &[(&str, &str)]) -> std::io::Result<()> {
+        let reason = match status {
+            200 => "OK",
+            206 => "Partial Content",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            416 => "Range Not Satisfiable",
+            _ => "Error",
+        };
+        let mut h = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\n\
+             Cross-Origin-Opener-Policy: same-origin\r\nCross-Origin-Embedder-Policy: require-corp\r\n\
+             Cross-Origin-Resource-Policy: same-origin\r\nContent-Security-Policy: {}\r\n\
+             X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\nCache-Control: no-cache\r\n\
+             Connection: close\r\n",
+            self.csp
+        );
+        for (k, v) in extra {
+            h.push_str(&format!("{k}: {v}\r\n"));
+        }
+        h.push_str("\r\n");
+        s.write_all(h.as_bytes())
+    }
+
+    fn respond(&self, s: &mut TcpStream, status: u16, ctype: &str, body: &[u8], extra: &[(&str, &str)]) -> std::io::Result<()> {
+        self.head(s, status, ctype, body.len() as u64, extra)?;
+        s.write_all(body)
+    }
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` → half-open `[start, end)`; `None` when unsatisfiable.
+fn parse_range(r: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = r.strip_prefix("bytes=")?.split(',').next()?.trim();
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        (len.saturating_sub(n), len)
+    } else {
+        let start: u64 = a.parse().ok()?;
+        let end = if b.is_empty() { len } else { b.parse::<u64>().ok()?.saturating_add(1).min(len) };
+        (start, end)
+    };
+    (start < end && start < len).then_some((start, end))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn content_type(p: &Path) -> &'static str {
+    match p.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "wasm" => "application/wasm",
+        "css" => "text/css; charset=utf-8",
+        "json" => "application/json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "ico" => "image/x-icon",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The browser tests (`tests/e2e.mjs`): headless Chromium from Debian driven by playwright-core
+/// against a test-mode server. Installs chromium and the npm packages when missing.
+pub fn browser_tests() -> Result {
+    if !Path::new("/usr/lib/chromium/chromium").exists() {
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get").args(["install", "-y", "-qq", "chromium", "chromium-driver"]))?;
+    }
+    build_web()?;
+    let server = Server::new(root().join("dist"), true)?;
+    let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    std::thread::spawn(move || server.run(listener));
+    run(Command::new("node")
+        .current_dir(web_tests_dir())
+        .arg("e2e.mjs")
+        .env("SLM_URL", format!("http://127.0.0.1:{port}/")))
+}
+
+/// Whether the browser tests can run here (Chromium present or installable); used by callers
+/// that want to skip them.
+#[allow(dead_code)]
+pub fn browser_available() -> bool {
+    Path::new("/usr/lib/chromium/chromium").exists() || succeeds(Command::new("apt-cache").args(["show", "chromium"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-", 10), Some((0, 10)));
+        assert_eq!(parse_range("bytes=2-4", 10), Some((2, 5)));
+        assert_eq!(parse_range("bytes=-3", 10), Some((7, 10)));
+        assert_eq!(parse_range("bytes=10-", 10), None);
+        assert_eq!(parse_range("bytes=5-100", 10), Some((5, 10)));
+        assert_eq!(parse_range("items=1-2", 10), None);
+    }
+}
