@@ -1,7 +1,10 @@
 // matmul.wgsl: y[t, r] (+)= dot(W[r, :], x[t, :]) (+ bias[r]) for a quantized weight W in GGUF
-// block layout. One workgroup per (weight row, tile of up to TILE_N tokens): the row is
-// decoded once per tile and reused for every token of the tile. The decode (matrix-vector)
-// pipeline is this kernel with TILE_N = 1; prefill uses TILE_N = 8.
+// block layout. A workgroup of WG invocations handles WG / TPR weight rows for a tile of up to
+// TILE_N tokens: TPR invocations share a row (each decodes every TPR-th 16-element piece once and
+// uses it for every token of the tile), then their partial sums are added in workgroup memory
+// (log2(TPR) barriers; none when TPR = 1). The decode (matrix-vector) pipeline is this kernel
+// with TILE_N = 1; prefill uses TILE_N = 8. TPR = 16 suits GPUs; TPR = 1 (one row per
+// invocation, no barriers) suits CPU-emulated adapters (lavapipe, SwiftShader).
 //
 // W: (rows, cols) in `wq`, row r at byte r * row_bytes; x: (n_tok, x_stride) from x_off;
 // y: (n_tok, out_stride) from out_off; bias: (rows) from bias_off.
@@ -9,6 +12,8 @@
 const WG: u32 = 64u;
 const TILE_MAX: u32 = 8u;
 override TILE_N: u32 = 8u;
+// Invocations per row: a power of two dividing WG.
+override TPR: u32 = 16u;
 
 struct Params {
     rows: u32,
@@ -32,6 +37,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 
+// Partial sums: token t of invocation i at t * WG + i.
+var<workgroup> part: array<f32, 512>; // WG * TILE_MAX
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -40,15 +48,19 @@ fn main(
 ) {
     let id = linear_wg(wid, nwg);
     if (id >= p.total_wg) { return; }
+    let rows_per_wg = WG / TPR;
     let n_tiles = (p.n_tok + TILE_N - 1u) / TILE_N;
-    let r = id / n_tiles;
+    let r = (id / n_tiles) * rows_per_wg + lid / TPR;
+    let lane = lid % TPR;
     let t0 = (id % n_tiles) * TILE_N;
     let nt = min(TILE_N, p.n_tok - t0);
+    let valid = r < p.rows;
     let row_off = r * p.row_bytes;
-    let n_pieces = (p.cols + 15u) / 16u;
+    var n_pieces = (p.cols + 15u) / 16u;
+    if (!valid) { n_pieces = 0u; }
 
     var acc: array<f32, TILE_MAX>;
-    for (var pc = lid; pc < n_pieces; pc += WG) {
+    for (var pc = lane; pc < n_pieces; pc += TPR) {
         var v: array<f32, 16>;
         load_piece(row_off, pc, p.cols, &v);
         let c0 = pc * 16u;
@@ -64,14 +76,23 @@ fn main(
             acc[t] += s;
         }
     }
+    if (TPR > 1u) {
+        for (var t = 0u; t < nt; t++) { part[t * WG + lid] = acc[t]; }
+        for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
+            workgroupBarrier();
+            if (lane < s) {
+                for (var t = 0u; t < nt; t++) { part[t * WG + lid] += part[t * WG + lid + s]; }
+            }
+        }
+        workgroupBarrier();
+        for (var t = 0u; t < nt; t++) { acc[t] = part[t * WG + lid]; }
+    }
+    if (!valid || lane != 0u) { return; }
     var b = 0.0;
     if ((p.flags & 1u) != 0u) { b = bias[p.bias_off + r]; }
-    for (var t = 0u; t < TILE_N; t++) {
-        if (t0 + t >= p.n_tok) { break; }
-        let s = reduce_sum(acc[t], lid) + b;
-        if (lid == 0u) {
-            let o = p.out_off + (t0 + t) * p.out_stride + r;
-            if ((p.flags & 2u) != 0u) { y[o] = y[o] + s; } else { y[o] = s; }
-        }
+    for (var t = 0u; t < nt; t++) {
+        let o = p.out_off + (t0 + t) * p.out_stride + r;
+        let s = acc[t] + b;
+        if ((p.flags & 2u) != 0u) { y[o] = y[o] + s; } else { y[o] = s; }
     }
 }

@@ -164,10 +164,11 @@ fn gpu_model_matches_reference_and_cpu_model_on_smollm2() {
     }
     let cpu_row = |pos: usize| &cpu_rows[pos * n_vocab..(pos + 1) * n_vocab];
 
-    for (label, opts) in [
-        ("features", GpuOptions::default()),
-        ("baseline", GpuOptions::baseline()),
-    ] {
+    let baseline = GpuOptions {
+        matmul_threads_per_row: Some(16),
+        ..GpuOptions::baseline()
+    };
+    for (label, opts) in [("features", GpuOptions::default()), ("baseline", baseline)] {
         let gpu = Gpu::new(&opts)
             .unwrap_or_else(|e| panic!("no GPU ({e}); set SLM_SKIP_GPU_TESTS=1 to skip GPU tests"));
         let mut gm = GpuModel::load(gpu, &file, &src, n_ctx).unwrap();

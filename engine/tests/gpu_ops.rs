@@ -27,7 +27,8 @@ fn skip() -> bool {
     std::env::var("SLM_SKIP_GPU_TESTS").is_ok_and(|v| v == "1")
 }
 
-/// The device with its optional features, then with the baseline forced. Panics when there
+/// The device with its optional features, then with the baseline forced; the matmul kernels
+/// with the device's own threads-per-row choice (1 on CPU adapters), 16 and 4. Panics when there
 /// is no adapter (unless SLM_SKIP_GPU_TESTS=1: then no devices and the test checks nothing).
 fn gpus() -> Vec<(&'static str, Gpu)> {
     if skip() {
@@ -35,10 +36,23 @@ fn gpus() -> Vec<(&'static str, Gpu)> {
     }
     let full = Gpu::new(&GpuOptions::default())
         .unwrap_or_else(|e| panic!("no GPU ({e}); set SLM_SKIP_GPU_TESTS=1 to skip GPU tests"));
-    let base = Gpu::new(&GpuOptions::baseline()).expect("baseline device");
+    let base = Gpu::new(&GpuOptions {
+        matmul_threads_per_row: Some(16),
+        ..GpuOptions::baseline()
+    })
+    .expect("baseline device");
     assert!(!base.info().subgroups && !base.info().f16);
+    let tpr4 = Gpu::new(&GpuOptions {
+        matmul_threads_per_row: Some(4),
+        ..GpuOptions::default()
+    })
+    .expect("device");
     eprintln!("GPU: {:?}", full.info());
-    vec![("features", full), ("baseline", base)]
+    vec![
+        ("features", full),
+        ("baseline, 16 per row", base),
+        ("features, 4 per row", tpr4),
+    ]
 }
 
 /// xorshift64*: deterministic test data without a dependency.

@@ -233,23 +233,49 @@ unsafe fn dot_bf16(row: &[u8], x: &[f32]) -> f32 {
 // Legacy 32-element blocks. Every kernel computes per block `d dy Σ u·qy + off · s` where `u` is
 // the unsigned weight code and `off` its offset (`m`, `-8 d`, `-16 d`); `s = dy Σ qy`.
 
+// `h2f_pair` and `legacy_dot!` read adjacent fields as one.
+const _: () = {
+    use std::mem::offset_of;
+    assert!(offset_of!(BlockQ4_1, d) == 0 && offset_of!(BlockQ4_1, m) == 2);
+    assert!(offset_of!(BlockQ5_1, d) == 0 && offset_of!(BlockQ5_1, m) == 2);
+    assert!(offset_of!(ActBlockQ8, d) == 0 && offset_of!(ActBlockQ8, s) == 4);
+};
+
+/// `[d, m, 0, 0]` from the two f16 at the start of a Q4_1 / Q5_1 block (`d`, `m` adjacent).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn h2f_pair<B>(block: &B) -> __m128 {
+    let bits = (block as *const B).cast::<i32>().read_unaligned();
+    _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
+}
+
+/// `[d, k·d, 0, 0]` for the symmetric types (`off = -8 d` or `-16 d`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn h2f_with_offset(d: f16, k: f32) -> __m128 {
+    let d = _mm_cvtph_ps(_mm_cvtsi32_si128(d.to_bits() as i32));
+    _mm_mul_ps(_mm_moveldup_ps(d), _mm_setr_ps(1.0, k, 0.0, 0.0))
+}
+
 /// Shared block loop. `$codes` (an expression in `$b`, the weight block) gives the 32 unsigned
-/// codes, `$d_off` the pair `(d, off)`. Two blocks per iteration keep two FMA chains in flight.
-/// A macro rather than a closure-taking function so that everything inlines into the
-/// `#[target_feature]` kernel.
+/// codes, `$d_off` the vector `[d, off, _, _]`; one multiply by `[dy, s, _, _]` (adjacent in
+/// [`ActBlockQ8`]) yields both the block scale and the offset term. Two blocks per iteration keep
+/// two FMA chains in flight. A macro rather than a closure-taking function so that everything
+/// inlines into the `#[target_feature]` kernel.
 macro_rules! legacy_dot {
     ($w:expr, $a:expr, |$b:ident| $codes:expr, $d_off:expr) => {{
         let (w, a) = ($w, $a);
         let mut acc = [_mm256_setzero_ps(); 2];
-        let mut off_sum = [0f32; 2];
+        let mut off = [_mm_setzero_ps(); 2];
         macro_rules! step {
             ($blk:expr, $y:expr, $k:expr) => {{
                 let $b = $blk;
                 let y: &ActBlockQ8 = $y;
                 let p = _mm256_cvtepi32_ps(dot_u8_i8($codes, load256(y.qs.as_ptr())));
-                let (d, off): (f32, f32) = $d_off;
-                acc[$k] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), p, acc[$k]);
-                off_sum[$k] += off * y.s;
+                let dy_s = _mm_castpd_ps(_mm_load_sd((y as *const ActBlockQ8).cast::<f64>()));
+                let ds = _mm_mul_ps($d_off, dy_s);
+                acc[$k] = _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), p, acc[$k]);
+                off[$k] = _mm_add_ps(off[$k], ds);
             }};
         }
         let wc = w.chunks_exact(2);
@@ -262,21 +288,19 @@ macro_rules! legacy_dot {
         if let (Some(blk), Some(y)) = (wr.first(), ar.first()) {
             step!(blk, y, 0);
         }
-        hsum_ps(_mm256_add_ps(acc[0], acc[1])) + (off_sum[0] + off_sum[1])
+        let off = _mm_add_ps(off[0], off[1]);
+        hsum_ps(_mm256_add_ps(acc[0], acc[1])) + _mm_cvtss_f32(_mm_movehdup_ps(off))
     }};
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_0(w: &[BlockQ4_0], a: &[ActBlockQ8]) -> f32 {
-    legacy_dot!(w, a, |b| nibbles32(&b.qs), {
-        let d = h2f(b.d);
-        (d, -8.0 * d)
-    })
+    legacy_dot!(w, a, |b| nibbles32(&b.qs), h2f_with_offset(b.d, -8.0))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_1(w: &[BlockQ4_1], a: &[ActBlockQ8]) -> f32 {
-    legacy_dot!(w, a, |b| nibbles32(&b.qs), (h2f(b.d), h2f(b.m)))
+    legacy_dot!(w, a, |b| nibbles32(&b.qs), h2f_pair(b))
 }
 
 #[inline]
@@ -291,15 +315,12 @@ unsafe fn q5_codes(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5_0(w: &[BlockQ5_0], a: &[ActBlockQ8]) -> f32 {
-    legacy_dot!(w, a, |b| q5_codes(&b.qs, b.qh), {
-        let d = h2f(b.d);
-        (d, -16.0 * d)
-    })
+    legacy_dot!(w, a, |b| q5_codes(&b.qs, b.qh), h2f_with_offset(b.d, -16.0))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5_1(w: &[BlockQ5_1], a: &[ActBlockQ8]) -> f32 {
-    legacy_dot!(w, a, |b| q5_codes(&b.qs, b.qh), (h2f(b.d), h2f(b.m)))
+    legacy_dot!(w, a, |b| q5_codes(&b.qs, b.qh), h2f_pair(b))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

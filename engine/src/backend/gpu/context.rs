@@ -22,6 +22,9 @@ pub struct GpuOptions {
     pub max_binding_cap: Option<u64>,
     /// Prefer a discrete GPU.
     pub high_performance: bool,
+    /// Invocations sharing one weight row in the matmul kernels (a power of two ≤ 64); `None`
+    /// picks 1 on CPU-emulated adapters (no barriers) and 16 on GPUs.
+    pub matmul_threads_per_row: Option<u32>,
 }
 
 impl Default for GpuOptions {
@@ -31,6 +34,7 @@ impl Default for GpuOptions {
             use_subgroups: true,
             max_binding_cap: None,
             high_performance: true,
+            matmul_threads_per_row: None,
         }
     }
 }
@@ -73,6 +77,8 @@ pub struct GpuInfo {
     pub subgroups: bool,
     /// Subgroup size range reported by the adapter (0 when unknown).
     pub subgroup_size: (u32, u32),
+    /// Invocations per weight row in the matmul kernels (see [`GpuOptions`]).
+    pub matmul_threads_per_row: u32,
 }
 
 #[derive(Default)]
@@ -213,6 +219,17 @@ impl GpuContext {
         if let Some(cap) = opts.max_binding_cap {
             max_binding = max_binding.min(cap.max(256));
         }
+        let tpr = match opts.matmul_threads_per_row {
+            Some(t) if t.is_power_of_two() && t <= 64 => t,
+            Some(t) => {
+                return Err(Error::InvalidParam {
+                    name: "matmul_threads_per_row",
+                    what: format!("{t} is not a power of two up to 64"),
+                })
+            }
+            None if a_info.device_type == wgpu::DeviceType::Cpu => 1,
+            None => 16,
+        };
         let info = GpuInfo {
             name: a_info.name.clone(),
             backend: format!("{:?}", a_info.backend).to_lowercase(),
@@ -228,6 +245,7 @@ impl GpuContext {
             f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             subgroup_size: (a_info.subgroup_min_size, a_info.subgroup_max_size),
+            matmul_threads_per_row: tpr,
         };
         Ok(Self {
             device,

@@ -573,6 +573,7 @@ impl GpuModel {
             }),
             arena: &mut self.arena,
             pipes: &self.gpu.pipes,
+            tpr: self.gpu.ctx.info.matmul_threads_per_row,
             count: 0,
         };
         let eps = c.rms_eps;
@@ -725,6 +726,8 @@ struct Rec<'a> {
     pass: wgpu::ComputePass<'a>,
     arena: &'a mut ParamArena,
     pipes: &'a PipelineCache,
+    /// Matmul invocations per weight row.
+    tpr: u32,
     count: usize,
 }
 
@@ -764,7 +767,7 @@ impl Rec<'_> {
             (Op::MatMul, MATMUL_TILE)
         };
         for (inst, row_begin, rows) in &m.chunks {
-            let total = MatParams::workgroups(*rows, n, tile);
+            let total = MatParams::workgroups(*rows, n, tile, self.tpr);
             let p = MatParams {
                 rows: *rows,
                 cols: m.cols,

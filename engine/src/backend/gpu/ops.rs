@@ -138,7 +138,8 @@ impl Gpu {
         };
         let mut jobs = Vec::new();
         for c in &w.chunks {
-            let total = MatParams::workgroups(u32_of(OP, c.rows)?, u32_of(OP, n_tok)?, tile);
+            let tpr = self.ctx.info.matmul_threads_per_row;
+            let total = MatParams::workgroups(u32_of(OP, c.rows)?, u32_of(OP, n_tok)?, tile, tpr);
             let p = MatParams {
                 rows: u32_of(OP, c.rows)?,
                 cols: u32_of(OP, w.cols)?,

@@ -28,13 +28,16 @@ pub struct MatParams {
 pub const MAT_BIAS: u32 = 1;
 /// matmul flag: `y += W x` instead of `y = W x` (fused residual add).
 pub const MAT_ACCUMULATE: u32 = 2;
+/// Invocations per workgroup of the matmul kernels (`WG` of matmul.wgsl).
+pub const MATMUL_WG: u32 = 64;
 /// Tokens per workgroup of the prefill matmul (`TILE_N` of [`super::shaders::Op::MatMul`]).
 pub const MATMUL_TILE: u32 = 8;
 
 impl MatParams {
-    /// Workgroups: one per (row, token tile).
-    pub fn workgroups(rows: u32, n_tok: u32, tile: u32) -> u32 {
-        rows * n_tok.div_ceil(tile)
+    /// Workgroups: one per (block of 64 / tpr rows, token tile), where `tpr` is the number of
+    /// invocations per row.
+    pub fn workgroups(rows: u32, n_tok: u32, tile: u32, tpr: u32) -> u32 {
+        rows.div_ceil(MATMUL_WG / tpr.clamp(1, MATMUL_WG)) * n_tok.div_ceil(tile)
     }
 }
 

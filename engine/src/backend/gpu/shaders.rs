@@ -64,7 +64,8 @@ pub fn supports(op: Op, dtype: GgmlDType) -> bool {
 /// A kernel family. Ops sharing a bind group layout share one entry of [`Op::bindings`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
-    /// Quantized matrix × one vector (decode): matmul.wgsl with TILE_N = 1.
+    /// Quantized matrix × one vector (decode): matmul.wgsl with TILE_N = 1. The matmul kernels
+    /// reduce with their own segmented sum (TPR invocations per row), not the shared helpers.
     MatVec,
     /// Quantized matrix × n vectors (prefill): matmul.wgsl with TILE_N = 8.
     MatMul,
@@ -135,10 +136,7 @@ impl Op {
 
     /// Whether the kernel uses the workgroup reductions (and so has a subgroup variant).
     pub fn reduces(self) -> bool {
-        matches!(
-            self,
-            Op::MatVec | Op::MatMul | Op::RmsNorm | Op::Attention | Op::Sample
-        )
+        matches!(self, Op::RmsNorm | Op::Attention | Op::Sample)
     }
 
     /// Storage bindings after the uniform at binding 0, in order: `true` = read-write.
@@ -189,15 +187,15 @@ pub fn source(op: Op, variant: Variant) -> String {
     parts.concat()
 }
 
-/// Pipeline-overridable constants of a key.
-fn overrides(key: PipelineKey) -> Vec<(&'static str, f64)> {
+/// Pipeline-overridable constants of a key; `tpr`: matmul invocations per row.
+fn overrides(key: PipelineKey, tpr: u32) -> Vec<(&'static str, f64)> {
     let mut c = Vec::new();
     if key.op.reads_weights() {
         c.push(("DTYPE", key.dtype.ggml_id() as f64));
     }
     match key.op {
-        Op::MatVec => c.push(("TILE_N", 1.0)),
-        Op::MatMul => c.push(("TILE_N", 8.0)),
+        Op::MatVec => c.extend([("TILE_N", 1.0), ("TPR", tpr as f64)]),
+        Op::MatMul => c.extend([("TILE_N", 8.0), ("TPR", tpr as f64)]),
         _ => {}
     }
     c
@@ -206,6 +204,8 @@ fn overrides(key: PipelineKey) -> Vec<(&'static str, f64)> {
 /// Built pipelines and layouts, created on first request (at model load) and kept.
 pub struct PipelineCache {
     variant: Variant,
+    /// Matmul invocations per weight row (fixed per device).
+    tpr: u32,
     layouts: HashMap<Op, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
     modules: HashMap<(Op, Variant), wgpu::ShaderModule>,
     pipelines: HashMap<PipelineKey, wgpu::ComputePipeline>,
@@ -220,6 +220,7 @@ impl PipelineCache {
             } else {
                 Variant::Base
             },
+            tpr: ctx.info.matmul_threads_per_row,
             layouts: HashMap::new(),
             modules: HashMap::new(),
             pipelines: HashMap::new(),
@@ -313,17 +314,16 @@ impl PipelineCache {
             });
         }
         ctx.check()?;
-        if !self.modules.contains_key(&(key.op, key.variant)) {
-            let src = source(key.op, key.variant);
-            let module = ctx
-                .device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some("slm kernel"),
-                    source: wgpu::ShaderSource::Wgsl(src.into()),
-                });
-            self.modules.insert((key.op, key.variant), module);
-        }
-        let consts = overrides(key);
+        self.modules
+            .entry((key.op, key.variant))
+            .or_insert_with(|| {
+                ctx.device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some("slm kernel"),
+                        source: wgpu::ShaderSource::Wgsl(source(key.op, key.variant).into()),
+                    })
+            });
+        let consts = overrides(key, self.tpr);
         self.layout_pair(ctx, key.op);
         let (_, pl) = &self.layouts[&key.op.layout_op()];
         let module = &self.modules[&(key.op, key.variant)];
