@@ -112,3 +112,15 @@ fn smollm2_cpu_matches_llama_cpp_teacher_forced() {
     let worst = check_model(SMOLLM2, SMOLLM2_KEY, BackendChoice::Cpu);
     eprintln!("smollm2 cpu: worst top-5 |Δlogit| {worst:.3}");
 }
+
+/// The same criteria on the GPU backend (Mesa lavapipe natively). Set `SLM_SKIP_GPU_TESTS=1`
+/// only on a machine without any Vulkan driver.
+#[test]
+fn smollm2_gpu_matches_llama_cpp_teacher_forced() {
+    if std::env::var_os("SLM_SKIP_GPU_TESTS").is_some() {
+        eprintln!("SLM_SKIP_GPU_TESTS set: GPU golden test not run");
+        return;
+    }
+    let worst = check_model(SMOLLM2, SMOLLM2_KEY, BackendChoice::Gpu);
+    eprintln!("smollm2 gpu: worst top-5 |Δlogit| {worst:.3}");
+}

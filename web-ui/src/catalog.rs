@@ -125,13 +125,17 @@ pub async fn fetch_catalog() -> Result<Vec<CatalogEntry>, AppError> {
         .map_err(|e| AppError::Network(err_text(&e)))?;
     let resp: web_sys::Response = resp.unchecked_into();
     if !resp.ok() {
-        return Err(AppError::Network(format!("models.json: HTTP {}", resp.status())));
+        return Err(AppError::Network(format!(
+            "models.json: HTTP {}",
+            resp.status()
+        )));
     }
     let text = await_promise(resp.text().map_err(|e| AppError::Network(err_text(&e)))?)
         .await
         .map_err(|e| AppError::Network(err_text(&e)))?
         .as_string()
         .unwrap_or_default();
-    let f: File = serde_json::from_str(&text).map_err(|e| AppError::Other(format!("models.json is invalid: {e}")))?;
+    let f: File = serde_json::from_str(&text)
+        .map_err(|e| AppError::Other(format!("models.json is invalid: {e}")))?;
     Ok(f.models)
 }

@@ -53,8 +53,16 @@ pub async fn request_persistence() -> bool {
     let Ok(f) = get(&storage, "persist").dyn_into::<js_sys::Function>() else {
         return false;
     };
-    match f.call0(&storage).ok().and_then(|p| p.dyn_into::<js_sys::Promise>().ok()) {
-        Some(p) => await_promise(p).await.ok().and_then(|v| v.as_bool()).unwrap_or(false),
+    match f
+        .call0(&storage)
+        .ok()
+        .and_then(|p| p.dyn_into::<js_sys::Promise>().ok())
+    {
+        Some(p) => await_promise(p)
+            .await
+            .ok()
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
         None => false,
     }
 }
@@ -64,7 +72,12 @@ fn hex(d: &[u8]) -> String {
 }
 
 /// Hash the chunks already stored (for a resume: `sha2` state cannot be saved).
-async fn rehash(db: &Db, rec: &StoredModel, h: &mut Sha256, on: &dyn Fn(Progress)) -> Result<(), AppError> {
+async fn rehash(
+    db: &Db,
+    rec: &StoredModel,
+    h: &mut Sha256,
+    on: &dyn Fn(Progress),
+) -> Result<(), AppError> {
     for i in 0..rec.n_chunks {
         let c = db.get_chunk(&rec.id, i).await?;
         h.update(&c);
@@ -107,7 +120,9 @@ impl Sink {
         let mut next = self.rec.clone();
         next.n_chunks += 1;
         next.bytes_done += self.buf.len() as u64;
-        self.db.put_chunk(&self.rec.id, self.rec.n_chunks, &self.buf, &next).await?;
+        self.db
+            .put_chunk(&self.rec.id, self.rec.n_chunks, &self.buf, &next)
+            .await?;
         self.rec = next;
         self.buf.clear();
         Ok(())
@@ -139,7 +154,9 @@ impl Sink {
             }
         }
         self.rec.complete = true;
-        self.db.put_json(crate::idb::MODELS, &self.rec.id, &self.rec).await?;
+        self.db
+            .put_json(crate::idb::MODELS, &self.rec.id, &self.rec)
+            .await?;
         Ok(self.rec)
     }
 }
@@ -162,11 +179,18 @@ fn fresh_record(entry: &CatalogEntry, size: u64) -> StoredModel {
 /// The stored record of `id`, if complete (usable without the network).
 pub async fn stored_complete(id: &str) -> Result<Option<StoredModel>, AppError> {
     let db = Db::open().await?;
-    Ok(db.get_json::<StoredModel>(crate::idb::MODELS, id).await?.filter(|r| r.complete))
+    Ok(db
+        .get_json::<StoredModel>(crate::idb::MODELS, id)
+        .await?
+        .filter(|r| r.complete))
 }
 
 /// Download `entry` (or resume its stored part), reporting progress; `signal` cancels.
-pub async fn download(entry: &CatalogEntry, signal: &AbortSignal, on: &dyn Fn(Progress)) -> Result<StoredModel, AppError> {
+pub async fn download(
+    entry: &CatalogEntry,
+    signal: &AbortSignal,
+    on: &dyn Fn(Progress),
+) -> Result<StoredModel, AppError> {
     let db = Db::open().await?;
     let existing: Option<StoredModel> = db.get_json(crate::idb::MODELS, &entry.id).await?;
     if let Some(r) = &existing {
@@ -178,7 +202,12 @@ pub async fn download(entry: &CatalogEntry, signal: &AbortSignal, on: &dyn Fn(Pr
     let mut h = Sha256::new();
     // Resume only a part stored from the same URL in whole chunks.
     let mut rec = match existing {
-        Some(r) if r.url == entry.url && r.chunk_size as usize == CHUNK && r.bytes_done == r.n_chunks as u64 * CHUNK as u64 && r.n_chunks > 0 => {
+        Some(r)
+            if r.url == entry.url
+                && r.chunk_size as usize == CHUNK
+                && r.bytes_done == r.n_chunks as u64 * CHUNK as u64
+                && r.n_chunks > 0 =>
+        {
             rehash(&db, &r, &mut h, on).await?;
             r
         }
@@ -217,7 +246,10 @@ pub async fn download(entry: &CatalogEntry, signal: &AbortSignal, on: &dyn Fn(Pr
         rec = fresh_record(entry, entry.size.unwrap_or(0));
         db.clear_chunks(&rec.id, &rec).await?;
     } else if status != 200 && status != 206 {
-        return Err(AppError::Network(format!("the server answered HTTP {status} for {}", entry.url)));
+        return Err(AppError::Network(format!(
+            "the server answered HTTP {status} for {}",
+            entry.url
+        )));
     }
     let start = rec.bytes_done;
     let total = entry
@@ -242,13 +274,24 @@ pub async fn download(entry: &CatalogEntry, signal: &AbortSignal, on: &dyn Fn(Pr
         .body()
         .ok_or_else(|| AppError::Network("empty response".into()))?;
     let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
-    let mut sink = Sink { db: db.clone(), rec, buf: Vec::with_capacity(CHUNK), h };
+    let mut sink = Sink {
+        db: db.clone(),
+        rec,
+        buf: Vec::with_capacity(CHUNK),
+        h,
+    };
     let t0 = now_ms();
     let mut got: u64 = 0;
     let mut last_report = 0.0;
     loop {
-        let chunk = await_promise(reader.read()).await.map_err(|e| fetch_err(&e))?;
-        if Reflect::get(&chunk, &"done".into()).ok().and_then(|v| v.as_bool()).unwrap_or(false) {
+        let chunk = await_promise(reader.read())
+            .await
+            .map_err(|e| fetch_err(&e))?;
+        if Reflect::get(&chunk, &"done".into())
+            .ok()
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false)
+        {
             break;
         }
         let value: Uint8Array = get(&chunk, "value").unchecked_into();
@@ -256,7 +299,9 @@ pub async fn download(entry: &CatalogEntry, signal: &AbortSignal, on: &dyn Fn(Pr
         got += bytes.len() as u64;
         if start + got > total {
             let _ = sink.db.delete_model(&entry.id).await;
-            return Err(AppError::Network(format!("the server sent more than the expected {total} bytes")));
+            return Err(AppError::Network(format!(
+                "the server sent more than the expected {total} bytes"
+            )));
         }
         sink.push(&bytes).await?;
         let t = now_ms();
@@ -269,11 +314,20 @@ pub async fn download(entry: &CatalogEntry, signal: &AbortSignal, on: &dyn Fn(Pr
                 bytes: start + got,
                 total,
                 speed,
-                eta_s: if speed > 0.0 { (total - start - got) as f64 / speed } else { 0.0 },
+                eta_s: if speed > 0.0 {
+                    (total - start - got) as f64 / speed
+                } else {
+                    0.0
+                },
             });
         }
     }
-    on(Progress { phase: "verifying", bytes: total, total, ..Default::default() });
+    on(Progress {
+        phase: "verifying",
+        bytes: total,
+        total,
+        ..Default::default()
+    });
     sink.finish().await
 }
 
@@ -286,12 +340,18 @@ fn fetch_err(e: &JsValue) -> AppError {
 }
 
 /// Store a local `.gguf` file picked by the user (verified by size; its sha256 is recorded).
-pub async fn import_file(file: &web_sys::File, on: &dyn Fn(Progress)) -> Result<StoredModel, AppError> {
+pub async fn import_file(
+    file: &web_sys::File,
+    on: &dyn Fn(Progress),
+) -> Result<StoredModel, AppError> {
     let db = Db::open().await?;
     let name = file.name();
     let size = file.size() as u64;
     let entry = CatalogEntry {
-        id: format!("file:{}", crate::catalog::short_hash(&format!("{name}:{size}"))),
+        id: format!(
+            "file:{}",
+            crate::catalog::short_hash(&format!("{name}:{size}"))
+        ),
         name: name.clone(),
         url: format!("local file {name}"),
         size: Some(size),
@@ -300,7 +360,12 @@ pub async fn import_file(file: &web_sys::File, on: &dyn Fn(Progress)) -> Result<
     };
     let rec = fresh_record(&entry, size);
     db.clear_chunks(&rec.id, &rec).await?;
-    let mut sink = Sink { db, rec, buf: Vec::with_capacity(CHUNK), h: Sha256::new() };
+    let mut sink = Sink {
+        db,
+        rec,
+        buf: Vec::with_capacity(CHUNK),
+        h: Sha256::new(),
+    };
     let mut off = 0u64;
     while off < size {
         let end = (off + CHUNK as u64).min(size);
@@ -312,7 +377,12 @@ pub async fn import_file(file: &web_sys::File, on: &dyn Fn(Progress)) -> Result<
             .map_err(|e| AppError::Other(err_text(&e)))?;
         sink.push(&Uint8Array::new(&buf).to_vec()).await?;
         off = end;
-        on(Progress { phase: "importing", bytes: off, total: size, ..Default::default() });
+        on(Progress {
+            phase: "importing",
+            bytes: off,
+            total: size,
+            ..Default::default()
+        });
     }
     sink.finish().await
 }

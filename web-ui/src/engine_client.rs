@@ -63,7 +63,13 @@ pub fn start(on_event: Rc<dyn Fn(&FromWorker)>) -> Result<(), String> {
         let (handler, done) = CLIENT.with(|c| {
             let c = c.borrow();
             let handler = c.as_ref().map(|c| c.on_event.clone());
-            (handler, matches!(msg, FromWorker::Loaded { .. } | FromWorker::Done(_) | FromWorker::Error { .. }))
+            (
+                handler,
+                matches!(
+                    msg,
+                    FromWorker::Loaded { .. } | FromWorker::Done(_) | FromWorker::Error { .. }
+                ),
+            )
         });
         if let Some(h) = handler {
             h(&msg);
@@ -82,11 +88,18 @@ pub fn start(on_event: Rc<dyn Fn(&FromWorker)>) -> Result<(), String> {
     });
     worker.set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
     let onerror = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
-        let msg = crate::js::get(&e, "message").as_string().unwrap_or_else(|| "the engine worker failed to start".into());
-        let reject = CLIENT.with(|c| c.borrow_mut().as_mut().and_then(|c| {
-            c.result = Some(FromWorker::Error { kind: "worker".into(), message: msg.clone() });
-            c.pending.take().map(|p| p.0)
-        }));
+        let msg = crate::js::get(&e, "message")
+            .as_string()
+            .unwrap_or_else(|| "the engine worker failed to start".into());
+        let reject = CLIENT.with(|c| {
+            c.borrow_mut().as_mut().and_then(|c| {
+                c.result = Some(FromWorker::Error {
+                    kind: "worker".into(),
+                    message: msg.clone(),
+                });
+                c.pending.take().map(|p| p.0)
+            })
+        });
         if let Some(r) = reject {
             let _ = r.call0(&JsValue::NULL);
         }
@@ -145,32 +158,54 @@ async fn request(msg: &ToWorker) -> Result<FromWorker, WorkerError> {
     }
     let (p, res, rej) = deferred();
     let ser = serde_wasm_bindgen::Serializer::json_compatible();
-    let v = serde::Serialize::serialize(msg, &ser).map_err(|e| WorkerError { kind: "protocol".into(), message: e.to_string() })?;
+    let v = serde::Serialize::serialize(msg, &ser).map_err(|e| WorkerError {
+        kind: "protocol".into(),
+        message: e.to_string(),
+    })?;
     CLIENT.with(|c| {
         let mut c = c.borrow_mut();
-        let c = c.as_mut().ok_or_else(|| WorkerError { kind: "worker".into(), message: "the engine worker is not running".into() })?;
+        let c = c.as_mut().ok_or_else(|| WorkerError {
+            kind: "worker".into(),
+            message: "the engine worker is not running".into(),
+        })?;
         if let Some(f) = &c.stop {
             let _ = Atomics::store(f, 0, 0);
         }
         c.result = None;
         c.pending = Some((res, rej));
-        c.worker
-            .post_message(&v)
-            .map_err(|e| WorkerError { kind: "worker".into(), message: err_text(&e) })
+        c.worker.post_message(&v).map_err(|e| WorkerError {
+            kind: "worker".into(),
+            message: err_text(&e),
+        })
     })?;
     let _ = await_promise(p).await;
     let r = CLIENT.with(|c| c.borrow_mut().as_mut().and_then(|c| c.result.take()));
     match r {
         Some(FromWorker::Error { kind, message }) => Err(WorkerError { kind, message }),
         Some(m) => Ok(m),
-        None => Err(WorkerError { kind: "worker".into(), message: "the engine worker gave no answer".into() }),
+        None => Err(WorkerError {
+            kind: "worker".into(),
+            message: "the engine worker gave no answer".into(),
+        }),
     }
 }
 
 /// Load a stored model in the worker.
 pub async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<LoadedInfo, WorkerError> {
-    match request(&ToWorker::Load { model_id: model_id.into(), backend: backend.into(), n_ctx }).await? {
-        FromWorker::Loaded { backend, reason, n_ctx, arch, load_ms } => Ok(LoadedInfo {
+    match request(&ToWorker::Load {
+        model_id: model_id.into(),
+        backend: backend.into(),
+        n_ctx,
+    })
+    .await?
+    {
+        FromWorker::Loaded {
+            backend,
+            reason,
+            n_ctx,
+            arch,
+            load_ms,
+        } => Ok(LoadedInfo {
             model_id: model_id.into(),
             backend,
             reason,
@@ -178,7 +213,10 @@ pub async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<LoadedI
             arch,
             load_ms,
         }),
-        other => Err(WorkerError { kind: "protocol".into(), message: format!("unexpected answer {other:?}") }),
+        other => Err(WorkerError {
+            kind: "protocol".into(),
+            message: format!("unexpected answer {other:?}"),
+        }),
     }
 }
 
@@ -186,7 +224,10 @@ pub async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<LoadedI
 pub async fn generate(turns: Vec<Turn>, settings: GenSettings) -> Result<ReplyStats, WorkerError> {
     match request(&ToWorker::Generate { turns, settings }).await? {
         FromWorker::Done(s) => Ok(s),
-        other => Err(WorkerError { kind: "protocol".into(), message: format!("unexpected answer {other:?}") }),
+        other => Err(WorkerError {
+            kind: "protocol".into(),
+            message: format!("unexpected answer {other:?}"),
+        }),
     }
 }
 
@@ -197,11 +238,6 @@ pub fn stop() {
             let _ = Atomics::store(&f, 0, 1);
         }
     });
-}
-
-/// Whether stopping is possible (the page is cross-origin isolated).
-pub fn can_stop() -> bool {
-    CLIENT.with(|c| c.borrow().as_ref().is_some_and(|c| c.stop.is_some()))
 }
 
 /// Forget the KV cache (new chat).

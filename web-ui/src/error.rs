@@ -9,13 +9,14 @@ pub enum AppError {
     /// The browser's storage is full.
     Quota(String),
     /// The downloaded bytes do not match the catalog's sha256 (nothing was kept).
-    Checksum { expected: String, got: String },
+    Checksum {
+        expected: String,
+        got: String,
+    },
     /// The download was cancelled by the user (stored part kept).
     Cancelled,
     /// Storage (IndexedDB) failure other than quota.
     Storage(String),
-    /// The engine failed to load or run the model.
-    Engine(String),
     Other(String),
 }
 
@@ -27,7 +28,6 @@ impl std::fmt::Display for AppError {
             AppError::Checksum { expected, got } => write!(f, "The downloaded file is not the expected one (sha256 {got}, expected {expected}). It was discarded."),
             AppError::Cancelled => write!(f, "Download cancelled. Press Download to resume."),
             AppError::Storage(m) => write!(f, "Browser storage failed: {m}"),
-            AppError::Engine(m) => write!(f, "{m}"),
             AppError::Other(m) => write!(f, "{m}"),
         }
     }

@@ -7,7 +7,10 @@
 use js_sys::{Array, Promise, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use web_sys::{IdbDatabase, IdbFactory, IdbKeyRange, IdbOpenDbRequest, IdbRequest, IdbTransaction, IdbTransactionMode};
+use web_sys::{
+    IdbDatabase, IdbFactory, IdbKeyRange, IdbOpenDbRequest, IdbRequest, IdbTransaction,
+    IdbTransactionMode,
+};
 
 use crate::js::{await_promise, err_text, global_get};
 
@@ -58,10 +61,13 @@ async fn request(req: &IdbRequest) -> R<JsValue> {
     let r_ok = req.clone();
     let r_err = req.clone();
     let p = Promise::new(&mut |resolve, reject| {
-        let r_ok = r_ok.clone();
+        let r_res = r_ok.clone();
         let r_err = r_err.clone();
         let ok = Closure::once_into_js(move |_e: JsValue| {
-            let _ = resolve.call1(&JsValue::NULL, &r_ok.result().unwrap_or(JsValue::UNDEFINED));
+            let _ = resolve.call1(
+                &JsValue::NULL,
+                &r_res.result().unwrap_or(JsValue::UNDEFINED),
+            );
         });
         let err = Closure::once_into_js(move |_e: JsValue| {
             let e = r_err
@@ -145,7 +151,9 @@ impl Db {
         for s in stores {
             names.push(&JsValue::from_str(s));
         }
-        Ok(self.0.transaction_with_str_sequence_and_mode(&names, mode)?)
+        Ok(self
+            .0
+            .transaction_with_str_sequence_and_mode(&names, mode)?)
     }
 
     /// Value under `key`, or `None`.
@@ -156,10 +164,16 @@ impl Db {
     }
 
     /// JSON text under `key`, parsed.
-    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, store: &str, key: &str) -> R<Option<T>> {
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        store: &str,
+        key: &str,
+    ) -> R<Option<T>> {
         match self.get(store, key).await? {
             Some(v) => {
-                let s = v.as_string().ok_or_else(|| plain("stored record is not text"))?;
+                let s = v
+                    .as_string()
+                    .ok_or_else(|| plain("stored record is not text"))?;
                 serde_json::from_str(&s)
                     .map(Some)
                     .map_err(|e| plain(&format!("stored record is unreadable: {e}")))
@@ -191,7 +205,13 @@ impl Db {
 
     /// Write one model chunk and its updated model record in one transaction, so a record never
     /// claims a chunk that is not stored.
-    pub async fn put_chunk<T: serde::Serialize>(&self, id: &str, index: u32, bytes: &[u8], record: &T) -> R<()> {
+    pub async fn put_chunk<T: serde::Serialize>(
+        &self,
+        id: &str,
+        index: u32,
+        bytes: &[u8],
+        record: &T,
+    ) -> R<()> {
         let s = serde_json::to_string(record).map_err(|e| plain(&e.to_string()))?;
         let tx = self.tx(&[CHUNKS, MODELS], IdbTransactionMode::Readwrite)?;
         let data = Uint8Array::from(bytes);
@@ -206,21 +226,19 @@ impl Db {
     pub async fn get_chunk(&self, id: &str, index: u32) -> R<Vec<u8>> {
         match self.get(CHUNKS, &chunk_key(id, index)).await? {
             Some(v) => Ok(v.unchecked_into::<Uint8Array>().to_vec()),
-            None => Err(plain(&format!("chunk {index} of the model is missing from storage"))),
+            None => Err(plain(&format!(
+                "chunk {index} of the model is missing from storage"
+            ))),
         }
-    }
-
-    /// Delete `key` from `store`.
-    pub async fn delete(&self, store: &str, key: &str) -> R<()> {
-        let tx = self.tx(&[store], IdbTransactionMode::Readwrite)?;
-        tx.object_store(store)?.delete(&JsValue::from_str(key))?;
-        committed(&tx).await
     }
 
     /// Delete a model: its record and every chunk.
     pub async fn delete_model(&self, id: &str) -> R<()> {
         let tx = self.tx(&[CHUNKS, MODELS], IdbTransactionMode::Readwrite)?;
-        let range = IdbKeyRange::bound(&JsValue::from_str(&format!("{id}#")), &JsValue::from_str(&format!("{id}#~")))?;
+        let range = IdbKeyRange::bound(
+            &JsValue::from_str(&format!("{id}#")),
+            &JsValue::from_str(&format!("{id}#~")),
+        )?;
         tx.object_store(CHUNKS)?.delete(&range)?;
         tx.object_store(MODELS)?.delete(&JsValue::from_str(id))?;
         committed(&tx).await
@@ -230,7 +248,10 @@ impl Db {
     pub async fn clear_chunks<T: serde::Serialize>(&self, id: &str, record: &T) -> R<()> {
         let s = serde_json::to_string(record).map_err(|e| plain(&e.to_string()))?;
         let tx = self.tx(&[CHUNKS, MODELS], IdbTransactionMode::Readwrite)?;
-        let range = IdbKeyRange::bound(&JsValue::from_str(&format!("{id}#")), &JsValue::from_str(&format!("{id}#~")))?;
+        let range = IdbKeyRange::bound(
+            &JsValue::from_str(&format!("{id}#")),
+            &JsValue::from_str(&format!("{id}#~")),
+        )?;
         tx.object_store(CHUNKS)?.delete(&range)?;
         tx.object_store(MODELS)?
             .put_with_key(&JsValue::from_str(&s), &JsValue::from_str(id))?;

@@ -69,17 +69,7 @@ pub async fn await_promise(p: Promise) -> Result<JsValue, JsValue> {
 pub fn deferred() -> (Promise, Function, Function) {
     let mut slots: Option<(Function, Function)> = None;
     let p = Promise::new(&mut |res, rej| slots = Some((res, rej)));
-    let (res, rej) = slots.unwrap_or_else(|| (Function::new_no_args(""), Function::new_no_args("")));
+    let (res, rej) =
+        slots.unwrap_or_else(|| (Function::new_no_args(""), Function::new_no_args("")));
     (p, res, rej)
-}
-
-/// Resolve after `ms` milliseconds (page or worker).
-pub async fn sleep_ms(ms: i32) {
-    let p = Promise::new(&mut |res, _| {
-        let st = global_get("setTimeout");
-        if let Ok(f) = st.dyn_into::<Function>() {
-            let _ = f.call2(&JsValue::NULL, &res, &JsValue::from(ms));
-        }
-    });
-    let _ = await_promise(p).await;
 }

@@ -7,27 +7,35 @@ use pulldown_cmark::{html, CowStr, Event, Options, Parser, Tag, TagEnd};
 /// Safe HTML for `md`.
 pub fn to_safe_html(md: &str) -> String {
     let mut in_image = 0usize;
-    let events = Parser::new_ext(md, Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH).filter_map(|ev| match ev {
-        Event::Html(s) | Event::InlineHtml(s) => Some(Event::Text(s)),
-        Event::Start(Tag::Image { .. }) => {
-            in_image += 1;
-            None
-        }
-        Event::End(TagEnd::Image) => {
-            in_image = in_image.saturating_sub(1);
-            None
-        }
-        Event::Start(Tag::Link { link_type, dest_url, title, id }) => {
-            let ok = ["http://", "https://", "mailto:"].iter().any(|p| dest_url.to_ascii_lowercase().starts_with(p));
-            Some(Event::Start(Tag::Link {
+    let events = Parser::new_ext(md, Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH)
+        .filter_map(|ev| match ev {
+            Event::Html(s) | Event::InlineHtml(s) => Some(Event::Text(s)),
+            Event::Start(Tag::Image { .. }) => {
+                in_image += 1;
+                None
+            }
+            Event::End(TagEnd::Image) => {
+                in_image = in_image.saturating_sub(1);
+                None
+            }
+            Event::Start(Tag::Link {
                 link_type,
-                dest_url: if ok { dest_url } else { CowStr::from("") },
+                dest_url,
                 title,
                 id,
-            }))
-        }
-        other => Some(other),
-    });
+            }) => {
+                let ok = ["http://", "https://", "mailto:"]
+                    .iter()
+                    .any(|p| dest_url.to_ascii_lowercase().starts_with(p));
+                Some(Event::Start(Tag::Link {
+                    link_type,
+                    dest_url: if ok { dest_url } else { CowStr::from("") },
+                    title,
+                    id,
+                }))
+            }
+            other => Some(other),
+        });
     let mut out = String::new();
     html::push_html(&mut out, events);
     out
@@ -43,7 +51,9 @@ mod tests {
         assert!(!h.contains("<img"), "{h}");
         assert!(h.contains("&lt;img"), "{h}");
         assert!(h.contains("<strong>b</strong>"));
-        let h = to_safe_html("<script>alert(1)</script>\n\n[x](javascript:alert(1)) ![a](http://e/x.png)");
+        let h = to_safe_html(
+            "<script>alert(1)</script>\n\n[x](javascript:alert(1)) ![a](http://e/x.png)",
+        );
         assert!(!h.contains("<script"), "{h}");
         assert!(!h.contains("javascript:"), "{h}");
         assert!(!h.contains("<img"), "{h}");

@@ -98,12 +98,11 @@ impl Chat {
         if c.messages.is_empty() {
             return;
         }
-        self.saved.update(|v| {
-            match v.iter_mut().find(|x| x.id == c.id) {
+        self.saved
+            .update(|v| match v.iter_mut().find(|x| x.id == c.id) {
                 Some(x) => *x = c.clone(),
                 None => v.insert(0, c.clone()),
-            }
-        });
+            });
         let _ = LocalStorage::set(CHATS_KEY, self.saved.get_untracked());
     }
 

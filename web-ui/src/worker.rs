@@ -130,16 +130,21 @@ async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<(), String>
     let t0 = now_ms();
     let db = Db::open().await.map_err(|e| e.to_string())?;
     let rec: StoredModel = db
-        .get_json(crate::idb::MODELS, model_id)
+        .get_json::<StoredModel>(crate::idb::MODELS, model_id)
         .await
         .map_err(|e| e.to_string())?
         .filter(|r| r.complete)
-        .ok_or_else(|| "this model is not stored on this device yet: download it first".to_string())?;
+        .ok_or_else(|| {
+            "this model is not stored on this device yet: download it first".to_string()
+        })?;
     let mut src = ChunkedSource::default();
     for i in 0..rec.n_chunks {
         let c = db.get_chunk(model_id, i).await.map_err(|e| e.to_string())?;
         src.push(Arc::from(c));
-        progress("reading from storage", (i + 1) as f64 / rec.n_chunks.max(1) as f64 * 0.5);
+        progress(
+            "reading from storage",
+            (i + 1) as f64 / rec.n_chunks.max(1) as f64 * 0.5,
+        );
     }
     if src.len() != rec.size {
         return Err(format!(
@@ -154,7 +159,7 @@ async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<(), String>
     let tmpl = ChatTemplate::from_gguf(&g, &tok).map_err(|e| e.to_string())?;
     progress("building the model", 0.6);
 
-    let mut reason = String::new();
+    let reason;
     let mut chosen: Option<Backend> = None;
     if backend != "cpu" {
         match load_gpu(&g, &src, n_ctx).await {
@@ -194,8 +199,14 @@ async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<(), String>
     Ok(())
 }
 
-async fn load_gpu<S: ByteSource + ?Sized>(g: &GgufFile, src: &S, n_ctx: usize) -> Result<(gpu::GpuModel, String), Error> {
-    if crate::js::global_get("navigator").is_undefined() || get(&crate::js::global_get("navigator"), "gpu").is_undefined() {
+async fn load_gpu<S: ByteSource + ?Sized>(
+    g: &GgufFile,
+    src: &S,
+    n_ctx: usize,
+) -> Result<(gpu::GpuModel, String), Error> {
+    if crate::js::global_get("navigator").is_undefined()
+        || get(&crate::js::global_get("navigator"), "gpu").is_undefined()
+    {
         return Err(Error::GpuUnavailable("this browser has no WebGPU".into()));
     }
     let mut dev = gpu::Gpu::new_async(&gpu::GpuOptions::default()).await?;
@@ -308,7 +319,11 @@ async fn gpu_generate(
     }
     let t0 = now_ms();
     let mut sampler = Sampler::new(params.sampler.clone())?;
-    let common = cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+    let common = cached
+        .iter()
+        .zip(prompt)
+        .take_while(|(a, b)| a == b)
+        .count();
     let reuse = common.min(prompt.len().saturating_sub(1));
     cached.truncate(reuse);
     let todo = &prompt[reuse..];
@@ -341,7 +356,9 @@ async fn gpu_generate(
         if n_gen == params.max_tokens {
             break;
         }
-        let logits = model.forward_async(&[id], cached.len(), Logits::Last).await?;
+        let logits = model
+            .forward_async(&[id], cached.len(), Logits::Last)
+            .await?;
         cached.push(id);
         next = sampler.sample(logits, &history);
     }

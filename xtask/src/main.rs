@@ -246,9 +246,9 @@ fn test() -> Result {
         .arg(&refs))?;
     // Native: unit tests, goldens, CLI, GPU parity on lavapipe.
     run(cargo()
-        .args(["test", "--workspace", "--release"])
+        .args(["test", "-p", "slm-engine", "-p", "xtask", "--release"])
         .env("SLM_QUANT_REFS", &refs))?;
-    // The engine builds for the browser, with and without simd128.
+    // The engine builds for the browser without simd128 ...
     run(cargo().args([
         "build",
         "-p",
@@ -258,18 +258,55 @@ fn test() -> Result {
         "--target",
         "wasm32-unknown-unknown",
     ]))?;
+    // ... and with it, where the simd128 kernels are tested against the scalar references in Node.
+    ensure_wasm_bindgen_cli()?;
     run(cargo()
         .args([
-            "build",
+            "test",
             "-p",
             "slm-engine",
-            "--lib",
             "--release",
             "--target",
             "wasm32-unknown-unknown",
+            "--test",
+            "quant_parity",
         ])
-        .env("RUSTFLAGS", "-C target-feature=+simd128"))?;
+        .env("RUSTFLAGS", "-C target-feature=+simd128")
+        .env(
+            "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
+            "wasm-bindgen-test-runner",
+        ))?;
     fuzz(30)?;
+    Ok(())
+}
+
+/// The version of `package` in Cargo.lock.
+fn locked_version(package: &str) -> Result<String> {
+    let lock = std::fs::read_to_string(root().join("Cargo.lock"))
+        .map_err(|e| format!("Cargo.lock: {e}"))?;
+    let mut lines = lock.lines();
+    while let Some(l) = lines.next() {
+        if l == format!("name = \"{package}\"") {
+            if let Some(v) = lines.next().and_then(|v| v.strip_prefix("version = \"")) {
+                return Ok(v.trim_end_matches('"').to_string());
+            }
+        }
+    }
+    Err(format!("{package} is not in Cargo.lock"))
+}
+
+/// `wasm-bindgen-test-runner` must match the locked `wasm-bindgen` exactly; built from crates.io
+/// (not `--locked`: its lockfile wants crates this registry mirror lacks).
+fn ensure_wasm_bindgen_cli() -> Result {
+    let want = locked_version("wasm-bindgen")?;
+    let have = Command::new("wasm-bindgen")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if !have.is_some_and(|h| h.split_whitespace().nth(1) == Some(want.as_str())) {
+        run(Command::new("cargo").args(["install", "wasm-bindgen-cli", "--version", &want]))?;
+    }
     Ok(())
 }
 

@@ -26,19 +26,22 @@ fn cargo_bin(name: &str) -> PathBuf {
 }
 
 fn output(cmd: &mut Command) -> Option<String> {
-    cmd.output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+    cmd.output().ok().filter(|o| o.status.success()).map(|o| {
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    })
 }
 
 /// The `wasm-bindgen` version locked in Cargo.lock.
 fn locked_wasm_bindgen() -> Result<String> {
-    let lock = std::fs::read_to_string(root().join("Cargo.lock")).map_err(|e| format!("Cargo.lock: {e}"))?;
+    let lock = std::fs::read_to_string(root().join("Cargo.lock"))
+        .map_err(|e| format!("Cargo.lock: {e}"))?;
     let mut lines = lock.lines();
     while let Some(l) = lines.next() {
         if l.trim() == "name = \"wasm-bindgen\"" {
-            if let Some(v) = lines.next().and_then(|v| v.trim().strip_prefix("version = \"")) {
+            if let Some(v) = lines
+                .next()
+                .and_then(|v| v.trim().strip_prefix("version = \""))
+            {
                 return Ok(v.trim_end_matches('"').to_string());
             }
         }
@@ -52,36 +55,59 @@ fn web_tests_dir() -> PathBuf {
 
 /// Install what building the app needs (each step skipped when already present).
 pub fn setup_web_tools() -> Result {
-    let installed = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
     if !installed.contains("wasm32-unknown-unknown") {
         run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
     }
-    let trunk_ok = output(Command::new(cargo_bin("trunk")).arg("--version")).is_some_and(|v| v.contains(TRUNK_VERSION));
+    let trunk_ok = output(Command::new(cargo_bin("trunk")).arg("--version"))
+        .is_some_and(|v| v.contains(TRUNK_VERSION));
     if !trunk_ok {
         eprintln!("installing trunk {TRUNK_VERSION} (about 15 minutes on 2 cores, once)");
-        run(Command::new("nice").args(["-n", "15", "cargo", "install", "trunk", "--version", TRUNK_VERSION, "--locked"]))?;
+        run(Command::new("nice").args([
+            "-n",
+            "15",
+            "cargo",
+            "install",
+            "trunk",
+            "--version",
+            TRUNK_VERSION,
+            "--locked",
+        ]))?;
     }
     let wb = locked_wasm_bindgen()?;
-    let wb_ok = output(Command::new(cargo_bin("wasm-bindgen")).arg("--version")).is_some_and(|v| v.contains(&wb));
+    let wb_ok = output(Command::new(cargo_bin("wasm-bindgen")).arg("--version"))
+        .is_some_and(|v| v.contains(&wb));
     if !wb_ok {
         // Not --locked: the locked set wants a webpki-roots version this registry lacks.
-        run(Command::new("nice").args(["-n", "15", "cargo", "install", "wasm-bindgen-cli", "--version", &wb]))?;
+        run(Command::new("nice").args([
+            "-n",
+            "15",
+            "cargo",
+            "install",
+            "wasm-bindgen-cli",
+            "--version",
+            &wb,
+        ]))?;
     }
     // wasm-opt (binaryen) and the browser-test driver from npm, into tests/node_modules.
-    if !web_tests_dir().join("node_modules/.bin/wasm-opt").exists() || !web_tests_dir().join("node_modules/playwright-core").exists() {
-        run(Command::new("npm")
-            .current_dir(web_tests_dir())
-            .args(["install", "--no-audit", "--no-fund"]))?;
+    if !web_tests_dir().join("node_modules/.bin/wasm-opt").exists()
+        || !web_tests_dir()
+            .join("node_modules/playwright-core")
+            .exists()
+    {
+        run(Command::new("npm").current_dir(web_tests_dir()).args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+        ]))?;
     }
     Ok(())
 }
 
 /// PATH with cargo's bin and the npm tools first (Trunk finds wasm-bindgen and wasm-opt there).
 fn tool_path() -> std::ffi::OsString {
-    let mut parts = vec![
-        cargo_bin(""),
-        web_tests_dir().join("node_modules/.bin"),
-    ];
+    let mut parts = vec![cargo_bin(""), web_tests_dir().join("node_modules/.bin")];
     if let Some(p) = std::env::var_os("PATH") {
         parts.extend(std::env::split_paths(&p));
     }
@@ -106,7 +132,8 @@ pub fn build_web() -> Result {
     std::fs::create_dir_all(&models).map_err(|e| format!("{}: {e}", models.display()))?;
     let src = models_dir().join(DEFAULT_MODEL);
     let dst = models.join(DEFAULT_MODEL);
-    let same = std::fs::metadata(&dst).ok().map(|m| m.len()) == std::fs::metadata(&src).ok().map(|m| m.len());
+    let same = std::fs::metadata(&dst).ok().map(|m| m.len())
+        == std::fs::metadata(&src).ok().map(|m| m.len());
     if !same {
         // A hard link when possible (same disk), else a copy.
         let _ = std::fs::remove_file(&dst);
@@ -115,13 +142,21 @@ pub fn build_web() -> Result {
         }
     }
     if let Ok(wasm) = std::fs::read(dist.join("web-ui_bg.wasm")) {
-        eprintln!("wasm: {} bytes ({} gzipped)", wasm.len(), gzip_len(&dist.join("web-ui_bg.wasm")).unwrap_or(0));
+        eprintln!(
+            "wasm: {} bytes ({} gzipped)",
+            wasm.len(),
+            gzip_len(&dist.join("web-ui_bg.wasm")).unwrap_or(0)
+        );
     }
     Ok(())
 }
 
 fn gzip_len(p: &Path) -> Option<u64> {
-    let o = Command::new("gzip").args(["-9", "-c"]).arg(p).output().ok()?;
+    let o = Command::new("gzip")
+        .args(["-9", "-c"])
+        .arg(p)
+        .output()
+        .ok()?;
     Some(o.stdout.len() as u64)
 }
 
@@ -145,8 +180,12 @@ pub fn serve(args: &[String]) -> Result {
         build_web()?;
     }
     let server = Server::new(root().join("dist"), false)?;
-    let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
-    eprintln!("serving {} on http://127.0.0.1:{port}/", server.dir.display());
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    eprintln!(
+        "serving {} on http://127.0.0.1:{port}/",
+        server.dir.display()
+    );
     server.run(listener);
     Ok(())
 }
@@ -166,9 +205,14 @@ fn model_hosts(dir: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(dir.join("models.json")).unwrap_or_default();
     let mut hosts: Vec<String> = Vec::new();
     for part in text.split("\"url\"").skip(1) {
-        let Some(start) = part.find("https://") else { continue };
+        let Some(start) = part.find("https://") else {
+            continue;
+        };
         let rest = &part[start + 8..];
-        let host: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-').collect();
+        let host: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-')
+            .collect();
         if !host.is_empty() && !part[..start].contains('\n') {
             let origin = format!("https://{host}");
             if !hosts.contains(&origin) {
@@ -190,13 +234,21 @@ impl Server {
         if !dir.join("index.html").exists() {
             return Err(format!("{} has no index.html: build first", dir.display()));
         }
-        let connect = std::iter::once("'self'".to_string()).chain(model_hosts(&dir)).collect::<Vec<_>>().join(" ");
+        let connect = std::iter::once("'self'".to_string())
+            .chain(model_hosts(&dir))
+            .collect::<Vec<_>>()
+            .join(" ");
         let csp = format!(
             "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; \
              style-src 'self'; img-src 'self' data:; connect-src {connect}; object-src 'none'; \
              base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
         );
-        Ok(Server { dir, csp, hooks, log: Arc::new(Mutex::new(Vec::new())) })
+        Ok(Server {
+            dir,
+            csp,
+            hooks,
+            log: Arc::new(Mutex::new(Vec::new())),
+        })
     }
 
     /// Accept connections forever, one thread each.
@@ -232,7 +284,10 @@ impl Server {
         let target = parts.next().unwrap_or("/");
         if self.hooks {
             if let Ok(mut l) = self.log.lock() {
-                l.push(format!("{method} {target} range={}", range.as_deref().unwrap_or("-")));
+                l.push(format!(
+                    "{method} {target} range={}",
+                    range.as_deref().unwrap_or("-")
+                ));
             }
         }
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -254,7 +309,13 @@ impl Server {
             Some(Some((a, b))) => (206, a, b),
             Some(None) => {
                 let cr = format!("bytes */{len}");
-                return self.respond(&mut stream, 416, "text/plain", b"range not satisfiable", &[("Content-Range", &cr)]);
+                return self.respond(
+                    &mut stream,
+                    416,
+                    "text/plain",
+                    b"range not satisfiable",
+                    &[("Content-Range", &cr)],
+                );
             }
         };
         let mut extra: Vec<(&str, String)> = vec![("Accept-Ranges", "bytes".into())];
@@ -268,7 +329,10 @@ impl Server {
         }
         // Test hook: `?cut=N` drops the connection after N bytes of a request without Range.
         let cut = if self.hooks && range.is_none() {
-            query.split('&').find_map(|kv| kv.strip_prefix("cut=")).and_then(|n| n.parse::<u64>().ok())
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("cut="))
+                .and_then(|n| n.parse::<u64>().ok())
         } else {
             None
         };
@@ -279,7 +343,8 @@ impl Server {
         }
         let mut buf = vec![0u8; 256 << 10];
         while left > 0 {
-            let n = f.read(&mut buf[..left.min(buf.len() as u64) as usize])?;
+            let want = left.min(buf.len() as u64) as usize;
+            let n = f.read(&mut buf[..want])?;
             if n == 0 {
                 break;
             }
@@ -295,7 +360,11 @@ impl Server {
     fn resolve(&self, path: &str) -> Option<PathBuf> {
         let path = percent_decode(path)?;
         let rel = path.trim_start_matches('/');
-        if rel.split('/').any(|c| c == ".." || c.starts_with('.') && !c.is_empty()) || rel.contains('\\') {
+        if rel
+            .split('/')
+            .any(|c| c == ".." || c.starts_with('.') && !c.is_empty())
+            || rel.contains('\\')
+        {
             return None;
         }
         let mut p = self.dir.join(rel);
@@ -305,7 +374,14 @@ impl Server {
         p.is_file().then_some(p)
     }
 
-    fn head(&self, s: &mut TcpStream, status: u16, ctype: &str, len: u64, extra: &[(&str, &str)]) -> std::io::Result<()> {
+    fn head(
+        &self,
+        s: &mut TcpStream,
+        status: u16,
+        ctype: &str,
+        len: u64,
+        extra: &[(&str, &str)],
+    ) -> std::io::Result<()> {
         let reason = match status {
             200 => "OK",
             206 => "Partial Content",
@@ -329,7 +405,14 @@ impl Server {
         s.write_all(h.as_bytes())
     }
 
-    fn respond(&self, s: &mut TcpStream, status: u16, ctype: &str, body: &[u8], extra: &[(&str, &str)]) -> std::io::Result<()> {
+    fn respond(
+        &self,
+        s: &mut TcpStream,
+        status: u16,
+        ctype: &str,
+        body: &[u8],
+        extra: &[(&str, &str)],
+    ) -> std::io::Result<()> {
         self.head(s, status, ctype, body.len() as u64, extra)?;
         s.write_all(body)
     }
@@ -344,7 +427,11 @@ fn parse_range(r: &str, len: u64) -> Option<(u64, u64)> {
         (len.saturating_sub(n), len)
     } else {
         let start: u64 = a.parse().ok()?;
-        let end = if b.is_empty() { len } else { b.parse::<u64>().ok()?.saturating_add(1).min(len) };
+        let end = if b.is_empty() {
+            len
+        } else {
+            b.parse::<u64>().ok()?.saturating_add(1).min(len)
+        };
         (start, end)
     };
     (start < end && start < len).then_some((start, end))
@@ -403,7 +490,8 @@ pub fn browser_tests() -> Result {
 /// that want to skip them.
 #[allow(dead_code)]
 pub fn browser_available() -> bool {
-    Path::new("/usr/lib/chromium/chromium").exists() || succeeds(Command::new("apt-cache").args(["show", "chromium"]))
+    Path::new("/usr/lib/chromium/chromium").exists()
+        || succeeds(Command::new("apt-cache").args(["show", "chromium"]))
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ use crate::components::model_picker::ModelPicker;
 use crate::components::stored_models::StoredModels;
 use crate::engine_client;
 use crate::protocol::{FromWorker, GenSettings};
-use crate::state::{BackendPref, Chat, Conversation, Engine, ErrorBanner, SelectedModel, Settings, StoreVersion};
+use crate::state::{
+    BackendPref, Chat, Conversation, Engine, ErrorBanner, SelectedModel, Settings, StoreVersion,
+};
 
 #[component]
 pub fn App() -> impl IntoView {
@@ -43,8 +45,12 @@ pub fn App() -> impl IntoView {
     });
 
     let on_event: Rc<dyn Fn(&FromWorker)> = Rc::new(move |m: &FromWorker| match m {
-        FromWorker::Token { text } => chat.streaming.update(|s| s.get_or_insert_with(String::new).push_str(text)),
-        FromWorker::LoadProgress { phase, fraction } => engine.load_progress.set(Some((phase.clone(), *fraction))),
+        FromWorker::Token { text } => chat
+            .streaming
+            .update(|s| s.get_or_insert_with(String::new).push_str(text)),
+        FromWorker::LoadProgress { phase, fraction } => {
+            engine.load_progress.set(Some((phase.clone(), *fraction)))
+        }
         FromWorker::Loaded { .. } | FromWorker::Error { .. } => engine.load_progress.set(None),
         _ => {}
     });

@@ -40,7 +40,11 @@ pub fn ChatPanel() -> impl IntoView {
         let mut retried = false;
         loop {
             chat.streaming.set(Some(String::new()));
-            let r = engine_client::generate(turns(&chat.conv.get_untracked()), settings.get_untracked()).await;
+            let r = engine_client::generate(
+                turns(&chat.conv.get_untracked()),
+                settings.get_untracked(),
+            )
+            .await;
             let text = chat.streaming.get_untracked().unwrap_or_default();
             chat.streaming.set(None);
             match r {
@@ -108,7 +112,14 @@ pub fn ChatPanel() -> impl IntoView {
                 had = true;
             }
         });
-        if had || chat.conv.get_untracked().messages.last().is_some_and(|m| m.role == "user") {
+        if had
+            || chat
+                .conv
+                .get_untracked()
+                .messages
+                .last()
+                .is_some_and(|m| m.role == "user")
+        {
             reply.dispatch(());
         }
     };
@@ -187,19 +198,19 @@ fn SamplingSettings() -> impl IntoView {
         <div class="sampling">
             <label>"Temperature"<input type="number" step="0.1" min="0" max="2" data-testid="temperature"
                 prop:value=move || s.get().temperature.to_string()
-                on:change=move |ev| if let Ok(v) = event_target_value(&ev).parse::<f32>() { if v.is_finite() && v >= 0.0 { s.update(|x| x.temperature = v) } }/></label>
+                on:change=move |ev| { if let Ok(v) = event_target_value(&ev).parse::<f32>() { if v.is_finite() && v >= 0.0 { s.update(|x| x.temperature = v) } } }/></label>
             <label>"Top-k"<input type="number" min="0" data-testid="top-k"
                 prop:value=move || s.get().top_k.to_string()
-                on:change=move |ev| if let Ok(v) = event_target_value(&ev).parse::<usize>() { s.update(|x| x.top_k = v) }/></label>
+                on:change=move |ev| { if let Ok(v) = event_target_value(&ev).parse::<usize>() { s.update(|x| x.top_k = v) } }/></label>
             <label>"Top-p"<input type="number" step="0.05" min="0.05" max="1" data-testid="top-p"
                 prop:value=move || s.get().top_p.to_string()
-                on:change=move |ev| if let Ok(v) = event_target_value(&ev).parse::<f32>() { if v > 0.0 && v <= 1.0 { s.update(|x| x.top_p = v) } }/></label>
+                on:change=move |ev| { if let Ok(v) = event_target_value(&ev).parse::<f32>() { if v > 0.0 && v <= 1.0 { s.update(|x| x.top_p = v) } } }/></label>
             <label>"Max tokens"<input type="number" min="1" max="2048" data-testid="max-tokens"
                 prop:value=move || s.get().max_tokens.to_string()
-                on:change=move |ev| if let Ok(v) = event_target_value(&ev).parse::<usize>() { if v >= 1 { s.update(|x| x.max_tokens = v) } }/></label>
+                on:change=move |ev| { if let Ok(v) = event_target_value(&ev).parse::<usize>() { if v >= 1 { s.update(|x| x.max_tokens = v) } } }/></label>
             <label>"Seed"<input type="number" min="0" data-testid="seed"
                 prop:value=move || s.get().seed.to_string()
-                on:change=move |ev| if let Ok(v) = event_target_value(&ev).parse::<u64>() { s.update(|x| x.seed = v) }/></label>
+                on:change=move |ev| { if let Ok(v) = event_target_value(&ev).parse::<u64>() { s.update(|x| x.seed = v) } }/></label>
         </div>
     }
 }

@@ -40,7 +40,8 @@ impl DownloadState {
                 true
             }
             Err(e) => {
-                self.banner.show(format!("The model could not be loaded: {}", e.message));
+                self.banner
+                    .show(format!("The model could not be loaded: {}", e.message));
                 false
             }
         }
@@ -75,7 +76,11 @@ pub fn DownloadPanel() -> impl IntoView {
         let _ = dl.store.0.get();
         async move {
             match id {
-                Some(id) => download::stored_complete(&id).await.ok().flatten().is_some(),
+                Some(id) => download::stored_complete(&id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some(),
                 None => false,
             }
         }
@@ -176,4 +181,3 @@ pub fn DownloadPanel() -> impl IntoView {
         </section>
     }
 }
-

@@ -21,9 +21,17 @@ async fn webgpu_info() -> Result<String, String> {
     if gpu.is_undefined() {
         return Err("this browser exposes no WebGPU".into());
     }
-    let f: Function = get(&gpu, "requestAdapter").dyn_into().map_err(|_| "no requestAdapter".to_string())?;
-    let p: Promise = f.call0(&gpu).map_err(|e| crate::js::err_text(&e))?.dyn_into().map_err(|_| "bad requestAdapter".to_string())?;
-    let adapter = await_promise(p).await.map_err(|e| crate::js::err_text(&e))?;
+    let f: Function = get(&gpu, "requestAdapter")
+        .dyn_into()
+        .map_err(|_| "no requestAdapter".to_string())?;
+    let p: Promise = f
+        .call0(&gpu)
+        .map_err(|e| crate::js::err_text(&e))?
+        .dyn_into()
+        .map_err(|_| "bad requestAdapter".to_string())?;
+    let adapter = await_promise(p)
+        .await
+        .map_err(|e| crate::js::err_text(&e))?;
     if adapter.is_null() || adapter.is_undefined() {
         return Err("no WebGPU adapter".into());
     }
@@ -31,13 +39,20 @@ async fn webgpu_info() -> Result<String, String> {
     let s = |o: &wasm_bindgen::JsValue, k: &str| get(o, k).as_string().unwrap_or_default();
     let limits = get(&adapter, "limits");
     let n = |k: &str| get(&limits, k).as_f64().unwrap_or(0.0);
-    let fallback = get(&info, "isFallbackAdapter").as_bool().or_else(|| get(&adapter, "isFallbackAdapter").as_bool()).unwrap_or(false);
+    let fallback = get(&info, "isFallbackAdapter")
+        .as_bool()
+        .or_else(|| get(&adapter, "isFallbackAdapter").as_bool())
+        .unwrap_or(false);
     Ok(format!(
         "{} {} {}{} · max storage binding {} · max buffer {} · workgroup storage {} KiB",
         s(&info, "vendor"),
         s(&info, "architecture"),
         s(&info, "description"),
-        if fallback { " (software fallback adapter)" } else { "" },
+        if fallback {
+            " (software fallback adapter)"
+        } else {
+            ""
+        },
         fmt_bytes(n("maxStorageBufferBindingSize")),
         fmt_bytes(n("maxBufferSize")),
         n("maxComputeWorkgroupStorageSize") / 1024.0,

@@ -7,7 +7,12 @@ use crate::markdown::to_safe_html;
 use crate::protocol::ReplyStats;
 
 #[component]
-pub fn MessageView(role: String, content: String, stats: Option<ReplyStats>, #[prop(optional)] streaming: bool) -> impl IntoView {
+pub fn MessageView(
+    role: String,
+    content: String,
+    stats: Option<ReplyStats>,
+    #[prop(optional)] streaming: bool,
+) -> impl IntoView {
     if role == "assistant" {
         let html = to_safe_html(&content);
         let stats = stats.map(|s| {

@@ -96,7 +96,9 @@ fn AddModel(extra: RwSignal<Vec<CatalogEntry>>) -> impl IntoView {
         }
         let s = sha.get_untracked().trim().to_ascii_lowercase();
         let s = if s.is_empty() { None } else { Some(s) };
-        if s.as_ref().is_some_and(|h| h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit())) {
+        if s.as_ref()
+            .is_some_and(|h| h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()))
+        {
             banner.show("A sha256 is 64 hexadecimal digits.");
             return;
         }
@@ -143,4 +145,3 @@ fn AddModel(extra: RwSignal<Vec<CatalogEntry>>) -> impl IntoView {
         </details>
     }
 }
-

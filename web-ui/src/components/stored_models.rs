@@ -19,7 +19,12 @@ pub fn StoredModels() -> impl IntoView {
             if let Err(e) = download::delete_model(&id).await {
                 dl.banner.show(e.to_string());
             }
-            if dl.engine.loaded.get_untracked().is_some_and(|l| l.model_id == id) {
+            if dl
+                .engine
+                .loaded
+                .get_untracked()
+                .is_some_and(|l| l.model_id == id)
+            {
                 // The worker keeps its copy in memory until it loads another model.
             }
             dl.bump();

@@ -1,15 +1,4 @@
-//! `slm`: the engine's command line, for checking it against references and measuring speed.
-//!
-//! ```text
-//! slm tokenize --model M --text T [--add-bos] [--special]
-//! slm logits   --model M --tokens 1,2,3 [--top 5] [--backend cpu|gpu|auto]
-//! slm generate --model M (--prompt T | --messages JSON) [--max-tokens N] [--temperature T]
-//!              [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S]
-//!              [--stop S]... [--backend B] [--threads N] [--ctx N] [--json]
-//! slm bench    --model M [--backend B] [--threads N] [--prompt-tokens 128] [--gen-tokens 128]
-//! ```
-//! Bad input (missing file, corrupt GGUF, unsupported model, over-long prompt) exits with code 2
-//! and one line on stderr.
+//! The native implementation of the `slm` subcommands.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -381,7 +370,7 @@ fn run(raw: &[String]) -> CliResult<()> {
     }
 }
 
-fn main() {
+pub fn main() {
     // A bug must still end in one line and exit code 2, never a backtrace.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("slm: internal error: {info}");
