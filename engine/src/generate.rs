@@ -235,9 +235,21 @@ impl<M: ForwardPass> Session<M> {
             if n_generated == params.max_tokens {
                 break;
             }
-            let logits = self.model.forward(&[id], self.cached.len(), Logits::Last)?;
+            let pos = self.cached.len();
+            let on_device = if sampler.device_compatible() {
+                let random = sampler.draw();
+                self.model.decode_sample(id, pos, sampler.params(), random)
+            } else {
+                None
+            };
+            next = match on_device {
+                Some(r) => r?,
+                None => {
+                    let logits = self.model.forward(&[id], pos, Logits::Last)?;
+                    sampler.sample(logits, &history)
+                }
+            };
             self.cached.push(id);
-            next = sampler.sample(logits, &history);
         }
         if stop_reason == StopReason::MaxTokens || stop_reason == StopReason::Eog {
             // Flush what was held back (partial stop-string prefix, incomplete bytes).

@@ -98,6 +98,18 @@ impl Sampler {
         &self.params
     }
 
+    /// Whether a device sampler (temperature, top-k, top-p only) gives the same distribution:
+    /// no repetition penalty, and no min-p unless decoding greedily.
+    pub fn device_compatible(&self) -> bool {
+        let p = &self.params;
+        p.repeat_penalty == 1.0 && (p.temperature <= 0.0 || p.min_p == 0.0)
+    }
+
+    /// A uniform draw in [0, 1) from this sampler's RNG (for a device sampler).
+    pub fn draw(&mut self) -> f32 {
+        self.rng.random()
+    }
+
     /// Pick the next token from `logits` (n_vocab), given the tokens so far (`history`, for the
     /// repetition penalty).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgufFile};
 use crate::model::llama::CpuLlama;
 use crate::model::{ForwardPass, Logits, ModelConfig};
+use crate::sampler::SamplerParams;
 
 /// Which backend the caller asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +68,30 @@ impl ForwardPass for LoadedModel {
         match self {
             LoadedModel::Cpu(m) => m.forward(tokens, pos, which),
             LoadedModel::Gpu(m) => m.forward(tokens, pos, which),
+        }
+    }
+    fn decode_sample(
+        &mut self,
+        token: u32,
+        pos: usize,
+        params: &SamplerParams,
+        random: f32,
+    ) -> Option<Result<u32>> {
+        match self {
+            LoadedModel::Cpu(_) => None,
+            #[cfg(not(target_arch = "wasm32"))]
+            LoadedModel::Gpu(m) => {
+                let s = gpu::GpuSampling {
+                    temperature: params.temperature,
+                    top_k: params.top_k.min(u32::MAX as usize) as u32,
+                    top_p: params.top_p,
+                    random,
+                };
+                Some(m.decode_sample(token, pos, &s))
+            }
+            // The browser drives the GPU through the async API (`decode_sample_async`).
+            #[cfg(target_arch = "wasm32")]
+            LoadedModel::Gpu(_) => None,
         }
     }
 }

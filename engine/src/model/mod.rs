@@ -34,4 +34,18 @@ pub trait ForwardPass {
     /// Errors: [`crate::Error::ContextFull`] past `n_ctx`, [`crate::Error::TokenOutOfRange`],
     /// backend errors (e.g. GPU device lost).
     fn forward(&mut self, tokens: &[u32], pos: usize, which: Logits) -> Result<&[f32]>;
+
+    /// One decode step that also picks the next token on the device, so only its id is read
+    /// back (GPU). `random` is a uniform draw in [0, 1) for the sampler. `None` when this backend
+    /// samples on the host (the caller then uses [`ForwardPass::forward`] and
+    /// [`crate::sampler::Sampler`]) or cannot honour `params` (min-p, repetition penalty).
+    fn decode_sample(
+        &mut self,
+        _token: u32,
+        _pos: usize,
+        _params: &crate::sampler::SamplerParams,
+        _random: f32,
+    ) -> Option<Result<u32>> {
+        None
+    }
 }

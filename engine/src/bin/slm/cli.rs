@@ -327,9 +327,17 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
         let mut next = engine::backend::cpu::ops::argmax(logits);
         prefill.push(n_prompt as f64 * 1e3 / (clock.now_ms() - t));
         let t = clock.now_ms();
+        let greedy = SamplerParams::greedy();
         for i in 0..n_gen {
-            let logits = model.forward(&[next], n_prompt + i, Logits::Last)?;
-            next = engine::backend::cpu::ops::argmax(logits);
+            // GPU: sampled on the device, only the id is read back; CPU: argmax of the logits.
+            next = match model.decode_sample(next, n_prompt + i, &greedy, 0.0) {
+                Some(r) => r?,
+                None => engine::backend::cpu::ops::argmax(model.forward(
+                    &[next],
+                    n_prompt + i,
+                    Logits::Last,
+                )?),
+            };
         }
         decode.push(n_gen as f64 * 1e3 / (clock.now_ms() - t));
     }
@@ -349,6 +357,10 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
             "prefill_tok_s": median(&mut prefill),
             "decode_tok_s": median(&mut decode),
             "peak_rss_mib": peak_rss_mib(),
+            "dispatches_per_token": match &model {
+                LoadedModel::Gpu(m) => Some(m.dispatches_per_token()),
+                LoadedModel::Cpu(_) => None,
+            },
         })
     );
     Ok(())
