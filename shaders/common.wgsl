@@ -10,7 +10,7 @@ const T_Q8_0: u32 = 8u;
 const T_Q4_K: u32 = 12u;
 const T_Q6_K: u32 = 14u;
 
-const NEG_INF: f32 = -3.4028235e38;
+const NEG_INF: f32 = -3.0e38;
 
 // Linear workgroup id of a 2D dispatch (x, y): the host splits counts above
 // maxComputeWorkgroupsPerDimension into rows of `num_workgroups.x`.

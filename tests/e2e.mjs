@@ -14,7 +14,7 @@ const MODEL_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf';
 const MODEL_SHA = 'b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53';
 const QUESTION = 'What color is the sky on a clear day?';
 const LONG = 240_000;
-const only = process.argv[2];
+const only = process.argv[2] || process.env.SLM_E2E_ONLY;
 
 function log(...a) { console.log('[e2e]', ...a); }
 

@@ -241,42 +241,78 @@ fn test() -> Result {
     setup_test_tools()?;
     fetch_models()?;
     let refs = root().join("target/quant-refs");
-    run(Command::new("python3")
-        .arg(root().join("engine/tests/tools/quant_refs.py"))
-        .arg(&refs))?;
-    // Native: unit tests, goldens, CLI, GPU parity on lavapipe.
-    run(cargo()
-        .args(["test", "-p", "slm-engine", "-p", "xtask", "--release"])
-        .env("SLM_QUANT_REFS", &refs))?;
-    // The engine builds for the browser without simd128 ...
-    run(cargo().args([
-        "build",
-        "-p",
-        "slm-engine",
-        "--lib",
-        "--release",
-        "--target",
-        "wasm32-unknown-unknown",
-    ]))?;
-    // ... and with it, where the simd128 kernels are tested against the scalar references in Node.
-    ensure_wasm_bindgen_cli()?;
-    run(cargo()
-        .args([
-            "test",
-            "-p",
-            "slm-engine",
-            "--release",
-            "--target",
-            "wasm32-unknown-unknown",
-            "--test",
-            "quant_parity",
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+simd128")
-        .env(
-            "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
-            "wasm-bindgen-test-runner",
-        ))?;
-    fuzz(30)?;
+    type Step<'a> = (&'static str, Box<dyn Fn() -> Result + 'a>);
+    let steps: Vec<Step> = vec![
+        (
+            "quantization references from the gguf Python package",
+            Box::new(|| {
+                run(Command::new("python3")
+                    .arg(root().join("engine/tests/tools/quant_refs.py"))
+                    .arg(&refs))
+            }),
+        ),
+        (
+            // Unit tests, goldens against llama.cpp, CLI, GPU parity on lavapipe.
+            "native tests",
+            Box::new(|| {
+                run(cargo()
+                    .args(["test", "-p", "slm-engine", "-p", "xtask", "--release"])
+                    .env("SLM_QUANT_REFS", &refs))
+            }),
+        ),
+        (
+            "engine builds for wasm32 without simd128",
+            Box::new(|| {
+                run(cargo().args([
+                    "build",
+                    "-p",
+                    "slm-engine",
+                    "--lib",
+                    "--release",
+                    "--target",
+                    "wasm32-unknown-unknown",
+                ]))
+            }),
+        ),
+        (
+            // The simd128 kernels against the scalar references, in Node.
+            "wasm32 simd128 kernel tests",
+            Box::new(|| {
+                ensure_wasm_bindgen_cli()?;
+                run(cargo()
+                    .args([
+                        "test",
+                        "-p",
+                        "slm-engine",
+                        "--release",
+                        "--target",
+                        "wasm32-unknown-unknown",
+                        "--test",
+                        "quant_parity",
+                    ])
+                    .env("RUSTFLAGS", "-C target-feature=+simd128")
+                    .env(
+                        "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
+                        "wasm-bindgen-test-runner",
+                    ))
+            }),
+        ),
+        (
+            // Download, IndexedDB reload, offline chat, resume, sha256, XSS.
+            "browser tests in headless Chromium",
+            Box::new(serve::browser_tests),
+        ),
+        ("GGUF parser fuzzing (30 s)", Box::new(|| fuzz(30))),
+    ];
+    let total = steps.len();
+    for (i, (name, step)) in steps.into_iter().enumerate() {
+        eprintln!("\n=== xtask test: {name} ===");
+        if let Err(e) = step() {
+            println!("xtask: {i} passed, 1 failed ({name}: {e})");
+            return Err(format!("{name} failed"));
+        }
+    }
+    println!("xtask: {total} passed, 0 failed");
     Ok(())
 }
 

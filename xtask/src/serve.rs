@@ -282,7 +282,7 @@ impl Server {
         let mut parts = line.split_whitespace();
         let method = parts.next().unwrap_or("");
         let target = parts.next().unwrap_or("/");
-        if self.hooks {
+        if self.hooks && !target.starts_with("/__log") {
             if let Ok(mut l) = self.log.lock() {
                 l.push(format!(
                     "{method} {target} range={}",
