@@ -91,7 +91,10 @@ impl ForwardPass for LoadedModel {
             }
             // The browser drives the GPU through the async API (`decode_sample_async`).
             #[cfg(target_arch = "wasm32")]
-            LoadedModel::Gpu(_) => None,
+            LoadedModel::Gpu(_) => {
+                let _ = (token, pos, params, random);
+                None
+            }
         }
     }
 }
