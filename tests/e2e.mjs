@@ -130,7 +130,7 @@ async function mainFlow() {
     log('reload: loaded from IndexedDB with zero model requests;', await b.page.getByTestId('model-ready').innerText());
 
     // Chat: no network request at all.
-    await settings(b.page, { temperature: 0, maxTokens: 48 });
+    await settings(b.page, { temperature: 0, maxTokens: backend === 'gpu' ? 16 : 48 });
     const mark2 = (await serverLog()).length;
     b.requests.length = 0;
     const r = await ask(b.page, QUESTION);
@@ -145,6 +145,7 @@ async function mainFlow() {
     assert.deepEqual(b.requests, [], 'no browser request while chatting');
     assert.deepEqual((await serverLog()).slice(mark2), [], 'no server request while chatting');
     assert.equal(await b.page.getByTestId('assistant-message').count(), 1, 'one assistant message per reply');
+    if (process.env.SLM_E2E_SCREENSHOT) await b.page.screenshot({ path: process.env.SLM_E2E_SCREENSHOT, fullPage: true });
   } finally {
     await b.close();
   }

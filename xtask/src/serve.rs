@@ -481,11 +481,22 @@ pub fn browser_tests() -> Result {
     let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     std::thread::spawn(move || server.run(listener));
+    let url = format!("http://127.0.0.1:{port}/");
+    // Every flow on the wasm SIMD CPU engine (main flow with the WebGPU flag on, others without).
     run(Command::new("node")
         .current_dir(web_tests_dir())
         .arg("e2e.mjs")
-        .env("SLM_URL", format!("http://127.0.0.1:{port}/"))
-        .env("SLM_E2E_EXPECT_PREFIX", expect))
+        .env("SLM_URL", &url)
+        .env("SLM_E2E_EXPECT_PREFIX", &expect)
+        .env("SLM_E2E_SCREENSHOT", root().join("target/screenshot.png")))?;
+    // The main flow again on WebGPU (Chromium's SwiftShader adapter: slow, a few tokens).
+    run(Command::new("node")
+        .current_dir(web_tests_dir())
+        .arg("e2e.mjs")
+        .env("SLM_URL", &url)
+        .env("SLM_E2E_EXPECT_PREFIX", &expect)
+        .env("SLM_E2E_ONLY", "main")
+        .env("SLM_E2E_BACKEND", "gpu"))
 }
 
 /// Characters of the native greedy reply the browser's reply must start with. The sky question
