@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod gpu;
 
 use crate::error::{Error, Result};
+#[cfg(not(target_arch = "wasm32"))]
 use crate::gguf::{ByteSource, GgufFile};
 use crate::model::llama::CpuLlama;
 use crate::model::{ForwardPass, Logits, ModelConfig};
