@@ -2,7 +2,7 @@
 //! They are the CPU backend's implementation and the oracle the GPU kernels are tested against.
 
 use crate::model::RopeLayout;
-use crate::quant::{self, PreparedActs};
+use crate::quant;
 use crate::tensor::QMatrix;
 
 /// RMSNorm (Zhang & Sennrich 2019): `out = x / sqrt(mean(x²) + eps) * weight`.
@@ -144,28 +144,27 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Scalar reference matrix-vector product: `out[r] = Σ_c dequant(w)[r, c] · x[c]`.
-/// w: (rows, cols); x: (cols); out: (rows). Errors: those of [`quant::dequantize_row`].
+/// Scalar reference matrix-vector product: `out[r] = Σ_c dequant(w)[r, c] · x[c]`, each row by
+/// [`quant::vec_dot_ref`]. w: (rows, cols); x: (cols); out: (rows).
+///
+/// Errors: [`crate::Error::Shape`] when `x` or `out` do not fit `w`.
 pub fn matvec_ref(w: &QMatrix, x: &[f32], out: &mut [f32]) -> crate::Result<()> {
-    let mut row = vec![0f32; w.cols];
+    if x.len() != w.cols || out.len() < w.rows {
+        return Err(crate::Error::Shape {
+            op: "matvec_ref",
+            detail: format!(
+                "w ({}, {}), x ({}), out ({})",
+                w.rows,
+                w.cols,
+                x.len(),
+                out.len()
+            ),
+        });
+    }
     for (r, o) in out.iter_mut().enumerate().take(w.rows) {
-        quant::dequantize_row(w.dtype, w.row(r), &mut row)?;
-        *o = row.iter().zip(x).map(|(a, b)| a * b).sum();
+        *o = quant::vec_dot_ref(w.dtype, w.row(r), x);
     }
     Ok(())
-}
-
-/// Fast matrix-vector product on prepared activations over rows `rows` of `w`:
-/// `out[i] = w[rows.start + i] · x`. Used by the threaded matmul in `cpu::matmul`.
-pub fn matvec_rows(
-    w: &QMatrix,
-    acts: &PreparedActs,
-    rows: std::ops::Range<usize>,
-    out: &mut [f32],
-) {
-    for (o, r) in out.iter_mut().zip(rows) {
-        *o = quant::vec_dot(w.dtype, w.row(r), acts);
-    }
 }
 
 /// Index of the largest value (first on ties).
