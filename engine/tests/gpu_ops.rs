@@ -6,7 +6,9 @@
 //! No adapter is a failure, unless `SLM_SKIP_GPU_TESTS=1`.
 
 use engine::backend::cpu::ops as cpu;
-use engine::backend::gpu::{block_on, Gpu, GpuOptions, GpuSampling, GpuWeight, GPU_WEIGHT_TYPES};
+use engine::backend::gpu::{
+    block_on, Gpu, GpuOptions, GpuSampling, GpuWeight, KvType, GPU_WEIGHT_TYPES,
+};
 use engine::model::RopeLayout;
 use engine::quant::{self, GgmlDType};
 
@@ -22,6 +24,9 @@ const ELT_RTOL: f32 = 1e-5;
 const ROPE_TOL: f32 = 2e-4;
 /// Attention outputs (softmax-weighted means of values of size ~1).
 const ATTN_TOL: f32 = 1e-4;
+/// One rounding to f16 (10 mantissa bits): relative error ≤ 2^-11, doubled for a value that
+/// sits within ROPE_TOL of a rounding boundary.
+const F16_RTOL: f32 = 1.0 / 1024.0;
 
 fn skip() -> bool {
     std::env::var("SLM_SKIP_GPU_TESTS").is_ok_and(|v| v == "1")
@@ -38,20 +43,23 @@ fn gpus() -> Vec<(&'static str, Gpu)> {
         .unwrap_or_else(|e| panic!("no GPU ({e}); set SLM_SKIP_GPU_TESTS=1 to skip GPU tests"));
     let base = Gpu::new(&GpuOptions {
         matmul_threads_per_row: Some(16),
+        attn_decode_chunk: Some(64),
         ..GpuOptions::baseline()
     })
     .expect("baseline device");
     assert!(!base.info().subgroups && !base.info().f16);
+    assert_eq!(base.pipes.kv_type(), KvType::F32);
     let tpr4 = Gpu::new(&GpuOptions {
         matmul_threads_per_row: Some(4),
+        attn_decode_chunk: Some(33),
         ..GpuOptions::default()
     })
     .expect("device");
     eprintln!("GPU: {:?}", full.info());
     vec![
         ("features", full),
-        ("baseline, 16 per row", base),
-        ("features, 4 per row", tpr4),
+        ("baseline, 16 per row, decode chunk 64", base),
+        ("features, 4 per row, decode chunk 33", tpr4),
     ]
 }
 
@@ -304,25 +312,40 @@ fn rms_norm_matches_cpu() {
     }
 }
 
+/// What an f16 KV cache holds for `v`: f16-rounded on devices with `shader-f16`.
+fn as_cached(gpu: &engine::backend::gpu::Gpu, v: &[f32]) -> Vec<f32> {
+    if gpu.pipes.kv_type() == KvType::F16 {
+        v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+    } else {
+        v.to_vec()
+    }
+}
+
 #[test]
-fn rope_both_layouts_with_and_without_freq_factors() {
+fn rope_fused_with_the_kv_store_both_layouts_with_and_without_freq_factors() {
     for (mode, mut gpu) in gpus() {
         let mut rng = Rng(4);
-        let (n_tok, n_heads, head_dim) = (3, 5, 24);
+        let (n_tok, n_head, n_head_kv, head_dim) = (3, 6, 2, 24);
+        let kv_f16 = gpu.pipes.kv_type() == KvType::F16;
         for (n_rot, layout, ff) in [
             (24, RopeLayout::Adjacent, false),
             (24, RopeLayout::Neox, false),
             (16, RopeLayout::Adjacent, true),
             (16, RopeLayout::Neox, true),
         ] {
-            let x = rng.vec(n_tok * n_heads * head_dim);
+            let q = rng.vec(n_tok * n_head * head_dim);
+            let k = rng.vec(n_tok * n_head_kv * head_dim);
+            let v = rng.vec(n_tok * n_head_kv * head_dim);
             let freq: Vec<f32> = (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.5).collect();
             let freq = ff.then_some(freq);
             let pos0 = 97;
-            let got = block_on(gpu.rope(
-                &x,
+            let (got_q, got_k, got_v) = block_on(gpu.rope_kv(
+                &q,
+                &k,
+                &v,
                 n_tok,
-                n_heads,
+                n_head,
+                n_head_kv,
                 head_dim,
                 n_rot,
                 pos0,
@@ -332,42 +355,60 @@ fn rope_both_layouts_with_and_without_freq_factors() {
                 freq.as_deref(),
             ))
             .unwrap();
-            let mut want = x.clone();
-            for t in 0..n_tok {
+            let (mut want_q, mut want_k) = (q.clone(), k.clone());
+            for (x, n_heads) in [(&mut want_q, n_head), (&mut want_k, n_head_kv)] {
                 let w = n_heads * head_dim;
-                cpu::rope(
-                    &mut want[t * w..(t + 1) * w],
-                    n_heads,
-                    head_dim,
-                    n_rot,
-                    pos0 + t,
-                    10000.0,
-                    0.5,
-                    layout,
-                    freq.as_deref(),
-                );
+                for t in 0..n_tok {
+                    cpu::rope(
+                        &mut x[t * w..(t + 1) * w],
+                        n_heads,
+                        head_dim,
+                        n_rot,
+                        pos0 + t,
+                        10000.0,
+                        0.5,
+                        layout,
+                        freq.as_deref(),
+                    );
+                }
             }
-            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (g - e).abs() <= ROPE_TOL,
-                    "rope {mode} {layout:?} n_rot {n_rot} ff {ff}: [{i}] {g} vs {e}"
-                );
+            let what = format!("rope {mode} {layout:?} n_rot {n_rot} ff {ff}");
+            // Cached values may also be rounded to f16 (one rounding, from a value within
+            // ROPE_TOL of the reference).
+            let cache_rtol = if kv_f16 { F16_RTOL } else { 0.0 };
+            for (name, got, want, rtol) in [
+                ("q", &got_q, &want_q, 0.0),
+                ("k cache", &got_k, &want_k, cache_rtol),
+            ] {
+                assert_eq!(got.len(), want.len());
+                for (i, (g, e)) in got.iter().zip(want.iter()).enumerate() {
+                    assert!(
+                        (g - e).abs() <= ROPE_TOL + rtol * e.abs(),
+                        "{what} {name}: [{i}] {g} vs {e}"
+                    );
+                }
             }
+            assert_eq!(got_v, as_cached(&gpu, &v), "{what}: v cache is a copy");
         }
     }
 }
 
 #[test]
-fn attention_causal_gqa_prefill_and_decode() {
+fn attention_causal_gqa_prefill_and_split_decode() {
     for (mode, mut gpu) in gpus() {
         let mut rng = Rng(5);
         let (n_head, n_head_kv, head_dim) = (6, 2, 40);
         let kv_dim = n_head_kv * head_dim;
-        let n_ctx = 150;
-        let k = rng.vec(n_ctx * kv_dim);
-        let v = rng.vec(n_ctx * kv_dim);
-        // (pos0, n_tok): a prefill from 0, a prefill continuing a cache, single-token decodes.
-        for (pos0, n_tok) in [(0, 13), (70, 9), (0, 1), (136, 1), (149, 1)] {
+        let n_ctx = 300;
+        let chunk = gpu.info().attn_decode_chunk as usize;
+        // The reference sees the cache as the device stores it.
+        let k = as_cached(&gpu, &rng.vec(n_ctx * kv_dim));
+        let v = as_cached(&gpu, &rng.vec(n_ctx * kv_dim));
+        // (pos0, n_tok): a prefill from 0, a prefill continuing a cache, then single-token
+        // decodes: one position, one chunk exactly, one past a chunk, a partial last chunk.
+        let mut cases = vec![(0, 13), (70, 9), (0, 1), (chunk - 1, 1), (chunk, 1)];
+        cases.extend([(136, 1), (n_ctx - 1, 1)]);
+        for (pos0, n_tok) in cases {
             let q: Vec<f32> = rng
                 .vec(n_tok * n_head * head_dim)
                 .iter()
@@ -394,7 +435,7 @@ fn attention_causal_gqa_prefill_and_decode() {
             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (g - e).abs() <= ATTN_TOL,
-                    "attention {mode} pos0 {pos0} n_tok {n_tok}: [{i}] {g} vs {e}"
+                    "attention {mode} (chunk {chunk}) pos0 {pos0} n_tok {n_tok}: [{i}] {g} vs {e}"
                 );
             }
         }

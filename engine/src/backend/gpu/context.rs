@@ -25,7 +25,17 @@ pub struct GpuOptions {
     /// Invocations sharing one weight row in the matmul kernels (a power of two ≤ 64); `None`
     /// picks 1 on CPU-emulated adapters (no barriers) and 16 on GPUs.
     pub matmul_threads_per_row: Option<u32>,
+    /// Cache positions per workgroup of decode attention (1 ..= 256); `None` picks
+    /// [`DECODE_CHUNK_CPU`] on CPU-emulated adapters and [`DECODE_CHUNK_GPU`] on GPUs.
+    pub attn_decode_chunk: Option<u32>,
 }
+
+/// Decode-attention chunk on GPUs: short chunks give n_head × (positions / 64) workgroups, enough
+/// to spread even a short cache over a GPU's cores.
+pub const DECODE_CHUNK_GPU: u32 = 64;
+/// Decode-attention chunk on CPU-emulated adapters (lavapipe, SwiftShader): a few large chunks,
+/// since every extra workgroup and the merge cost more than they spread.
+pub const DECODE_CHUNK_CPU: u32 = 256;
 
 impl Default for GpuOptions {
     fn default() -> Self {
@@ -35,6 +45,7 @@ impl Default for GpuOptions {
             max_binding_cap: None,
             high_performance: true,
             matmul_threads_per_row: None,
+            attn_decode_chunk: None,
         }
     }
 }
@@ -71,7 +82,7 @@ pub struct GpuInfo {
     pub max_invocations: u32,
     /// Storage buffers per shader stage.
     pub max_storage_buffers: u32,
-    /// Whether f16 shader arithmetic is enabled on the device.
+    /// Whether `shader-f16` is enabled on the device (the KV cache then holds f16).
     pub f16: bool,
     /// Whether subgroup operations are enabled on the device (and used by the kernels).
     pub subgroups: bool,
@@ -79,6 +90,8 @@ pub struct GpuInfo {
     pub subgroup_size: (u32, u32),
     /// Invocations per weight row in the matmul kernels (see [`GpuOptions`]).
     pub matmul_threads_per_row: u32,
+    /// Cache positions per workgroup of decode attention (see [`GpuOptions`]).
+    pub attn_decode_chunk: u32,
 }
 
 #[derive(Default)]
@@ -230,6 +243,17 @@ impl GpuContext {
             None if a_info.device_type == wgpu::DeviceType::Cpu => 1,
             None => 16,
         };
+        let chunk = match opts.attn_decode_chunk {
+            Some(c) if (1..=super::params::ATTN_MAX_CHUNK).contains(&c) => c,
+            Some(c) => {
+                return Err(Error::InvalidParam {
+                    name: "attn_decode_chunk",
+                    what: format!("{c} is not in 1..=256"),
+                })
+            }
+            None if a_info.device_type == wgpu::DeviceType::Cpu => DECODE_CHUNK_CPU,
+            None => DECODE_CHUNK_GPU,
+        };
         let info = GpuInfo {
             name: a_info.name.clone(),
             backend: format!("{:?}", a_info.backend).to_lowercase(),
@@ -246,6 +270,7 @@ impl GpuContext {
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             subgroup_size: (a_info.subgroup_min_size, a_info.subgroup_max_size),
             matmul_threads_per_row: tpr,
+            attn_decode_chunk: chunk,
         };
         Ok(Self {
             device,

@@ -19,14 +19,15 @@ pub mod weights;
 
 pub use context::{GpuContext, GpuInfo, GpuOptions};
 pub use model::GpuModel;
-pub use shaders::{supports, Op, PipelineCache, PipelineKey, Variant, GPU_WEIGHT_TYPES};
+pub use shaders::{supports, KvType, Op, PipelineCache, PipelineKey, Variant, GPU_WEIGHT_TYPES};
 pub use weights::GpuWeight;
 
 use crate::error::{Error, Result};
 use crate::quant::GgmlDType;
 
-/// Storage buffers one kernel binds at most (attention: q, k cache, v cache, scores, out).
-pub const MIN_STORAGE_BUFFERS: u32 = 5;
+/// Storage buffers one kernel binds at most (rope.wgsl: q_raw, q, k_raw, v_raw, k cache, v cache,
+/// RoPE factors); WebGPU guarantees 8.
+pub const MIN_STORAGE_BUFFERS: u32 = 7;
 
 /// A device with its pipeline cache: what every GPU op runs on.
 pub struct Gpu {

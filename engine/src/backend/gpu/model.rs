@@ -41,8 +41,9 @@ struct Layer {
     q: MatOp,
     k: MatOp,
     v: MatOp,
-    rope_q: Inst,
-    rope_k: Inst,
+    /// RoPE of Q and K fused with the KV-cache store.
+    rope: Inst,
+    /// Prefill attention, decode attention and its merge: one bind group, three pipelines.
     attn: Inst,
     o: MatOp,
     ffn_norm: Inst,
@@ -79,8 +80,9 @@ struct Buffers {
     /// Q before / after RoPE: (n_batch, q_dim).
     q_raw: wgpu::Buffer,
     q: wgpu::Buffer,
-    /// K before RoPE: (n_batch, kv_dim).
+    /// K before RoPE, V before the cache store: (n_batch, kv_dim).
     k_raw: wgpu::Buffer,
+    v_raw: wgpu::Buffer,
     /// Attention output: (n_batch, q_dim).
     attn: wgpu::Buffer,
     /// FFN gate (then SwiGLU output) and up: (n_batch, n_ff).
@@ -88,11 +90,12 @@ struct Buffers {
     up: wgpu::Buffer,
     /// (n_batch, n_vocab).
     logits: wgpu::Buffer,
-    /// Attention scores scratch: (n_batch * n_head, n_ctx).
+    /// Attention scratch: prefill scores (n_batch * n_head, n_ctx), or the decode chunks'
+    /// partials (n_chunks * n_head, head_dim + 2).
     scores: wgpu::Buffer,
     /// Sampled token id (and padding): 2 u32.
     sampled: wgpu::Buffer,
-    /// Per layer (n_ctx, kv_dim) f32.
+    /// Per layer (n_ctx, kv_dim) of [`super::KvType`]: f16 with `shader-f16`, else f32.
     k_cache: Vec<wgpu::Buffer>,
     v_cache: Vec<wgpu::Buffer>,
     staging_logits: wgpu::Buffer,
@@ -245,9 +248,16 @@ impl GpuModel {
                 available: MAX_HEAD_DIM as u64,
             });
         }
+        if cfg.n_head_kv == 0 || cfg.n_head % cfg.n_head_kv != 0 {
+            return Err(Error::Shape {
+                op: "gpu load",
+                detail: format!("{} heads over {} KV heads", cfg.n_head, cfg.n_head_kv),
+            });
+        }
         // Activations are bound whole: keep each under the device's binding limit.
         let dev_max = gpu.ctx.device.limits().max_storage_buffer_binding_size;
-        let kv_bytes = (n_ctx * kv_dim * 4) as u64;
+        let kv_type = gpu.pipes.kv_type();
+        let kv_bytes = (n_ctx * kv_dim * kv_type.bytes()) as u64;
         if kv_bytes > dev_max {
             return Err(Error::GpuLimits {
                 limit: "maxStorageBufferBindingSize",
@@ -303,7 +313,15 @@ impl GpuModel {
         let ctx = &gpu.ctx;
         let st = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
         let f = |label: &str, n: usize| ctx.buffer(label, (n * 4) as u64, st);
+        let kv = |label: &str| ctx.buffer(label, kv_bytes, st);
         let nb = n_batch;
+        let chunk = ctx.info.attn_decode_chunk;
+        let scratch = (nb * cfg.n_head * n_ctx).max(AttnParams::decode_scratch(
+            n_ctx,
+            cfg.n_head,
+            cfg.head_dim,
+            chunk,
+        ));
         let bufs = Buffers {
             tokens: ctx.buffer(
                 "tokens",
@@ -315,17 +333,18 @@ impl GpuModel {
             q_raw: f("q_raw", nb * q_dim)?,
             q: f("q", nb * q_dim)?,
             k_raw: f("k_raw", nb * kv_dim)?,
+            v_raw: f("v_raw", nb * kv_dim)?,
             attn: f("attn", nb * q_dim)?,
             gate: f("gate", nb * n_ff)?,
             up: f("up", nb * n_ff)?,
             logits: f("logits", nb * n_vocab)?,
-            scores: f("scores", nb * cfg.n_head * n_ctx)?,
+            scores: f("scores", scratch)?,
             sampled: f("sampled", 2)?,
             k_cache: (0..cfg.n_layer)
-                .map(|_| f("k_cache", n_ctx * kv_dim))
+                .map(|_| kv("k_cache"))
                 .collect::<Result<_>>()?,
             v_cache: (0..cfg.n_layer)
-                .map(|_| f("v_cache", n_ctx * kv_dim))
+                .map(|_| kv("v_cache"))
                 .collect::<Result<_>>()?,
             staging_logits: ctx.buffer(
                 "staging logits",
@@ -357,7 +376,15 @@ impl GpuModel {
         }
         let key = gpu.pipes.key(Op::GetRows, token_embd.dtype);
         gpu.pipes.prepare(&gpu.ctx, key)?;
-        for op in [Op::RmsNorm, Op::Rope, Op::Attention, Op::SwiGlu, Op::Sample] {
+        for op in [
+            Op::RmsNorm,
+            Op::Rope,
+            Op::Attention,
+            Op::AttnDecode,
+            Op::AttnCombine,
+            Op::SwiGlu,
+            Op::Sample,
+        ] {
             let key = gpu.pipes.key(op, GgmlDType::F32);
             gpu.pipes.prepare(&gpu.ctx, key)?;
         }
@@ -368,7 +395,7 @@ impl GpuModel {
         let per_layer: usize = lw
             .iter()
             .map(|w| {
-                6 + chunks(&w.q)
+                5 + chunks(&w.q)
                     + chunks(&w.k)
                     + chunks(&w.v)
                     + chunks(&w.o)
@@ -430,9 +457,12 @@ impl GpuModel {
                 attn_norm: inst(pipes, Op::RmsNorm, &[&b.x, &w.attn_norm, &b.xn]),
                 q: mat(pipes, &w.q, &b.xn, &b.q_raw, w.bq.as_ref(), mv)?,
                 k: mat(pipes, &w.k, &b.xn, &b.k_raw, w.bk.as_ref(), mv)?,
-                v: mat(pipes, &w.v, &b.xn, vc, w.bv.as_ref(), mv)?,
-                rope_q: inst(pipes, Op::Rope, &[&b.q_raw, &b.q, freq_buf]),
-                rope_k: inst(pipes, Op::Rope, &[&b.k_raw, kc, freq_buf]),
+                v: mat(pipes, &w.v, &b.xn, &b.v_raw, w.bv.as_ref(), mv)?,
+                rope: inst(
+                    pipes,
+                    Op::Rope,
+                    &[&b.q_raw, &b.q, &b.k_raw, &b.v_raw, kc, vc, freq_buf],
+                ),
                 attn: inst(pipes, Op::Attention, &[&b.q, kc, vc, &b.scores, &b.attn]),
                 o: mat(pipes, &w.o, &b.attn, &b.x, None, mv)?,
                 ffn_norm: inst(pipes, Op::RmsNorm, &[&b.x, &w.ffn_norm, &b.xn]),
@@ -488,16 +518,20 @@ impl GpuModel {
         self.n_batch
     }
 
-    /// Compute dispatches recorded for one decode step (one token, sampling on the GPU): the
-    /// embedding lookup, 13 per layer (more when a weight is split across buffers), the final
-    /// norm, the output projection and the sampler.
-    pub fn dispatches_per_token(&self) -> usize {
+    /// Compute dispatches recorded for one decode step (one token at position `pos`, sampling
+    /// on the GPU): the embedding lookup; per layer 12 (more when a weight is split across
+    /// buffers), plus the attention merge once the cache is longer than one decode chunk
+    /// ([`super::GpuInfo::attn_decode_chunk`] positions); the final norm, the output projection
+    /// and the sampler.
+    pub fn dispatches_per_token(&self, pos: usize) -> usize {
         let ch = |m: &MatOp| m.chunks.len();
+        let merge = usize::from(pos + 1 > self.gpu.ctx.info.attn_decode_chunk as usize);
         let layers: usize = self
             .layers
             .iter()
             .map(|l| {
-                6 + ch(&l.q)
+                5 + merge
+                    + ch(&l.q)
                     + ch(&l.k)
                     + ch(&l.v)
                     + ch(&l.o)
@@ -583,8 +617,9 @@ impl GpuModel {
             n_rows: n,
             eps,
         };
-        let rope = |n_heads: usize, stride: u32, dst_off: u32| RopeParams {
-            n_heads: n_heads as u32,
+        let rp = RopeParams {
+            n_head: c.n_head as u32,
+            n_head_kv: c.n_head_kv as u32,
             head_dim: c.head_dim as u32,
             n_rot: c.n_rot as u32,
             pos0: pos,
@@ -593,16 +628,25 @@ impl GpuModel {
                 RopeLayout::Adjacent => 0,
                 RopeLayout::Neox => 1,
             },
-            has_freq: 0,
-            src_stride: stride,
-            dst_off,
-            dst_stride: stride,
+            has_freq: has_freq as u32,
+            q_stride: q_dim,
+            kv_dim,
             base: c.rope_base,
             pos_scale: c.rope_pos_scale,
         };
-        let rope_wg = |n_heads: usize| {
-            (n as usize * n_heads * c.head_dim / 2).div_ceil(ELT_WG as usize) as u32
-        };
+        let ap = AttnParams {
+            n_head: c.n_head as u32,
+            n_head_kv: c.n_head_kv as u32,
+            head_dim: c.head_dim as u32,
+            n_tok: n,
+            pos0: pos,
+            kv_dim,
+            q_stride: q_dim,
+            n_ctx: self.n_ctx as u32,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            ..Default::default()
+        }
+        .with_decode_chunk(self.gpu.ctx.info.attn_decode_chunk);
 
         // Embedding lookup.
         let pieces = n_embd.div_ceil(16);
@@ -630,38 +674,24 @@ impl GpuModel {
             r.go(Op::RmsNorm, GgmlDType::F32, &l.attn_norm, &norm, n)?;
             r.mat(&l.q, n, 0, n_embd, 0, q_dim, false)?;
             r.mat(&l.k, n, 0, n_embd, 0, kv_dim, false)?;
-            r.mat(&l.v, n, 0, n_embd, pos * kv_dim, kv_dim, false)?;
-            let mut rq = rope(c.n_head, q_dim, 0);
-            rq.has_freq = has_freq as u32;
-            r.go(Op::Rope, GgmlDType::F32, &l.rope_q, &rq, rope_wg(c.n_head))?;
-            let mut rk = rope(c.n_head_kv, kv_dim, pos * kv_dim);
-            rk.has_freq = has_freq as u32;
-            r.go(
-                Op::Rope,
-                GgmlDType::F32,
-                &l.rope_k,
-                &rk,
-                rope_wg(c.n_head_kv),
-            )?;
-            let ap = AttnParams {
-                n_head: c.n_head as u32,
-                n_head_kv: c.n_head_kv as u32,
-                head_dim: c.head_dim as u32,
-                n_tok: n,
-                pos0: pos,
-                kv_dim,
-                q_stride: q_dim,
-                n_ctx: self.n_ctx as u32,
-                scale: 1.0 / (c.head_dim as f32).sqrt(),
-                _pad: [0; 3],
-            };
-            r.go(
-                Op::Attention,
-                GgmlDType::F32,
-                &l.attn,
-                &ap,
-                n * c.n_head as u32,
-            )?;
+            r.mat(&l.v, n, 0, n_embd, 0, kv_dim, false)?;
+            r.go(Op::Rope, GgmlDType::F32, &l.rope, &rp, rp.workgroups())?;
+            if n == 1 {
+                // Decode: one workgroup per (head, cache chunk), then the merge.
+                let n_heads = ap.n_head;
+                r.go(
+                    Op::AttnDecode,
+                    GgmlDType::F32,
+                    &l.attn,
+                    &ap,
+                    n_heads * ap.n_chunks,
+                )?;
+                if ap.n_chunks > 1 {
+                    r.go(Op::AttnCombine, GgmlDType::F32, &l.attn, &ap, n_heads)?;
+                }
+            } else {
+                r.go(Op::Attention, GgmlDType::F32, &l.attn, &ap, n * ap.n_head)?;
+            }
             r.mat(&l.o, n, 0, q_dim, 0, n_embd, true)?;
             // Feed-forward block.
             r.go(Op::RmsNorm, GgmlDType::F32, &l.ffn_norm, &norm, n)?;

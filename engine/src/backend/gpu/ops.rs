@@ -10,7 +10,7 @@ use crate::quant::GgmlDType;
 
 use super::arena::{dispatch, ParamArena};
 use super::params::*;
-use super::shaders::Op;
+use super::shaders::{KvType, Op};
 use super::weights::{bind_group, GpuWeight};
 use super::{Gpu, GpuSampling};
 
@@ -252,14 +252,64 @@ impl Gpu {
         .await
     }
 
-    /// RoPE of `n_tok` rows at positions `pos0 ..`. x: (n_tok, n_heads * head_dim); freq:
-    /// (n_rot / 2); returns the rotated copy.
+    /// A KV-cache buffer holding `data` in the device's cache type.
+    fn kv_buf(&self, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+        match self.pipes.kv_type() {
+            KvType::F32 => self.f32_buf(label, data),
+            KvType::F16 => {
+                let h: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+                self.storage(label, bytemuck::cast_slice(&h))
+            }
+        }
+    }
+
+    /// Values `first .. first + n` of a KV-cache buffer, as f32.
+    async fn read_kv(&self, buf: &wgpu::Buffer, first: usize, n: usize) -> Result<Vec<f32>> {
+        let eb = self.pipes.kv_type().bytes();
+        let bytes = self.read(buf, ((first + n) * eb) as u64).await?;
+        let b = &bytes[first * eb..];
+        Ok(match self.pipes.kv_type() {
+            KvType::F32 => f32s(b),
+            KvType::F16 => b
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        })
+    }
+
+    /// The first `bytes` bytes of `buf`.
+    async fn read(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let copy = bytes.next_multiple_of(4).max(4);
+        let staging = self.ctx.buffer(
+            "staging",
+            copy,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+        let mut enc = self
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, copy);
+        let mut out = vec![0u8; bytes as usize];
+        self.ctx
+            .submit_and_read(enc.finish(), &staging, &mut out)
+            .await?;
+        Ok(out)
+    }
+
+    /// The fused RoPE + KV-cache store of one layer for `n_tok` rows at positions `pos0 ..`:
+    /// q: (n_tok, n_head * head_dim), k, v: (n_tok, n_head_kv * head_dim); freq: (n_rot / 2).
+    /// Returns (rotated q, cache rows `pos0 ..` of K (rotated), of V), the cache rows as the
+    /// cache holds them (rounded to f16 on an f16 cache).
     #[allow(clippy::too_many_arguments)]
-    pub async fn rope(
+    pub async fn rope_kv(
         &mut self,
-        x: &[f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
         n_tok: usize,
-        n_heads: usize,
+        n_head: usize,
+        n_head_kv: usize,
         head_dim: usize,
         n_rot: usize,
         pos0: usize,
@@ -267,12 +317,19 @@ impl Gpu {
         pos_scale: f32,
         layout: RopeLayout,
         freq: Option<&[f32]>,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         const OP: &str = "gpu rope";
-        let w = n_heads * head_dim;
-        shape(OP, x.len() == n_tok * w && n_tok > 0, || {
-            format!("x has {} values for {n_tok}x{w}", x.len())
-        })?;
+        let (qd, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
+        shape(
+            OP,
+            n_tok > 0
+                && n_head_kv > 0
+                && n_head_kv <= n_head
+                && q.len() == n_tok * qd
+                && k.len() == n_tok * kv_dim
+                && v.len() == k.len(),
+            || format!("q {} k {} v {} values for {n_tok} rows", q.len(), k.len(), v.len()),
+        )?;
         shape(
             OP,
             n_rot <= head_dim && n_rot % 2 == 0 && head_dim % 2 == 0,
@@ -281,41 +338,51 @@ impl Gpu {
         shape(OP, freq.is_none_or(|f| f.len() >= n_rot / 2), || {
             format!("freq factors need {} values", n_rot / 2)
         })?;
-        let xb = self.f32_buf("x", x)?;
-        let ob = self.f32_buf("out", &vec![0.0; x.len()])?;
+        let cache_len = (pos0 + n_tok) * kv_dim;
+        let (qr, qo) = (self.f32_buf("q_raw", q)?, self.f32_buf("q", &vec![0.0; q.len()])?);
+        let (kr, vr) = (self.f32_buf("k_raw", k)?, self.f32_buf("v_raw", v)?);
+        let kc = self.kv_buf("k_cache", &vec![0.0; cache_len])?;
+        let vc = self.kv_buf("v_cache", &vec![0.0; cache_len])?;
         let fb = self.f32_buf("freq", freq.unwrap_or(&[1.0]))?;
-        let total = u32_of(OP, n_tok * n_heads * head_dim / 2)?;
         let p = RopeParams {
-            n_heads: n_heads as u32,
+            n_head: n_head as u32,
+            n_head_kv: n_head_kv as u32,
             head_dim: head_dim as u32,
             n_rot: n_rot as u32,
             pos0: u32_of(OP, pos0)?,
-            n_tok: n_tok as u32,
+            n_tok: u32_of(OP, n_tok)?,
             neox: match layout {
                 RopeLayout::Adjacent => 0,
                 RopeLayout::Neox => 1,
             },
             has_freq: freq.is_some() as u32,
-            src_stride: w as u32,
-            dst_off: 0,
-            dst_stride: w as u32,
+            q_stride: qd as u32,
+            kv_dim: kv_dim as u32,
             base,
             pos_scale,
         };
-        self.simple(
-            Op::Rope,
-            &p,
-            vec![&xb, &ob, &fb],
-            total.div_ceil(ELT_WG),
-            &ob,
-            x.len(),
-        )
-        .await
+        let q_rot = self
+            .simple(
+                Op::Rope,
+                &p,
+                vec![&qr, &qo, &kr, &vr, &kc, &vc, &fb],
+                p.workgroups(),
+                &qo,
+                q.len(),
+            )
+            .await?;
+        let first = pos0 * kv_dim;
+        let n = n_tok * kv_dim;
+        let k_rows = self.read_kv(&kc, first, n).await?;
+        let v_rows = self.read_kv(&vc, first, n).await?;
+        Ok((q_rot, k_rows, v_rows))
     }
 
     /// Causal GQA attention of `n_tok` queries at positions `pos0 ..` over cache rows
-    /// `0 ..= pos0 + t`. q: (n_tok, n_head * head_dim); k_cache, v_cache: (n_ctx, n_head_kv *
-    /// head_dim) with n_ctx ≥ pos0 + n_tok; returns (n_tok, n_head * head_dim).
+    /// `0 ..= pos0 + t`, with the kernels the model uses: the prefill kernel for several
+    /// tokens, the split decode kernel (and its merge) for one. q: (n_tok, n_head * head_dim);
+    /// k_cache, v_cache: (n_ctx, n_head_kv * head_dim) with n_ctx ≥ pos0 + n_tok, stored in the
+    /// device's cache type (rounded to f16 on an f16 cache); returns (n_tok, n_head * head_dim).
     #[allow(clippy::too_many_arguments)]
     pub async fn attention(
         &mut self,
@@ -344,10 +411,14 @@ impl Gpu {
             || format!("q {} values, cache {} values", q.len(), k_cache.len()),
         )?;
         let n_ctx = k_cache.len() / kv_dim;
+        let chunk = self.ctx.info.attn_decode_chunk;
+        let scratch = (n_tok * n_head * n_ctx).max(AttnParams::decode_scratch(
+            n_ctx, n_head, head_dim, chunk,
+        ));
         let qb = self.f32_buf("q", q)?;
-        let kb = self.f32_buf("k", k_cache)?;
-        let vb = self.f32_buf("v", v_cache)?;
-        let sb = self.f32_buf("scores", &vec![0.0; n_tok * n_head * n_ctx])?;
+        let kb = self.kv_buf("k", k_cache)?;
+        let vb = self.kv_buf("v", v_cache)?;
+        let sb = self.f32_buf("scores", &vec![0.0; scratch])?;
         let ob = self.f32_buf("out", &vec![0.0; q.len()])?;
         let p = AttnParams {
             n_head: n_head as u32,
@@ -359,18 +430,24 @@ impl Gpu {
             q_stride: qd as u32,
             n_ctx: u32_of(OP, n_ctx)?,
             scale: 1.0 / (head_dim as f32).sqrt(),
-            _pad: [0; 3],
-        };
-        let n_wg = u32_of(OP, n_tok * n_head)?;
-        self.simple(
-            Op::Attention,
-            &p,
-            vec![&qb, &kb, &vb, &sb, &ob],
-            n_wg,
-            &ob,
-            q.len(),
-        )
-        .await
+            ..Default::default()
+        }
+        .with_decode_chunk(chunk);
+        let bufs = || vec![&qb, &kb, &vb, &sb, &ob];
+        if n_tok > 1 {
+            let n_wg = u32_of(OP, n_tok * n_head)?;
+            return self
+                .simple(Op::Attention, &p, bufs(), n_wg, &ob, q.len())
+                .await;
+        }
+        let out = self
+            .simple(Op::AttnDecode, &p, bufs(), p.n_head * p.n_chunks, &ob, q.len())
+            .await?;
+        if p.n_chunks == 1 {
+            return Ok(out);
+        }
+        self.simple(Op::AttnCombine, &p, bufs(), p.n_head, &ob, q.len())
+            .await
     }
 
     async fn eltwise(&mut self, op: Op, a: &[f32], b: &[f32]) -> Result<Vec<f32>> {

@@ -65,26 +65,34 @@ pub struct NormParams {
     pub eps: f32,
 }
 
-/// rope.wgsl `Params`.
+/// rope.wgsl `Params` (RoPE of Q and K fused with the KV-cache store).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct RopeParams {
-    pub n_heads: u32,
+    pub n_head: u32,
+    pub n_head_kv: u32,
     pub head_dim: u32,
     pub n_rot: u32,
+    /// Position of the first row; its K and V go to cache row `pos0`.
     pub pos0: u32,
     pub n_tok: u32,
     /// 0 adjacent, 1 NeoX.
     pub neox: u32,
     pub has_freq: u32,
-    pub src_stride: u32,
-    pub dst_off: u32,
-    pub dst_stride: u32,
+    pub q_stride: u32,
+    pub kv_dim: u32,
     pub base: f32,
     pub pos_scale: f32,
 }
 
-/// attention.wgsl `Params`.
+impl RopeParams {
+    /// Workgroups of [`ELT_WG`]: one invocation per (token, query head, pair).
+    pub fn workgroups(&self) -> u32 {
+        (self.n_tok * self.n_head * self.head_dim / 2).div_ceil(ELT_WG)
+    }
+}
+
+/// attention.wgsl / attention_decode.wgsl `Params`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct AttnParams {
@@ -97,7 +105,28 @@ pub struct AttnParams {
     pub q_stride: u32,
     pub n_ctx: u32,
     pub scale: f32,
-    pub _pad: [u32; 3],
+    /// Decode: cache positions per workgroup (≤ [`ATTN_MAX_CHUNK`]).
+    pub chunk: u32,
+    /// Decode: ceil((pos0 + 1) / chunk).
+    pub n_chunks: u32,
+    pub _pad: u32,
+}
+
+/// Largest decode chunk (`MAX_CHUNK` of attention_decode.wgsl).
+pub const ATTN_MAX_CHUNK: u32 = 256;
+
+impl AttnParams {
+    /// Set the decode split for a query at `pos0` with chunks of `chunk` positions.
+    pub fn with_decode_chunk(mut self, chunk: u32) -> Self {
+        self.chunk = chunk.clamp(1, ATTN_MAX_CHUNK);
+        self.n_chunks = (self.pos0 + 1).div_ceil(self.chunk);
+        self
+    }
+
+    /// Floats of the decode partials for `n_ctx` positions: (n_chunks * n_head, head_dim + 2).
+    pub fn decode_scratch(n_ctx: usize, n_head: usize, head_dim: usize, chunk: u32) -> usize {
+        n_ctx.div_ceil(chunk.clamp(1, ATTN_MAX_CHUNK) as usize) * n_head * (head_dim + 2)
+    }
 }
 
 /// swiglu.wgsl / add.wgsl `Params`.

@@ -1,10 +1,12 @@
 //! Every GPU kernel's WGSL, included from `shaders/` at compile time, and the pipeline cache.
 //!
-//! A kernel's source is a fixed list of parts joined in order: the `common.wgsl` declarations,
-//! `quant.wgsl` (GGUF block decoders) for kernels that read weights, one of the two reduction
-//! helpers (`reduce_wg.wgsl`, baseline; `reduce_sg.wgsl`, subgroups) for kernels that reduce,
-//! then the kernel file. Variants differ only by that choice of parts and by pipeline-overridable
-//! constants (`DTYPE`, `TILE_N`); no shader text is generated.
+//! A kernel's source is a fixed list of parts joined in order: for kernels that touch the KV
+//! cache, its element type (`kv_f32.wgsl`, baseline; `kv_f16.wgsl`, `shader-f16`); the
+//! `common.wgsl` declarations; `quant.wgsl` (GGUF block decoders) for kernels that read weights;
+//! one of the two reduction helpers (`reduce_wg.wgsl`, baseline; `reduce_sg.wgsl`, subgroups)
+//! for kernels that reduce; then the kernel file. Variants differ only by that choice of parts
+//! and by pipeline-overridable constants (`DTYPE`, `TILE_N`, `TPR`); no shader text is
+//! generated.
 //!
 //! Pipelines, bind group layouts and pipeline layouts are created once and kept under a
 //! [`PipelineKey`].
@@ -20,6 +22,10 @@ use super::context::GpuContext;
 pub const COMMON: &str = include_str!("../../../../shaders/common.wgsl");
 /// `shaders/quant.wgsl`: GGUF block decoders over `wq: array<u32>`.
 pub const QUANT: &str = include_str!("../../../../shaders/quant.wgsl");
+/// `shaders/kv_f32.wgsl`: the KV cache holds f32 (baseline).
+pub const KV_F32: &str = include_str!("../../../../shaders/kv_f32.wgsl");
+/// `shaders/kv_f16.wgsl`: the KV cache holds f16 (`shader-f16`).
+pub const KV_F16: &str = include_str!("../../../../shaders/kv_f16.wgsl");
 /// `shaders/reduce_wg.wgsl`: workgroup reductions through workgroup memory.
 pub const REDUCE_WG: &str = include_str!("../../../../shaders/reduce_wg.wgsl");
 /// `shaders/reduce_sg.wgsl`: workgroup reductions with subgroup operations.
@@ -30,6 +36,7 @@ pub const GET_ROWS: &str = include_str!("../../../../shaders/get_rows.wgsl");
 pub const RMS_NORM: &str = include_str!("../../../../shaders/rms_norm.wgsl");
 pub const ROPE: &str = include_str!("../../../../shaders/rope.wgsl");
 pub const ATTENTION: &str = include_str!("../../../../shaders/attention.wgsl");
+pub const ATTENTION_DECODE: &str = include_str!("../../../../shaders/attention_decode.wgsl");
 pub const SWIGLU: &str = include_str!("../../../../shaders/swiglu.wgsl");
 pub const ADD: &str = include_str!("../../../../shaders/add.wgsl");
 pub const SAMPLE: &str = include_str!("../../../../shaders/sample.wgsl");
@@ -72,9 +79,14 @@ pub enum Op {
     /// Embedding lookup from a quantized table.
     GetRows,
     RmsNorm,
+    /// RoPE of Q and K fused with the store of K and V into the KV cache.
     Rope,
-    /// Causal GQA attention over the GPU KV cache (prefill and decode).
+    /// Causal GQA attention over the GPU KV cache, prefill: one workgroup per (token, head).
     Attention,
+    /// Decode attention, split along the cache: one workgroup per (head, cache chunk).
+    AttnDecode,
+    /// Merges the chunks of [`Op::AttnDecode`] (when there is more than one).
+    AttnCombine,
     SwiGlu,
     Add,
     /// Argmax / temperature, top-k, top-p sampling of one logits row.
@@ -90,13 +102,34 @@ pub enum Variant {
     Subgroup,
 }
 
+/// Element type of the KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvType {
+    /// 4 bytes per value: every WebGPU device.
+    F32,
+    /// 2 bytes per value: devices with `SHADER_F16`.
+    F16,
+}
+
+impl KvType {
+    /// Bytes per cached value.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
+}
+
 /// Cache key of one compute pipeline. `dtype` is the weight type for the weight kernels and
-/// `F32` for the others.
+/// `F32` for the others; `variant` is `Base` for kernels that do not reduce and `kv` is `F32`
+/// for kernels that do not touch the KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PipelineKey {
     pub op: Op,
     pub dtype: GgmlDType,
     pub variant: Variant,
+    pub kv: KvType,
 }
 
 /// Size in bytes of the uniform parameter block every kernel binds at binding 0 (each kernel's
@@ -105,13 +138,15 @@ pub const PARAMS_BYTES: u64 = 64;
 
 impl Op {
     /// Every op.
-    pub const ALL: [Op; 9] = [
+    pub const ALL: [Op; 11] = [
         Op::MatVec,
         Op::MatMul,
         Op::GetRows,
         Op::RmsNorm,
         Op::Rope,
         Op::Attention,
+        Op::AttnDecode,
+        Op::AttnCombine,
         Op::SwiGlu,
         Op::Add,
         Op::Sample,
@@ -124,10 +159,36 @@ impl Op {
             Op::RmsNorm => RMS_NORM,
             Op::Rope => ROPE,
             Op::Attention => ATTENTION,
+            Op::AttnDecode | Op::AttnCombine => ATTENTION_DECODE,
             Op::SwiGlu => SWIGLU,
             Op::Add => ADD,
             Op::Sample => SAMPLE,
         }
+    }
+
+    /// Entry point of the kernel in its file.
+    pub fn entry(self) -> &'static str {
+        match self {
+            Op::AttnDecode => "split",
+            Op::AttnCombine => "combine",
+            _ => "main",
+        }
+    }
+
+    /// Ops built from the same source share one shader module, keyed by the first.
+    fn module_op(self) -> Op {
+        match self {
+            Op::AttnCombine => Op::AttnDecode,
+            o => o,
+        }
+    }
+
+    /// Whether the kernel's source declares the KV cache (and so has an f16-cache variant).
+    pub fn uses_kv(self) -> bool {
+        matches!(
+            self,
+            Op::Rope | Op::Attention | Op::AttnDecode | Op::AttnCombine
+        )
     }
 
     fn reads_weights(self) -> bool {
@@ -136,7 +197,10 @@ impl Op {
 
     /// Whether the kernel uses the workgroup reductions (and so has a subgroup variant).
     pub fn reduces(self) -> bool {
-        matches!(self, Op::RmsNorm | Op::Attention | Op::Sample)
+        matches!(
+            self,
+            Op::RmsNorm | Op::Attention | Op::AttnDecode | Op::AttnCombine | Op::Sample
+        )
     }
 
     /// Storage bindings after the uniform at binding 0, in order: `true` = read-write.
@@ -148,10 +212,12 @@ impl Op {
             Op::GetRows => &[false, false, true],
             // x, w, out
             Op::RmsNorm => &[false, false, true],
-            // src, dst, freq
-            Op::Rope => &[false, true, false],
-            // q, k_cache, v_cache, scores, out
-            Op::Attention => &[false, false, false, true, true],
+            // q_raw, q, k_raw, v_raw, k_cache, v_cache, freq
+            Op::Rope => &[false, true, false, false, true, true, false],
+            // q, k_cache, v_cache, scores (decode: chunk partials), out
+            Op::Attention | Op::AttnDecode | Op::AttnCombine => {
+                &[false, false, false, true, true]
+            }
             // a (rw), b
             Op::SwiGlu | Op::Add => &[true, false],
             // logits, out
@@ -164,17 +230,24 @@ impl Op {
         match self {
             Op::MatMul => Op::MatVec,
             Op::Add => Op::SwiGlu,
+            Op::AttnDecode | Op::AttnCombine => Op::Attention,
             o => o,
         }
     }
 }
 
-/// The WGSL of `op` built with `variant`: the fixed list of parts, joined.
-pub fn source(op: Op, variant: Variant) -> String {
-    let mut parts: Vec<&'static str> = Vec::with_capacity(5);
+/// The WGSL of `op` built with `variant` and cache type `kv`: the fixed list of parts, joined.
+pub fn source(op: Op, variant: Variant, kv: KvType) -> String {
+    let mut parts: Vec<&'static str> = Vec::with_capacity(6);
     let sg = variant == Variant::Subgroup && op.reduces();
     if sg {
         parts.push(ENABLE_SUBGROUPS);
+    }
+    if op.uses_kv() {
+        parts.push(match kv {
+            KvType::F32 => KV_F32,
+            KvType::F16 => KV_F16,
+        });
     }
     parts.push(COMMON);
     if op.reads_weights() {
@@ -204,21 +277,28 @@ fn overrides(key: PipelineKey, tpr: u32) -> Vec<(&'static str, f64)> {
 /// Built pipelines and layouts, created on first request (at model load) and kept.
 pub struct PipelineCache {
     variant: Variant,
+    kv: KvType,
     /// Matmul invocations per weight row (fixed per device).
     tpr: u32,
     layouts: HashMap<Op, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
-    modules: HashMap<(Op, Variant), wgpu::ShaderModule>,
+    modules: HashMap<(Op, Variant, KvType), wgpu::ShaderModule>,
     pipelines: HashMap<PipelineKey, wgpu::ComputePipeline>,
 }
 
 impl PipelineCache {
-    /// Empty cache; kernels that reduce use subgroups when the device has them.
+    /// Empty cache; kernels that reduce use subgroups and the KV cache holds f16 when the device
+    /// has those features.
     pub fn new(ctx: &GpuContext) -> Self {
         Self {
             variant: if ctx.info.subgroups {
                 Variant::Subgroup
             } else {
                 Variant::Base
+            },
+            kv: if ctx.info.f16 {
+                KvType::F16
+            } else {
+                KvType::F32
             },
             tpr: ctx.info.matmul_threads_per_row,
             layouts: HashMap::new(),
@@ -237,7 +317,13 @@ impl PipelineCache {
             } else {
                 Variant::Base
             },
+            kv: if op.uses_kv() { self.kv } else { KvType::F32 },
         }
+    }
+
+    /// Element type of the KV cache on this device.
+    pub fn kv_type(&self) -> KvType {
+        self.kv
     }
 
     /// Number of pipelines built so far.
@@ -314,26 +400,25 @@ impl PipelineCache {
             });
         }
         ctx.check()?;
-        self.modules
-            .entry((key.op, key.variant))
-            .or_insert_with(|| {
-                ctx.device
-                    .create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some("slm kernel"),
-                        source: wgpu::ShaderSource::Wgsl(source(key.op, key.variant).into()),
-                    })
-            });
+        let mkey = (key.op.module_op(), key.variant, key.kv);
+        self.modules.entry(mkey).or_insert_with(|| {
+            ctx.device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some("slm kernel"),
+                    source: wgpu::ShaderSource::Wgsl(source(key.op, key.variant, key.kv).into()),
+                })
+        });
         let consts = overrides(key, self.tpr);
         self.layout_pair(ctx, key.op);
         let (_, pl) = &self.layouts[&key.op.layout_op()];
-        let module = &self.modules[&(key.op, key.variant)];
+        let module = &self.modules[&mkey];
         let pipeline = ctx
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some("slm pipeline"),
                 layout: Some(pl),
                 module,
-                entry_point: Some("main"),
+                entry_point: Some(key.op.entry()),
                 compilation_options: wgpu::PipelineCompilationOptions {
                     constants: &consts,
                     zero_initialize_workgroup_memory: true,

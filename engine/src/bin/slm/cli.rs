@@ -357,8 +357,13 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
             "prefill_tok_s": median(&mut prefill),
             "decode_tok_s": median(&mut decode),
             "peak_rss_mib": peak_rss_mib(),
+            // GPU dispatches of the first and of the last decode step (the attention merge
+            // joins once the cache outgrows one decode chunk).
             "dispatches_per_token": match &model {
-                LoadedModel::Gpu(m) => Some(m.dispatches_per_token()),
+                LoadedModel::Gpu(m) => Some([
+                    m.dispatches_per_token(n_prompt),
+                    m.dispatches_per_token(n_prompt + n_gen - 1),
+                ]),
                 LoadedModel::Cpu(_) => None,
             },
         })

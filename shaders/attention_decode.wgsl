@@ -1,0 +1,119 @@
+// attention_decode.wgsl: causal GQA attention of one new token (decode) over the GPU KV cache,
+// split along the cache ("flash decoding", Dao et al. 2023): a decode step has only n_head
+// queries, too few workgroups to fill a GPU if each walked the whole cache. `split` gives each
+// workgroup one (head, chunk of `chunk` cache positions): it computes that chunk's scores in
+// workgroup memory, their max m and sum l of exp(s - m), and o = Σ exp(s - m) v. With one chunk
+// it writes o / l straight to `out`; otherwise it stores (o, m, l) and `combine` (one workgroup
+// per head) rescales the chunks to their common max: out = Σ e^(m_c - M) o_c / Σ e^(m_c - M) l_c.
+// Same bindings and Params as attention.wgsl (n_tok = 1, query position pos0); the cache holds
+// kv_t (kv_f32.wgsl or kv_f16.wgsl), math is f32.
+// q: (q_stride); k_cache, v_cache: (n_ctx, kv_dim); part: (n_chunks * n_head, head_dim + 2);
+// out: (n_head * head_dim).
+
+const WG: u32 = 64u;
+const MAX_HEAD_DIM: u32 = 256u;
+// Largest `chunk` (the host's choice, ≤ this).
+const MAX_CHUNK: u32 = 256u;
+
+struct Params {
+    n_head: u32,
+    n_head_kv: u32,
+    head_dim: u32,
+    n_tok: u32,
+    pos0: u32,
+    kv_dim: u32,
+    q_stride: u32,
+    n_ctx: u32,
+    scale: f32,
+    chunk: u32,
+    n_chunks: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k_cache: array<kv_t>;
+@group(0) @binding(3) var<storage, read> v_cache: array<kv_t>;
+@group(0) @binding(4) var<storage, read_write> part: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+var<workgroup> qs: array<f32, MAX_HEAD_DIM>;
+var<workgroup> sc: array<f32, MAX_CHUNK>;
+
+@compute @workgroup_size(WG)
+fn split(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let id = linear_wg(wid, nwg);
+    if (id >= p.n_head * p.n_chunks) { return; }
+    let h = id % p.n_head;
+    let c = id / p.n_head;
+    let kvh = h / (p.n_head / p.n_head_kv);
+    let hd = p.head_dim;
+    let j0 = c * p.chunk;
+    let j1 = min(j0 + p.chunk, p.pos0 + 1u);
+    for (var i = lid; i < hd; i += WG) { qs[i] = q[h * hd + i] * p.scale; }
+    workgroupBarrier();
+
+    var mx = NEG_INF;
+    for (var j = j0 + lid; j < j1; j += WG) {
+        let kb = j * p.kv_dim + kvh * hd;
+        var s = 0.0;
+        for (var i = 0u; i < hd; i++) { s += qs[i] * f32(k_cache[kb + i]); }
+        sc[j - j0] = s;
+        mx = max(mx, s);
+    }
+    mx = reduce_max(mx, lid);
+    var sum = 0.0;
+    for (var j = j0 + lid; j < j1; j += WG) {
+        let e = exp(sc[j - j0] - mx);
+        sc[j - j0] = e;
+        sum += e;
+    }
+    sum = reduce_sum(sum, lid);
+    workgroupBarrier();
+    let pb = id * (hd + 2u);
+    for (var i = lid; i < hd; i += WG) {
+        var acc = 0.0;
+        let vb = kvh * hd + i;
+        for (var j = j0; j < j1; j++) { acc += sc[j - j0] * f32(v_cache[j * p.kv_dim + vb]); }
+        if (p.n_chunks == 1u) {
+            out[h * hd + i] = acc / sum;
+        } else {
+            part[pb + i] = acc;
+        }
+    }
+    if (p.n_chunks > 1u && lid == 0u) {
+        part[pb + hd] = mx;
+        part[pb + hd + 1u] = sum;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn combine(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let h = linear_wg(wid, nwg);
+    if (h >= p.n_head) { return; }
+    let hd = p.head_dim;
+    let st = hd + 2u;
+    var m = NEG_INF;
+    for (var c = 0u; c < p.n_chunks; c++) { m = max(m, part[(c * p.n_head + h) * st + hd]); }
+    var l = 0.0;
+    for (var c = 0u; c < p.n_chunks; c++) {
+        let b = (c * p.n_head + h) * st;
+        l += exp(part[b + hd] - m) * part[b + hd + 1u];
+    }
+    for (var i = lid; i < hd; i += WG) {
+        var acc = 0.0;
+        for (var c = 0u; c < p.n_chunks; c++) {
+            let b = (c * p.n_head + h) * st;
+            acc += exp(part[b + hd] - m) * part[b + i];
+        }
+        out[h * hd + i] = acc / l;
+    }
+}
