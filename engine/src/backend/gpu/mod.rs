@@ -138,8 +138,10 @@ pub fn probe() -> Result<GpuInfo> {
     block_on(probe_async())
 }
 
-/// A tiny matrix-vector product (an F32 and a Q8_0 matrix of 5 × 64) against the same product
-/// computed on the CPU. Errors: [`Error::GpuUnavailable`] on a mismatch or a GPU failure.
+/// A tiny matrix-vector product (an F32 and a Q8_0 matrix of 5 × 64) and a decode-attention
+/// step over a 6-position KV cache (in the device's cache type, so an f16 cache is exercised
+/// where the device has `shader-f16`), each against the same computation on the CPU.
+/// Errors: [`Error::GpuUnavailable`] on a mismatch or a GPU failure.
 pub async fn self_test(gpu: &mut Gpu) -> Result<()> {
     const ROWS: usize = 5;
     const COLS: usize = 64;
@@ -177,6 +179,37 @@ pub async fn self_test(gpu: &mut Gpu) -> Result<()> {
             if (g - e).abs() > 1e-3 * (1.0 + e.abs()) {
                 return Err(fail(format!("{dtype} matvec gave {g}, expected {e}")));
             }
+        }
+    }
+    // Decode attention: 4 heads over 2 KV heads of 8 dims, query at position 5.
+    const N_KV: usize = 6;
+    const HEADS: (usize, usize, usize) = (4, 2, 8);
+    let (n_head, n_head_kv, hd) = HEADS;
+    let val = |i: usize, m: usize| ((i * m % 23) as f32 - 11.0) / 16.0;
+    let q: Vec<f32> = (0..n_head * hd).map(|i| val(i, 5)).collect();
+    // Multiples of 1/16 below 1: exact in f16, so both cache types hold the same values.
+    let k: Vec<f32> = (0..N_KV * n_head_kv * hd).map(|i| val(i, 7)).collect();
+    let v: Vec<f32> = (0..N_KV * n_head_kv * hd).map(|i| val(i, 3)).collect();
+    let got = gpu
+        .attention(&q, &k, &v, 1, N_KV - 1, n_head, n_head_kv, hd)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let mut want = vec![0f32; n_head * hd];
+    let mut scores = vec![0f32; N_KV];
+    crate::backend::cpu::ops::attention(
+        &mut want,
+        &q,
+        &k,
+        &v,
+        N_KV,
+        n_head,
+        n_head_kv,
+        hd,
+        &mut scores,
+    );
+    for (g, e) in got.iter().zip(&want) {
+        if (g - e).abs() > 1e-3 * (1.0 + e.abs()) {
+            return Err(fail(format!("attention gave {g}, expected {e}")));
         }
     }
     Ok(())
