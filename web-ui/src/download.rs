@@ -122,7 +122,15 @@ impl Sink {
         next.bytes_done += self.buf.len() as u64;
         self.db
             .put_chunk(&self.rec.id, self.rec.n_chunks, &self.buf, &next)
-            .await?;
+            .await
+            .map_err(|e| match AppError::from(e) {
+                AppError::Quota(_) => AppError::Quota(format!(
+                    "the browser refused to store more after {} of {}",
+                    crate::catalog::fmt_bytes(self.rec.bytes_done as f64),
+                    crate::catalog::fmt_bytes(self.rec.size as f64)
+                )),
+                other => other,
+            })?;
         self.rec = next;
         self.buf.clear();
         Ok(())
@@ -185,8 +193,40 @@ pub async fn stored_complete(id: &str) -> Result<Option<StoredModel>, AppError> 
         .filter(|r| r.complete))
 }
 
+/// `Err(Quota)` when the free storage (per `navigator.storage.estimate()`) cannot hold `need`
+/// more bytes; `Ok` when it can or the browser gives no estimate.
+async fn check_space(need: u64) -> Result<(), AppError> {
+    if let Some((usage, quota)) = storage_estimate().await {
+        if quota - usage < need as f64 {
+            return Err(AppError::Quota(format!(
+                "this model needs {}, about {} is free",
+                crate::catalog::fmt_bytes(need as f64),
+                crate::catalog::fmt_bytes((quota - usage).max(0.0))
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Download `entry` (or resume its stored part), reporting progress; `signal` cancels.
+///
+/// When storage runs out (before or during the download) every stored part of the model is
+/// deleted: a part that cannot be completed would only hold the space, and it is never usable.
 pub async fn download(
+    entry: &CatalogEntry,
+    signal: &AbortSignal,
+    on: &dyn Fn(Progress),
+) -> Result<StoredModel, AppError> {
+    let r = download_inner(entry, signal, on).await;
+    if matches!(r, Err(AppError::Quota(_))) {
+        if let Ok(db) = Db::open().await {
+            let _ = db.delete_model(&entry.id).await;
+        }
+    }
+    r
+}
+
+async fn download_inner(
     entry: &CatalogEntry,
     signal: &AbortSignal,
     on: &dyn Fn(Progress),
@@ -199,6 +239,14 @@ pub async fn download(
         }
     }
     request_persistence().await;
+    // With the size known from the catalog, a download that cannot fit never starts.
+    if let Some(size) = entry.size {
+        let have = existing
+            .as_ref()
+            .filter(|r| r.url == entry.url)
+            .map_or(0, |r| r.bytes_done);
+        check_space(size.saturating_sub(have)).await?;
+    }
     let mut h = Sha256::new();
     // Resume only a part stored from the same URL in whole chunks.
     let mut rec = match existing {
@@ -258,21 +306,14 @@ pub async fn download(
         .ok_or_else(|| AppError::Network("the server did not say how large the file is".into()))?;
     rec.size = total;
 
-    // Plain message before anything is written when the quota cannot hold it.
-    if let Some((usage, quota)) = storage_estimate().await {
-        let need = (total - start) as f64;
-        if quota - usage < need {
-            return Err(AppError::Quota(format!(
-                "needs {}, about {} free",
-                crate::catalog::fmt_bytes(need),
-                crate::catalog::fmt_bytes((quota - usage).max(0.0))
-            )));
-        }
-    }
-
     let body = resp
         .body()
         .ok_or_else(|| AppError::Network("empty response".into()))?;
+    // Plain message before anything is written when the quota cannot hold it.
+    if let Err(e) = check_space(total.saturating_sub(start)).await {
+        let _ = body.cancel();
+        return Err(e);
+    }
     let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
     let mut sink = Sink {
         db: db.clone(),

@@ -6,7 +6,7 @@ use crate::idb::IdbError;
 pub enum AppError {
     /// The network failed or the server refused; stored chunks are kept for a resume.
     Network(String),
-    /// The browser's storage is full.
+    /// The browser's storage is full (the partial download is deleted, see `download`).
     Quota(String),
     /// The downloaded bytes do not match the catalog's sha256 (nothing was kept).
     Checksum {
@@ -24,7 +24,7 @@ impl std::fmt::Display for AppError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AppError::Network(m) => write!(f, "Download interrupted: {m}. What was stored is kept; press Download to resume."),
-            AppError::Quota(m) => write!(f, "Not enough storage space for this model ({m}). Free some space or delete other models, then try again."),
+            AppError::Quota(m) => write!(f, "This site's storage is full: {m}. Nothing of this model was kept. Delete other models below or free space in the browser's site settings, then try again."),
             AppError::Checksum { expected, got } => write!(f, "The downloaded file is not the expected one (sha256 {got}, expected {expected}). It was discarded."),
             AppError::Cancelled => write!(f, "Download cancelled. Press Download to resume."),
             AppError::Storage(m) => write!(f, "Browser storage failed: {m}"),
