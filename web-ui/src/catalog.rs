@@ -70,6 +70,31 @@ impl CatalogEntry {
     }
 }
 
+impl CatalogEntry {
+    /// An entry for a model found in storage but not in the catalog (a URL added or a file
+    /// imported in an earlier visit).
+    pub fn from_stored(rec: &StoredModel) -> CatalogEntry {
+        let mut e = CatalogEntry::from_url(&rec.name, rec.sha256.clone());
+        e.id = rec.id.clone();
+        e.name = rec.name.clone();
+        e.url = rec.url.clone();
+        e.size = Some(rec.size);
+        e.note = Some(if rec.is_local_file() {
+            "imported from a local file".into()
+        } else {
+            "stored on this device".into()
+        });
+        e
+    }
+}
+
+impl StoredModel {
+    /// Imported from a file picked by the user rather than downloaded.
+    pub fn is_local_file(&self) -> bool {
+        self.id.starts_with("file:")
+    }
+}
+
 /// A short stable id from text (first 12 hex digits of its sha256).
 pub fn short_hash(s: &str) -> String {
     use sha2::Digest;

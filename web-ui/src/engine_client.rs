@@ -19,6 +19,8 @@ pub struct LoadedInfo {
     pub model_id: String,
     pub backend: String,
     pub reason: String,
+    /// The WebGPU adapter's name (empty on the CPU).
+    pub adapter: String,
     pub n_ctx: usize,
     pub arch: String,
     pub load_ms: f64,
@@ -202,6 +204,7 @@ pub async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<LoadedI
         FromWorker::Loaded {
             backend,
             reason,
+            adapter,
             n_ctx,
             arch,
             load_ms,
@@ -209,6 +212,7 @@ pub async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<LoadedI
             model_id: model_id.into(),
             backend,
             reason,
+            adapter,
             n_ctx,
             arch,
             load_ms,
@@ -240,14 +244,35 @@ pub fn stop() {
     });
 }
 
-/// Forget the KV cache (new chat).
-pub fn reset() {
+/// Post a message that gets no answer.
+fn post_only(msg: &ToWorker) {
     let ser = serde_wasm_bindgen::Serializer::json_compatible();
-    if let Ok(v) = serde::Serialize::serialize(&ToWorker::Reset, &ser) {
+    if let Ok(v) = serde::Serialize::serialize(msg, &ser) {
         CLIENT.with(|c| {
             if let Some(c) = c.borrow().as_ref() {
                 let _ = c.worker.post_message(&v);
             }
         });
     }
+}
+
+/// Forget the KV cache (new chat).
+pub fn reset() {
+    post_only(&ToWorker::Reset);
+}
+
+/// Test hook: destroy the worker's WebGPU device, as a driver reset would (the page then moves
+/// the model to the CPU). Installed as `window.__slm_test.loseGpu()` by [`install_test_hooks`].
+pub fn lose_gpu() {
+    post_only(&ToWorker::LoseGpu);
+}
+
+/// `window.__slm_test = { loseGpu }`: lets the browser tests simulate a lost GPU device. Harmless
+/// in production: it only does what a driver reset does, and the app recovers on the CPU.
+pub fn install_test_hooks() {
+    let hooks = js_sys::Object::new();
+    let lose = Closure::<dyn Fn()>::new(lose_gpu);
+    set(&hooks, "loseGpu", lose.as_ref());
+    lose.forget();
+    set(&js_sys::global(), "__slm_test", &hooks);
 }

@@ -73,3 +73,57 @@ pub fn deferred() -> (Promise, Function, Function) {
         slots.unwrap_or_else(|| (Function::new_no_args(""), Function::new_no_args("")));
     (p, res, rej)
 }
+
+/// A readable name for a WebGPU adapter, never empty: its description, else vendor and
+/// architecture (Chromium's SwiftShader leaves the description empty), else its device, else
+/// "unnamed adapter".
+pub fn adapter_label(description: &str, vendor: &str, architecture: &str, device: &str) -> String {
+    let description = description.trim();
+    if !description.is_empty() {
+        return description.to_string();
+    }
+    let va = format!("{} {}", vendor.trim(), architecture.trim());
+    let va = va.trim();
+    if !va.is_empty() {
+        return va.to_string();
+    }
+    match device.trim() {
+        "" => "unnamed adapter".to_string(),
+        d => d.to_string(),
+    }
+}
+
+/// [`adapter_label`] of a JavaScript `GPUAdapterInfo` (or `undefined`), preferring `name` when
+/// wgpu already found one.
+pub fn adapter_label_js(name: &str, info: &JsValue) -> String {
+    let s = |k: &str| get(info, k).as_string().unwrap_or_default();
+    if !name.trim().is_empty() {
+        return name.trim().to_string();
+    }
+    adapter_label(
+        &s("description"),
+        &s("vendor"),
+        &s("architecture"),
+        &s("device"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::adapter_label;
+
+    #[test]
+    fn adapter_label_is_never_empty() {
+        assert_eq!(
+            adapter_label("NVIDIA RTX", "nvidia", "ampere", ""),
+            "NVIDIA RTX"
+        );
+        assert_eq!(
+            adapter_label("", "google", "swiftshader", ""),
+            "google swiftshader"
+        );
+        assert_eq!(adapter_label(" ", "", "swiftshader", ""), "swiftshader");
+        assert_eq!(adapter_label("", "", "", "0x1234"), "0x1234");
+        assert_eq!(adapter_label("", " ", "", ""), "unnamed adapter");
+    }
+}

@@ -52,6 +52,9 @@ pub enum ToWorker {
     },
     /// Drop the KV cache (new chat).
     Reset,
+    /// Test hook (`window.__slm_test.loseGpu()`): destroy the WebGPU device the loaded model
+    /// runs on, as a driver reset would. Does nothing when no GPU device exists.
+    LoseGpu,
 }
 
 /// Worker → page.
@@ -67,6 +70,9 @@ pub enum FromWorker {
         backend: String,
         /// Why this backend (e.g. "requested", "no WebGPU adapter").
         reason: String,
+        /// The WebGPU adapter's name (never empty on `gpu`; empty on `cpu`).
+        #[serde(default)]
+        adapter: String,
         n_ctx: usize,
         arch: String,
         load_ms: f64,
@@ -75,6 +81,9 @@ pub enum FromWorker {
     Token { text: String },
     /// The reply is finished.
     Done(ReplyStats),
+    /// Unsolicited: the GPU device of the loaded model was lost (driver reset, test hook). The
+    /// page moves the model to the CPU, keeping the conversation.
+    GpuLost { message: String },
     /// A failure; `kind` lets the page choose a recovery (`context_full`, `gpu_lost`, `load`,
     /// `generate`).
     Error { kind: String, message: String },

@@ -13,6 +13,34 @@ use crate::protocol::{GenSettings, ReplyStats};
 #[derive(Clone, Copy)]
 pub struct SelectedModel(pub RwSignal<Option<CatalogEntry>>);
 
+/// The models the picker offers: the catalog (once fetched) and those added in this session by
+/// URL, from a file, or from the stored-models list.
+#[derive(Clone, Copy)]
+pub struct KnownModels {
+    pub catalog: RwSignal<Vec<CatalogEntry>>,
+    pub extra: RwSignal<Vec<CatalogEntry>>,
+}
+
+impl KnownModels {
+    /// The entry with `id`, if the picker offers it.
+    pub fn find(&self, id: &str) -> Option<CatalogEntry> {
+        self.catalog
+            .with_untracked(|c| c.iter().find(|e| e.id == id).cloned())
+            .or_else(|| {
+                self.extra
+                    .with_untracked(|x| x.iter().find(|e| e.id == id).cloned())
+            })
+    }
+
+    /// Offer `e` in the picker (replacing an added entry with the same id).
+    pub fn add(&self, e: CatalogEntry) {
+        self.extra.update(|v| {
+            v.retain(|x| x.id != e.id);
+            v.push(e);
+        });
+    }
+}
+
 /// The one plain-language error shown in the banner.
 #[derive(Clone, Copy)]
 pub struct ErrorBanner(pub RwSignal<Option<String>>);
@@ -39,6 +67,9 @@ pub struct BackendPref(pub RwSignal<String>);
 pub struct Engine {
     pub loaded: RwSignal<Option<LoadedInfo>>,
     pub load_progress: RwSignal<Option<(String, f64)>>,
+    /// Set when the worker reports that the loaded model's GPU device was lost; cleared when
+    /// the page has moved the model to the CPU.
+    pub gpu_lost: RwSignal<Option<String>>,
 }
 
 /// Bumped when stored models change, so the list re-reads IndexedDB.

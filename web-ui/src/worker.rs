@@ -4,10 +4,16 @@
 //!
 //! Backends: the CPU (wasm simd128) engine runs the engine's synchronous [`Session`]; the GPU
 //! (WebGPU) engine cannot block on the web, so its loop here awaits `forward_async` and samples
-//! with the same [`Sampler`]. A lost GPU is reported as `gpu_lost` and the page reloads the
-//! model on the CPU, keeping the conversation.
+//! with the same [`Sampler`]. A lost GPU is reported as `gpu_lost` (a failed generation) or as an
+//! unsolicited `GpuLost` message (the device's `lost` promise, watched while idle), and the page
+//! reloads the model on the CPU, keeping the conversation.
+//!
+//! `public/worker.js` records the `GPUAdapter` and `GPUDevice` that wgpu requests in
+//! `self.__slm_gpu`: the adapter's info names it when wgpu finds no name (SwiftShader), and the
+//! device's `lost` promise and `destroy()` (the `LoseGpu` test hook) need the JavaScript object,
+//! which the engine does not expose.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -49,6 +55,10 @@ thread_local! {
     static LOADED: RefCell<Option<Loaded>> = const { RefCell::new(None) };
     /// `flag[0] != 0` asks the running generation to stop (a SharedArrayBuffer from the page).
     static STOP: RefCell<Option<Int32Array>> = const { RefCell::new(None) };
+    /// The JavaScript `GPUDevice` of the loaded GPU model (for `LoseGpu`).
+    static GPU_DEVICE: RefCell<Option<JsValue>> = const { RefCell::new(None) };
+    /// Bumped on every load: a `lost` notification of an older device is ignored.
+    static LOAD_SEQ: Cell<u64> = const { Cell::new(0) };
 }
 
 fn scope() -> DedicatedWorkerGlobalScope {
@@ -95,6 +105,8 @@ pub fn worker_main() {
                 backend,
                 n_ctx,
             }) => wasm_bindgen_futures::spawn_local(async move {
+                LOAD_SEQ.with(|s| s.set(s.get() + 1));
+                GPU_DEVICE.with(|d| *d.borrow_mut() = None);
                 LOADED.with(|l| *l.borrow_mut() = None);
                 if let Err(e) = load(&model_id, &backend, n_ctx).await {
                     post_err("load", e);
@@ -103,6 +115,7 @@ pub fn worker_main() {
             Ok(ToWorker::Generate { turns, settings }) => {
                 wasm_bindgen_futures::spawn_local(async move { generate(turns, settings).await })
             }
+            Ok(ToWorker::LoseGpu) => lose_gpu(),
             Ok(ToWorker::Reset) => LOADED.with(|l| {
                 if let Some(l) = l.borrow_mut().as_mut() {
                     match &mut l.backend {
@@ -117,6 +130,62 @@ pub fn worker_main() {
     scope().set_onmessage(Some(on.as_ref().unchecked_ref()));
     on.forget();
     post(&FromWorker::Ready);
+}
+
+/// The test hook: `GPUDevice.destroy()` on the loaded model's device, which resolves its `lost`
+/// promise and makes every later GPU call fail, as a real device loss does.
+fn lose_gpu() {
+    let dev = GPU_DEVICE.with(|d| d.borrow().clone());
+    if let Some(d) = dev {
+        if let Ok(f) = get(&d, "destroy").dyn_into::<js_sys::Function>() {
+            let _ = f.call0(&d);
+        }
+    }
+}
+
+/// Post `GpuLost` when `device.lost` resolves, unless another model was loaded since.
+fn watch_device_lost(device: &JsValue) {
+    let seq = LOAD_SEQ.with(|s| s.get());
+    let Ok(lost) = get(device, "lost").dyn_into::<js_sys::Promise>() else {
+        return;
+    };
+    let on_lost = Closure::once(move |info: JsValue| {
+        if LOAD_SEQ.with(|s| s.get()) != seq {
+            return;
+        }
+        post(&FromWorker::GpuLost {
+            message: lost_text(&info),
+        });
+    });
+    let _ = lost.then(&on_lost);
+    // Called at most once, by the browser; the closure is leaked with the (dead) device.
+    on_lost.forget();
+}
+
+/// Plain words for a `GPUDeviceLostInfo`.
+fn lost_text(info: &JsValue) -> String {
+    let reason = get(info, "reason").as_string().unwrap_or_default();
+    let msg = get(info, "message").as_string().unwrap_or_default();
+    match (reason.as_str(), msg.trim().trim_end_matches('.')) {
+        ("destroyed", _) => "the GPU device was destroyed".to_string(),
+        (_, "") => "the GPU device was lost".to_string(),
+        (_, m) => format!("the GPU device was lost: {m}"),
+    }
+}
+
+/// After a GPU call failed: the device's loss, in plain words, when its `lost` promise resolves
+/// within a moment (a failed read-back usually comes just before the loss is reported).
+async fn lost_soon() -> Option<String> {
+    let dev = GPU_DEVICE.with(|d| d.borrow().clone())?;
+    let lost = get(&dev, "lost").dyn_into::<js_sys::Promise>().ok()?;
+    let timeout = js_sys::Promise::new(&mut |resolve, _| {
+        let _ = scope().set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, 200);
+    });
+    let first =
+        crate::js::await_promise(js_sys::Promise::race(&js_sys::Array::of2(&lost, &timeout)))
+            .await
+            .ok()?;
+    (!first.is_undefined()).then(|| lost_text(&first))
 }
 
 fn progress(phase: &str, fraction: f64) {
@@ -160,11 +229,19 @@ async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<(), String>
     progress("building the model", 0.6);
 
     let reason;
+    let mut adapter = String::new();
+    let mut device = JsValue::UNDEFINED;
     let mut chosen: Option<Backend> = None;
     if backend != "cpu" {
         match load_gpu(&g, &src, n_ctx).await {
-            Ok((m, why)) => {
-                reason = why;
+            Ok(GpuLoaded {
+                model: m,
+                adapter: name,
+                device: dev,
+            }) => {
+                reason = format!("WebGPU adapter “{name}” passed the self-test");
+                adapter = name;
+                device = dev;
                 chosen = Some(Backend::Gpu {
                     model: Box::new(m),
                     cached: Vec::new(),
@@ -189,9 +266,14 @@ async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<(), String>
         Backend::Gpu { model, .. } => ("gpu", model.n_ctx()),
     };
     LOADED.with(|l| *l.borrow_mut() = Some(Loaded { backend, tok, tmpl }));
+    if name == "gpu" && !device.is_undefined() {
+        watch_device_lost(&device);
+        GPU_DEVICE.with(|d| *d.borrow_mut() = Some(device));
+    }
     post(&FromWorker::Loaded {
         backend: name.into(),
         reason,
+        adapter,
         n_ctx,
         arch,
         load_ms: now_ms() - t0,
@@ -199,21 +281,37 @@ async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<(), String>
     Ok(())
 }
 
+/// A model on the GPU, its adapter's name and its JavaScript `GPUDevice` (`undefined` when
+/// `worker.js` could not record it).
+struct GpuLoaded {
+    model: gpu::GpuModel,
+    adapter: String,
+    device: JsValue,
+}
+
 async fn load_gpu<S: ByteSource + ?Sized>(
     g: &GgufFile,
     src: &S,
     n_ctx: usize,
-) -> Result<(gpu::GpuModel, String), Error> {
+) -> Result<GpuLoaded, Error> {
     if crate::js::global_get("navigator").is_undefined()
         || get(&crate::js::global_get("navigator"), "gpu").is_undefined()
     {
         return Err(Error::GpuUnavailable("this browser has no WebGPU".into()));
     }
     let mut dev = gpu::Gpu::new_async(&gpu::GpuOptions::default()).await?;
+    // Recorded by worker.js's requestDevice wrapper, right after wgpu's request.
+    let recorded = crate::js::global_get("__slm_gpu");
+    let device = get(&recorded, "device");
+    let adapter =
+        crate::js::adapter_label_js(&dev.info().name, &get(&get(&recorded, "adapter"), "info"));
     gpu::self_test(&mut dev).await?;
-    let name = dev.info().name.clone();
-    let m = gpu::GpuModel::load(dev, g, src, n_ctx)?;
-    Ok((m, format!("WebGPU adapter `{name}` passed the self-test")))
+    let model = gpu::GpuModel::load(dev, g, src, n_ctx)?;
+    Ok(GpuLoaded {
+        model,
+        adapter,
+        device,
+    })
 }
 
 fn error_kind(e: &Error) -> &'static str {
@@ -234,6 +332,10 @@ async fn generate(turns: Vec<Turn>, settings: GenSettings) {
     LOADED.with(|slot| *slot.borrow_mut() = Some(l));
     match r {
         Ok(stats) => post(&FromWorker::Done(stats)),
+        Err(e) if error_kind(&e) == "gpu_lost" => {
+            let message = lost_soon().await.unwrap_or_else(|| e.to_string());
+            post_err("gpu_lost", message);
+        }
         Err(e) => post_err(error_kind(&e), e.to_string()),
     }
 }

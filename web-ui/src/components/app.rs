@@ -12,7 +12,8 @@ use crate::components::stored_models::StoredModels;
 use crate::engine_client;
 use crate::protocol::{FromWorker, GenSettings};
 use crate::state::{
-    BackendPref, Chat, Conversation, Engine, ErrorBanner, SelectedModel, Settings, StoreVersion,
+    BackendPref, Chat, Conversation, Engine, ErrorBanner, KnownModels, SelectedModel, Settings,
+    StoreVersion,
 };
 
 #[component]
@@ -21,6 +22,7 @@ pub fn App() -> impl IntoView {
     let engine = Engine {
         loaded: RwSignal::new(None),
         load_progress: RwSignal::new(None),
+        gpu_lost: RwSignal::new(None),
     };
     let chat = Chat {
         conv: RwSignal::new(Conversation::new()),
@@ -28,6 +30,10 @@ pub fn App() -> impl IntoView {
         saved: RwSignal::new(Chat::load_saved()),
     };
     provide_context(SelectedModel(RwSignal::new(None)));
+    provide_context(KnownModels {
+        catalog: RwSignal::new(Vec::new()),
+        extra: RwSignal::new(Vec::new()),
+    });
     provide_context(banner);
     provide_context(Settings(RwSignal::new(GenSettings::default())));
     provide_context(engine);
@@ -52,11 +58,14 @@ pub fn App() -> impl IntoView {
             engine.load_progress.set(Some((phase.clone(), *fraction)))
         }
         FromWorker::Loaded { .. } | FromWorker::Error { .. } => engine.load_progress.set(None),
+        // Handled by the chat panel once no reply is being generated.
+        FromWorker::GpuLost { message } => engine.gpu_lost.set(Some(message.clone())),
         _ => {}
     });
     if let Err(e) = engine_client::start(on_event) {
         banner.show(format!("The engine worker could not start: {e}"));
     }
+    engine_client::install_test_hooks();
 
     view! {
         <header>
@@ -87,7 +96,7 @@ pub fn App() -> impl IntoView {
 fn BackendBadge() -> impl IntoView {
     let engine = expect_context::<Engine>();
     let text = move || match engine.loaded.get() {
-        Some(l) if l.backend == "gpu" => "WebGPU".to_string(),
+        Some(l) if l.backend == "gpu" => format!("WebGPU · {}", l.adapter),
         Some(_) => "CPU (wasm SIMD)".to_string(),
         None => "no model loaded".to_string(),
     };

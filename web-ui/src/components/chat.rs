@@ -24,6 +24,19 @@ fn turns(c: &Conversation) -> Vec<Turn> {
     t
 }
 
+/// Identity of a shown message: a regenerated reply with the same text (temperature 0) still
+/// gets a new view, with its own stats.
+fn message_key((i, m): &(usize, Message)) -> (usize, String, usize, Option<u64>) {
+    (
+        *i,
+        m.role.clone(),
+        m.content.len(),
+        m.stats
+            .as_ref()
+            .map(|s| s.ttft_ms.to_bits() ^ s.decode_tok_s.to_bits()),
+    )
+}
+
 #[component]
 pub fn ChatPanel() -> impl IntoView {
     let chat = expect_context::<Chat>();
@@ -33,6 +46,8 @@ pub fn ChatPanel() -> impl IntoView {
     let dl = expect_context::<DownloadState>();
     let input = RwSignal::new(String::new());
     let last_stats = RwSignal::new(None::<ReplyStats>);
+    // The reply being regenerated: put back if its replacement fails.
+    let replaced = RwSignal::new(None::<Message>);
 
     // Generate the assistant's reply to the conversation as it stands.
     let reply = Action::new_local(move |_: &()| async move {
@@ -49,6 +64,7 @@ pub fn ChatPanel() -> impl IntoView {
             chat.streaming.set(None);
             match r {
                 Ok(stats) => {
+                    replaced.set(None);
                     last_stats.set(Some(stats.clone()));
                     chat.conv.update(|c| {
                         c.messages.push(Message {
@@ -59,16 +75,21 @@ pub fn ChatPanel() -> impl IntoView {
                     });
                     chat.persist();
                 }
-                Err(e) if e.kind == "gpu_lost" && !retried => {
-                    // Keep the conversation, move to the CPU, answer again.
-                    banner.show(format!("The GPU failed ({}); continuing on the CPU.", e.message));
-                    let id = engine.loaded.get_untracked().map(|l| l.model_id);
-                    dl.pref.0.set("cpu".into());
-                    if let Some(id) = id {
-                        if dl.load(&id).await {
-                            retried = true;
-                            continue;
-                        }
+                Err(e)
+                    if e.kind == "gpu_lost"
+                        && !retried
+                        && engine
+                            .loaded
+                            .get_untracked()
+                            .is_some_and(|l| l.backend == "gpu") =>
+                {
+                    // Keep the conversation, move to the CPU, answer again (the text streamed
+                    // so far is dropped: the CPU starts the reply over). The device's own
+                    // `lost` message, when it came, says more than the failed call.
+                    let why = engine.gpu_lost.get_untracked().unwrap_or(e.message);
+                    if dl.fallback_to_cpu(&why).await {
+                        retried = true;
+                        continue;
                     }
                 }
                 Err(e) if e.kind == "context_full" => banner.show(format!(
@@ -79,9 +100,27 @@ pub fn ChatPanel() -> impl IntoView {
             }
             break;
         }
+        if let Some(old) = replaced.get_untracked() {
+            // The new reply failed: keep the one it was meant to replace.
+            replaced.set(None);
+            chat.conv.update(|c| c.messages.push(old));
+        }
     });
     let generating = move || reply.pending().get();
     let ready = move || engine.loaded.get().is_some();
+
+    // The worker saw the GPU device go away while no reply was running (a reply in flight
+    // fails with `gpu_lost` and recovers above): move the model to the CPU now, so the badge
+    // says so and the next message is answered.
+    Effect::new(move |_| {
+        if let Some(why) = engine.gpu_lost.get() {
+            if !generating() {
+                leptos::task::spawn_local(async move {
+                    dl.fallback_to_cpu(&why).await;
+                });
+            }
+        }
+    });
 
     let send = move || {
         let text = input.get_untracked().trim().to_string();
@@ -108,7 +147,7 @@ pub fn ChatPanel() -> impl IntoView {
         let mut had = false;
         chat.conv.update(|c| {
             if c.messages.last().is_some_and(|m| m.role == "assistant") {
-                c.messages.pop();
+                replaced.set(c.messages.pop());
                 had = true;
             }
         });
@@ -137,7 +176,7 @@ pub fn ChatPanel() -> impl IntoView {
         <section class="chat">
             <div class="chat-top">
                 <button data-testid="new-chat" on:click=new_chat>"New chat"</button>
-                <button data-testid="regenerate" on:click=regenerate disabled=move || generating() || !ready()>"Regenerate"</button>
+                <button data-testid="regenerate-button" title="Replace the last reply with a new one" on:click=regenerate disabled=move || generating() || !ready()>"Regenerate"</button>
                 <ContextMeter last_stats/>
             </div>
             <details class="settings">
@@ -149,7 +188,7 @@ pub fn ChatPanel() -> impl IntoView {
                 <SamplingSettings/>
             </details>
             <div class="messages" data-testid="messages">
-                <For each=move || chat.conv.get().messages.into_iter().enumerate() key=|(i, m)| (*i, m.content.len(), m.role.clone())
+                <For each=move || chat.conv.get().messages.into_iter().enumerate() key=message_key
                     children=move |(_, m)| view! { <MessageView role=m.role content=m.content stats=m.stats/> }/>
                 {move || chat.streaming.get().map(|t| view! { <MessageView role="assistant".to_string() content=t stats=None streaming=true/> })}
             </div>

@@ -48,6 +48,36 @@ impl DownloadState {
     }
 }
 
+impl DownloadState {
+    /// The GPU failed under the loaded model (`why`, from the worker): reload the model on the
+    /// CPU and say so in plain words. The conversation is page state and stays as it is. Returns
+    /// whether the model now runs on the CPU; false when no GPU model was loaded (nothing to do).
+    pub async fn fallback_to_cpu(&self, why: &str) -> bool {
+        self.engine.gpu_lost.set(None);
+        let Some(id) = self
+            .engine
+            .loaded
+            .get_untracked()
+            .filter(|l| l.backend == "gpu")
+            .map(|l| l.model_id)
+        else {
+            return false;
+        };
+        self.banner.show(format!(
+            "The GPU stopped working ({why}). Moving the model to the CPU; your conversation is kept…"
+        ));
+        self.pref.0.set("cpu".into());
+        if self.load(&id).await {
+            self.banner.show(format!(
+                "The GPU stopped working ({why}). The model now runs on the CPU (slower); your conversation is kept."
+            ));
+            true
+        } else {
+            false
+        }
+    }
+}
+
 thread_local! {
     static ABORT: RefCell<Option<AbortController>> = const { RefCell::new(None) };
 }
@@ -139,7 +169,7 @@ pub fn DownloadPanel() -> impl IntoView {
     view! {
         <section class="panel download">
             <label class="backend-choice">"Backend "
-                <select data-testid="backend-select" on:change=on_backend>
+                <select data-testid="backend-select" on:change=on_backend prop:value=move || pref.0.get()>
                     <option value="auto" selected=true>"Auto (WebGPU if it passes its self-test)"</option>
                     <option value="cpu">"CPU (wasm SIMD)"</option>
                     <option value="gpu">"WebGPU"</option>

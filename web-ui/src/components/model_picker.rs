@@ -6,16 +6,18 @@ use wasm_bindgen::JsCast;
 
 use crate::catalog::{fetch_catalog, CatalogEntry};
 use crate::components::download_panel::DownloadState;
-use crate::state::{ErrorBanner, SelectedModel};
+use crate::state::{ErrorBanner, KnownModels, SelectedModel};
 
 #[component]
 pub fn ModelPicker() -> impl IntoView {
     let selected = expect_context::<SelectedModel>().0;
     let catalog = LocalResource::new(fetch_catalog);
-    // Models added in this session (by URL).
-    let extra = RwSignal::new(Vec::<CatalogEntry>::new());
+    let known = expect_context::<KnownModels>();
+    // Models added in this session (by URL, file, or from the stored-models list).
+    let extra = known.extra;
     Effect::new(move |_| {
         if let Some(Ok(list)) = catalog.get() {
+            known.catalog.set(list.clone());
             if selected.get_untracked().is_none() {
                 selected.set(list.iter().find(|e| e.default).or(list.first()).cloned());
             }
@@ -34,7 +36,7 @@ pub fn ModelPicker() -> impl IntoView {
                         catalog.await.map(|list| {
                             let list2 = list.clone();
                             view! {
-                                <select data-testid="model-select" on:change=move |ev| {
+                                <select data-testid="model-select" prop:value=move || selected.get().map(|e| e.id).unwrap_or_default() on:change=move |ev| {
                                     let id = event_target_value(&ev);
                                     let found = list2.iter().chain(extra.get_untracked().iter()).find(|e| e.id == id).cloned();
                                     selected.set(found);
@@ -51,7 +53,7 @@ pub fn ModelPicker() -> impl IntoView {
                 </ErrorBoundary>
             </Transition>
             <ModelFacts/>
-            <AddModel extra/>
+            <AddModel/>
         </section>
     }
 }
@@ -84,8 +86,9 @@ fn ModelFacts() -> impl IntoView {
 
 /// Add a model by URL or pick a local file.
 #[component]
-fn AddModel(extra: RwSignal<Vec<CatalogEntry>>) -> impl IntoView {
+fn AddModel() -> impl IntoView {
     let selected = expect_context::<SelectedModel>().0;
+    let known = expect_context::<KnownModels>();
     let banner = expect_context::<ErrorBanner>();
     let url = RwSignal::new(String::new());
     let sha = RwSignal::new(String::new());
@@ -103,7 +106,7 @@ fn AddModel(extra: RwSignal<Vec<CatalogEntry>>) -> impl IntoView {
             return;
         }
         let e = CatalogEntry::from_url(&u, s);
-        extra.update(|v| v.push(e.clone()));
+        known.add(e.clone());
         selected.set(Some(e));
     };
     let dl = expect_context::<DownloadState>();
@@ -115,12 +118,8 @@ fn AddModel(extra: RwSignal<Vec<CatalogEntry>>) -> impl IntoView {
             dl.bump();
             match r {
                 Ok(rec) => {
-                    let mut e = CatalogEntry::from_url(&rec.name, None);
-                    e.id = rec.id.clone();
-                    e.url = rec.url.clone();
-                    e.size = Some(rec.size);
-                    e.note = Some("imported from a local file".into());
-                    extra.update(|v| v.push(e.clone()));
+                    let e = CatalogEntry::from_stored(&rec);
+                    known.add(e.clone());
                     selected.set(Some(e));
                     dl.load(&rec.id).await;
                 }
@@ -141,7 +140,7 @@ fn AddModel(extra: RwSignal<Vec<CatalogEntry>>) -> impl IntoView {
             <label>"sha256 (optional)"<input type="text" data-testid="add-sha256" prop:value=move || sha.get() on:input=move |ev| sha.set(event_target_value(&ev))/></label>
             <button data-testid="add-url-button" on:click=add>"Add"</button>
             <p class="hint">"Only hosts allowed by this page's Content-Security-Policy can be downloaded from (this site and Hugging Face)."</p>
-            <label>"Local .gguf file"<input type="file" accept=".gguf" data-testid="add-file" on:change=on_file/></label>
+            <label>"Local .gguf file (stored in this browser, never uploaded)"<input type="file" accept=".gguf" data-testid="import-file" on:change=on_file/></label>
         </details>
     }
 }
