@@ -3,9 +3,10 @@
 // test-mode server (request log at /__log, `?cut=N` drops a download after N bytes) and sets
 // SLM_URL. Each scenario uses a fresh browser profile.
 import { chromium } from 'playwright-core';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
 
 const BASE = process.env.SLM_URL || 'http://127.0.0.1:8080/';
@@ -14,6 +15,8 @@ const MODEL_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf';
 const MODEL_SHA = 'b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53';
 const QUESTION = 'What color is the sky on a clear day?';
 const LONG = 240_000;
+const MODELS_DIR = process.env.SLM_MODELS_DIR || join(dirname(fileURLToPath(import.meta.url)), '..', 'models');
+/// Flow names to run, comma-separated; by default every flow that does not need WebGPU.
 const only = process.argv[2] || process.env.SLM_E2E_ONLY;
 
 function log(...a) { console.log('[e2e]', ...a); }
@@ -53,6 +56,12 @@ async function open(page) {
 /// Click download and wait until the model is loaded; returns the progress values seen.
 async function downloadAndLoad(page) {
   await page.getByTestId('download-button').click();
+  return waitLoaded(page);
+}
+
+/// Wait until the prompt box is enabled (a model is loaded); an error banner fails the wait.
+/// Returns the download progress values seen on the way.
+async function waitLoaded(page) {
   const seen = new Set();
   const t0 = Date.now();
   while (Date.now() - t0 < LONG) {
@@ -69,7 +78,7 @@ async function downloadAndLoad(page) {
 }
 
 async function settings(page, { temperature, maxTokens }) {
-  await page.locator('details.settings summary').click();
+  if (!(await page.locator('details.settings').evaluate((d) => d.open))) await page.locator('details.settings summary').click();
   await page.getByTestId('temperature').fill(String(temperature));
   await page.getByTestId('temperature').dispatchEvent('change');
   await page.getByTestId('max-tokens').fill(String(maxTokens));
@@ -98,6 +107,50 @@ async function ask(page, text) {
   return { reply, stats, distinct };
 }
 
+/// What IndexedDB holds: the model records and the number of stored chunks (without creating
+/// the database when the app has not yet).
+async function idbState(page) {
+  return page.evaluate(async () => {
+    if (!(await indexedDB.databases()).some((d) => d.name === 'slm')) return { models: [], chunks: 0 };
+    return new Promise((res, rej) => {
+      const rq = indexedDB.open('slm');
+      rq.onerror = () => rej(rq.error);
+      rq.onsuccess = () => {
+        const db = rq.result;
+        const out = { models: [], chunks: 0 };
+        if (!db.objectStoreNames.contains('models')) { db.close(); res(out); return; }
+        const tx = db.transaction(['models', 'chunks'], 'readonly');
+        const r1 = tx.objectStore('models').getAll();
+        r1.onsuccess = () => { out.models = r1.result.map((t) => JSON.parse(t)); };
+        const r2 = tx.objectStore('chunks').count();
+        r2.onsuccess = () => { out.chunks = r2.result; };
+        tx.oncomplete = () => { db.close(); res(out); };
+        tx.onerror = () => rej(tx.error);
+      };
+    });
+  });
+}
+
+/// The conversations saved in localStorage.
+async function savedChats(page) {
+  return page.evaluate(() => JSON.parse(localStorage.getItem('slm.conversations') || '[]'));
+}
+
+/// Wait until `testid`'s first element's text matches `re`; returns the text.
+async function waitText(page, testid, re, timeout = LONG) {
+  const t0 = Date.now();
+  let last = '';
+  while (Date.now() - t0 < timeout) {
+    const el = page.getByTestId(testid).first();
+    if (await el.count()) {
+      last = await el.innerText().catch(() => '');
+      if (re.test(last)) return last;
+    }
+    await page.waitForTimeout(100);
+  }
+  throw new Error(`${testid} never matched ${re}; last text: ${JSON.stringify(last)}`);
+}
+
 async function mainFlow() {
   log('main flow: download → reload → load from IndexedDB → chat (WebGPU flag on, backend auto)');
   const b = await launch({ webgpu: true });
@@ -113,7 +166,10 @@ async function mainFlow() {
     log('progress values seen:', seen.length, 'max', Math.max(...seen));
     assert.ok(seen.length >= 2 && Math.max(...seen) >= 99.9, 'progress bar moved to 100%');
     assert.ok(b.requests.some((u) => u.includes(MODEL_FILE)), 'model fetched from the network once');
-    log('badge:', await b.page.getByTestId('backend-badge').innerText());
+    const badge = await b.page.getByTestId('backend-badge').innerText();
+    log('badge:', badge);
+    // The adapter is named even where its description is empty (SwiftShader).
+    if (backend === 'gpu') assert.match(badge, /^WebGPU · \S/, 'the badge names the adapter');
 
     // Reload: the model comes from IndexedDB, with no request for the model file.
     const mark = (await serverLog()).length;
@@ -205,27 +261,43 @@ async function checksumFlow() {
   }
 }
 
+const XSS_PAYLOAD = '<img src=x onerror=alert(1)>';
+// SmolLM2-135M at temperature 0 answers this with the payload itself, outside a code block
+// (`slm generate`: "<img src=x onerror=alert(1)>\n\nThis will display the image …").
+const XSS_PROMPT = `Repeat this HTML exactly: ${XSS_PAYLOAD}`;
+
 async function xssFlow() {
-  log('a reply containing HTML renders as text');
+  log('HTML in a reply renders as text: a reply the model really generates, and a saved one');
   const b = await launch({ webgpu: false });
   try {
-    const payload = '<img src=x onerror=alert(1)>';
     await open(b.page);
-    // A stored conversation whose assistant reply carries the payload, rendered by the same
-    // component as live replies.
+    await b.page.getByTestId('backend-select').selectOption('cpu');
+    await downloadAndLoad(b.page);
+    await settings(b.page, { temperature: 0, maxTokens: 40 });
+    const r = await ask(b.page, XSS_PROMPT);
+    log('generated reply:', JSON.stringify(r.reply));
+    const msg = b.page.getByTestId('assistant-message').first();
+    assert.match(r.reply, /<img[^>]*onerror=/, 'the model wrote an <img … onerror=…> tag');
+    assert.ok(r.reply.includes(XSS_PAYLOAD), 'the generated tag is shown as text');
+    assert.equal(await msg.locator('img, script').count(), 0, 'no element injected by the reply');
+    assert.equal(await b.page.getByTestId('messages').locator('img, script, iframe').count(), 0, 'no element injected anywhere in the chat');
+    const stored = (await savedChats(b.page))[0]?.messages?.at(-1)?.content || '';
+    assert.ok(stored.includes(XSS_PAYLOAD), 'the reply is stored as the raw text the model wrote');
+
+    // A stored conversation whose reply carries more payloads, rendered by the same component.
     await b.page.evaluate((p) => localStorage.setItem('slm.conversations', JSON.stringify([{
       id: 'cx', title: 'xss', system: '', messages: [
         { role: 'user', content: 'say it' },
         { role: 'assistant', content: `Here: ${p} and <script>alert(2)</script> [x](javascript:alert(3))`, stats: null },
-      ] }])), payload);
+      ] }])), XSS_PAYLOAD);
     await b.page.reload();
     await b.page.locator('details.saved summary').click();
     await b.page.getByText('xss').click();
-    const msg = b.page.getByTestId('assistant-message').first();
-    await msg.waitFor();
-    assert.ok((await msg.innerText()).includes(payload), 'payload shown as text');
-    assert.equal(await msg.locator('img, script').count(), 0, 'no element injected');
-    assert.equal(await msg.locator('a[href^="javascript"]').count(), 0, 'no javascript: link');
+    const saved = b.page.getByTestId('assistant-message').first();
+    await saved.waitFor();
+    assert.ok((await saved.innerText()).includes(XSS_PAYLOAD), 'payload shown as text');
+    assert.equal(await saved.locator('img, script').count(), 0, 'no element injected');
+    assert.equal(await saved.locator('a[href^="javascript"]').count(), 0, 'no javascript: link');
     await b.page.waitForTimeout(300);
     assert.deepEqual(b.dialogs, [], 'no script ran');
   } finally {
@@ -233,16 +305,224 @@ async function xssFlow() {
   }
 }
 
-const flows = { main: mainFlow, resume: resumeFlow, checksum: checksumFlow, xss: xssFlow };
+async function regenerateFlow() {
+  log('regenerate replaces the last reply; at temperature 0 with the same text');
+  const b = await launch({ webgpu: false });
+  try {
+    await open(b.page);
+    await b.page.getByTestId('backend-select').selectOption('cpu');
+    await downloadAndLoad(b.page);
+    await settings(b.page, { temperature: 0, maxTokens: 32 });
+    const first = await ask(b.page, QUESTION);
+    assert.ok(first.reply.trim().length > 0);
+    const before = (await savedChats(b.page))[0];
+    assert.deepEqual(before.messages.map((m) => m.role), ['user', 'assistant']);
+
+    await b.page.getByTestId('regenerate-button').click();
+    await b.page.getByTestId('stop-button').waitFor({ timeout: 10_000 });
+    let most = 0;
+    while (await b.page.getByTestId('stop-button').isVisible().catch(() => false)) {
+      most = Math.max(most, await b.page.getByTestId('assistant-message').count());
+      await b.page.waitForTimeout(20);
+    }
+    await b.page.getByTestId('send-button').waitFor({ timeout: LONG });
+    const replies = b.page.getByTestId('assistant-message');
+    assert.equal(await replies.count(), 1, 'one assistant message for the turn after regenerating');
+    assert.ok(most <= 1, 'the old reply is not shown next to the new one');
+    assert.equal(await b.page.getByTestId('user-message').count(), 1, 'the question is not repeated');
+    const again = await replies.first().innerText();
+    log('first:', JSON.stringify(first.reply), '| regenerated:', JSON.stringify(again));
+    assert.equal(again, first.reply, 'temperature 0: the regenerated reply equals the first');
+    const after = (await savedChats(b.page))[0];
+    assert.equal(after.id, before.id);
+    assert.deepEqual(after.messages.map((m) => m.role), ['user', 'assistant'], 'stored: one reply for the turn');
+    assert.equal(after.messages[1].content, before.messages[1].content, 'stored reply text unchanged');
+    assert.notDeepEqual(after.messages[1].stats, before.messages[1].stats, 'stored reply is the new one (its own stats)');
+  } finally {
+    await b.close();
+  }
+}
+
+async function importFlow() {
+  log('a local .gguf file: stored in IndexedDB, listed, loaded and chatting, never fetched');
+  const b = await launch({ webgpu: false });
+  try {
+    await open(b.page);
+    await b.page.getByTestId('backend-select').selectOption('cpu');
+    const mark = (await serverLog()).length;
+    const file = join(MODELS_DIR, MODEL_FILE);
+    const size = statSync(file).size;
+    await b.page.locator('details.add-model summary').click();
+    const t0 = Date.now();
+    await b.page.getByTestId('import-file').setInputFiles(file);
+    await waitLoaded(b.page);
+    log(`imported and loaded in ${((Date.now() - t0) / 1e3).toFixed(1)} s`);
+    const item = b.page.getByTestId('stored-models').locator('li', { hasText: MODEL_FILE });
+    await item.waitFor();
+    assert.match(await item.innerText(), /imported from a local file/);
+    const st = await idbState(b.page);
+    const rec = st.models.find((m) => m.id.startsWith('file:'));
+    assert.ok(rec, 'a stored record for the file: ' + JSON.stringify(st.models));
+    assert.equal(rec.complete, true);
+    assert.equal(rec.size, size);
+    assert.equal(rec.sha256, MODEL_SHA, 'the stored bytes are the file (sha256)');
+    assert.equal(st.chunks, rec.n_chunks);
+    await settings(b.page, { temperature: 0, maxTokens: 24 });
+    const r = await ask(b.page, QUESTION);
+    log('reply:', JSON.stringify(r.reply));
+    assert.match(r.reply.toLowerCase(), /blue/);
+
+    // Next visit: the file is in the list and loads from storage.
+    await b.page.reload();
+    await b.page.getByTestId('model-select').waitFor();
+    await b.page.getByTestId('backend-select').selectOption('cpu');
+    await b.page.getByTestId('stored-models').locator('li', { hasText: MODEL_FILE }).getByTestId('stored-load').click();
+    await waitLoaded(b.page);
+    assert.match(await b.page.getByTestId('backend-badge').innerText(), /CPU/);
+    assert.equal(await b.page.getByTestId('model-select').inputValue(), rec.id, 'the picker shows the imported model');
+    const modelReqs = (await serverLog()).slice(mark).filter((l) => l.includes(MODEL_FILE));
+    assert.deepEqual(modelReqs, [], 'the server never saw a request for the model file');
+    assert.deepEqual(b.requests.filter((u) => u.includes('.gguf')), [], 'the browser never requested a .gguf');
+  } finally {
+    await b.close();
+  }
+}
+
+async function quotaFlow() {
+  log('storage quota too small: plain "storage is full", nothing usable, nothing left behind');
+  const b = await launch({ webgpu: false });
+  try {
+    await open(b.page);
+    const cdp = await b.page.context().newCDPSession(b.page);
+    const origin = new URL(BASE).origin;
+    const QUOTA = 20_000_000;
+    await cdp.send('Storage.overrideQuotaForOrigin', { origin, quotaSize: QUOTA });
+    // Let the storage panel settle with the small quota in place.
+    await b.page.reload();
+    await b.page.getByTestId('model-select').waitFor();
+
+    const check = async (what) => {
+      const text = await waitText(b.page, 'error-banner', /storage is full/i);
+      log(`${what}:`, text);
+      assert.ok(await b.page.getByTestId('prompt-input').isDisabled(), 'no model loaded');
+      const st = await idbState(b.page);
+      assert.deepEqual(st.models.filter((m) => m.complete), [], 'nothing marked usable');
+      assert.equal(st.chunks, 0, 'no partial chunks left behind');
+      await b.page.getByTestId('stored-models').getByText('None yet.').waitFor();
+      return text;
+    };
+
+    // 1. Chromium's storage.estimate() does not show the override (it reports usage + about
+    //    10 GiB whatever the quota), so the download starts and the writes hit the quota.
+    let mark = (await serverLog()).length;
+    await b.page.getByTestId('download-button').click();
+    const text = await check('write');
+    assert.match(text, /refused to store more/);
+    assert.ok((await serverLog()).slice(mark).some((l) => l.includes(MODEL_FILE)), 'the download had started');
+
+    // 2. A browser whose estimate shows the small quota: refused before any request.
+    await b.page.addInitScript((q) => {
+      Object.defineProperty(StorageManager.prototype, 'estimate', { value: async () => ({ usage: 0, quota: q }) });
+    }, QUOTA);
+    await b.page.reload();
+    await b.page.getByTestId('model-select').waitFor();
+    mark = (await serverLog()).length;
+    await b.page.getByTestId('download-button').click();
+    assert.match(await check('estimate'), /needs 98\.4 MB, about 20\.0 MB is free/);
+    assert.deepEqual((await serverLog()).slice(mark).filter((l) => l.includes(MODEL_FILE)), [], 'no download started');
+
+    // 3. Next visit: nothing to load.
+    await b.page.reload();
+    await b.page.getByTestId('stored-models').getByText('None yet.').waitFor();
+    assert.equal((await b.page.getByTestId('download-button').innerText()).trim(), 'Download');
+    assert.ok(await b.page.getByTestId('prompt-input').isDisabled());
+  } finally {
+    await b.close();
+  }
+}
+
+async function gpuLostFlow() {
+  log('WebGPU device lost: the model moves to the CPU and the conversation stays (SwiftShader)');
+  const b = await launch({ webgpu: true });
+  const page = b.page;
+  try {
+    await open(page);
+    await page.getByTestId('backend-select').selectOption('gpu');
+    let t = Date.now();
+    await downloadAndLoad(page);
+    const badge = await page.getByTestId('backend-badge').innerText();
+    log(`loaded on the GPU in ${((Date.now() - t) / 1e3).toFixed(1)} s; badge:`, JSON.stringify(badge));
+    assert.match(badge, /^WebGPU · \S/, 'the badge names the adapter');
+    await settings(page, { temperature: 0, maxTokens: 3 });
+    t = Date.now();
+    const r1 = await ask(page, 'Hi');
+    log(`GPU reply in ${((Date.now() - t) / 1e3).toFixed(1)} s:`, JSON.stringify(r1.reply), r1.stats);
+    assert.ok(r1.reply.trim().length > 0);
+
+    // 1. Lost while a reply is being computed: the reply is computed again on the CPU.
+    await page.getByTestId('prompt-input').fill('Thanks!');
+    await page.getByTestId('send-button').click();
+    await page.getByTestId('stop-button').waitFor({ timeout: 10_000 });
+    await page.evaluate(() => window.__slm_test.loseGpu());
+    t = Date.now();
+    await waitText(page, 'backend-badge', /CPU/);
+    await page.getByTestId('send-button').waitFor({ timeout: LONG });
+    log(`mid-reply loss recovered in ${((Date.now() - t) / 1e3).toFixed(1)} s:`, await page.getByTestId('error-banner').first().innerText());
+    assert.match(await page.getByTestId('error-banner').first().innerText(), /GPU stopped working \(the GPU device was destroyed\).*now runs on the CPU/s);
+    assert.equal(await page.getByTestId('backend-select').inputValue(), 'cpu');
+    assert.equal(await page.getByTestId('user-message').count(), 2);
+    assert.equal(await page.getByTestId('assistant-message').count(), 2, 'the interrupted turn got one reply');
+    assert.equal(await page.getByTestId('assistant-message').first().innerText(), r1.reply, 'the earlier reply is kept');
+
+    // 2. Lost while idle: noticed at once, badge and banner change before the next message.
+    await page.locator('.error-banner .dismiss').click();
+    await page.getByTestId('backend-select').selectOption('gpu');
+    await waitText(page, 'backend-badge', /WebGPU/);
+    await page.waitForFunction(() => !document.querySelector('[data-testid=prompt-input]').disabled);
+    assert.equal(await page.getByTestId('error-banner').count(), 0, 'no banner before the loss');
+    await page.evaluate(() => window.__slm_test.loseGpu());
+    const banner = await waitText(page, 'error-banner', /GPU stopped working \(the GPU device was destroyed\).*now runs on the CPU/s, 60_000);
+    log('idle loss:', banner);
+    await waitText(page, 'backend-badge', /CPU/, 60_000);
+    assert.equal(await page.getByTestId('user-message').count(), 2, 'earlier questions still shown');
+    assert.equal(await page.getByTestId('assistant-message').count(), 2, 'earlier replies still shown');
+    await settings(page, { temperature: 0, maxTokens: 16 });
+    const r3 = await ask(page, QUESTION);
+    log('CPU reply after the loss:', JSON.stringify(r3.reply), r3.stats);
+    assert.match(r3.reply.toLowerCase(), /sky/);
+    // SwiftShader decodes at ~0.5 tok/s, the wasm CPU engine at ~30: this reply came from the CPU.
+    assert.ok(Number(/decode ([\d.]+) tok\/s/.exec(r3.stats)?.[1]) > 3, 'decoded at CPU speed: ' + r3.stats);
+    assert.match(await page.getByTestId('backend-badge').innerText(), /CPU/);
+    const saved = (await savedChats(page))[0];
+    assert.deepEqual(saved.messages.map((m) => m.role), ['user', 'assistant', 'user', 'assistant', 'user', 'assistant'], 'stored conversation kept every turn');
+  } finally {
+    await b.close();
+  }
+}
+
+// gpu: needs WebGPU (SwiftShader, slow): run only when named in SLM_E2E_ONLY.
+const flows = {
+  main: { run: mainFlow },
+  resume: { run: resumeFlow },
+  checksum: { run: checksumFlow },
+  xss: { run: xssFlow },
+  regenerate: { run: regenerateFlow },
+  import: { run: importFlow },
+  quota: { run: quotaFlow },
+  gpulost: { run: gpuLostFlow, gpu: true },
+};
+const wanted = only ? only.split(',').map((n) => n.trim()).filter(Boolean) : null;
+for (const n of wanted || []) if (!flows[n]) { log(`unknown flow ${n}; flows: ${Object.keys(flows).join(', ')}`); process.exit(2); }
 let failed = 0;
 for (const [name, f] of Object.entries(flows)) {
-  if (only && only !== name) continue;
+  if (wanted ? !wanted.includes(name) : f.gpu) continue;
+  const t0 = Date.now();
   try {
-    await f();
-    log(`PASS ${name}`);
+    await f.run();
+    log(`PASS ${name} (${((Date.now() - t0) / 1e3).toFixed(1)} s)`);
   } catch (e) {
     failed++;
-    log(`FAIL ${name}:`, e.stack || e);
+    log(`FAIL ${name} (${((Date.now() - t0) / 1e3).toFixed(1)} s):`, e.stack || e);
   }
 }
 process.exit(failed ? 1 : 0);

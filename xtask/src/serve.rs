@@ -160,9 +160,12 @@ fn gzip_len(p: &Path) -> Option<u64> {
     Some(o.stdout.len() as u64)
 }
 
-/// `cargo xtask serve [--port N]`: build, then serve on 127.0.0.1 until interrupted.
+/// `cargo xtask serve [--port N] [--no-build] [--test-hooks]`: build, then serve on 127.0.0.1
+/// until interrupted. `--test-hooks` serves as the browser tests see it (request log at
+/// `/__log`, `?cut=N`), for running `node tests/e2e.mjs` by hand with `SLM_URL`.
 pub fn serve(args: &[String]) -> Result {
     let mut port: u16 = 8080;
+    let mut hooks = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -173,13 +176,14 @@ pub fn serve(args: &[String]) -> Result {
                     .ok_or("--port needs a number from 1 to 65535")?
             }
             "--no-build" => {}
-            other => return Err(format!("serve: unknown argument `{other}` (usage: cargo xtask serve [--port N] [--no-build])")),
+            "--test-hooks" => hooks = true,
+            other => return Err(format!("serve: unknown argument `{other}` (usage: cargo xtask serve [--port N] [--no-build] [--test-hooks])")),
         }
     }
     if !args.iter().any(|a| a == "--no-build") {
         build_web()?;
     }
-    let server = Server::new(root().join("dist"), false)?;
+    let server = Server::new(root().join("dist"), hooks)?;
     let listener = TcpListener::bind(("127.0.0.1", port))
         .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
     eprintln!(
@@ -482,20 +486,24 @@ pub fn browser_tests() -> Result {
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     std::thread::spawn(move || server.run(listener));
     let url = format!("http://127.0.0.1:{port}/");
-    // Every flow on the wasm SIMD CPU engine (main flow with the WebGPU flag on, others without).
+    // Every flow that needs no WebGPU, on the wasm SIMD CPU engine (main flow with the WebGPU
+    // flag on, others without): main, resume, checksum, xss, regenerate, import, quota.
     run(Command::new("node")
         .current_dir(web_tests_dir())
         .arg("e2e.mjs")
         .env("SLM_URL", &url)
+        .env("SLM_MODELS_DIR", models_dir())
         .env("SLM_E2E_EXPECT_PREFIX", &expect)
         .env("SLM_E2E_SCREENSHOT", root().join("target/screenshot.png")))?;
-    // The main flow again on WebGPU (Chromium's SwiftShader adapter: slow, a few tokens).
+    // On WebGPU (Chromium's SwiftShader adapter: slow, a few tokens): the main flow again, and
+    // a lost GPU device moving the conversation to the CPU.
     run(Command::new("node")
         .current_dir(web_tests_dir())
         .arg("e2e.mjs")
         .env("SLM_URL", &url)
+        .env("SLM_MODELS_DIR", models_dir())
         .env("SLM_E2E_EXPECT_PREFIX", &expect)
-        .env("SLM_E2E_ONLY", "main")
+        .env("SLM_E2E_ONLY", "main,gpulost")
         .env("SLM_E2E_BACKEND", "gpu"))
 }
 
