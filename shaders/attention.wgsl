@@ -3,37 +3,9 @@
 // 0 ..= pos0 + t of KV head h / (n_head / n_head_kv). One workgroup per (token, head): scores go
 // to a scratch row (exact softmax in three passes), then each invocation sums its output dims.
 // This is the prefill path; a single-token decode uses attention_decode.wgsl, which splits the
-// cache across workgroups. The cache holds kv_t (kv_f32.wgsl or kv_f16.wgsl); math is f32.
-// q: (n_tok, q_stride); k_cache, v_cache: (n_ctx, kv_dim); scores: (n_tok * n_head, n_ctx);
-// out: (n_tok, n_head * head_dim).
+// cache across workgroups. Params and bindings: attn_io.wgsl (scratch holds the scores).
 
 const WG: u32 = 64u;
-const MAX_HEAD_DIM: u32 = 256u;
-
-struct Params {
-    n_head: u32,
-    n_head_kv: u32,
-    head_dim: u32,
-    n_tok: u32,
-    pos0: u32,
-    kv_dim: u32,
-    q_stride: u32,
-    n_ctx: u32,
-    scale: f32,
-    // Decode only (attention_decode.wgsl): cache positions per workgroup, number of chunks.
-    chunk: u32,
-    n_chunks: u32,
-    _pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<kv_t>;
-@group(0) @binding(3) var<storage, read> v_cache: array<kv_t>;
-@group(0) @binding(4) var<storage, read_write> scores: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
-
-var<workgroup> qs: array<f32, MAX_HEAD_DIM>;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -57,14 +29,14 @@ fn main(
         let kb = j * p.kv_dim + kvh * hd;
         var s = 0.0;
         for (var i = 0u; i < hd; i++) { s += qs[i] * f32(k_cache[kb + i]); }
-        scores[sb + j] = s;
+        scratch[sb + j] = s;
         mx = max(mx, s);
     }
     mx = reduce_max(mx, lid);
     var sum = 0.0;
     for (var j = lid; j < n_kv; j += WG) {
-        let e = exp(scores[sb + j] - mx);
-        scores[sb + j] = e;
+        let e = exp(scratch[sb + j] - mx);
+        scratch[sb + j] = e;
         sum += e;
     }
     sum = reduce_sum(sum, lid);
@@ -73,7 +45,7 @@ fn main(
     for (var i = lid; i < hd; i += WG) {
         var acc = 0.0;
         let vb = kvh * hd + i;
-        for (var j = 0u; j < n_kv; j++) { acc += scores[sb + j] * f32(v_cache[j * p.kv_dim + vb]); }
+        for (var j = 0u; j < n_kv; j++) { acc += scratch[sb + j] * f32(v_cache[j * p.kv_dim + vb]); }
         out[t * p.n_head * hd + h * hd + i] = acc * inv;
     }
 }

@@ -5,39 +5,13 @@
 // workgroup memory, their max m and sum l of exp(s - m), and o = Σ exp(s - m) v. With one chunk
 // it writes o / l straight to `out`; otherwise it stores (o, m, l) and `combine` (one workgroup
 // per head) rescales the chunks to their common max: out = Σ e^(m_c - M) o_c / Σ e^(m_c - M) l_c.
-// Same bindings and Params as attention.wgsl (n_tok = 1, query position pos0); the cache holds
-// kv_t (kv_f32.wgsl or kv_f16.wgsl), math is f32.
-// q: (q_stride); k_cache, v_cache: (n_ctx, kv_dim); part: (n_chunks * n_head, head_dim + 2);
-// out: (n_head * head_dim).
+// Params and bindings: attn_io.wgsl (n_tok = 1, query position pos0; scratch holds the chunks'
+// partials (o, m, l), head_dim + 2 floats per (chunk, head)).
 
 const WG: u32 = 64u;
-const MAX_HEAD_DIM: u32 = 256u;
 // Largest `chunk` (the host's choice, ≤ this).
 const MAX_CHUNK: u32 = 256u;
 
-struct Params {
-    n_head: u32,
-    n_head_kv: u32,
-    head_dim: u32,
-    n_tok: u32,
-    pos0: u32,
-    kv_dim: u32,
-    q_stride: u32,
-    n_ctx: u32,
-    scale: f32,
-    chunk: u32,
-    n_chunks: u32,
-    _pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<kv_t>;
-@group(0) @binding(3) var<storage, read> v_cache: array<kv_t>;
-@group(0) @binding(4) var<storage, read_write> part: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
-
-var<workgroup> qs: array<f32, MAX_HEAD_DIM>;
 var<workgroup> sc: array<f32, MAX_CHUNK>;
 
 @compute @workgroup_size(WG)
@@ -82,12 +56,12 @@ fn split(
         if (p.n_chunks == 1u) {
             out[h * hd + i] = acc / sum;
         } else {
-            part[pb + i] = acc;
+            scratch[pb + i] = acc;
         }
     }
     if (p.n_chunks > 1u && lid == 0u) {
-        part[pb + hd] = mx;
-        part[pb + hd + 1u] = sum;
+        scratch[pb + hd] = mx;
+        scratch[pb + hd + 1u] = sum;
     }
 }
 
@@ -102,17 +76,17 @@ fn combine(
     let hd = p.head_dim;
     let st = hd + 2u;
     var m = NEG_INF;
-    for (var c = 0u; c < p.n_chunks; c++) { m = max(m, part[(c * p.n_head + h) * st + hd]); }
+    for (var c = 0u; c < p.n_chunks; c++) { m = max(m, scratch[(c * p.n_head + h) * st + hd]); }
     var l = 0.0;
     for (var c = 0u; c < p.n_chunks; c++) {
         let b = (c * p.n_head + h) * st;
-        l += exp(part[b + hd] - m) * part[b + hd + 1u];
+        l += exp(scratch[b + hd] - m) * scratch[b + hd + 1u];
     }
     for (var i = lid; i < hd; i += WG) {
         var acc = 0.0;
         for (var c = 0u; c < p.n_chunks; c++) {
             let b = (c * p.n_head + h) * st;
-            acc += exp(part[b + hd] - m) * part[b + i];
+            acc += exp(scratch[b + hd] - m) * scratch[b + i];
         }
         out[h * hd + i] = acc / l;
     }

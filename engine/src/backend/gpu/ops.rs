@@ -87,11 +87,6 @@ impl Gpu {
             ));
         }
         arena.upload(&self.ctx, jobs.len());
-        let staging = self.ctx.buffer(
-            "staging",
-            out_bytes as u64,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        )?;
         let mut enc = self
             .ctx
             .device
@@ -103,13 +98,8 @@ impl Gpu {
                 dispatch(&mut pass, pipeline, b, j.n_wg);
             }
         }
-        let copy = (out_bytes as u64).next_multiple_of(4).max(4);
-        enc.copy_buffer_to_buffer(out, 0, &staging, 0, copy);
-        let mut result = vec![0u8; out_bytes];
-        self.ctx
-            .submit_and_read(enc.finish(), &staging, &mut result)
-            .await?;
-        Ok(result)
+        self.ctx.queue.submit(Some(enc.finish()));
+        self.read(out, out_bytes as u64).await
     }
 
     /// y = W x (+ bias) on the GPU. w: (rows, cols); x: (n_tok, cols); bias: (rows);

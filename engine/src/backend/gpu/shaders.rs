@@ -4,7 +4,8 @@
 //! cache, its element type (`kv_f32.wgsl`, baseline; `kv_f16.wgsl`, `shader-f16`); the
 //! `common.wgsl` declarations; `quant.wgsl` (GGUF block decoders) for kernels that read weights;
 //! one of the two reduction helpers (`reduce_wg.wgsl`, baseline; `reduce_sg.wgsl`, subgroups)
-//! for kernels that reduce; then the kernel file. Variants differ only by that choice of parts
+//! for kernels that reduce; `attn_io.wgsl` (shared Params and bindings) for the attention
+//! kernels; then the kernel file. Variants differ only by that choice of parts
 //! and by pipeline-overridable constants (`DTYPE`, `TILE_N`, `TPR`); no shader text is
 //! generated.
 //!
@@ -30,6 +31,8 @@ pub const KV_F16: &str = include_str!("../../../../shaders/kv_f16.wgsl");
 pub const REDUCE_WG: &str = include_str!("../../../../shaders/reduce_wg.wgsl");
 /// `shaders/reduce_sg.wgsl`: workgroup reductions with subgroup operations.
 pub const REDUCE_SG: &str = include_str!("../../../../shaders/reduce_sg.wgsl");
+/// `shaders/attn_io.wgsl`: Params and bindings of the attention kernels.
+pub const ATTN_IO: &str = include_str!("../../../../shaders/attn_io.wgsl");
 /// Kernel files.
 pub const MATMUL: &str = include_str!("../../../../shaders/matmul.wgsl");
 pub const GET_ROWS: &str = include_str!("../../../../shaders/get_rows.wgsl");
@@ -238,7 +241,7 @@ impl Op {
 
 /// The WGSL of `op` built with `variant` and cache type `kv`: the fixed list of parts, joined.
 pub fn source(op: Op, variant: Variant, kv: KvType) -> String {
-    let mut parts: Vec<&'static str> = Vec::with_capacity(6);
+    let mut parts: Vec<&'static str> = Vec::with_capacity(7);
     let sg = variant == Variant::Subgroup && op.reduces();
     if sg {
         parts.push(ENABLE_SUBGROUPS);
@@ -255,6 +258,9 @@ pub fn source(op: Op, variant: Variant, kv: KvType) -> String {
     }
     if op.reduces() {
         parts.push(if sg { REDUCE_SG } else { REDUCE_WG });
+    }
+    if matches!(op, Op::Attention | Op::AttnDecode | Op::AttnCombine) {
+        parts.push(ATTN_IO);
     }
     parts.push(op.kernel());
     parts.concat()
