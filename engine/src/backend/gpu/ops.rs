@@ -318,7 +318,14 @@ impl Gpu {
                 && q.len() == n_tok * qd
                 && k.len() == n_tok * kv_dim
                 && v.len() == k.len(),
-            || format!("q {} k {} v {} values for {n_tok} rows", q.len(), k.len(), v.len()),
+            || {
+                format!(
+                    "q {} k {} v {} values for {n_tok} rows",
+                    q.len(),
+                    k.len(),
+                    v.len()
+                )
+            },
         )?;
         shape(
             OP,
@@ -329,7 +336,10 @@ impl Gpu {
             format!("freq factors need {} values", n_rot / 2)
         })?;
         let cache_len = (pos0 + n_tok) * kv_dim;
-        let (qr, qo) = (self.f32_buf("q_raw", q)?, self.f32_buf("q", &vec![0.0; q.len()])?);
+        let (qr, qo) = (
+            self.f32_buf("q_raw", q)?,
+            self.f32_buf("q", &vec![0.0; q.len()])?,
+        );
         let (kr, vr) = (self.f32_buf("k_raw", k)?, self.f32_buf("v_raw", v)?);
         let kc = self.kv_buf("k_cache", &vec![0.0; cache_len])?;
         let vc = self.kv_buf("v_cache", &vec![0.0; cache_len])?;
@@ -402,9 +412,8 @@ impl Gpu {
         )?;
         let n_ctx = k_cache.len() / kv_dim;
         let chunk = self.ctx.info.attn_decode_chunk;
-        let scratch = (n_tok * n_head * n_ctx).max(AttnParams::decode_scratch(
-            n_ctx, n_head, head_dim, chunk,
-        ));
+        let scratch = (n_tok * n_head * n_ctx)
+            .max(AttnParams::decode_scratch(n_ctx, n_head, head_dim, chunk));
         let qb = self.f32_buf("q", q)?;
         let kb = self.kv_buf("k", k_cache)?;
         let vb = self.kv_buf("v", v_cache)?;
@@ -431,7 +440,14 @@ impl Gpu {
                 .await;
         }
         let out = self
-            .simple(Op::AttnDecode, &p, bufs(), p.n_head * p.n_chunks, &ob, q.len())
+            .simple(
+                Op::AttnDecode,
+                &p,
+                bufs(),
+                p.n_head * p.n_chunks,
+                &ob,
+                q.len(),
+            )
             .await?;
         if p.n_chunks == 1 {
             return Ok(out);

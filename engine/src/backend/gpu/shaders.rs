@@ -218,9 +218,7 @@ impl Op {
             // q_raw, q, k_raw, v_raw, k_cache, v_cache, freq
             Op::Rope => &[false, true, false, false, true, true, false],
             // q, k_cache, v_cache, scores (decode: chunk partials), out
-            Op::Attention | Op::AttnDecode | Op::AttnCombine => {
-                &[false, false, false, true, true]
-            }
+            Op::Attention | Op::AttnDecode | Op::AttnCombine => &[false, false, false, true, true],
             // a (rw), b
             Op::SwiGlu | Op::Add => &[true, false],
             // logits, out
