@@ -316,12 +316,7 @@ impl GpuModel {
         let kv = |label: &str| ctx.buffer(label, kv_bytes, st);
         let nb = n_batch;
         let chunk = ctx.info.attn_decode_chunk;
-        let scratch = (nb * cfg.n_head * n_ctx).max(AttnParams::decode_scratch(
-            n_ctx,
-            cfg.n_head,
-            cfg.head_dim,
-            chunk,
-        ));
+        let scratch = AttnParams::scratch_len(nb, n_ctx, cfg.n_head, cfg.head_dim, chunk);
         let bufs = Buffers {
             tokens: ctx.buffer(
                 "tokens",

@@ -412,8 +412,7 @@ impl Gpu {
         )?;
         let n_ctx = k_cache.len() / kv_dim;
         let chunk = self.ctx.info.attn_decode_chunk;
-        let scratch = (n_tok * n_head * n_ctx)
-            .max(AttnParams::decode_scratch(n_ctx, n_head, head_dim, chunk));
+        let scratch = AttnParams::scratch_len(n_tok, n_ctx, n_head, head_dim, chunk);
         let qb = self.f32_buf("q", q)?;
         let kb = self.kv_buf("k", k_cache)?;
         let vb = self.kv_buf("v", v_cache)?;

@@ -123,9 +123,19 @@ impl AttnParams {
         self
     }
 
-    /// Floats of the decode partials for `n_ctx` positions: (n_chunks * n_head, head_dim + 2).
-    pub fn decode_scratch(n_ctx: usize, n_head: usize, head_dim: usize, chunk: u32) -> usize {
-        n_ctx.div_ceil(chunk.clamp(1, ATTN_MAX_CHUNK) as usize) * n_head * (head_dim + 2)
+    /// Floats of the attention scratch for `n_tok` tokens and `n_ctx` positions: the larger of
+    /// the prefill scores (n_tok * n_head, n_ctx) and the decode partials
+    /// (n_chunks * n_head, head_dim + 2).
+    pub fn scratch_len(
+        n_tok: usize,
+        n_ctx: usize,
+        n_head: usize,
+        head_dim: usize,
+        chunk: u32,
+    ) -> usize {
+        let decode =
+            n_ctx.div_ceil(chunk.clamp(1, ATTN_MAX_CHUNK) as usize) * n_head * (head_dim + 2);
+        (n_tok * n_head * n_ctx).max(decode)
     }
 }
 
