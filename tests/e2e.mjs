@@ -343,6 +343,152 @@ async function regenerateFlow() {
   }
 }
 
+async function stopFlow() {
+  log('stop on a page that is not cross-origin isolated: the reply ends at once, the chat goes on');
+  const b = await launch({ webgpu: false });
+  try {
+    const resp = await b.page.goto(new URL('?isolation=off', BASE).href);
+    assert.equal(resp.headers()['cross-origin-opener-policy'], undefined, 'test hook: no COOP');
+    await b.page.getByTestId('model-select').waitFor();
+    assert.equal(await b.page.evaluate(() => crossOriginIsolated), false, 'page is not cross-origin isolated');
+    await b.page.getByTestId('backend-select').selectOption('cpu');
+    await downloadAndLoad(b.page);
+    await settings(b.page, { temperature: 0, maxTokens: 400 });
+    await b.page.getByTestId('prompt-input').fill('Write a long story about a lighthouse keeper and a storm.');
+    await b.page.getByTestId('send-button').click();
+    await b.page.getByTestId('stop-button').waitFor({ timeout: 10_000 });
+    const reply = b.page.getByTestId('assistant-message').first();
+    const t0 = Date.now();
+    while ((await reply.innerText().catch(() => '')).length < 40) {
+      assert.ok(Date.now() - t0 < 60_000, 'the reply streams');
+      await b.page.waitForTimeout(20);
+    }
+    const tStop = Date.now();
+    await b.page.getByTestId('stop-button').click();
+    await b.page.getByTestId('send-button').waitFor({ timeout: 5_000 });
+    const stopMs = Date.now() - tStop;
+    const stopped = await reply.innerText();
+    const stats = await b.page.getByTestId('reply-stats').last().innerText();
+    log(`stopped after ${stopMs} ms: ${JSON.stringify(stopped)} | ${stats}`);
+    assert.match(stats, /\(cancelled\)/, 'the reply says it was stopped');
+    const n = Number(/(\d+) tokens/.exec(stats)[1]);
+    assert.ok(n < 200, `stopped long before max_tokens (${n} tokens)`);
+    await b.page.waitForTimeout(1000);
+    assert.equal(await reply.innerText(), stopped, 'nothing more streams after Stop');
+    assert.equal((await savedChats(b.page))[0].messages[1].content.length > 0, true, 'the partial reply is kept');
+
+    // The worker is ready for the next turn, which reuses the KV cache of the stopped one.
+    await settings(b.page, { temperature: 0, maxTokens: 16 });
+    const next = await ask(b.page, QUESTION);
+    log('next reply:', JSON.stringify(next.reply), next.stats);
+    assert.ok(next.reply.trim().length > 0, 'a reply after the stopped one');
+    assert.match(next.stats, /\((max_tokens|eog)\)/);
+  } finally {
+    await b.close();
+  }
+}
+
+async function conversationFlow() {
+  log('system prompt, context meter, context full, regenerate after it, reload keeps the chat, new chat, delete');
+  const PIRATE = 'You are a pirate. Answer in one short sentence.';
+  const b = await launch({ webgpu: false });
+  try {
+    await open(b.page);
+    await b.page.getByTestId('backend-select').selectOption('cpu');
+    await downloadAndLoad(b.page);
+    await settings(b.page, { temperature: 0, maxTokens: 16 });
+    await b.page.getByTestId('system-prompt').fill(PIRATE);
+    const used = async () => {
+      const m = /context (\d+) \/ (\d+) tokens/.exec(await b.page.getByTestId('context-meter').innerText());
+      assert.ok(m, 'context meter shown');
+      return [Number(m[1]), Number(m[2])];
+    };
+    const r1 = await ask(b.page, QUESTION);
+    const [u1, nCtx] = await used();
+    const r2 = await ask(b.page, 'And at night?');
+    const [u2] = await used();
+    log(`replies: ${JSON.stringify(r1.reply)} | ${JSON.stringify(r2.reply)}; context ${u1} → ${u2} of ${nCtx}`);
+    assert.ok(u1 > 20 && u2 > u1 && u2 < nCtx, 'the meter counts the conversation');
+
+    // A reply that cannot fit: a plain message, the conversation and the model stay usable.
+    await settings(b.page, { temperature: 0, maxTokens: nCtx });
+    await b.page.getByTestId('prompt-input').fill('Thanks!');
+    await b.page.getByTestId('send-button').click();
+    const full = await waitText(b.page, 'error-banner', /no longer fits in the model's context window/, 30_000);
+    log('banner:', full);
+    await b.page.getByTestId('send-button').waitFor();
+    assert.equal(await b.page.getByTestId('assistant-message').count(), 2, 'no garbage reply');
+    assert.equal(await b.page.getByTestId('user-message').count(), 3, 'the question is kept');
+    await settings(b.page, { temperature: 0, maxTokens: 16 });
+    await b.page.getByTestId('regenerate-button').click();
+    await b.page.getByTestId('send-button').waitFor({ timeout: LONG });
+    await b.page.waitForFunction(() => document.querySelectorAll('[data-testid=assistant-message]').length === 3);
+    const saved = await savedChats(b.page);
+    assert.equal(saved.length, 1);
+    assert.equal(saved[0].system, PIRATE, 'the edited system prompt is stored');
+    assert.deepEqual(saved[0].messages.map((m) => m.role), ['user', 'assistant', 'user', 'assistant', 'user', 'assistant']);
+
+    // Reload: the conversation is back, the model loads from storage, the chat goes on.
+    const texts = await b.page.getByTestId('assistant-message').allInnerTexts();
+    await b.page.reload();
+    await b.page.getByTestId('model-select').waitFor();
+    await b.page.getByTestId('backend-select').selectOption('cpu');
+    await b.page.waitForFunction(() => document.querySelector('[data-testid=download-button]')?.textContent.includes('Load'));
+    assert.deepEqual(await b.page.getByTestId('assistant-message').allInnerTexts(), texts, 'replies shown after reload');
+    assert.equal(await b.page.getByTestId('system-prompt').inputValue(), PIRATE);
+    await downloadAndLoad(b.page);
+    await settings(b.page, { temperature: 0, maxTokens: 16 });
+    const r4 = await ask(b.page, 'Where is your ship?');
+    assert.ok(r4.reply.trim().length > 0);
+    assert.equal((await savedChats(b.page))[0].messages.length, 8);
+
+    // New chat empties the view and keeps the saved one; Delete removes it.
+    await b.page.getByTestId('new-chat').click();
+    assert.equal(await b.page.getByTestId('assistant-message').count(), 0);
+    await b.page.locator('details.saved summary').click();
+    await b.page.locator('details.saved button.delete').first().click();
+    assert.deepEqual(await savedChats(b.page), [], 'deleted from local storage');
+    await b.page.reload();
+    await b.page.getByTestId('model-select').waitFor();
+    assert.equal(await b.page.getByTestId('user-message').count(), 0, 'nothing comes back after delete');
+  } finally {
+    await b.close();
+  }
+}
+
+async function hubFlow() {
+  log('a Hub URL added without a sha256 is verified with the sha256 the Hub lists (test server stands in for the Hub)');
+  const b = await launch({ webgpu: false });
+  try {
+    await open(b.page);
+    const add = async (url) => {
+      if (!(await b.page.locator('details.add-model').evaluate((d) => d.open))) await b.page.locator('details.add-model summary').click();
+      await b.page.getByTestId('add-url').fill(url);
+      await b.page.getByTestId('add-sha256').fill('');
+      await b.page.getByTestId('add-url-button').click();
+    };
+    // The Hub lists a different sha256: the download is rejected and nothing is kept.
+    await add(new URL(`TestOrg/Bad-GGUF/resolve/main/${MODEL_FILE}`, BASE).href);
+    await b.page.getByTestId('download-button').click();
+    const banner = await waitText(b.page, 'error-banner', /not the expected/);
+    log('bad listing:', banner);
+    assert.ok(await b.page.getByTestId('prompt-input').isDisabled());
+
+    const mark = (await serverLog()).length;
+    await add(new URL(`TestOrg/SmolLM2-GGUF/resolve/main/${MODEL_FILE}`, BASE).href);
+    await downloadAndLoad(b.page);
+    const reqs = (await serverLog()).slice(mark);
+    log('requests:', reqs);
+    assert.ok(reqs.some((l) => l.startsWith('GET /api/models/TestOrg/SmolLM2-GGUF/tree/main ')), 'asked the Hub listing');
+    const stored = await b.page.getByTestId('stored-models').innerText();
+    log('stored:', stored);
+    assert.match(stored, /verified by sha256/);
+    assert.ok(!/verified by size/.test(stored), 'not by size only');
+  } finally {
+    await b.close();
+  }
+}
+
 async function importFlow() {
   log('a local .gguf file: stored in IndexedDB, listed, loaded and chatting, never fetched');
   const b = await launch({ webgpu: false });
@@ -507,6 +653,9 @@ const flows = {
   checksum: { run: checksumFlow },
   xss: { run: xssFlow },
   regenerate: { run: regenerateFlow },
+  stop: { run: stopFlow },
+  conversation: { run: conversationFlow },
+  hub: { run: hubFlow },
   import: { run: importFlow },
   quota: { run: quotaFlow },
   gpulost: { run: gpuLostFlow, gpu: true },

@@ -153,7 +153,7 @@ impl<M: ForwardPass> Session<M> {
 
     /// Generate a continuation of `prompt` (token ids), calling `on_token` for every new token;
     /// returning `ControlFlow::Break` from it cancels. The KV cache is reused for the longest
-    /// prefix `prompt` shares with the previous call.
+    /// prefix `prompt` shares with the previous call. A blocking driver of [`Generation`].
     ///
     /// Errors: [`Error::ContextFull`] when `prompt.len() + max_tokens` exceeds the context (checked
     /// before any work), [`Error::InvalidParam`], and the model's errors.
@@ -165,8 +165,104 @@ impl<M: ForwardPass> Session<M> {
         clock: &dyn Clock,
         on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<GenerationStats> {
-        let t0 = clock.now_ms();
         let n_ctx = self.model.n_ctx();
+        let (mut gen, reuse) = Generation::begin(&mut self.cached, prompt, params, n_ctx, clock)?;
+        let todo = &prompt[reuse..];
+        let logits = self.model.forward(todo, reuse, Logits::Last)?;
+        self.cached.extend_from_slice(todo);
+        gen.prefilled(logits, clock);
+        while let Step::Token { event, decode } = gen.step(tokenizer, clock) {
+            if on_token(event).is_break() {
+                gen.cancel();
+                break;
+            }
+            let Some(id) = decode else { break };
+            let pos = self.cached.len();
+            let on_device = match gen.device_sampling() {
+                Some((sp, random)) => self.model.decode_sample(id, pos, sp, random),
+                None => None,
+            };
+            match on_device {
+                Some(next) => gen.sampled(next?),
+                None => {
+                    let logits = self.model.forward(&[id], pos, Logits::Last)?;
+                    gen.sample(logits);
+                }
+            }
+            self.cached.push(id);
+        }
+        let (tail, stats) = gen.finish(clock);
+        if !tail.is_empty() {
+            let _ = on_token(TokenEvent {
+                id: u32::MAX,
+                text: &tail,
+            });
+        }
+        Ok(stats)
+    }
+}
+
+/// What [`Generation::step`] hands the driver.
+#[derive(Debug)]
+pub enum Step<'a> {
+    /// A new token to stream. `decode: Some(id)` asks for the decode pass of `id` at the next
+    /// cache position, its result given back through [`Generation::sample`] (logits) or
+    /// [`Generation::sampled`] (an id sampled on the device); `None` means this was the last
+    /// token.
+    Token {
+        event: TokenEvent<'a>,
+        decode: Option<u32>,
+    },
+    /// Generation ended (end-of-generation token, or nothing pending).
+    Done,
+}
+
+/// One reply's token-by-token state: sampler, history, streamed text, stop conditions and
+/// timings, without the model. [`Session::generate`] drives it in a blocking loop; the browser
+/// worker drives it across `await`s (GPU read-backs, yields that let a stop request in).
+///
+/// The driver's protocol: [`Generation::begin`] (plans the prefill against the KV cache) →
+/// run the prefill → [`Generation::prefilled`] → repeat [`Generation::step`] and, when it asks,
+/// the decode pass → [`Generation::finish`].
+pub struct Generation {
+    sampler: Sampler,
+    history: Vec<u32>,
+    decoder: StreamDecoder,
+    /// Decoded text not yet streamed (held back while it could still become a stop string).
+    pending: String,
+    /// Bytes of `pending` handed out by the last step, dropped at the next.
+    emitted: usize,
+    /// The sampled token the next step hands out.
+    next: Option<u32>,
+    max_tokens: usize,
+    stop_on_eog: bool,
+    stop_strings: Vec<String>,
+    n_prompt: usize,
+    n_prefilled: usize,
+    n_generated: usize,
+    stop_reason: Option<StopReason>,
+    t0: f64,
+    t_prefill: f64,
+    ttft_ms: f64,
+}
+
+impl Generation {
+    /// Validate the request and plan its prefill against `cached` (the tokens whose keys/values
+    /// the cache holds): the longest shared prefix is kept, except that the last prompt token is
+    /// always recomputed for its logits. Truncates `cached` to that prefix and returns the
+    /// generation plus `reuse`, the position where prefill starts; the driver then runs
+    /// `prompt[reuse..]` at positions `reuse..` and appends those tokens to `cached`.
+    ///
+    /// Errors: [`Error::InvalidParam`] for an empty prompt or bad sampler values,
+    /// [`Error::ContextFull`] when `prompt.len() + max_tokens > n_ctx` (before any work).
+    pub fn begin(
+        cached: &mut Vec<u32>,
+        prompt: &[u32],
+        params: &GenerateParams,
+        n_ctx: usize,
+        clock: &dyn Clock,
+    ) -> Result<(Self, usize)> {
+        let t0 = clock.now_ms();
         if prompt.is_empty() {
             return Err(Error::InvalidParam {
                 name: "prompt",
@@ -180,97 +276,142 @@ impl<M: ForwardPass> Session<M> {
                 n_ctx,
             });
         }
-        let mut sampler = Sampler::new(params.sampler.clone())?;
-
-        // Reuse the cached prefix; always recompute at least the last prompt token so we have
-        // its logits.
-        let common = self
-            .cached
+        let sampler = Sampler::new(params.sampler.clone())?;
+        let common = cached
             .iter()
             .zip(prompt)
             .take_while(|(a, b)| a == b)
             .count();
         let reuse = common.min(prompt.len() - 1);
-        self.cached.truncate(reuse);
-        let todo = &prompt[reuse..];
-        let mut history: Vec<u32> = Vec::with_capacity(prompt.len() + params.max_tokens);
+        cached.truncate(reuse);
+        let mut history = Vec::with_capacity(prompt.len() + params.max_tokens);
         history.extend_from_slice(prompt);
-
-        let logits = self.model.forward(todo, reuse, Logits::Last)?;
-        self.cached.extend_from_slice(todo);
-        let t_prefill = clock.now_ms();
-
-        let mut decoder = StreamDecoder::new();
-        let mut pending = String::new();
-        let mut n_generated = 0;
-        let mut ttft_ms = 0.0;
-        let mut stop_reason = StopReason::MaxTokens;
-        let mut next = sampler.sample(logits, &history);
-        while n_generated < params.max_tokens {
-            let id = next;
-            n_generated += 1;
-            if n_generated == 1 {
-                ttft_ms = clock.now_ms() - t0;
-            }
-            history.push(id);
-            if params.stop_on_eog && tokenizer.is_eog(id) {
-                stop_reason = StopReason::Eog;
-                break;
-            }
-            pending.push_str(&decoder.push(tokenizer, id));
-            let (emit, stop) = split_at_stop(&pending, &params.stop_strings);
-            let flow = on_token(TokenEvent {
-                id,
-                text: &pending[..emit],
-            });
-            pending.drain(..emit);
-            if stop {
-                stop_reason = StopReason::StopString;
-                break;
-            }
-            if flow.is_break() {
-                stop_reason = StopReason::Cancelled;
-                break;
-            }
-            if n_generated == params.max_tokens {
-                break;
-            }
-            let pos = self.cached.len();
-            let on_device = if sampler.device_compatible() {
-                let random = sampler.draw();
-                self.model.decode_sample(id, pos, sampler.params(), random)
-            } else {
-                None
-            };
-            next = match on_device {
-                Some(r) => r?,
-                None => {
-                    let logits = self.model.forward(&[id], pos, Logits::Last)?;
-                    sampler.sample(logits, &history)
-                }
-            };
-            self.cached.push(id);
-        }
-        if stop_reason == StopReason::MaxTokens || stop_reason == StopReason::Eog {
-            // Flush what was held back (partial stop-string prefix, incomplete bytes).
-            pending.push_str(&decoder.flush());
-            if !pending.is_empty() {
-                let _ = on_token(TokenEvent {
-                    id: u32::MAX,
-                    text: &pending,
-                });
-            }
-        }
-        let t_end = clock.now_ms();
-        Ok(GenerationStats {
+        let gen = Self {
+            sampler,
+            history,
+            decoder: StreamDecoder::new(),
+            pending: String::new(),
+            emitted: 0,
+            next: None,
+            max_tokens: params.max_tokens,
+            stop_on_eog: params.stop_on_eog,
+            stop_strings: params.stop_strings.clone(),
             n_prompt: prompt.len(),
-            n_prefilled: todo.len(),
-            n_generated,
+            n_prefilled: prompt.len() - reuse,
+            n_generated: 0,
+            stop_reason: None,
+            t0,
+            t_prefill: t0,
+            ttft_ms: 0.0,
+        };
+        Ok((gen, reuse))
+    }
+
+    /// The prefill ran: `logits` (n_vocab) of the last prompt token. Samples the first token.
+    pub fn prefilled(&mut self, logits: &[f32], clock: &dyn Clock) {
+        self.t_prefill = clock.now_ms();
+        self.sample(logits);
+    }
+
+    /// Hand out the pending token: checks the end conditions (end-of-generation id, stop
+    /// strings, `max_tokens`) and decodes its text.
+    pub fn step(&mut self, tokenizer: &Tokenizer, clock: &dyn Clock) -> Step<'_> {
+        self.pending.drain(..self.emitted);
+        self.emitted = 0;
+        let Some(id) = (if self.stop_reason.is_none() {
+            self.next.take()
+        } else {
+            None
+        }) else {
+            return Step::Done;
+        };
+        self.n_generated += 1;
+        if self.n_generated == 1 {
+            self.ttft_ms = clock.now_ms() - self.t0;
+        }
+        self.history.push(id);
+        if self.stop_on_eog && tokenizer.is_eog(id) {
+            self.stop_reason = Some(StopReason::Eog);
+            return Step::Done;
+        }
+        self.pending.push_str(&self.decoder.push(tokenizer, id));
+        let (emit, stop) = split_at_stop(&self.pending, &self.stop_strings);
+        self.emitted = emit;
+        let decode = if stop {
+            self.stop_reason = Some(StopReason::StopString);
+            None
+        } else if self.n_generated >= self.max_tokens {
+            self.stop_reason = Some(StopReason::MaxTokens);
+            None
+        } else {
+            Some(id)
+        };
+        Step::Token {
+            event: TokenEvent {
+                id,
+                text: &self.pending[..emit],
+            },
+            decode,
+        }
+    }
+
+    /// Sampling on the device: `Some((params, a uniform draw in [0, 1)))` when the sampler's
+    /// settings allow it (see [`Sampler::device_compatible`]); the driver then runs a
+    /// decode-and-sample pass and reports its id with [`Generation::sampled`].
+    pub fn device_sampling(&mut self) -> Option<(&SamplerParams, f32)> {
+        if !self.sampler.device_compatible() {
+            return None;
+        }
+        let random = self.sampler.draw();
+        Some((self.sampler.params(), random))
+    }
+
+    /// The decode pass ran: pick the next token from its `logits` (n_vocab) on the host.
+    pub fn sample(&mut self, logits: &[f32]) {
+        self.next = Some(self.sampler.sample(logits, &self.history));
+    }
+
+    /// The decode pass ran and sampled `id` on the device.
+    pub fn sampled(&mut self, id: u32) {
+        self.next = Some(id);
+    }
+
+    /// Stop (e.g. the user pressed Stop). The text handed out so far stays the reply.
+    pub fn cancel(&mut self) {
+        if self.stop_reason.is_none() {
+            self.stop_reason = Some(StopReason::Cancelled);
+        }
+        self.next = None;
+    }
+
+    /// End: the text still held back (incomplete UTF-8, a partial stop-string prefix), to stream
+    /// unless generation was cancelled or cut by a stop string, and the counts and timings.
+    pub fn finish(mut self, clock: &dyn Clock) -> (String, GenerationStats) {
+        self.pending.drain(..self.emitted);
+        let stop_reason = self.stop_reason.unwrap_or(StopReason::Cancelled);
+        let tail = match stop_reason {
+            StopReason::MaxTokens | StopReason::Eog => {
+                self.pending.push_str(&self.decoder.flush());
+                std::mem::take(&mut self.pending)
+            }
+            StopReason::StopString | StopReason::Cancelled => String::new(),
+        };
+        let t_end = clock.now_ms();
+        let prefill_ms = if self.t_prefill > self.t0 {
+            self.t_prefill - self.t0
+        } else {
+            t_end - self.t0
+        };
+        let stats = GenerationStats {
+            n_prompt: self.n_prompt,
+            n_prefilled: self.n_prefilled,
+            n_generated: self.n_generated,
             stop_reason,
-            ttft_ms,
-            prefill_ms: t_prefill - t0,
-            decode_ms: (t_end - t0 - ttft_ms).max(0.0),
-        })
+            ttft_ms: self.ttft_ms,
+            prefill_ms,
+            decode_ms: (t_end - self.t0 - self.ttft_ms).max(0.0),
+        };
+        (tail, stats)
     }
 }
 

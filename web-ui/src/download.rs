@@ -169,6 +169,49 @@ impl Sink {
     }
 }
 
+/// For a Hugging Face Hub file whose entry pins no sha256: the entry with the sha256 (and size)
+/// the Hub lists for it, so the download is verified by hash rather than by size alone. `None`
+/// (keep the entry) when a hash is pinned, a stored part of the same URL already carries one,
+/// the URL is not a Hub file, or the Hub cannot be asked (then: size only, as before).
+async fn with_hub_hash(
+    entry: &CatalogEntry,
+    existing: Option<&StoredModel>,
+) -> Option<CatalogEntry> {
+    if entry.sha256.is_some() {
+        return None;
+    }
+    let mut e = entry.clone();
+    if let Some(sha) = existing
+        .filter(|r| r.url == entry.url)
+        .and_then(|r| r.sha256.clone())
+    {
+        e.sha256 = Some(sha);
+        return Some(e);
+    }
+    let file = crate::hub::HubFile::parse(&absolute_url(&entry.url))?;
+    match file.fetch_lfs().await {
+        Ok((sha, size)) => {
+            e.sha256 = Some(sha);
+            e.size = e.size.or(Some(size));
+            Some(e)
+        }
+        Err(why) => {
+            web_sys::console::warn_1(
+                &format!("no sha256 from the Hub ({why}): verifying by size").into(),
+            );
+            None
+        }
+    }
+}
+
+/// `url` resolved against the page's address (catalog URLs may be relative).
+fn absolute_url(url: &str) -> String {
+    web_sys::window()
+        .and_then(|w| w.location().href().ok())
+        .and_then(|base| web_sys::Url::new_with_base(url, &base).ok())
+        .map_or_else(|| url.to_string(), |u| u.href())
+}
+
 fn fresh_record(entry: &CatalogEntry, size: u64) -> StoredModel {
     StoredModel {
         id: entry.id.clone(),
@@ -239,6 +282,14 @@ async fn download_inner(
         }
     }
     request_persistence().await;
+    let hub_checked;
+    let entry = match with_hub_hash(entry, existing.as_ref()).await {
+        Some(e) => {
+            hub_checked = e;
+            &hub_checked
+        }
+        None => entry,
+    };
     // With the size known from the catalog, a download that cannot fit never starts.
     if let Some(size) = entry.size {
         let have = existing

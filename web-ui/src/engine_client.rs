@@ -1,16 +1,16 @@
-//! The page's handle on the engine worker: starts `worker.js` as a module worker, shares the stop
-//! flag, and turns the worker's messages into awaitable results (load, generate) and streamed
-//! events (tokens, load progress).
+//! The page's handle on the engine worker: starts `worker.js` as a module worker, and turns the
+//! worker's messages into awaitable results (load, generate) and streamed events (tokens, load
+//! progress).
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use js_sys::{Atomics, Function, Int32Array, SharedArrayBuffer};
+use js_sys::Function;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::{MessageEvent, Worker, WorkerOptions, WorkerType};
 
-use crate::js::{await_promise, deferred, err_text, global_get, set};
+use crate::js::{await_promise, deferred, err_text, set};
 use crate::protocol::{FromWorker, GenSettings, ReplyStats, ToWorker, Turn};
 
 /// What the worker reported after loading.
@@ -35,7 +35,6 @@ pub struct WorkerError {
 
 struct Client {
     worker: Worker,
-    stop: Option<Int32Array>,
     /// The request in flight: resolve/reject of its promise and the final message.
     pending: Option<(Function, Function)>,
     result: Option<FromWorker>,
@@ -109,24 +108,9 @@ pub fn start(on_event: Rc<dyn Fn(&FromWorker)>) -> Result<(), String> {
     worker.set_onerror(Some(onerror.as_ref().unchecked_ref()));
     onerror.forget();
 
-    // The stop flag needs SharedArrayBuffer, i.e. a cross-origin-isolated page (COOP + COEP).
-    let stop = if global_get("crossOriginIsolated").as_bool() == Some(true) {
-        let sab = SharedArrayBuffer::new(4);
-        let init = js_sys::Object::new();
-        set(&init, "type", &JsValue::from_str("init"));
-        set(&init, "stop", &sab);
-        Some((Int32Array::new(&sab), init))
-    } else {
-        None
-    };
-    let stop = stop.map(|(flag, init)| {
-        // Posted after Ready (see `request`), kept here until then.
-        (flag, init)
-    });
     CLIENT.with(|c| {
         *c.borrow_mut() = Some(Client {
             worker,
-            stop: stop.as_ref().map(|s| s.0.clone()),
             pending: None,
             result: None,
             ready: Some(ready),
@@ -134,14 +118,7 @@ pub fn start(on_event: Rc<dyn Fn(&FromWorker)>) -> Result<(), String> {
             _onmessage: onmessage,
         })
     });
-    if let Some((_, init)) = stop {
-        INIT.with(|i| *i.borrow_mut() = Some(init.into()));
-    }
     Ok(())
-}
-
-thread_local! {
-    static INIT: RefCell<Option<JsValue>> = const { RefCell::new(None) };
 }
 
 /// Post `msg` and wait for the worker's final answer to it.
@@ -149,14 +126,6 @@ async fn request(msg: &ToWorker) -> Result<FromWorker, WorkerError> {
     let ready = CLIENT.with(|c| c.borrow_mut().as_mut().and_then(|c| c.ready.take()));
     if let Some(r) = ready {
         let _ = await_promise(r).await;
-        let init = INIT.with(|i| i.borrow_mut().take());
-        if let Some(init) = init {
-            CLIENT.with(|c| {
-                if let Some(c) = c.borrow().as_ref() {
-                    let _ = c.worker.post_message(&init);
-                }
-            });
-        }
     }
     let (p, res, rej) = deferred();
     let ser = serde_wasm_bindgen::Serializer::json_compatible();
@@ -170,9 +139,6 @@ async fn request(msg: &ToWorker) -> Result<FromWorker, WorkerError> {
             kind: "worker".into(),
             message: "the engine worker is not running".into(),
         })?;
-        if let Some(f) = &c.stop {
-            let _ = Atomics::store(f, 0, 0);
-        }
         c.result = None;
         c.pending = Some((res, rej));
         c.worker.post_message(&v).map_err(|e| WorkerError {
@@ -237,11 +203,7 @@ pub async fn generate(turns: Vec<Turn>, settings: GenSettings) -> Result<ReplySt
 
 /// Ask the running generation to stop (takes effect at the next token).
 pub fn stop() {
-    CLIENT.with(|c| {
-        if let Some(f) = c.borrow().as_ref().and_then(|c| c.stop.clone()) {
-            let _ = Atomics::store(&f, 0, 1);
-        }
-    });
+    post_only(&ToWorker::Stop);
 }
 
 /// Post a message that gets no answer.

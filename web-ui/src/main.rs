@@ -7,6 +7,7 @@ mod components;
 mod download;
 mod engine_client;
 mod error;
+mod hub;
 mod idb;
 mod js;
 mod markdown;

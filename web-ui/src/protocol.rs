@@ -1,8 +1,4 @@
 //! Messages between the page and the engine's Web Worker (serialized with serde-wasm-bindgen).
-//!
-//! The stop flag is not in here: it is a `SharedArrayBuffer` sent once in a raw `init` message,
-//! because the worker is busy inside the synchronous generation loop and cannot receive messages
-//! until it returns.
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +46,9 @@ pub enum ToWorker {
         turns: Vec<Turn>,
         settings: GenSettings,
     },
+    /// End the running generation after the current token (or prefill slice); the reply so
+    /// far is kept and `Done` reports `stop_reason: "cancelled"`.
+    Stop,
     /// Drop the KV cache (new chat).
     Reset,
     /// Test hook (`window.__slm_test.loseGpu()`): destroy the WebGPU device the loaded model

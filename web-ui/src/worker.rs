@@ -2,11 +2,14 @@
 //! the network), then generates replies, posting each piece of text as it is decoded. Runs off
 //! the page's thread, so the page never freezes.
 //!
-//! Backends: the CPU (wasm simd128) engine runs the engine's synchronous [`Session`]; the GPU
-//! (WebGPU) engine cannot block on the web, so its loop here awaits `forward_async` and samples
-//! with the same [`Sampler`]. A lost GPU is reported as `gpu_lost` (a failed generation) or as an
-//! unsolicited `GpuLost` message (the device's `lost` promise, watched while idle), and the page
-//! reloads the model on the CPU, keeping the conversation.
+//! One loop serves both backends: it drives the engine's [`Generation`] step by step, awaiting
+//! each GPU pass (the web cannot block on the GPU; decode samples on the GPU so only the token
+//! id is read back) and yielding to the worker's event loop between prefill slices and between
+//! tokens, which is how a `Stop` message from the page gets in (no SharedArrayBuffer, so Stop
+//! also works on a page that is not cross-origin isolated). A lost GPU is reported as
+//! `gpu_lost` (a failed generation) or as an unsolicited `GpuLost` message (the device's `lost`
+//! promise, watched while idle), and the page reloads the model on the CPU, keeping the
+//! conversation.
 //!
 //! `public/worker.js` records the `GPUAdapter` and `GPUDevice` that wgpu requests in
 //! `self.__slm_gpu`: the adapter's info names it when wgpu finds no name (SwiftShader), and the
@@ -14,47 +17,42 @@
 //! which the engine does not expose.
 
 use std::cell::{Cell, RefCell};
-use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use engine::backend::gpu;
+use engine::backend::{gpu, LoadedModel};
 use engine::chat_template::{ChatMessage, ChatTemplate};
-use engine::generate::{GenerateParams, Session};
+use engine::generate::{GenerateParams, Generation, Step};
 use engine::gguf::{ByteSource, ChunkedSource, GgufFile};
 use engine::model::llama::CpuLlama;
 use engine::model::{ForwardPass, Logits};
-use engine::sampler::{Sampler, SamplerParams};
-use engine::tokenizer::{StreamDecoder, Tokenizer};
+use engine::sampler::SamplerParams;
+use engine::tokenizer::Tokenizer;
 use engine::Error;
-use js_sys::{Atomics, Int32Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
+use web_sys::{DedicatedWorkerGlobalScope, MessageChannel, MessageEvent};
 
 use crate::catalog::StoredModel;
 use crate::idb::Db;
 use crate::js::{get, now_ms, PerfClock};
 use crate::protocol::{FromWorker, GenSettings, ReplyStats, ToWorker, Turn};
 
-enum Backend {
-    Cpu(Session<CpuLlama>),
-    Gpu {
-        model: Box<gpu::GpuModel>,
-        /// Tokens whose keys/values are in the GPU cache.
-        cached: Vec<u32>,
-    },
-}
+/// Prompt tokens per forward call during prefill; between slices the worker checks for Stop.
+const PREFILL_SLICE: usize = 64;
 
 struct Loaded {
-    backend: Backend,
+    model: LoadedModel,
+    /// Tokens whose keys/values the KV cache holds (positions 0..len), reused by the next reply
+    /// for the prefix its prompt shares.
+    cached: Vec<u32>,
     tok: Tokenizer,
     tmpl: ChatTemplate,
 }
 
 thread_local! {
     static LOADED: RefCell<Option<Loaded>> = const { RefCell::new(None) };
-    /// `flag[0] != 0` asks the running generation to stop (a SharedArrayBuffer from the page).
-    static STOP: RefCell<Option<Int32Array>> = const { RefCell::new(None) };
+    /// Set by a `Stop` message; cleared when a generation starts.
+    static STOP: Cell<bool> = const { Cell::new(false) };
     /// The JavaScript `GPUDevice` of the loaded GPU model (for `LoseGpu`).
     static GPU_DEVICE: RefCell<Option<JsValue>> = const { RefCell::new(None) };
     /// Bumped on every load: a `lost` notification of an older device is ignored.
@@ -80,11 +78,20 @@ fn post_err(kind: &str, message: String) {
 }
 
 fn stop_requested() -> bool {
-    STOP.with(|s| {
-        s.borrow()
-            .as_ref()
-            .is_some_and(|f| Atomics::load(f, 0).unwrap_or(0) != 0)
-    })
+    STOP.with(|s| s.get())
+}
+
+/// Let the worker's event loop run queued messages (a `Stop` from the page) before going on.
+/// A `MessageChannel` task, not `setTimeout(0)`, which browsers clamp to 4 ms when nested.
+async fn yield_to_events() {
+    let Ok(ch) = MessageChannel::new() else {
+        return;
+    };
+    let port = ch.port1();
+    let done = js_sys::Promise::new(&mut |resolve, _| port.set_onmessage(Some(&resolve)));
+    let _ = ch.port2().post_message(&JsValue::NULL);
+    let _ = crate::js::await_promise(done).await;
+    port.set_onmessage(None);
 }
 
 /// Called by `worker.js` once the module is initialised.
@@ -92,14 +99,7 @@ fn stop_requested() -> bool {
 pub fn worker_main() {
     console_error_panic_hook::set_once();
     let on = Closure::<dyn FnMut(MessageEvent)>::new(|e: MessageEvent| {
-        let data = e.data();
-        if get(&data, "type").as_string().as_deref() == Some("init") {
-            if let Ok(sab) = get(&data, "stop").dyn_into::<js_sys::SharedArrayBuffer>() {
-                STOP.with(|s| *s.borrow_mut() = Some(Int32Array::new(&sab)));
-            }
-            return;
-        }
-        match serde_wasm_bindgen::from_value::<ToWorker>(data) {
+        match serde_wasm_bindgen::from_value::<ToWorker>(e.data()) {
             Ok(ToWorker::Load {
                 model_id,
                 backend,
@@ -113,15 +113,14 @@ pub fn worker_main() {
                 }
             }),
             Ok(ToWorker::Generate { turns, settings }) => {
+                STOP.with(|s| s.set(false));
                 wasm_bindgen_futures::spawn_local(async move { generate(turns, settings).await })
             }
+            Ok(ToWorker::Stop) => STOP.with(|s| s.set(true)),
             Ok(ToWorker::LoseGpu) => lose_gpu(),
             Ok(ToWorker::Reset) => LOADED.with(|l| {
                 if let Some(l) = l.borrow_mut().as_mut() {
-                    match &mut l.backend {
-                        Backend::Cpu(s) => s.reset(),
-                        Backend::Gpu { cached, .. } => cached.clear(),
-                    }
+                    l.cached.clear();
                 }
             }),
             Err(e) => post_err("protocol", format!("bad message: {e}")),
@@ -231,7 +230,7 @@ async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<(), String>
     let reason;
     let mut adapter = String::new();
     let mut device = JsValue::UNDEFINED;
-    let mut chosen: Option<Backend> = None;
+    let mut chosen: Option<LoadedModel> = None;
     if backend != "cpu" {
         match load_gpu(&g, &src, n_ctx).await {
             Ok(GpuLoaded {
@@ -242,10 +241,7 @@ async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<(), String>
                 reason = format!("WebGPU adapter “{name}” passed the self-test");
                 adapter = name;
                 device = dev;
-                chosen = Some(Backend::Gpu {
-                    model: Box::new(m),
-                    cached: Vec::new(),
-                });
+                chosen = Some(LoadedModel::Gpu(Box::new(m)));
             }
             Err(e) if backend == "gpu" => return Err(format!("GPU backend failed: {e}")),
             Err(e) => reason = format!("GPU not used: {e}"),
@@ -253,19 +249,20 @@ async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<(), String>
     } else {
         reason = "CPU requested".into();
     }
-    let backend = match chosen {
-        Some(b) => b,
-        None => {
-            let m = CpuLlama::load(&g, &src, n_ctx, 1).map_err(|e| e.to_string())?;
-            Backend::Cpu(Session::new(m))
-        }
+    let model = match chosen {
+        Some(m) => m,
+        None => LoadedModel::Cpu(CpuLlama::load(&g, &src, n_ctx, 1).map_err(|e| e.to_string())?),
     };
     drop(src);
-    let (name, n_ctx) = match &backend {
-        Backend::Cpu(s) => ("cpu", s.model.n_ctx()),
-        Backend::Gpu { model, .. } => ("gpu", model.n_ctx()),
-    };
-    LOADED.with(|l| *l.borrow_mut() = Some(Loaded { backend, tok, tmpl }));
+    let (name, n_ctx) = (model.name(), model.n_ctx());
+    LOADED.with(|l| {
+        *l.borrow_mut() = Some(Loaded {
+            model,
+            cached: Vec::new(),
+            tok,
+            tmpl,
+        })
+    });
     if name == "gpu" && !device.is_undefined() {
         watch_device_lost(&device);
         GPU_DEVICE.with(|d| *d.borrow_mut() = Some(device));
@@ -364,6 +361,8 @@ fn sampler_params(s: &GenSettings) -> SamplerParams {
     }
 }
 
+/// Generate one reply: prefill in [`PREFILL_SLICE`]s, then decode token by token, posting text
+/// as it is decoded and yielding between steps so a `Stop` message can end the reply.
 async fn run(l: &mut Loaded, turns: &[Turn], s: &GenSettings) -> Result<ReplyStats, Error> {
     let prompt = prompt_ids(l, turns)?;
     let params = GenerateParams {
@@ -371,115 +370,88 @@ async fn run(l: &mut Loaded, turns: &[Turn], s: &GenSettings) -> Result<ReplySta
         sampler: sampler_params(s),
         ..GenerateParams::default()
     };
-    let Loaded { backend, tok, .. } = l;
-    match backend {
-        Backend::Cpu(session) => {
-            let mut on_token = |ev: engine::generate::TokenEvent<'_>| {
-                if !ev.text.is_empty() {
-                    post(&FromWorker::Token {
-                        text: ev.text.to_string(),
-                    });
-                }
-                if stop_requested() {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            };
-            let st = session.generate(tok, &prompt, &params, &PerfClock, &mut on_token)?;
-            Ok(ReplyStats {
-                n_prompt: st.n_prompt,
-                n_prefilled: st.n_prefilled,
-                n_generated: st.n_generated,
-                stop_reason: st.stop_reason.as_str().into(),
-                ttft_ms: st.ttft_ms,
-                prefill_tok_s: st.prefill_tok_s(),
-                decode_tok_s: st.decode_tok_s(),
-                ctx_used: session.cached_tokens().len(),
-                n_ctx: session.model.n_ctx(),
-            })
+    let Loaded {
+        model, cached, tok, ..
+    } = l;
+    let clock = PerfClock;
+    let (mut gen, reuse) = Generation::begin(cached, &prompt, &params, model.n_ctx(), &clock)?;
+    let todo = &prompt[reuse..];
+    let n_slices = todo.len().div_ceil(PREFILL_SLICE);
+    for (i, slice) in todo.chunks(PREFILL_SLICE).enumerate() {
+        if i > 0 {
+            yield_to_events().await;
+            if stop_requested() {
+                gen.cancel();
+                break;
+            }
         }
-        Backend::Gpu { model, cached } => gpu_generate(model, cached, tok, &prompt, &params).await,
+        let logits = forward_last(model, slice, cached.len()).await?;
+        if i + 1 == n_slices {
+            gen.prefilled(logits, &clock);
+        }
+        cached.extend_from_slice(slice);
+    }
+    while let Step::Token { event, decode } = gen.step(tok, &clock) {
+        if !event.text.is_empty() {
+            post(&FromWorker::Token {
+                text: event.text.to_string(),
+            });
+        }
+        let Some(id) = decode else { break };
+        yield_to_events().await;
+        if stop_requested() {
+            gen.cancel();
+            break;
+        }
+        decode_step(model, &mut gen, id, cached.len()).await?;
+        cached.push(id);
+    }
+    let (tail, st) = gen.finish(&clock);
+    if !tail.is_empty() {
+        post(&FromWorker::Token { text: tail });
+    }
+    Ok(ReplyStats {
+        n_prompt: st.n_prompt,
+        n_prefilled: st.n_prefilled,
+        n_generated: st.n_generated,
+        stop_reason: st.stop_reason.as_str().into(),
+        ttft_ms: st.ttft_ms,
+        prefill_tok_s: st.prefill_tok_s(),
+        decode_tok_s: st.decode_tok_s(),
+        ctx_used: cached.len(),
+        n_ctx: model.n_ctx(),
+    })
+}
+
+/// Run `tokens` at positions `pos..` and return the last position's logits (n_vocab); the GPU
+/// is awaited, the CPU runs synchronously.
+async fn forward_last<'m>(
+    model: &'m mut LoadedModel,
+    tokens: &[u32],
+    pos: usize,
+) -> Result<&'m [f32], Error> {
+    match model {
+        LoadedModel::Cpu(m) => m.forward(tokens, pos, Logits::Last),
+        LoadedModel::Gpu(m) => m.forward_async(tokens, pos, Logits::Last).await,
     }
 }
 
-/// [`Session::generate`]'s loop for the GPU, awaiting each forward pass.
-async fn gpu_generate(
-    model: &mut gpu::GpuModel,
-    cached: &mut Vec<u32>,
-    tok: &Tokenizer,
-    prompt: &[u32],
-    params: &GenerateParams,
-) -> Result<ReplyStats, Error> {
-    let n_ctx = model.n_ctx();
-    if prompt.len() + params.max_tokens > n_ctx {
-        return Err(Error::ContextFull {
-            n_prompt: prompt.len(),
-            n_requested: params.max_tokens,
-            n_ctx,
-        });
+/// The decode pass of `id` at `pos`, handing the next token to `gen`: sampled on the GPU (only
+/// the id is read back) when the settings allow it, else from the logits on the host.
+async fn decode_step(
+    model: &mut LoadedModel,
+    gen: &mut Generation,
+    id: u32,
+    pos: usize,
+) -> Result<(), Error> {
+    if let LoadedModel::Gpu(m) = model {
+        if let Some((sp, random)) = gen.device_sampling() {
+            let s = gpu::GpuSampling::from_params(sp, random);
+            gen.sampled(m.decode_sample_async(id, pos, &s).await?);
+            return Ok(());
+        }
     }
-    let t0 = now_ms();
-    let mut sampler = Sampler::new(params.sampler.clone())?;
-    let common = cached
-        .iter()
-        .zip(prompt)
-        .take_while(|(a, b)| a == b)
-        .count();
-    let reuse = common.min(prompt.len().saturating_sub(1));
-    cached.truncate(reuse);
-    let todo = &prompt[reuse..];
-    let mut history = prompt.to_vec();
-    let logits = model.forward_async(todo, reuse, Logits::Last).await?;
-    cached.extend_from_slice(todo);
-    let t_prefill = now_ms();
-    let mut next = sampler.sample(logits, &history);
-    let mut decoder = StreamDecoder::new();
-    let (mut n_gen, mut ttft, mut reason) = (0usize, 0.0, "max_tokens");
-    while n_gen < params.max_tokens {
-        let id = next;
-        n_gen += 1;
-        if n_gen == 1 {
-            ttft = now_ms() - t0;
-        }
-        history.push(id);
-        if tok.is_eog(id) {
-            reason = "eog";
-            break;
-        }
-        let text = decoder.push(tok, id);
-        if !text.is_empty() {
-            post(&FromWorker::Token { text });
-        }
-        if stop_requested() {
-            reason = "cancelled";
-            break;
-        }
-        if n_gen == params.max_tokens {
-            break;
-        }
-        let logits = model
-            .forward_async(&[id], cached.len(), Logits::Last)
-            .await?;
-        cached.push(id);
-        next = sampler.sample(logits, &history);
-    }
-    let rest = decoder.flush();
-    if !rest.is_empty() {
-        post(&FromWorker::Token { text: rest });
-    }
-    let t_end = now_ms();
-    let decode_ms = (t_end - t0 - ttft).max(1e-3);
-    let prefill_ms = (t_prefill - t0).max(1e-3);
-    Ok(ReplyStats {
-        n_prompt: prompt.len(),
-        n_prefilled: todo.len(),
-        n_generated: n_gen,
-        stop_reason: reason.into(),
-        ttft_ms: ttft,
-        prefill_tok_s: todo.len() as f64 * 1e3 / prefill_ms,
-        decode_tok_s: n_gen.saturating_sub(1) as f64 * 1e3 / decode_ms,
-        ctx_used: cached.len(),
-        n_ctx,
-    })
+    let logits = forward_last(model, &[id], pos).await?;
+    gen.sample(logits);
+    Ok(())
 }

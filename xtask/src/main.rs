@@ -410,7 +410,7 @@ fn main() {
         Some("serve") => serve::serve(&args[1..]),
         Some("browser-tests") => serve::browser_tests(),
         Some("fuzz") => fuzz(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60)),
-        _ => Err("usage: cargo xtask <fetch-models|test|bench|fuzz [seconds]|serve [--port N]|browser-tests>".into()),
+        _ => Err("usage: cargo xtask <fetch-models|test|bench|fuzz [seconds]|serve [--port N] [--no-build] [--test-hooks]|browser-tests>".into()),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e}");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use crate::{models_dir, root, run, succeeds, Result};
+use crate::{models_dir, root, run, sha256_file, succeeds, Result};
 
 /// Versions that must match Cargo.lock / TOOLCHAIN.md.
 const TRUNK_VERSION: &str = "0.21.14";
@@ -162,7 +162,8 @@ fn gzip_len(p: &Path) -> Option<u64> {
 
 /// `cargo xtask serve [--port N] [--no-build] [--test-hooks]`: build, then serve on 127.0.0.1
 /// until interrupted. `--test-hooks` serves as the browser tests see it (request log at
-/// `/__log`, `?cut=N`), for running `node tests/e2e.mjs` by hand with `SLM_URL`.
+/// `/__log`, `?cut=N`, `?isolation=off`), for running `node tests/e2e.mjs` by hand with
+/// `SLM_URL`.
 pub fn serve(args: &[String]) -> Result {
     let mut port: u16 = 8080;
     let mut hooks = false;
@@ -199,7 +200,9 @@ pub fn serve(args: &[String]) -> Result {
 pub struct Server {
     dir: PathBuf,
     csp: String,
-    /// Test mode: record request lines (served at `/__log`) and honour `?cut=N`.
+    /// Test mode: record request lines (served at `/__log`), honour `?cut=N` (drop a download
+    /// after N bytes) and `?isolation=off` (serve that response without COOP/COEP, as an
+    /// embedding page that is not cross-origin isolated would be).
     hooks: bool,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -302,6 +305,14 @@ impl Server {
             let body = self.log.lock().map(|l| l.join("\n")).unwrap_or_default();
             return self.respond(&mut stream, 200, "text/plain", body.as_bytes(), &[]);
         }
+        if self.hooks {
+            if let Some(listing) = self.hub_listing(path) {
+                let body = listing?;
+                return self.respond(&mut stream, 200, "application/json", body.as_bytes(), &[]);
+            }
+        }
+        let hub_path = if self.hooks { hub_file(path) } else { None };
+        let path = hub_path.as_deref().unwrap_or(path);
         let Some(file) = self.resolve(path) else {
             return self.respond(&mut stream, 404, "text/plain", b"not found", &[]);
         };
@@ -327,7 +338,8 @@ impl Server {
             extra.push(("Content-Range", format!("bytes {start}-{}/{len}", end - 1)));
         }
         let extra_ref: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.head(&mut stream, status, ctype, end - start, &extra_ref)?;
+        let isolate = !(self.hooks && query.split('&').any(|kv| kv == "isolation=off"));
+        self.head(&mut stream, status, ctype, end - start, &extra_ref, isolate)?;
         if method == "HEAD" {
             return Ok(());
         }
@@ -361,6 +373,38 @@ impl Server {
         Ok(())
     }
 
+    /// Test hook, a stand-in for the Hugging Face Hub API: `/api/models/{owner}/{repo}/tree/{rev}`
+    /// lists the `.gguf` files in `models/` with their Git LFS sha256 (all zeros when the repo's
+    /// name starts with `Bad`, to test the rejection). `None` for other paths.
+    fn hub_listing(&self, path: &str) -> Option<std::io::Result<String>> {
+        let rest = path.strip_prefix("/api/models/")?;
+        let [_owner, repo, "tree", _rev] = rest.split('/').collect::<Vec<_>>()[..] else {
+            return None;
+        };
+        let bad = repo.starts_with("Bad");
+        Some((|| {
+            let mut entries = Vec::new();
+            for e in std::fs::read_dir(self.dir.join("models"))? {
+                let p = e?.path();
+                if p.extension().is_none_or(|x| x != "gguf") {
+                    continue;
+                }
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let size = p.metadata()?.len();
+                let sha = if bad {
+                    "0".repeat(64)
+                } else {
+                    sha256_file(&p).map_err(std::io::Error::other)?
+                };
+                entries.push(format!(
+                    r#"{{"type":"file","path":"{name}","size":{size},"oid":"{}","lfs":{{"oid":"{sha}","size":{size},"pointerSize":134}}}}"#,
+                    "0".repeat(40)
+                ));
+            }
+            Ok(format!("[{}]", entries.join(",")))
+        })())
+    }
+
     fn resolve(&self, path: &str) -> Option<PathBuf> {
         let path = percent_decode(path)?;
         let rel = path.trim_start_matches('/');
@@ -385,6 +429,7 @@ impl Server {
         ctype: &str,
         len: u64,
         extra: &[(&str, &str)],
+        isolate: bool,
     ) -> std::io::Result<()> {
         let reason = match status {
             200 => "OK",
@@ -394,10 +439,14 @@ impl Server {
             416 => "Range Not Satisfiable",
             _ => "Error",
         };
+        let isolation = if isolate {
+            "Cross-Origin-Opener-Policy: same-origin\r\nCross-Origin-Embedder-Policy: require-corp\r\n"
+        } else {
+            ""
+        };
         let mut h = format!(
             "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\n\
-             Cross-Origin-Opener-Policy: same-origin\r\nCross-Origin-Embedder-Policy: require-corp\r\n\
-             Cross-Origin-Resource-Policy: same-origin\r\nContent-Security-Policy: {}\r\n\
+             {isolation}Cross-Origin-Resource-Policy: same-origin\r\nContent-Security-Policy: {}\r\n\
              X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\nCache-Control: no-cache\r\n\
              Connection: close\r\n",
             self.csp
@@ -417,7 +466,7 @@ impl Server {
         body: &[u8],
         extra: &[(&str, &str)],
     ) -> std::io::Result<()> {
-        self.head(s, status, ctype, body.len() as u64, extra)?;
+        self.head(s, status, ctype, body.len() as u64, extra, true)?;
         s.write_all(body)
     }
 }
@@ -439,6 +488,18 @@ fn parse_range(r: &str, len: u64) -> Option<(u64, u64)> {
         (start, end)
     };
     (start < end && start < len).then_some((start, end))
+}
+
+/// Test hook: a Hub download path `/{owner}/{repo}/resolve/{rev}/{file}` is served from
+/// `/models/{file}`.
+fn hub_file(path: &str) -> Option<String> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts[..] {
+        [_owner, _repo, "resolve", _rev, file] if !file.is_empty() => {
+            Some(format!("/models/{file}"))
+        }
+        _ => None,
+    }
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -487,7 +548,8 @@ pub fn browser_tests() -> Result {
     std::thread::spawn(move || server.run(listener));
     let url = format!("http://127.0.0.1:{port}/");
     // Every flow that needs no WebGPU, on the wasm SIMD CPU engine (main flow with the WebGPU
-    // flag on, others without): main, resume, checksum, xss, regenerate, import, quota.
+    // flag on, others without): main, resume, checksum, xss, regenerate, stop, conversation,
+    // hub, import, quota.
     run(Command::new("node")
         .current_dir(web_tests_dir())
         .arg("e2e.mjs")

@@ -82,13 +82,7 @@ impl ForwardPass for LoadedModel {
             LoadedModel::Cpu(_) => None,
             #[cfg(not(target_arch = "wasm32"))]
             LoadedModel::Gpu(m) => {
-                let s = gpu::GpuSampling {
-                    temperature: params.temperature,
-                    top_k: params.top_k.min(u32::MAX as usize) as u32,
-                    top_p: params.top_p,
-                    random,
-                };
-                Some(m.decode_sample(token, pos, &s))
+                Some(m.decode_sample(token, pos, &gpu::GpuSampling::from_params(params, random)))
             }
             // The browser drives the GPU through the async API (`decode_sample_async`).
             #[cfg(target_arch = "wasm32")]

@@ -24,10 +24,12 @@ pub fn App() -> impl IntoView {
         load_progress: RwSignal::new(None),
         gpu_lost: RwSignal::new(None),
     };
+    // A reload reopens the most recent saved conversation.
+    let saved = Chat::load_saved();
     let chat = Chat {
-        conv: RwSignal::new(Conversation::new()),
+        conv: RwSignal::new(saved.first().cloned().unwrap_or_else(Conversation::new)),
         streaming: RwSignal::new(None),
-        saved: RwSignal::new(Chat::load_saved()),
+        saved: RwSignal::new(saved),
     };
     provide_context(SelectedModel(RwSignal::new(None)));
     provide_context(KnownModels {

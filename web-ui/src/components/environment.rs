@@ -85,7 +85,7 @@ pub fn EnvironmentInfo() -> impl IntoView {
                     view! {
                         <p class="storage">{storage}</p>
                         <p class="webgpu">{gpu}</p>
-                        <p class="isolation">{if f.isolated { "Cross-origin isolated: yes" } else { "Cross-origin isolated: no (Stop is unavailable)" }}</p>
+                        <p class="isolation">{if f.isolated { "Cross-origin isolated: yes" } else { "Cross-origin isolated: no" }}</p>
                     }
                 })}
             </Transition>

@@ -66,6 +66,9 @@ fn ModelFacts() -> impl IntoView {
         selected.get().map(|e| {
             let verify = match &e.sha256 {
                 Some(h) => format!("sha256 {}…", &h[..h.len().min(16)]),
+                None if crate::hub::HubFile::parse(&e.url).is_some() => {
+                    "sha256 from the Hub's file listing at download time".to_string()
+                }
                 None => "no sha256 published: verified by size only".to_string(),
             };
             view! {
@@ -137,7 +140,7 @@ fn AddModel() -> impl IntoView {
         <details class="add-model">
             <summary>"Add a model by URL or from a file"</summary>
             <label>"GGUF URL"<input type="url" data-testid="add-url" placeholder="https://huggingface.co/…/model.gguf" prop:value=move || url.get() on:input=move |ev| url.set(event_target_value(&ev))/></label>
-            <label>"sha256 (optional)"<input type="text" data-testid="add-sha256" prop:value=move || sha.get() on:input=move |ev| sha.set(event_target_value(&ev))/></label>
+            <label>"sha256 (optional: a Hugging Face file is checked against the sha256 the Hub lists)"<input type="text" data-testid="add-sha256" prop:value=move || sha.get() on:input=move |ev| sha.set(event_target_value(&ev))/></label>
             <button data-testid="add-url-button" on:click=add>"Add"</button>
             <p class="hint">"Only hosts allowed by this page's Content-Security-Policy can be downloaded from (this site and Hugging Face)."</p>
             <label>"Local .gguf file (stored in this browser, never uploaded)"<input type="file" accept=".gguf" data-testid="import-file" on:change=on_file/></label>

@@ -76,6 +76,17 @@ pub struct GpuSampling {
 }
 
 impl GpuSampling {
+    /// The device sampler for the host sampler's settings `p` (temperature, top-k, top-p; see
+    /// [`crate::sampler::Sampler::device_compatible`]) and the uniform draw `random` in [0, 1).
+    pub fn from_params(p: &crate::sampler::SamplerParams, random: f32) -> Self {
+        Self {
+            temperature: p.temperature,
+            top_k: p.top_k.min(u32::MAX as usize) as u32,
+            top_p: p.top_p,
+            random,
+        }
+    }
+
     /// Argmax.
     pub fn greedy() -> Self {
         Self {
