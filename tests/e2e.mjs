@@ -489,6 +489,47 @@ async function hubFlow() {
   }
 }
 
+async function cancelFlow() {
+  log('cancel a download, resume it with Range, then delete the stored model');
+  const b = await launch({ webgpu: false });
+  try {
+    await open(b.page);
+    await b.page.locator('details.add-model summary').click();
+    await b.page.getByTestId('add-url').fill(`models/${MODEL_FILE}?slow=20000000`);
+    await b.page.getByTestId('add-sha256').fill(MODEL_SHA);
+    await b.page.getByTestId('add-url-button').click();
+    await b.page.getByTestId('download-button').click();
+    const bar = b.page.getByTestId('download-progress');
+    await b.page.waitForFunction(() => Number(document.querySelector('[data-testid=download-progress]')?.value) >= 25, null, { timeout: 60_000 });
+    const text = await b.page.locator('.progress-text').first().innerText();
+    log('progress:', text);
+    assert.match(text, /MB of 98\.4 MB \(\d+%\) · .+\/s · .+ left/, 'bytes, %, speed and time left');
+    await b.page.getByTestId('cancel-button').click();
+    const banner = await waitText(b.page, 'error-banner', /Download cancelled/, 10_000);
+    log('cancel:', banner, '| at', await bar.getAttribute('value'), '%');
+    assert.ok(await b.page.getByTestId('prompt-input').isDisabled(), 'not usable after cancel');
+    await b.page.getByTestId('stored-models').getByText('partial').waitFor();
+    const part = await idbState(b.page);
+    assert.ok(part.chunks >= 1 && part.models.every((m) => !m.complete), 'a partial, unusable part is kept');
+
+    const mark = (await serverLog()).length;
+    await downloadAndLoad(b.page);
+    const resumed = (await serverLog()).slice(mark).filter((l) => l.includes(MODEL_FILE));
+    log('resume:', resumed);
+    assert.ok(resumed.length === 1 && /range=bytes=[1-9]\d*-/.test(resumed[0]), 'resumed with Range');
+    await b.page.getByTestId('stored-models').getByText('verified by sha256').waitFor();
+
+    // Delete: nothing left in IndexedDB, the model must be downloaded again.
+    await b.page.getByTestId('stored-models').getByRole('button', { name: 'Delete' }).click();
+    await b.page.waitForFunction(() => document.querySelector('[data-testid=download-button]')?.textContent.includes('Download'));
+    const after = await idbState(b.page);
+    log('after delete:', JSON.stringify({ models: after.models.length, chunks: after.chunks }));
+    assert.deepEqual([after.models.length, after.chunks], [0, 0], 'model records and chunks deleted');
+  } finally {
+    await b.close();
+  }
+}
+
 async function importFlow() {
   log('a local .gguf file: stored in IndexedDB, listed, loaded and chatting, never fetched');
   const b = await launch({ webgpu: false });
@@ -656,6 +697,7 @@ const flows = {
   stop: { run: stopFlow },
   conversation: { run: conversationFlow },
   hub: { run: hubFlow },
+  cancel: { run: cancelFlow },
   import: { run: importFlow },
   quota: { run: quotaFlow },
   gpulost: { run: gpuLostFlow, gpu: true },

@@ -261,6 +261,12 @@ fn test() -> Result {
             }),
         ),
         (
+            // The app's pure logic (Hub URLs and listings, Markdown escaping, adapter names),
+            // natively; its own feature resolution, so the engine's native build is unchanged.
+            "web app unit tests",
+            Box::new(|| run(cargo().args(["test", "-p", "web-ui", "--release"]))),
+        ),
+        (
             "engine builds for wasm32 without simd128",
             Box::new(|| {
                 run(cargo().args([

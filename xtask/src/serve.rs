@@ -162,7 +162,7 @@ fn gzip_len(p: &Path) -> Option<u64> {
 
 /// `cargo xtask serve [--port N] [--no-build] [--test-hooks]`: build, then serve on 127.0.0.1
 /// until interrupted. `--test-hooks` serves as the browser tests see it (request log at
-/// `/__log`, `?cut=N`, `?isolation=off`), for running `node tests/e2e.mjs` by hand with
+/// `/__log`, `?cut=N`, `?slow=N`, `?isolation=off`, a Hub stand-in), for running `node tests/e2e.mjs` by hand with
 /// `SLM_URL`.
 pub fn serve(args: &[String]) -> Result {
     let mut port: u16 = 8080;
@@ -201,7 +201,7 @@ pub struct Server {
     dir: PathBuf,
     csp: String,
     /// Test mode: record request lines (served at `/__log`), honour `?cut=N` (drop a download
-    /// after N bytes) and `?isolation=off` (serve that response without COOP/COEP, as an
+    /// after N bytes), `?slow=N` (N bytes/s) and `?isolation=off` (serve that response without COOP/COEP, as an
     /// embedding page that is not cross-origin isolated would be).
     hooks: bool,
     log: Arc<Mutex<Vec<String>>>,
@@ -352,6 +352,16 @@ impl Server {
         } else {
             None
         };
+        // Test hook: `?slow=N` paces the body at N bytes/s (time to press Cancel).
+        let pace = if self.hooks {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("slow="))
+                .and_then(|n| n.parse::<u64>().ok())
+                .filter(|&n| n > 0)
+        } else {
+            None
+        };
         f.seek(SeekFrom::Start(start))?;
         let mut left = end - start;
         if let Some(c) = cut {
@@ -366,6 +376,9 @@ impl Server {
             }
             stream.write_all(&buf[..n])?;
             left -= n as u64;
+            if let Some(bps) = pace {
+                std::thread::sleep(std::time::Duration::from_secs_f64(n as f64 / bps as f64));
+            }
         }
         if cut.is_some() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
