@@ -518,6 +518,10 @@ async function cancelFlow() {
     log('resume:', resumed);
     assert.ok(resumed.length === 1 && /range=bytes=[1-9]\d*-/.test(resumed[0]), 'resumed with Range');
     await b.page.getByTestId('stored-models').getByText('verified by sha256').waitFor();
+    const env = await b.page.locator('.env').innerText();
+    log('this device:', env.replace(/\n/g, ' | '));
+    assert.match(env, /Storage: .+ used of about .+ available/);
+    assert.match(env, /Persistent storage: (granted|not granted)/, 'says whether persistent storage was granted');
 
     // Delete: nothing left in IndexedDB, the model must be downloaded again.
     await b.page.getByTestId('stored-models').getByRole('button', { name: 'Delete' }).click();

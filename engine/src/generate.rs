@@ -318,6 +318,10 @@ impl Generation {
     pub fn step(&mut self, tokenizer: &Tokenizer, clock: &dyn Clock) -> Step<'_> {
         self.pending.drain(..self.emitted);
         self.emitted = 0;
+        if self.n_generated >= self.max_tokens {
+            self.stop_reason.get_or_insert(StopReason::MaxTokens);
+            return Step::Done;
+        }
         let Some(id) = (if self.stop_reason.is_none() {
             self.next.take()
         } else {

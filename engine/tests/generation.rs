@@ -183,3 +183,21 @@ fn stop_strings_end_the_reply_before_them() {
     assert_eq!(got.reason, StopReason::StopString);
     assert_eq!(got.text, full.text[..cut_at], "stop string {stop:?}");
 }
+
+#[test]
+fn zero_max_tokens_generates_nothing() {
+    let (mut model, tok, prompt) = setup();
+    let mut cached = Vec::new();
+    let got = stepped_reply(
+        &mut model,
+        &mut cached,
+        &tok,
+        &prompt,
+        &params(0, &[]),
+        64,
+        None,
+    );
+    assert_eq!(got.ids, Vec::<u32>::new());
+    assert_eq!(got.reason, StopReason::MaxTokens);
+    assert_eq!(cached.len(), prompt.len());
+}

@@ -38,33 +38,31 @@ impl Progress {
     }
 }
 
+/// Call `navigator.storage.<method>()` and await its promise; `None` where the browser lacks it.
+async fn storage_call(method: &str) -> Option<JsValue> {
+    let storage = get(&crate::js::global_get("navigator"), "storage");
+    let f: js_sys::Function = get(&storage, method).dyn_into().ok()?;
+    let p: js_sys::Promise = f.call0(&storage).ok()?.dyn_into().ok()?;
+    await_promise(p).await.ok()
+}
+
 /// `navigator.storage.estimate()`: (usage, quota) in bytes.
 pub async fn storage_estimate() -> Option<(f64, f64)> {
-    let storage = get(&crate::js::global_get("navigator"), "storage");
-    let f: js_sys::Function = get(&storage, "estimate").dyn_into().ok()?;
-    let p: js_sys::Promise = f.call0(&storage).ok()?.dyn_into().ok()?;
-    let est = await_promise(p).await.ok()?;
+    let est = storage_call("estimate").await?;
     Some((get(&est, "usage").as_f64()?, get(&est, "quota").as_f64()?))
 }
 
 /// Ask the browser not to evict our storage under pressure (`navigator.storage.persist()`).
 pub async fn request_persistence() -> bool {
-    let storage = get(&crate::js::global_get("navigator"), "storage");
-    let Ok(f) = get(&storage, "persist").dyn_into::<js_sys::Function>() else {
-        return false;
-    };
-    match f
-        .call0(&storage)
-        .ok()
-        .and_then(|p| p.dyn_into::<js_sys::Promise>().ok())
-    {
-        Some(p) => await_promise(p)
-            .await
-            .ok()
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false),
-        None => false,
-    }
+    storage_call("persist")
+        .await
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false)
+}
+
+/// Whether the browser granted persistent storage (`navigator.storage.persisted()`).
+pub async fn storage_persisted() -> Option<bool> {
+    storage_call("persisted").await?.as_bool()
 }
 
 fn hex(d: &[u8]) -> String {

@@ -6,12 +6,14 @@ use leptos::prelude::*;
 use wasm_bindgen::JsCast;
 
 use crate::catalog::fmt_bytes;
-use crate::download::storage_estimate;
+use crate::download::{storage_estimate, storage_persisted};
 use crate::js::{await_promise, get, global_get};
+use crate::state::StoreVersion;
 
 #[derive(Clone, Debug, PartialEq)]
 struct EnvFacts {
     storage: Option<(f64, f64)>,
+    persisted: Option<bool>,
     webgpu: Result<String, String>,
     isolated: bool,
 }
@@ -61,11 +63,17 @@ async fn webgpu_info() -> Result<String, String> {
 
 #[component]
 pub fn EnvironmentInfo() -> impl IntoView {
-    let facts = LocalResource::new(|| async {
-        EnvFacts {
-            storage: storage_estimate().await,
-            webgpu: webgpu_info().await,
-            isolated: global_get("crossOriginIsolated").as_bool().unwrap_or(false),
+    // Re-read when stored models change, so the figures follow downloads and deletions.
+    let store = expect_context::<StoreVersion>().0;
+    let facts = LocalResource::new(move || {
+        let _ = store.get();
+        async {
+            EnvFacts {
+                storage: storage_estimate().await,
+                persisted: storage_persisted().await,
+                webgpu: webgpu_info().await,
+                isolated: global_get("crossOriginIsolated").as_bool().unwrap_or(false),
+            }
         }
     });
     view! {
@@ -78,12 +86,18 @@ pub fn EnvironmentInfo() -> impl IntoView {
                         Some((used, quota)) => format!("Storage: {} used of about {} available to this site ({} free)", fmt_bytes(used), fmt_bytes(quota), fmt_bytes((quota - used).max(0.0))),
                         None => "Storage: the browser gives no estimate".to_string(),
                     };
+                    let persisted = match f.persisted {
+                        Some(true) => "Persistent storage: granted (the browser will not evict stored models on its own)",
+                        Some(false) => "Persistent storage: not granted (the browser may evict stored models when space runs low; it is requested at each download)",
+                        None => "Persistent storage: not supported by this browser",
+                    };
                     let gpu = match f.webgpu {
                         Ok(s) => format!("WebGPU: {s}"),
                         Err(e) => format!("WebGPU: not available ({e}); the CPU engine (wasm SIMD) will be used"),
                     };
                     view! {
                         <p class="storage">{storage}</p>
+                        <p class="persisted">{persisted}</p>
                         <p class="webgpu">{gpu}</p>
                         <p class="isolation">{if f.isolated { "Cross-origin isolated: yes" } else { "Cross-origin isolated: no" }}</p>
                     }
