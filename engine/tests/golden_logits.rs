@@ -28,6 +28,7 @@ pub fn check_model(file: &str, key: &str, choice: BackendChoice) -> f32 {
     let gold = golden(key);
     let n_vocab = model.config().n_vocab;
     let mut worst = 0f32;
+    let (mut agree, mut steps_total) = (0usize, 0usize);
     for (ci, case) in gold["cases"].as_array().unwrap().iter().enumerate() {
         let ids = |k: &str| -> Vec<u32> {
             case[k]
@@ -57,6 +58,8 @@ pub fn check_model(file: &str, key: &str, choice: BackendChoice) -> f32 {
                 })
                 .collect();
             let ours = argmax(row);
+            agree += usize::from(ours == top5[0].0);
+            steps_total += 1;
             let margin = top5[0].1 - top5[1].1;
             if margin > DECISIVE_MARGIN {
                 assert_eq!(
@@ -104,6 +107,7 @@ pub fn check_model(file: &str, key: &str, choice: BackendChoice) -> f32 {
             "{key} case {ci}: RMS Δlogit {rms}"
         );
     }
+    eprintln!("{key}: teacher-forced top-1 equals llama.cpp's at {agree} of {steps_total} steps");
     worst
 }
 
@@ -123,4 +127,12 @@ fn smollm2_gpu_matches_llama_cpp_teacher_forced() {
     }
     let worst = check_model(SMOLLM2, SMOLLM2_KEY, BackendChoice::Gpu);
     eprintln!("smollm2 gpu: worst top-5 |Δlogit| {worst:.3}");
+}
+
+/// Gemma 3 270M (`gemma3`: q/k norms, post-norms, GeGLU, sliding-window layers) on the CPU,
+/// under the same criteria as SmolLM2.
+#[test]
+fn gemma3_cpu_matches_llama_cpp_teacher_forced() {
+    let worst = check_model(GEMMA3, GEMMA3_KEY, BackendChoice::Cpu);
+    eprintln!("gemma3 cpu: worst top-5 |Δlogit| {worst:.3}");
 }

@@ -14,7 +14,7 @@ use crate::backend::cpu::{matmul, ops, CpuThreads};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgufFile};
 use crate::model::config::names;
-use crate::model::{ForwardPass, Logits, ModelConfig};
+use crate::model::{Arch, ForwardPass, Logits, ModelConfig};
 use crate::quant::{self, PreparedActs};
 use crate::tensor::QMatrix;
 
@@ -62,7 +62,7 @@ pub struct LlamaWeights {
 }
 
 /// Read a tensor as a quantized matrix, checking its shape: dims (cols, rows) = (ne0, ne1).
-fn load_matrix<S: ByteSource + ?Sized>(
+pub(crate) fn load_matrix<S: ByteSource + ?Sized>(
     g: &GgufFile,
     src: &S,
     name: &str,
@@ -85,7 +85,7 @@ fn load_matrix<S: ByteSource + ?Sized>(
 }
 
 /// Read a 1-D tensor of `len` elements as f32.
-fn load_vector<S: ByteSource + ?Sized>(
+pub(crate) fn load_vector<S: ByteSource + ?Sized>(
     g: &GgufFile,
     src: &S,
     name: &str,
@@ -191,40 +191,51 @@ impl LlamaWeights {
 }
 
 /// Keys and values of every layer for positions `0..n_ctx`: per layer (n_ctx, kv_dim) each.
-struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+pub(crate) struct KvCache {
+    pub(crate) k: Vec<Vec<f32>>,
+    pub(crate) v: Vec<Vec<f32>>,
+}
+
+impl KvCache {
+    /// Zeroed cache of `n_ctx` positions for every layer of `cfg`.
+    pub(crate) fn new(cfg: &ModelConfig, n_ctx: usize) -> Self {
+        let kv_len = n_ctx * cfg.kv_dim();
+        Self {
+            k: (0..cfg.n_layer).map(|_| vec![0f32; kv_len]).collect(),
+            v: (0..cfg.n_layer).map(|_| vec![0f32; kv_len]).collect(),
+        }
+    }
 }
 
 /// Activations of one batch of up to `cap` tokens. Grown on demand, never shrunk, so decode
 /// (one token) allocates nothing after the first step.
 #[derive(Default)]
-struct Scratch {
+pub(crate) struct Scratch {
     cap: usize,
     /// (n, n_embd) residual stream
-    x: Vec<f32>,
+    pub(crate) x: Vec<f32>,
     /// (n, n_embd) normalised input of a sub-block
-    xb: Vec<f32>,
+    pub(crate) xb: Vec<f32>,
     /// (n, q_dim)
-    q: Vec<f32>,
+    pub(crate) q: Vec<f32>,
     /// (n, kv_dim)
-    k: Vec<f32>,
-    v: Vec<f32>,
+    pub(crate) k: Vec<f32>,
+    pub(crate) v: Vec<f32>,
     /// (n, q_dim) attention output
-    att: Vec<f32>,
+    pub(crate) att: Vec<f32>,
     /// (n, n_embd) projection output
-    proj: Vec<f32>,
+    pub(crate) proj: Vec<f32>,
     /// (n, n_ff)
-    gate: Vec<f32>,
-    up: Vec<f32>,
+    pub(crate) gate: Vec<f32>,
+    pub(crate) up: Vec<f32>,
     /// (n_ctx) attention scores of one head
-    scores: Vec<f32>,
+    pub(crate) scores: Vec<f32>,
     /// one per token
-    acts: Vec<PreparedActs>,
+    pub(crate) acts: Vec<PreparedActs>,
 }
 
 impl Scratch {
-    fn ensure(&mut self, cfg: &ModelConfig, n_ctx: usize, n: usize) {
+    pub(crate) fn ensure(&mut self, cfg: &ModelConfig, n_ctx: usize, n: usize) {
         if n <= self.cap {
             return;
         }
@@ -245,7 +256,7 @@ impl Scratch {
 }
 
 /// `out[t] = x[t] · wᵀ (+ bias)` for the first `n` rows of x: (n, w.cols) → out: (n, w.rows).
-fn linear(
+pub(crate) fn linear(
     w: &QMatrix,
     bias: Option<&[f32]>,
     x: &[f32],
@@ -283,8 +294,9 @@ impl CpuLlama {
     /// Load weights from `src` and allocate a KV cache of `n_ctx` positions (capped at the
     /// trained context). `threads`: worker threads (0 = all cores; wasm: always 1).
     ///
-    /// Errors: [`Error::UnsupportedArchitecture`] and metadata errors from [`ModelConfig`],
-    /// tensor errors from [`LlamaWeights::load`].
+    /// Errors: [`Error::UnsupportedArchitecture`] (also for `gemma3`: see
+    /// [`crate::model::CpuModel`]) and metadata errors from [`ModelConfig`], tensor errors from
+    /// [`LlamaWeights::load`].
     pub fn load<S: ByteSource + ?Sized>(
         g: &GgufFile,
         src: &S,
@@ -292,6 +304,12 @@ impl CpuLlama {
         threads: usize,
     ) -> Result<Self> {
         let cfg = ModelConfig::from_gguf(g)?;
+        if !matches!(cfg.arch, Arch::Llama | Arch::Qwen2) {
+            return Err(Error::UnsupportedArchitecture(format!(
+                "{} (in the llama-family decoder)",
+                cfg.arch.name()
+            )));
+        }
         let w = LlamaWeights::load(&cfg, g, src)?;
         Ok(Self::from_weights(cfg, w, n_ctx, threads))
     }
@@ -299,11 +317,7 @@ impl CpuLlama {
     /// Wrap already loaded weights.
     pub fn from_weights(cfg: ModelConfig, w: LlamaWeights, n_ctx: usize, threads: usize) -> Self {
         let n_ctx = n_ctx.clamp(1, cfg.n_ctx_train.max(1));
-        let kv_len = n_ctx * cfg.kv_dim();
-        let kv = KvCache {
-            k: (0..cfg.n_layer).map(|_| vec![0f32; kv_len]).collect(),
-            v: (0..cfg.n_layer).map(|_| vec![0f32; kv_len]).collect(),
-        };
+        let kv = KvCache::new(&cfg, n_ctx);
         Self {
             cfg,
             w,
