@@ -18,11 +18,11 @@
 //! layout, as in [`crate::model::llama`], whose loading helpers, scratch and KV cache this file
 //! shares.
 
-use crate::backend::cpu::{ops, CpuThreads};
+use crate::backend::cpu::ops;
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgufFile};
 use crate::model::config::names;
-use crate::model::llama::{linear, load_matrix, load_vector, KvCache, Scratch, MAX_BATCH};
+use crate::model::llama::{linear, load_matrix, load_vector, CpuState};
 use crate::model::{Arch, ForwardPass, Logits, ModelConfig};
 use crate::quant;
 use crate::tensor::QMatrix;
@@ -127,12 +127,7 @@ impl Gemma3Weights {
 pub struct CpuGemma3 {
     cfg: ModelConfig,
     w: Gemma3Weights,
-    n_ctx: usize,
-    threads: CpuThreads,
-    kv: KvCache,
-    s: Scratch,
-    /// (n_positions, n_vocab) of the last call
-    logits: Vec<f32>,
+    st: CpuState,
 }
 
 impl CpuGemma3 {
@@ -155,17 +150,8 @@ impl CpuGemma3 {
             )));
         }
         let w = Gemma3Weights::load(&cfg, g, src)?;
-        let n_ctx = n_ctx.clamp(1, cfg.n_ctx_train.max(1));
-        let kv = KvCache::new(&cfg, n_ctx);
-        Ok(Self {
-            cfg,
-            w,
-            n_ctx,
-            threads: CpuThreads::new(threads),
-            kv,
-            s: Scratch::default(),
-            logits: Vec::new(),
-        })
+        let st = CpuState::new(&cfg, n_ctx, threads);
+        Ok(Self { cfg, w, st })
     }
 
     /// The weights.
@@ -175,125 +161,128 @@ impl CpuGemma3 {
 
     /// Worker threads in use.
     pub fn threads(&self) -> usize {
-        self.threads.count()
+        self.st.threads.count()
+    }
+}
+
+/// Run one batch of `n <= MAX_BATCH` tokens at positions `pos..pos+n` through every layer,
+/// leaving the final hidden states, normalised, in `st.s.xb`.
+fn forward_batch(
+    cfg: &ModelConfig,
+    w: &Gemma3Weights,
+    st: &mut CpuState,
+    tokens: &[u32],
+    pos: usize,
+) -> Result<()> {
+    let n = tokens.len();
+    let (n_embd, q_dim, kv_dim, n_ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
+    let hd = cfg.head_dim;
+    let eps = cfg.rms_eps;
+    st.s.ensure(cfg, st.n_ctx, n);
+    let s = &mut st.s;
+    let th = &st.threads;
+
+    // Token embeddings, scaled: x[t] = √n_embd · token_embd[tokens[t]].
+    for (t, &id) in tokens.iter().enumerate() {
+        if id as usize >= cfg.n_vocab {
+            return Err(Error::TokenOutOfRange {
+                id,
+                n_vocab: cfg.n_vocab,
+            });
+        }
+        let x = &mut s.x[t * n_embd..(t + 1) * n_embd];
+        let row = w.token_embd.row(id as usize);
+        quant::dequantize_row(w.token_embd.dtype, row, x)?;
+        x.iter_mut().for_each(|v| *v *= cfg.embd_scale);
     }
 
-    /// Run one batch of `n <= MAX_BATCH` tokens at positions `pos..pos+n` through every layer,
-    /// leaving the final hidden states, normalised, in `s.xb`.
-    fn forward_batch(&mut self, tokens: &[u32], pos: usize) -> Result<()> {
-        let cfg = &self.cfg;
-        let n = tokens.len();
-        let (n_embd, q_dim, kv_dim, n_ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
-        let hd = cfg.head_dim;
-        let eps = cfg.rms_eps;
-        self.s.ensure(cfg, self.n_ctx, n);
-        let s = &mut self.s;
-        let th = &self.threads;
-
-        // Token embeddings, scaled: x[t] = √n_embd · token_embd[tokens[t]].
-        for (t, &id) in tokens.iter().enumerate() {
-            if id as usize >= cfg.n_vocab {
-                return Err(Error::TokenOutOfRange {
-                    id,
-                    n_vocab: cfg.n_vocab,
-                });
-            }
-            let x = &mut s.x[t * n_embd..(t + 1) * n_embd];
-            let row = self.w.token_embd.row(id as usize);
-            quant::dequantize_row(self.w.token_embd.dtype, row, x)?;
-            x.iter_mut().for_each(|v| *v *= cfg.embd_scale);
+    // RMSNorm of each of the first `n` rows of `x` into `out`; rows as wide as `weight`.
+    let norm_rows = |out: &mut [f32], x: &[f32], weight: &[f32]| {
+        let width = weight.len();
+        for (o, xi) in out[..n * width]
+            .chunks_exact_mut(width)
+            .zip(x[..n * width].chunks_exact(width))
+        {
+            ops::rms_norm(o, xi, weight, eps);
         }
+    };
+    // Per-head q/k norms, in place: every head (as wide as `weight`) of `x`.
+    let norm_heads = |x: &mut [f32], weight: &[f32]| {
+        for head in x.chunks_exact_mut(weight.len()) {
+            ops::rms_norm_inplace(head, weight, eps);
+        }
+    };
 
-        // RMSNorm of each of the first `n` rows of width `w` of `x` into `out`.
-        let norm_rows = |out: &mut [f32], x: &[f32], w: &[f32]| {
-            let width = w.len();
-            for (o, xi) in out[..n * width]
-                .chunks_exact_mut(width)
-                .zip(x[..n * width].chunks_exact(width))
-            {
-                ops::rms_norm(o, xi, w, eps);
-            }
-        };
-        // Per-head q/k norms, in place: every head of width `w.len()` of `x`.
-        let norm_heads = |x: &mut [f32], w: &[f32]| {
-            for head in x.chunks_exact_mut(w.len()) {
-                ops::rms_norm_inplace(head, w, eps);
-            }
+    for (l, lw) in w.layers.iter().enumerate() {
+        let (rope_base, rope_scale) = cfg.rope_of_layer(l);
+        let window = if cfg.is_sliding(l) {
+            cfg.sliding_window
+        } else {
+            usize::MAX
         };
 
-        for (l, lw) in self.w.layers.iter().enumerate() {
-            let (rope_base, rope_scale) = cfg.rope_of_layer(l);
-            let window = if cfg.is_sliding(l) {
-                cfg.sliding_window
-            } else {
-                usize::MAX
-            };
-
-            // Attention sub-block.
-            norm_rows(&mut s.xb, &s.x, &lw.attn_norm);
-            linear(&lw.wq, None, &s.xb, n, &mut s.acts, &mut s.q, th);
-            linear(&lw.wk, None, &s.xb, n, &mut s.acts, &mut s.k, th);
-            linear(&lw.wv, None, &s.xb, n, &mut s.acts, &mut s.v, th);
-            norm_heads(&mut s.q[..n * q_dim], &lw.q_norm);
-            norm_heads(&mut s.k[..n * kv_dim], &lw.k_norm);
-            let (kc, vc) = (&mut self.kv.k[l], &mut self.kv.v[l]);
-            for t in 0..n {
-                let p = pos + t;
-                let rope = |x: &mut [f32], heads: usize| {
-                    ops::rope(
-                        x,
-                        heads,
-                        hd,
-                        cfg.n_rot,
-                        p,
-                        rope_base,
-                        rope_scale,
-                        cfg.rope_layout,
-                        None,
-                    )
-                };
-                rope(&mut s.q[t * q_dim..(t + 1) * q_dim], cfg.n_head);
-                rope(&mut s.k[t * kv_dim..(t + 1) * kv_dim], cfg.n_head_kv);
-                kc[p * kv_dim..(p + 1) * kv_dim]
-                    .copy_from_slice(&s.k[t * kv_dim..(t + 1) * kv_dim]);
-                vc[p * kv_dim..(p + 1) * kv_dim]
-                    .copy_from_slice(&s.v[t * kv_dim..(t + 1) * kv_dim]);
-            }
-            for t in 0..n {
-                // Causal, and on sliding layers at most `window` positions back:
-                // position p sees cache rows max(0, p + 1 - window) ..= p.
-                let end = pos + t + 1;
-                let start = end.saturating_sub(window);
-                ops::attention_range(
-                    &mut s.att[t * q_dim..(t + 1) * q_dim],
-                    &s.q[t * q_dim..(t + 1) * q_dim],
-                    kc,
-                    vc,
-                    start..end,
-                    cfg.n_head,
-                    cfg.n_head_kv,
+        // Attention sub-block.
+        norm_rows(&mut s.xb, &s.x, &lw.attn_norm);
+        linear(&lw.wq, None, &s.xb, n, &mut s.acts, &mut s.q, th);
+        linear(&lw.wk, None, &s.xb, n, &mut s.acts, &mut s.k, th);
+        linear(&lw.wv, None, &s.xb, n, &mut s.acts, &mut s.v, th);
+        norm_heads(&mut s.q[..n * q_dim], &lw.q_norm);
+        norm_heads(&mut s.k[..n * kv_dim], &lw.k_norm);
+        let (kc, vc) = (&mut st.kv.k[l], &mut st.kv.v[l]);
+        for t in 0..n {
+            let p = pos + t;
+            let rope = |x: &mut [f32], heads: usize| {
+                ops::rope(
+                    x,
+                    heads,
                     hd,
-                    cfg.attn_scale,
-                    &mut s.scores,
-                );
-            }
-            linear(&lw.wo, None, &s.att, n, &mut s.acts, &mut s.proj, th);
-            norm_rows(&mut s.xb, &s.proj, &lw.attn_post_norm);
-            ops::add_inplace(&mut s.x[..n * n_embd], &s.xb[..n * n_embd]);
-
-            // Feed-forward sub-block (GeGLU).
-            norm_rows(&mut s.xb, &s.x, &lw.ffn_norm);
-            linear(&lw.w_gate, None, &s.xb, n, &mut s.acts, &mut s.gate, th);
-            linear(&lw.w_up, None, &s.xb, n, &mut s.acts, &mut s.up, th);
-            ops::geglu(&mut s.gate[..n * n_ff], &s.up[..n * n_ff]);
-            linear(&lw.w_down, None, &s.gate, n, &mut s.acts, &mut s.proj, th);
-            norm_rows(&mut s.xb, &s.proj, &lw.ffn_post_norm);
-            ops::add_inplace(&mut s.x[..n * n_embd], &s.xb[..n * n_embd]);
+                    cfg.n_rot,
+                    p,
+                    rope_base,
+                    rope_scale,
+                    cfg.rope_layout,
+                    None,
+                )
+            };
+            rope(&mut s.q[t * q_dim..(t + 1) * q_dim], cfg.n_head);
+            rope(&mut s.k[t * kv_dim..(t + 1) * kv_dim], cfg.n_head_kv);
+            kc[p * kv_dim..(p + 1) * kv_dim].copy_from_slice(&s.k[t * kv_dim..(t + 1) * kv_dim]);
+            vc[p * kv_dim..(p + 1) * kv_dim].copy_from_slice(&s.v[t * kv_dim..(t + 1) * kv_dim]);
         }
+        for t in 0..n {
+            // Causal, and on sliding layers at most `window` positions back:
+            // position p sees cache rows max(0, p + 1 - window) ..= p.
+            let end = pos + t + 1;
+            let start = end.saturating_sub(window);
+            ops::attention_range(
+                &mut s.att[t * q_dim..(t + 1) * q_dim],
+                &s.q[t * q_dim..(t + 1) * q_dim],
+                kc,
+                vc,
+                start..end,
+                cfg.n_head,
+                cfg.n_head_kv,
+                hd,
+                cfg.attn_scale,
+                &mut s.scores,
+            );
+        }
+        linear(&lw.wo, None, &s.att, n, &mut s.acts, &mut s.proj, th);
+        norm_rows(&mut s.xb, &s.proj, &lw.attn_post_norm);
+        ops::add_inplace(&mut s.x[..n * n_embd], &s.xb[..n * n_embd]);
 
-        norm_rows(&mut s.xb, &s.x, &self.w.output_norm);
-        Ok(())
+        // Feed-forward sub-block (GeGLU).
+        norm_rows(&mut s.xb, &s.x, &lw.ffn_norm);
+        linear(&lw.w_gate, None, &s.xb, n, &mut s.acts, &mut s.gate, th);
+        linear(&lw.w_up, None, &s.xb, n, &mut s.acts, &mut s.up, th);
+        ops::geglu(&mut s.gate[..n * n_ff], &s.up[..n * n_ff]);
+        linear(&lw.w_down, None, &s.gate, n, &mut s.acts, &mut s.proj, th);
+        norm_rows(&mut s.xb, &s.proj, &lw.ffn_post_norm);
+        ops::add_inplace(&mut s.x[..n * n_embd], &s.xb[..n * n_embd]);
     }
+
+    norm_rows(&mut s.xb, &s.x, &w.output_norm);
+    Ok(())
 }
 
 impl ForwardPass for CpuGemma3 {
@@ -302,58 +291,14 @@ impl ForwardPass for CpuGemma3 {
     }
 
     fn n_ctx(&self) -> usize {
-        self.n_ctx
+        self.st.n_ctx
     }
 
     fn forward(&mut self, tokens: &[u32], pos: usize, which: Logits) -> Result<&[f32]> {
-        if tokens.is_empty() {
-            return Err(Error::Shape {
-                op: "forward",
-                detail: "no tokens".into(),
-            });
-        }
-        if pos + tokens.len() > self.n_ctx {
-            return Err(Error::ContextFull {
-                n_prompt: pos,
-                n_requested: tokens.len(),
-                n_ctx: self.n_ctx,
-            });
-        }
-        let n_vocab = self.cfg.n_vocab;
-        let n_out = match which {
-            Logits::Last => 1,
-            Logits::All => tokens.len(),
-        };
-        if self.logits.len() < n_out * n_vocab {
-            self.logits.resize(n_out * n_vocab, 0.0);
-        }
-        let mut done = 0;
-        for batch in tokens.chunks(MAX_BATCH) {
-            self.forward_batch(batch, pos + done)?;
-            let n = batch.len();
-            // Rows of the batch whose logits are wanted.
-            let (first, out_row) = match which {
-                Logits::All => (0, done),
-                Logits::Last if done + n == tokens.len() => (n - 1, 0),
-                Logits::Last => (n, 0),
-            };
-            let m = n - first;
-            if m > 0 {
-                let n_embd = self.cfg.n_embd;
-                let out = &mut self.logits[out_row * n_vocab..(out_row + m) * n_vocab];
-                let xb = &self.s.xb[first * n_embd..n * n_embd];
-                linear(
-                    self.w.output(),
-                    None,
-                    xb,
-                    m,
-                    &mut self.s.acts,
-                    out,
-                    &self.threads,
-                );
-            }
-            done += n;
-        }
-        Ok(&self.logits[..n_out * n_vocab])
+        let (cfg, w) = (&self.cfg, &self.w);
+        self.st
+            .forward(cfg, w.output(), tokens, pos, which, |st, batch, p| {
+                forward_batch(cfg, w, st, batch, p)
+            })
     }
 }

@@ -278,16 +278,91 @@ pub(crate) fn linear(
     }
 }
 
+/// What a CPU decoder holds besides its config and weights: KV cache, activations, logits.
+pub(crate) struct CpuState {
+    /// Context capacity in positions.
+    pub(crate) n_ctx: usize,
+    pub(crate) threads: CpuThreads,
+    pub(crate) kv: KvCache,
+    pub(crate) s: Scratch,
+    /// (n_positions, n_vocab) of the last call
+    logits: Vec<f32>,
+}
+
+impl CpuState {
+    /// KV cache of `n_ctx` positions (clamped to `1..=n_ctx_train`), `threads` workers.
+    pub(crate) fn new(cfg: &ModelConfig, n_ctx: usize, threads: usize) -> Self {
+        let n_ctx = n_ctx.clamp(1, cfg.n_ctx_train.max(1));
+        Self {
+            n_ctx,
+            threads: CpuThreads::new(threads),
+            kv: KvCache::new(cfg, n_ctx),
+            s: Scratch::default(),
+            logits: Vec::new(),
+        }
+    }
+
+    /// [`ForwardPass::forward`] of every CPU decoder: checks the context, runs `tokens` in
+    /// batches of up to [`MAX_BATCH`] through `layers(state, batch, pos)` (which leaves the final
+    /// normalised hidden states, (n, n_embd), in `s.xb`), and projects the rows `which` asks for
+    /// with `output`: (n_vocab, n_embd).
+    pub(crate) fn forward(
+        &mut self,
+        cfg: &ModelConfig,
+        output: &QMatrix,
+        tokens: &[u32],
+        pos: usize,
+        which: Logits,
+        mut layers: impl FnMut(&mut Self, &[u32], usize) -> Result<()>,
+    ) -> Result<&[f32]> {
+        if tokens.is_empty() {
+            return Err(Error::Shape {
+                op: "forward",
+                detail: "no tokens".into(),
+            });
+        }
+        if pos + tokens.len() > self.n_ctx {
+            return Err(Error::ContextFull {
+                n_prompt: pos,
+                n_requested: tokens.len(),
+                n_ctx: self.n_ctx,
+            });
+        }
+        let (n_vocab, n_embd) = (cfg.n_vocab, cfg.n_embd);
+        let n_out = match which {
+            Logits::Last => 1,
+            Logits::All => tokens.len(),
+        };
+        if self.logits.len() < n_out * n_vocab {
+            self.logits.resize(n_out * n_vocab, 0.0);
+        }
+        let mut done = 0;
+        for batch in tokens.chunks(MAX_BATCH) {
+            layers(self, batch, pos + done)?;
+            let n = batch.len();
+            // Rows of the batch whose logits are wanted.
+            let (first, out_row) = match which {
+                Logits::All => (0, done),
+                Logits::Last if done + n == tokens.len() => (n - 1, 0),
+                Logits::Last => (n, 0),
+            };
+            let m = n - first;
+            if m > 0 {
+                let out = &mut self.logits[out_row * n_vocab..(out_row + m) * n_vocab];
+                let xb = &self.s.xb[first * n_embd..n * n_embd];
+                linear(output, None, xb, m, &mut self.s.acts, out, &self.threads);
+            }
+            done += n;
+        }
+        Ok(&self.logits[..n_out * n_vocab])
+    }
+}
+
 /// A llama-family model with its KV cache, running on the CPU.
 pub struct CpuLlama {
     cfg: ModelConfig,
     w: LlamaWeights,
-    n_ctx: usize,
-    threads: CpuThreads,
-    kv: KvCache,
-    s: Scratch,
-    /// (n_positions, n_vocab) of the last call
-    logits: Vec<f32>,
+    st: CpuState,
 }
 
 impl CpuLlama {
@@ -316,17 +391,8 @@ impl CpuLlama {
 
     /// Wrap already loaded weights.
     pub fn from_weights(cfg: ModelConfig, w: LlamaWeights, n_ctx: usize, threads: usize) -> Self {
-        let n_ctx = n_ctx.clamp(1, cfg.n_ctx_train.max(1));
-        let kv = KvCache::new(&cfg, n_ctx);
-        Self {
-            cfg,
-            w,
-            n_ctx,
-            threads: CpuThreads::new(threads),
-            kv,
-            s: Scratch::default(),
-            logits: Vec::new(),
-        }
+        let st = CpuState::new(&cfg, n_ctx, threads);
+        Self { cfg, w, st }
     }
 
     /// The weights.
@@ -336,132 +402,130 @@ impl CpuLlama {
 
     /// Worker threads in use.
     pub fn threads(&self) -> usize {
-        self.threads.count()
+        self.st.threads.count()
+    }
+}
+
+/// Run one batch of `n <= MAX_BATCH` tokens at positions `pos..pos+n` through every layer,
+/// leaving the final hidden states, normalised, in `st.s.xb`.
+fn forward_batch(
+    cfg: &ModelConfig,
+    w: &LlamaWeights,
+    st: &mut CpuState,
+    tokens: &[u32],
+    pos: usize,
+) -> Result<()> {
+    let n = tokens.len();
+    let (n_embd, q_dim, kv_dim, n_ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
+    let hd = cfg.head_dim;
+    st.s.ensure(cfg, st.n_ctx, n);
+    let s = &mut st.s;
+    let th = &st.threads;
+
+    // Token embeddings: x[t] = token_embd[tokens[t]].
+    for (t, &id) in tokens.iter().enumerate() {
+        if id as usize >= cfg.n_vocab {
+            return Err(Error::TokenOutOfRange {
+                id,
+                n_vocab: cfg.n_vocab,
+            });
+        }
+        let row = w.token_embd.row(id as usize);
+        quant::dequantize_row(
+            w.token_embd.dtype,
+            row,
+            &mut s.x[t * n_embd..(t + 1) * n_embd],
+        )?;
     }
 
-    /// Run one batch of `n <= MAX_BATCH` tokens at positions `pos..pos+n` through every layer,
-    /// leaving the final hidden states, normalised, in `s.xb`.
-    fn forward_batch(&mut self, tokens: &[u32], pos: usize) -> Result<()> {
-        let cfg = &self.cfg;
-        let n = tokens.len();
-        let (n_embd, q_dim, kv_dim, n_ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
-        let hd = cfg.head_dim;
-        self.s.ensure(cfg, self.n_ctx, n);
-        let s = &mut self.s;
-        let th = &self.threads;
-
-        // Token embeddings: x[t] = token_embd[tokens[t]].
-        for (t, &id) in tokens.iter().enumerate() {
-            if id as usize >= cfg.n_vocab {
-                return Err(Error::TokenOutOfRange {
-                    id,
-                    n_vocab: cfg.n_vocab,
-                });
-            }
-            let row = self.w.token_embd.row(id as usize);
-            quant::dequantize_row(
-                self.w.token_embd.dtype,
-                row,
-                &mut s.x[t * n_embd..(t + 1) * n_embd],
-            )?;
-        }
-
-        for (l, lw) in self.w.layers.iter().enumerate() {
-            // Attention sub-block.
-            for t in 0..n {
-                let r = t * n_embd..(t + 1) * n_embd;
-                ops::rms_norm(&mut s.xb[r.clone()], &s.x[r], &lw.attn_norm, cfg.rms_eps);
-            }
-            linear(
-                &lw.wq,
-                lw.bq.as_deref(),
-                &s.xb,
-                n,
-                &mut s.acts,
-                &mut s.q,
-                th,
-            );
-            linear(
-                &lw.wk,
-                lw.bk.as_deref(),
-                &s.xb,
-                n,
-                &mut s.acts,
-                &mut s.k,
-                th,
-            );
-            linear(
-                &lw.wv,
-                lw.bv.as_deref(),
-                &s.xb,
-                n,
-                &mut s.acts,
-                &mut s.v,
-                th,
-            );
-            let (kc, vc) = (&mut self.kv.k[l], &mut self.kv.v[l]);
-            for t in 0..n {
-                let p = pos + t;
-                let rope = |x: &mut [f32], heads: usize| {
-                    ops::rope(
-                        x,
-                        heads,
-                        hd,
-                        cfg.n_rot,
-                        p,
-                        cfg.rope_base,
-                        cfg.rope_pos_scale,
-                        cfg.rope_layout,
-                        self.w.rope_freqs.as_deref(),
-                    )
-                };
-                rope(&mut s.q[t * q_dim..(t + 1) * q_dim], cfg.n_head);
-                rope(&mut s.k[t * kv_dim..(t + 1) * kv_dim], cfg.n_head_kv);
-                kc[p * kv_dim..(p + 1) * kv_dim]
-                    .copy_from_slice(&s.k[t * kv_dim..(t + 1) * kv_dim]);
-                vc[p * kv_dim..(p + 1) * kv_dim]
-                    .copy_from_slice(&s.v[t * kv_dim..(t + 1) * kv_dim]);
-            }
-            for t in 0..n {
-                // Causal: position pos+t sees cache rows 0..=pos+t.
-                ops::attention(
-                    &mut s.att[t * q_dim..(t + 1) * q_dim],
-                    &s.q[t * q_dim..(t + 1) * q_dim],
-                    kc,
-                    vc,
-                    pos + t + 1,
-                    cfg.n_head,
-                    cfg.n_head_kv,
-                    hd,
-                    &mut s.scores,
-                );
-            }
-            linear(&lw.wo, None, &s.att, n, &mut s.acts, &mut s.proj, th);
-            ops::add_inplace(&mut s.x[..n * n_embd], &s.proj[..n * n_embd]);
-
-            // Feed-forward sub-block (SwiGLU).
-            for t in 0..n {
-                let r = t * n_embd..(t + 1) * n_embd;
-                ops::rms_norm(&mut s.xb[r.clone()], &s.x[r], &lw.ffn_norm, cfg.rms_eps);
-            }
-            linear(&lw.w_gate, None, &s.xb, n, &mut s.acts, &mut s.gate, th);
-            linear(&lw.w_up, None, &s.xb, n, &mut s.acts, &mut s.up, th);
-            ops::swiglu(&mut s.gate[..n * n_ff], &s.up[..n * n_ff]);
-            linear(&lw.w_down, None, &s.gate, n, &mut s.acts, &mut s.proj, th);
-            ops::add_inplace(&mut s.x[..n * n_embd], &s.proj[..n * n_embd]);
-        }
-
+    for (l, lw) in w.layers.iter().enumerate() {
+        // Attention sub-block.
         for t in 0..n {
             let r = t * n_embd..(t + 1) * n_embd;
-            ops::rms_norm(
-                &mut s.xb[r.clone()],
-                &s.x[r],
-                &self.w.output_norm,
-                cfg.rms_eps,
+            ops::rms_norm(&mut s.xb[r.clone()], &s.x[r], &lw.attn_norm, cfg.rms_eps);
+        }
+        linear(
+            &lw.wq,
+            lw.bq.as_deref(),
+            &s.xb,
+            n,
+            &mut s.acts,
+            &mut s.q,
+            th,
+        );
+        linear(
+            &lw.wk,
+            lw.bk.as_deref(),
+            &s.xb,
+            n,
+            &mut s.acts,
+            &mut s.k,
+            th,
+        );
+        linear(
+            &lw.wv,
+            lw.bv.as_deref(),
+            &s.xb,
+            n,
+            &mut s.acts,
+            &mut s.v,
+            th,
+        );
+        let (kc, vc) = (&mut st.kv.k[l], &mut st.kv.v[l]);
+        for t in 0..n {
+            let p = pos + t;
+            let rope = |x: &mut [f32], heads: usize| {
+                ops::rope(
+                    x,
+                    heads,
+                    hd,
+                    cfg.n_rot,
+                    p,
+                    cfg.rope_base,
+                    cfg.rope_pos_scale,
+                    cfg.rope_layout,
+                    w.rope_freqs.as_deref(),
+                )
+            };
+            rope(&mut s.q[t * q_dim..(t + 1) * q_dim], cfg.n_head);
+            rope(&mut s.k[t * kv_dim..(t + 1) * kv_dim], cfg.n_head_kv);
+            kc[p * kv_dim..(p + 1) * kv_dim].copy_from_slice(&s.k[t * kv_dim..(t + 1) * kv_dim]);
+            vc[p * kv_dim..(p + 1) * kv_dim].copy_from_slice(&s.v[t * kv_dim..(t + 1) * kv_dim]);
+        }
+        for t in 0..n {
+            // Causal: position pos+t sees cache rows 0..=pos+t.
+            ops::attention(
+                &mut s.att[t * q_dim..(t + 1) * q_dim],
+                &s.q[t * q_dim..(t + 1) * q_dim],
+                kc,
+                vc,
+                pos + t + 1,
+                cfg.n_head,
+                cfg.n_head_kv,
+                hd,
+                &mut s.scores,
             );
         }
-        Ok(())
+        linear(&lw.wo, None, &s.att, n, &mut s.acts, &mut s.proj, th);
+        ops::add_inplace(&mut s.x[..n * n_embd], &s.proj[..n * n_embd]);
+
+        // Feed-forward sub-block (SwiGLU).
+        for t in 0..n {
+            let r = t * n_embd..(t + 1) * n_embd;
+            ops::rms_norm(&mut s.xb[r.clone()], &s.x[r], &lw.ffn_norm, cfg.rms_eps);
+        }
+        linear(&lw.w_gate, None, &s.xb, n, &mut s.acts, &mut s.gate, th);
+        linear(&lw.w_up, None, &s.xb, n, &mut s.acts, &mut s.up, th);
+        ops::swiglu(&mut s.gate[..n * n_ff], &s.up[..n * n_ff]);
+        linear(&lw.w_down, None, &s.gate, n, &mut s.acts, &mut s.proj, th);
+        ops::add_inplace(&mut s.x[..n * n_embd], &s.proj[..n * n_embd]);
     }
+
+    for t in 0..n {
+        let r = t * n_embd..(t + 1) * n_embd;
+        ops::rms_norm(&mut s.xb[r.clone()], &s.x[r], &w.output_norm, cfg.rms_eps);
+    }
+    Ok(())
 }
 
 impl ForwardPass for CpuLlama {
@@ -470,58 +534,14 @@ impl ForwardPass for CpuLlama {
     }
 
     fn n_ctx(&self) -> usize {
-        self.n_ctx
+        self.st.n_ctx
     }
 
     fn forward(&mut self, tokens: &[u32], pos: usize, which: Logits) -> Result<&[f32]> {
-        if tokens.is_empty() {
-            return Err(Error::Shape {
-                op: "forward",
-                detail: "no tokens".into(),
-            });
-        }
-        if pos + tokens.len() > self.n_ctx {
-            return Err(Error::ContextFull {
-                n_prompt: pos,
-                n_requested: tokens.len(),
-                n_ctx: self.n_ctx,
-            });
-        }
-        let n_vocab = self.cfg.n_vocab;
-        let n_out = match which {
-            Logits::Last => 1,
-            Logits::All => tokens.len(),
-        };
-        if self.logits.len() < n_out * n_vocab {
-            self.logits.resize(n_out * n_vocab, 0.0);
-        }
-        let mut done = 0;
-        for batch in tokens.chunks(MAX_BATCH) {
-            self.forward_batch(batch, pos + done)?;
-            let n = batch.len();
-            // Rows of the batch whose logits are wanted.
-            let (first, out_row) = match which {
-                Logits::All => (0, done),
-                Logits::Last if done + n == tokens.len() => (n - 1, 0),
-                Logits::Last => (n, 0),
-            };
-            let m = n - first;
-            if m > 0 {
-                let n_embd = self.cfg.n_embd;
-                let out = &mut self.logits[out_row * n_vocab..(out_row + m) * n_vocab];
-                let xb = &self.s.xb[first * n_embd..n * n_embd];
-                linear(
-                    self.w.output(),
-                    None,
-                    xb,
-                    m,
-                    &mut self.s.acts,
-                    out,
-                    &self.threads,
-                );
-            }
-            done += n;
-        }
-        Ok(&self.logits[..n_out * n_vocab])
+        let (cfg, w) = (&self.cfg, &self.w);
+        self.st
+            .forward(cfg, w.output(), tokens, pos, which, |st, batch, p| {
+                forward_batch(cfg, w, st, batch, p)
+            })
     }
 }
