@@ -100,6 +100,8 @@ pub const GEMMA3_SWA_PATTERN: usize = 6;
 /// Gemma 3: RoPE base of the sliding layers (llama.cpp `rope_freq_base_train_swa`; the
 /// GGUF carries only the global layers' base).
 pub const GEMMA3_ROPE_BASE_SWA: f32 = 10_000.0;
+/// Gemma 3 27B's layer count (llama.cpp identifies the model size by it).
+pub const GEMMA3_27B_LAYERS: usize = 62;
 
 impl ModelConfig {
     /// Read from metadata. Errors: [`Error::UnsupportedArchitecture`], [`Error::Metadata`] for a
@@ -184,16 +186,15 @@ impl ModelConfig {
             if g.get(&key("attention.sliding_window")).is_some() {
                 sliding_window = g.get_usize(&key("attention.sliding_window"), MAX_CONTEXT)?;
             }
-            if sliding_window > 0 {
-                swa_pattern = GEMMA3_SWA_PATTERN;
-            } else {
-                // llama.cpp builds such files (EmbeddingGemma-style, no SWA) with a final logit
-                // soft-cap this engine does not implement.
+            if sliding_window == 0 {
+                // llama.cpp builds such files (no SWA) with a final logit soft-cap this engine
+                // does not implement.
                 return Err(Error::metadata(
                     &key("attention.sliding_window"),
                     "gemma3 without a sliding window is not supported",
                 ));
             }
+            swa_pattern = GEMMA3_SWA_PATTERN;
             // Gemma 3 27B scales queries by (n_embd / n_head)^-1/2, the others by
             // head_dim^-1/2 (llama.cpp `f_attention_scale`, after gemma_pytorch config.py);
             // llama.cpp tells 27B by its 62 layers.
@@ -251,9 +252,6 @@ impl ModelConfig {
         self.n_head * self.head_dim
     }
 }
-
-/// Gemma 3 27B's layer count (llama.cpp identifies the model size by it).
-pub const GEMMA3_27B_LAYERS: usize = 62;
 
 /// GGUF tensor names of the `llama`/`qwen2` layout (llama.cpp `src/llama-arch.cpp`).
 pub mod names {
