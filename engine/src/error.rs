@@ -32,7 +32,7 @@ pub enum Error {
     Metadata { key: String, what: String },
 
     /// The model's architecture (`general.architecture`) is not implemented.
-    #[error("unsupported model architecture `{0}` (supported: llama, qwen2)")]
+    #[error("unsupported model architecture `{0}` (supported: llama, qwen2, gemma3)")]
     UnsupportedArchitecture(String),
 
     /// A tensor type id this engine does not implement.
@@ -84,6 +84,13 @@ pub enum Error {
     /// fall back to the CPU and keep its conversation.
     #[error("the GPU device was lost: {0}")]
     GpuDeviceLost(String),
+
+    /// The GPU backend has no forward pass for this (otherwise supported) architecture; the
+    /// caller should use the CPU backend, which has one.
+    #[error(
+        "the GPU backend does not implement the `{0}` architecture yet (the CPU backend does)"
+    )]
+    GpuUnsupportedArchitecture(String),
 
     /// A GPU allocation failed.
     #[error("the GPU ran out of memory allocating {what} ({bytes} bytes)")]

@@ -57,3 +57,33 @@ fn smollm2_header_matches_llama_cpp_dump() {
 fn gemma3_header_matches_llama_cpp_dump() {
     check(GEMMA3, GEMMA3_KEY);
 }
+
+/// Gemma 3 270M's hyperparameters as llama.cpp derives them (`../shared/README.md`): head dim
+/// 256 ≠ n_embd / n_head, sliding window 512 with every 6th layer global, RoPE base 10 000 on
+/// sliding layers and 1e6 on global ones, √640 embedding scale, 1/√256 query scale.
+#[test]
+fn gemma3_config_from_metadata() {
+    use engine::model::{Arch, ModelConfig, RopeLayout};
+    let src = FileSource::open(model_path(GEMMA3)).unwrap();
+    let c = ModelConfig::from_gguf(&GgufFile::parse(&src).unwrap()).unwrap();
+    assert_eq!(c.arch, Arch::Gemma3);
+    assert_eq!(
+        (
+            c.n_embd,
+            c.n_layer,
+            c.n_head,
+            c.n_head_kv,
+            c.head_dim,
+            c.n_ff
+        ),
+        (640, 18, 4, 1, 256, 2048)
+    );
+    assert_eq!((c.n_vocab, c.rope_layout), (262_144, RopeLayout::Neox));
+    assert_eq!(c.sliding_window, 512);
+    let global: Vec<usize> = (0..c.n_layer).filter(|&l| !c.is_sliding(l)).collect();
+    assert_eq!(global, [5, 11, 17]);
+    assert_eq!(c.rope_of_layer(0), (10_000.0, 1.0));
+    assert_eq!(c.rope_of_layer(5), (1_000_000.0, 1.0));
+    assert!((c.embd_scale - 640f32.sqrt()).abs() < 1e-6);
+    assert!((c.attn_scale - 1.0 / 16.0).abs() < 1e-7);
+}

@@ -23,7 +23,7 @@ use engine::backend::{gpu, LoadedModel};
 use engine::chat_template::{ChatMessage, ChatTemplate};
 use engine::generate::{GenerateParams, Generation, Step};
 use engine::gguf::{ByteSource, ChunkedSource, GgufFile};
-use engine::model::llama::CpuLlama;
+use engine::model::CpuModel;
 use engine::model::{ForwardPass, Logits};
 use engine::sampler::SamplerParams;
 use engine::tokenizer::Tokenizer;
@@ -251,7 +251,7 @@ async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<(), String>
     }
     let model = match chosen {
         Some(m) => m,
-        None => LoadedModel::Cpu(CpuLlama::load(&g, &src, n_ctx, 1).map_err(|e| e.to_string())?),
+        None => LoadedModel::Cpu(CpuModel::load(&g, &src, n_ctx, 1).map_err(|e| e.to_string())?),
     };
     drop(src);
     let (name, n_ctx) = (model.name(), model.n_ctx());
@@ -296,6 +296,8 @@ async fn load_gpu<S: ByteSource + ?Sized>(
     {
         return Err(Error::GpuUnavailable("this browser has no WebGPU".into()));
     }
+    // gemma3 has no GPU forward pass yet: say so before starting a device (the CPU takes it).
+    gpu::model::ensure_supported(&engine::model::ModelConfig::from_gguf(g)?)?;
     let mut dev = gpu::Gpu::new_async(&gpu::GpuOptions::default()).await?;
     // Recorded by worker.js's requestDevice wrapper, right after wgpu's request.
     let recorded = crate::js::global_get("__slm_gpu");

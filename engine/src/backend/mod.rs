@@ -8,8 +8,7 @@ pub mod gpu;
 use crate::error::{Error, Result};
 #[cfg(not(target_arch = "wasm32"))]
 use crate::gguf::{ByteSource, GgufFile};
-use crate::model::llama::CpuLlama;
-use crate::model::{ForwardPass, Logits, ModelConfig};
+use crate::model::{CpuModel, ForwardPass, Logits, ModelConfig};
 use crate::sampler::SamplerParams;
 
 /// Which backend the caller asks for.
@@ -38,7 +37,7 @@ impl std::str::FromStr for BackendChoice {
 
 /// A loaded model on one backend.
 pub enum LoadedModel {
-    Cpu(CpuLlama),
+    Cpu(CpuModel),
     Gpu(Box<gpu::model::GpuModel>),
 }
 
@@ -97,8 +96,9 @@ impl ForwardPass for LoadedModel {
 /// Load the model on the chosen backend (native: blocking). Returns the model and a sentence
 /// saying which backend was taken and why.
 ///
-/// Errors: the GPU errors when `Gpu` was asked for explicitly; with `Auto` any GPU failure
-/// falls back to the CPU (the reason is in the returned sentence).
+/// Errors: the GPU errors when `Gpu` was asked for explicitly (for `gemma3`:
+/// [`Error::GpuUnsupportedArchitecture`]); with `Auto` any GPU failure falls back to the CPU
+/// (the reason is in the returned sentence).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load<S: ByteSource + ?Sized>(
     g: &GgufFile,
@@ -108,6 +108,8 @@ pub fn load<S: ByteSource + ?Sized>(
     threads: usize,
 ) -> Result<(LoadedModel, String)> {
     let load_gpu = || -> Result<(LoadedModel, String)> {
+        // Refuse architectures the GPU backend lacks before starting a device.
+        gpu::model::ensure_supported(&ModelConfig::from_gguf(g)?)?;
         let mut dev = gpu::Gpu::new(&gpu::GpuOptions::default())?;
         gpu::block_on(gpu::self_test(&mut dev))?;
         let name = dev.info().name.clone();
@@ -119,7 +121,7 @@ pub fn load<S: ByteSource + ?Sized>(
     };
     let load_cpu = |why: String| -> Result<(LoadedModel, String)> {
         Ok((
-            LoadedModel::Cpu(CpuLlama::load(g, src, n_ctx, threads)?),
+            LoadedModel::Cpu(CpuModel::load(g, src, n_ctx, threads)?),
             why,
         ))
     };

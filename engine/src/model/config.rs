@@ -19,6 +19,9 @@ pub enum Arch {
     Llama,
     /// `qwen2`: Qwen2/2.5 (q/k/v projections carry biases).
     Qwen2,
+    /// `gemma3`: Gemma 3 text models (q/k norms, post-norms, GeGLU, sliding-window layers).
+    /// CPU backend only.
+    Gemma3,
 }
 
 impl Arch {
@@ -27,6 +30,7 @@ impl Arch {
         match name {
             "llama" => Ok(Arch::Llama),
             "qwen2" => Ok(Arch::Qwen2),
+            "gemma3" => Ok(Arch::Gemma3),
             other => Err(Error::UnsupportedArchitecture(other.to_string())),
         }
     }
@@ -35,6 +39,7 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
+            Arch::Gemma3 => "gemma3",
         }
     }
 }
@@ -74,7 +79,29 @@ pub struct ModelConfig {
     /// Leading dimensions of each head that RoPE rotates (`rope.dimension_count`).
     pub n_rot: usize,
     pub rope_layout: RopeLayout,
+    /// Sliding-window attention (`attention.sliding_window`): a sliding layer's query at
+    /// position `p` sees only positions `p - sliding_window + 1 ..= p`. 0 = every layer global.
+    pub sliding_window: usize,
+    /// Every `swa_pattern`-th layer (index `% swa_pattern == swa_pattern - 1`) is global, the
+    /// others slide (llama.cpp `set_swa_pattern`). 0 when `sliding_window` is 0.
+    pub swa_pattern: usize,
+    /// RoPE θ base of the sliding layers (their positions are never scaled).
+    pub rope_base_swa: f32,
+    /// Queries are multiplied by this before `q·k` (Gemma's `query_pre_attn_scalar^-1/2`;
+    /// `1/√head_dim` for the other architectures).
+    pub attn_scale: f32,
+    /// Input embeddings are multiplied by this (Gemma: `√n_embd`; else 1).
+    pub embd_scale: f32,
 }
+
+/// Gemma 3: one global layer after every five sliding ones (llama.cpp `llama-model.cpp`,
+/// `LLM_ARCH_GEMMA3`: `set_swa_pattern(6)`).
+pub const GEMMA3_SWA_PATTERN: usize = 6;
+/// Gemma 3: RoPE base of the sliding layers (llama.cpp `rope_freq_base_train_swa`; the
+/// GGUF carries only the global layers' base).
+pub const GEMMA3_ROPE_BASE_SWA: f32 = 10_000.0;
+/// Gemma 3 27B's layer count (llama.cpp identifies the model size by it).
+pub const GEMMA3_27B_LAYERS: usize = 62;
 
 impl ModelConfig {
     /// Read from metadata. Errors: [`Error::UnsupportedArchitecture`], [`Error::Metadata`] for a
@@ -151,8 +178,31 @@ impl ModelConfig {
         };
         let rope_layout = match arch {
             Arch::Llama => RopeLayout::Adjacent,
-            Arch::Qwen2 => RopeLayout::Neox,
+            Arch::Qwen2 | Arch::Gemma3 => RopeLayout::Neox,
         };
+        let (mut sliding_window, mut swa_pattern) = (0, 0);
+        let (mut attn_scale, mut embd_scale) = (1.0 / (head_dim as f32).sqrt(), 1.0);
+        if arch == Arch::Gemma3 {
+            if g.get(&key("attention.sliding_window")).is_some() {
+                sliding_window = g.get_usize(&key("attention.sliding_window"), MAX_CONTEXT)?;
+            }
+            if sliding_window == 0 {
+                // llama.cpp builds such files (no SWA) with a final logit soft-cap this engine
+                // does not implement.
+                return Err(Error::metadata(
+                    &key("attention.sliding_window"),
+                    "gemma3 without a sliding window is not supported",
+                ));
+            }
+            swa_pattern = GEMMA3_SWA_PATTERN;
+            // Gemma 3 27B scales queries by (n_embd / n_head)^-1/2, the others by
+            // head_dim^-1/2 (llama.cpp `f_attention_scale`, after gemma_pytorch config.py);
+            // llama.cpp tells 27B by its 62 layers.
+            if n_layer == GEMMA3_27B_LAYERS {
+                attn_scale = 1.0 / ((n_embd / n_head) as f32).sqrt();
+            }
+            embd_scale = (n_embd as f32).sqrt();
+        }
         Ok(Self {
             arch,
             n_vocab,
@@ -168,7 +218,29 @@ impl ModelConfig {
             rope_pos_scale,
             n_rot,
             rope_layout,
+            sliding_window,
+            swa_pattern,
+            rope_base_swa: GEMMA3_ROPE_BASE_SWA,
+            attn_scale,
+            embd_scale,
         })
+    }
+
+    /// Whether layer `l` uses sliding-window attention.
+    pub fn is_sliding(&self, l: usize) -> bool {
+        self.sliding_window > 0
+            && self.swa_pattern > 0
+            && l % self.swa_pattern < self.swa_pattern - 1
+    }
+
+    /// RoPE (base, position scale) of layer `l`: sliding layers use [`Self::rope_base_swa`]
+    /// unscaled, the others `rope.freq_base` and the linear scaling of the metadata.
+    pub fn rope_of_layer(&self, l: usize) -> (f32, f32) {
+        if self.is_sliding(l) {
+            (self.rope_base_swa, 1.0)
+        } else {
+            (self.rope_base, self.rope_pos_scale)
+        }
     }
 
     /// Width of the K (and V) projection output: `n_head_kv * head_dim`.
@@ -206,4 +278,11 @@ pub mod names {
     pub const FFN_GATE: &str = "ffn_gate.weight";
     pub const FFN_UP: &str = "ffn_up.weight";
     pub const FFN_DOWN: &str = "ffn_down.weight";
+    /// Gemma 3: per-head RMSNorm weights of q and k, (head_dim) each.
+    pub const ATTN_Q_NORM: &str = "attn_q_norm.weight";
+    pub const ATTN_K_NORM: &str = "attn_k_norm.weight";
+    /// Gemma 3: RMSNorm of the attention output before the residual add, (n_embd).
+    pub const ATTN_POST_NORM: &str = "post_attention_norm.weight";
+    /// Gemma 3: RMSNorm of the feed-forward output before the residual add, (n_embd).
+    pub const FFN_POST_NORM: &str = "post_ffw_norm.weight";
 }

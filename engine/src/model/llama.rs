@@ -14,7 +14,7 @@ use crate::backend::cpu::{matmul, ops, CpuThreads};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgufFile};
 use crate::model::config::names;
-use crate::model::{ForwardPass, Logits, ModelConfig};
+use crate::model::{Arch, ForwardPass, Logits, ModelConfig};
 use crate::quant::{self, PreparedActs};
 use crate::tensor::QMatrix;
 
@@ -62,7 +62,7 @@ pub struct LlamaWeights {
 }
 
 /// Read a tensor as a quantized matrix, checking its shape: dims (cols, rows) = (ne0, ne1).
-fn load_matrix<S: ByteSource + ?Sized>(
+pub(crate) fn load_matrix<S: ByteSource + ?Sized>(
     g: &GgufFile,
     src: &S,
     name: &str,
@@ -85,7 +85,7 @@ fn load_matrix<S: ByteSource + ?Sized>(
 }
 
 /// Read a 1-D tensor of `len` elements as f32.
-fn load_vector<S: ByteSource + ?Sized>(
+pub(crate) fn load_vector<S: ByteSource + ?Sized>(
     g: &GgufFile,
     src: &S,
     name: &str,
@@ -191,40 +191,51 @@ impl LlamaWeights {
 }
 
 /// Keys and values of every layer for positions `0..n_ctx`: per layer (n_ctx, kv_dim) each.
-struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+pub(crate) struct KvCache {
+    pub(crate) k: Vec<Vec<f32>>,
+    pub(crate) v: Vec<Vec<f32>>,
+}
+
+impl KvCache {
+    /// Zeroed cache of `n_ctx` positions for every layer of `cfg`.
+    pub(crate) fn new(cfg: &ModelConfig, n_ctx: usize) -> Self {
+        let kv_len = n_ctx * cfg.kv_dim();
+        Self {
+            k: (0..cfg.n_layer).map(|_| vec![0f32; kv_len]).collect(),
+            v: (0..cfg.n_layer).map(|_| vec![0f32; kv_len]).collect(),
+        }
+    }
 }
 
 /// Activations of one batch of up to `cap` tokens. Grown on demand, never shrunk, so decode
 /// (one token) allocates nothing after the first step.
 #[derive(Default)]
-struct Scratch {
+pub(crate) struct Scratch {
     cap: usize,
     /// (n, n_embd) residual stream
-    x: Vec<f32>,
+    pub(crate) x: Vec<f32>,
     /// (n, n_embd) normalised input of a sub-block
-    xb: Vec<f32>,
+    pub(crate) xb: Vec<f32>,
     /// (n, q_dim)
-    q: Vec<f32>,
+    pub(crate) q: Vec<f32>,
     /// (n, kv_dim)
-    k: Vec<f32>,
-    v: Vec<f32>,
+    pub(crate) k: Vec<f32>,
+    pub(crate) v: Vec<f32>,
     /// (n, q_dim) attention output
-    att: Vec<f32>,
+    pub(crate) att: Vec<f32>,
     /// (n, n_embd) projection output
-    proj: Vec<f32>,
+    pub(crate) proj: Vec<f32>,
     /// (n, n_ff)
-    gate: Vec<f32>,
-    up: Vec<f32>,
+    pub(crate) gate: Vec<f32>,
+    pub(crate) up: Vec<f32>,
     /// (n_ctx) attention scores of one head
-    scores: Vec<f32>,
+    pub(crate) scores: Vec<f32>,
     /// one per token
-    acts: Vec<PreparedActs>,
+    pub(crate) acts: Vec<PreparedActs>,
 }
 
 impl Scratch {
-    fn ensure(&mut self, cfg: &ModelConfig, n_ctx: usize, n: usize) {
+    pub(crate) fn ensure(&mut self, cfg: &ModelConfig, n_ctx: usize, n: usize) {
         if n <= self.cap {
             return;
         }
@@ -245,7 +256,7 @@ impl Scratch {
 }
 
 /// `out[t] = x[t] · wᵀ (+ bias)` for the first `n` rows of x: (n, w.cols) → out: (n, w.rows).
-fn linear(
+pub(crate) fn linear(
     w: &QMatrix,
     bias: Option<&[f32]>,
     x: &[f32],
@@ -267,199 +278,43 @@ fn linear(
     }
 }
 
-/// A llama-family model with its KV cache, running on the CPU.
-pub struct CpuLlama {
-    cfg: ModelConfig,
-    w: LlamaWeights,
-    n_ctx: usize,
-    threads: CpuThreads,
-    kv: KvCache,
-    s: Scratch,
+/// What a CPU decoder holds besides its config and weights: KV cache, activations, logits.
+pub(crate) struct CpuState {
+    /// Context capacity in positions.
+    pub(crate) n_ctx: usize,
+    pub(crate) threads: CpuThreads,
+    pub(crate) kv: KvCache,
+    pub(crate) s: Scratch,
     /// (n_positions, n_vocab) of the last call
     logits: Vec<f32>,
 }
 
-impl CpuLlama {
-    /// Load weights from `src` and allocate a KV cache of `n_ctx` positions (capped at the
-    /// trained context). `threads`: worker threads (0 = all cores; wasm: always 1).
-    ///
-    /// Errors: [`Error::UnsupportedArchitecture`] and metadata errors from [`ModelConfig`],
-    /// tensor errors from [`LlamaWeights::load`].
-    pub fn load<S: ByteSource + ?Sized>(
-        g: &GgufFile,
-        src: &S,
-        n_ctx: usize,
-        threads: usize,
-    ) -> Result<Self> {
-        let cfg = ModelConfig::from_gguf(g)?;
-        let w = LlamaWeights::load(&cfg, g, src)?;
-        Ok(Self::from_weights(cfg, w, n_ctx, threads))
-    }
-
-    /// Wrap already loaded weights.
-    pub fn from_weights(cfg: ModelConfig, w: LlamaWeights, n_ctx: usize, threads: usize) -> Self {
+impl CpuState {
+    /// KV cache of `n_ctx` positions (clamped to `1..=n_ctx_train`), `threads` workers.
+    pub(crate) fn new(cfg: &ModelConfig, n_ctx: usize, threads: usize) -> Self {
         let n_ctx = n_ctx.clamp(1, cfg.n_ctx_train.max(1));
-        let kv_len = n_ctx * cfg.kv_dim();
-        let kv = KvCache {
-            k: (0..cfg.n_layer).map(|_| vec![0f32; kv_len]).collect(),
-            v: (0..cfg.n_layer).map(|_| vec![0f32; kv_len]).collect(),
-        };
         Self {
-            cfg,
-            w,
             n_ctx,
             threads: CpuThreads::new(threads),
-            kv,
+            kv: KvCache::new(cfg, n_ctx),
             s: Scratch::default(),
             logits: Vec::new(),
         }
     }
 
-    /// The weights.
-    pub fn weights(&self) -> &LlamaWeights {
-        &self.w
-    }
-
-    /// Worker threads in use.
-    pub fn threads(&self) -> usize {
-        self.threads.count()
-    }
-
-    /// Run one batch of `n <= MAX_BATCH` tokens at positions `pos..pos+n` through every layer,
-    /// leaving the final hidden states, normalised, in `s.xb`.
-    fn forward_batch(&mut self, tokens: &[u32], pos: usize) -> Result<()> {
-        let cfg = &self.cfg;
-        let n = tokens.len();
-        let (n_embd, q_dim, kv_dim, n_ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
-        let hd = cfg.head_dim;
-        self.s.ensure(cfg, self.n_ctx, n);
-        let s = &mut self.s;
-        let th = &self.threads;
-
-        // Token embeddings: x[t] = token_embd[tokens[t]].
-        for (t, &id) in tokens.iter().enumerate() {
-            if id as usize >= cfg.n_vocab {
-                return Err(Error::TokenOutOfRange {
-                    id,
-                    n_vocab: cfg.n_vocab,
-                });
-            }
-            let row = self.w.token_embd.row(id as usize);
-            quant::dequantize_row(
-                self.w.token_embd.dtype,
-                row,
-                &mut s.x[t * n_embd..(t + 1) * n_embd],
-            )?;
-        }
-
-        for (l, lw) in self.w.layers.iter().enumerate() {
-            // Attention sub-block.
-            for t in 0..n {
-                let r = t * n_embd..(t + 1) * n_embd;
-                ops::rms_norm(&mut s.xb[r.clone()], &s.x[r], &lw.attn_norm, cfg.rms_eps);
-            }
-            linear(
-                &lw.wq,
-                lw.bq.as_deref(),
-                &s.xb,
-                n,
-                &mut s.acts,
-                &mut s.q,
-                th,
-            );
-            linear(
-                &lw.wk,
-                lw.bk.as_deref(),
-                &s.xb,
-                n,
-                &mut s.acts,
-                &mut s.k,
-                th,
-            );
-            linear(
-                &lw.wv,
-                lw.bv.as_deref(),
-                &s.xb,
-                n,
-                &mut s.acts,
-                &mut s.v,
-                th,
-            );
-            let (kc, vc) = (&mut self.kv.k[l], &mut self.kv.v[l]);
-            for t in 0..n {
-                let p = pos + t;
-                let rope = |x: &mut [f32], heads: usize| {
-                    ops::rope(
-                        x,
-                        heads,
-                        hd,
-                        cfg.n_rot,
-                        p,
-                        cfg.rope_base,
-                        cfg.rope_pos_scale,
-                        cfg.rope_layout,
-                        self.w.rope_freqs.as_deref(),
-                    )
-                };
-                rope(&mut s.q[t * q_dim..(t + 1) * q_dim], cfg.n_head);
-                rope(&mut s.k[t * kv_dim..(t + 1) * kv_dim], cfg.n_head_kv);
-                kc[p * kv_dim..(p + 1) * kv_dim]
-                    .copy_from_slice(&s.k[t * kv_dim..(t + 1) * kv_dim]);
-                vc[p * kv_dim..(p + 1) * kv_dim]
-                    .copy_from_slice(&s.v[t * kv_dim..(t + 1) * kv_dim]);
-            }
-            for t in 0..n {
-                // Causal: position pos+t sees cache rows 0..=pos+t.
-                ops::attention(
-                    &mut s.att[t * q_dim..(t + 1) * q_dim],
-                    &s.q[t * q_dim..(t + 1) * q_dim],
-                    kc,
-                    vc,
-                    pos + t + 1,
-                    cfg.n_head,
-                    cfg.n_head_kv,
-                    hd,
-                    &mut s.scores,
-                );
-            }
-            linear(&lw.wo, None, &s.att, n, &mut s.acts, &mut s.proj, th);
-            ops::add_inplace(&mut s.x[..n * n_embd], &s.proj[..n * n_embd]);
-
-            // Feed-forward sub-block (SwiGLU).
-            for t in 0..n {
-                let r = t * n_embd..(t + 1) * n_embd;
-                ops::rms_norm(&mut s.xb[r.clone()], &s.x[r], &lw.ffn_norm, cfg.rms_eps);
-            }
-            linear(&lw.w_gate, None, &s.xb, n, &mut s.acts, &mut s.gate, th);
-            linear(&lw.w_up, None, &s.xb, n, &mut s.acts, &mut s.up, th);
-            ops::swiglu(&mut s.gate[..n * n_ff], &s.up[..n * n_ff]);
-            linear(&lw.w_down, None, &s.gate, n, &mut s.acts, &mut s.proj, th);
-            ops::add_inplace(&mut s.x[..n * n_embd], &s.proj[..n * n_embd]);
-        }
-
-        for t in 0..n {
-            let r = t * n_embd..(t + 1) * n_embd;
-            ops::rms_norm(
-                &mut s.xb[r.clone()],
-                &s.x[r],
-                &self.w.output_norm,
-                cfg.rms_eps,
-            );
-        }
-        Ok(())
-    }
-}
-
-impl ForwardPass for CpuLlama {
-    fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-
-    fn n_ctx(&self) -> usize {
-        self.n_ctx
-    }
-
-    fn forward(&mut self, tokens: &[u32], pos: usize, which: Logits) -> Result<&[f32]> {
+    /// [`ForwardPass::forward`] of every CPU decoder: checks the context, runs `tokens` in
+    /// batches of up to [`MAX_BATCH`] through `layers(state, batch, pos)` (which leaves the final
+    /// normalised hidden states, (n, n_embd), in `s.xb`), and projects the rows `which` asks for
+    /// with `output`: (n_vocab, n_embd).
+    pub(crate) fn forward(
+        &mut self,
+        cfg: &ModelConfig,
+        output: &QMatrix,
+        tokens: &[u32],
+        pos: usize,
+        which: Logits,
+        mut layers: impl FnMut(&mut Self, &[u32], usize) -> Result<()>,
+    ) -> Result<&[f32]> {
         if tokens.is_empty() {
             return Err(Error::Shape {
                 op: "forward",
@@ -473,7 +328,7 @@ impl ForwardPass for CpuLlama {
                 n_ctx: self.n_ctx,
             });
         }
-        let n_vocab = self.cfg.n_vocab;
+        let (n_vocab, n_embd) = (cfg.n_vocab, cfg.n_embd);
         let n_out = match which {
             Logits::Last => 1,
             Logits::All => tokens.len(),
@@ -483,7 +338,7 @@ impl ForwardPass for CpuLlama {
         }
         let mut done = 0;
         for batch in tokens.chunks(MAX_BATCH) {
-            self.forward_batch(batch, pos + done)?;
+            layers(self, batch, pos + done)?;
             let n = batch.len();
             // Rows of the batch whose logits are wanted.
             let (first, out_row) = match which {
@@ -493,21 +348,200 @@ impl ForwardPass for CpuLlama {
             };
             let m = n - first;
             if m > 0 {
-                let n_embd = self.cfg.n_embd;
                 let out = &mut self.logits[out_row * n_vocab..(out_row + m) * n_vocab];
                 let xb = &self.s.xb[first * n_embd..n * n_embd];
-                linear(
-                    self.w.output(),
-                    None,
-                    xb,
-                    m,
-                    &mut self.s.acts,
-                    out,
-                    &self.threads,
-                );
+                linear(output, None, xb, m, &mut self.s.acts, out, &self.threads);
             }
             done += n;
         }
         Ok(&self.logits[..n_out * n_vocab])
+    }
+}
+
+/// A llama-family model with its KV cache, running on the CPU.
+pub struct CpuLlama {
+    cfg: ModelConfig,
+    w: LlamaWeights,
+    st: CpuState,
+}
+
+impl CpuLlama {
+    /// Load weights from `src` and allocate a KV cache of `n_ctx` positions (capped at the
+    /// trained context). `threads`: worker threads (0 = all cores; wasm: always 1).
+    ///
+    /// Errors: [`Error::UnsupportedArchitecture`] (also for `gemma3`: see
+    /// [`crate::model::CpuModel`]) and metadata errors from [`ModelConfig`], tensor errors from
+    /// [`LlamaWeights::load`].
+    pub fn load<S: ByteSource + ?Sized>(
+        g: &GgufFile,
+        src: &S,
+        n_ctx: usize,
+        threads: usize,
+    ) -> Result<Self> {
+        let cfg = ModelConfig::from_gguf(g)?;
+        if !matches!(cfg.arch, Arch::Llama | Arch::Qwen2) {
+            return Err(Error::UnsupportedArchitecture(format!(
+                "{} (in the llama-family decoder)",
+                cfg.arch.name()
+            )));
+        }
+        let w = LlamaWeights::load(&cfg, g, src)?;
+        Ok(Self::from_weights(cfg, w, n_ctx, threads))
+    }
+
+    /// Wrap already loaded weights.
+    pub fn from_weights(cfg: ModelConfig, w: LlamaWeights, n_ctx: usize, threads: usize) -> Self {
+        let st = CpuState::new(&cfg, n_ctx, threads);
+        Self { cfg, w, st }
+    }
+
+    /// The weights.
+    pub fn weights(&self) -> &LlamaWeights {
+        &self.w
+    }
+
+    /// Worker threads in use.
+    pub fn threads(&self) -> usize {
+        self.st.threads.count()
+    }
+}
+
+/// Run one batch of `n <= MAX_BATCH` tokens at positions `pos..pos+n` through every layer,
+/// leaving the final hidden states, normalised, in `st.s.xb`.
+fn forward_batch(
+    cfg: &ModelConfig,
+    w: &LlamaWeights,
+    st: &mut CpuState,
+    tokens: &[u32],
+    pos: usize,
+) -> Result<()> {
+    let n = tokens.len();
+    let (n_embd, q_dim, kv_dim, n_ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
+    let hd = cfg.head_dim;
+    st.s.ensure(cfg, st.n_ctx, n);
+    let s = &mut st.s;
+    let th = &st.threads;
+
+    // Token embeddings: x[t] = token_embd[tokens[t]].
+    for (t, &id) in tokens.iter().enumerate() {
+        if id as usize >= cfg.n_vocab {
+            return Err(Error::TokenOutOfRange {
+                id,
+                n_vocab: cfg.n_vocab,
+            });
+        }
+        let row = w.token_embd.row(id as usize);
+        quant::dequantize_row(
+            w.token_embd.dtype,
+            row,
+            &mut s.x[t * n_embd..(t + 1) * n_embd],
+        )?;
+    }
+
+    for (l, lw) in w.layers.iter().enumerate() {
+        // Attention sub-block.
+        for t in 0..n {
+            let r = t * n_embd..(t + 1) * n_embd;
+            ops::rms_norm(&mut s.xb[r.clone()], &s.x[r], &lw.attn_norm, cfg.rms_eps);
+        }
+        linear(
+            &lw.wq,
+            lw.bq.as_deref(),
+            &s.xb,
+            n,
+            &mut s.acts,
+            &mut s.q,
+            th,
+        );
+        linear(
+            &lw.wk,
+            lw.bk.as_deref(),
+            &s.xb,
+            n,
+            &mut s.acts,
+            &mut s.k,
+            th,
+        );
+        linear(
+            &lw.wv,
+            lw.bv.as_deref(),
+            &s.xb,
+            n,
+            &mut s.acts,
+            &mut s.v,
+            th,
+        );
+        let (kc, vc) = (&mut st.kv.k[l], &mut st.kv.v[l]);
+        for t in 0..n {
+            let p = pos + t;
+            let rope = |x: &mut [f32], heads: usize| {
+                ops::rope(
+                    x,
+                    heads,
+                    hd,
+                    cfg.n_rot,
+                    p,
+                    cfg.rope_base,
+                    cfg.rope_pos_scale,
+                    cfg.rope_layout,
+                    w.rope_freqs.as_deref(),
+                )
+            };
+            rope(&mut s.q[t * q_dim..(t + 1) * q_dim], cfg.n_head);
+            rope(&mut s.k[t * kv_dim..(t + 1) * kv_dim], cfg.n_head_kv);
+            kc[p * kv_dim..(p + 1) * kv_dim].copy_from_slice(&s.k[t * kv_dim..(t + 1) * kv_dim]);
+            vc[p * kv_dim..(p + 1) * kv_dim].copy_from_slice(&s.v[t * kv_dim..(t + 1) * kv_dim]);
+        }
+        for t in 0..n {
+            // Causal: position pos+t sees cache rows 0..=pos+t.
+            ops::attention(
+                &mut s.att[t * q_dim..(t + 1) * q_dim],
+                &s.q[t * q_dim..(t + 1) * q_dim],
+                kc,
+                vc,
+                pos + t + 1,
+                cfg.n_head,
+                cfg.n_head_kv,
+                hd,
+                &mut s.scores,
+            );
+        }
+        linear(&lw.wo, None, &s.att, n, &mut s.acts, &mut s.proj, th);
+        ops::add_inplace(&mut s.x[..n * n_embd], &s.proj[..n * n_embd]);
+
+        // Feed-forward sub-block (SwiGLU).
+        for t in 0..n {
+            let r = t * n_embd..(t + 1) * n_embd;
+            ops::rms_norm(&mut s.xb[r.clone()], &s.x[r], &lw.ffn_norm, cfg.rms_eps);
+        }
+        linear(&lw.w_gate, None, &s.xb, n, &mut s.acts, &mut s.gate, th);
+        linear(&lw.w_up, None, &s.xb, n, &mut s.acts, &mut s.up, th);
+        ops::swiglu(&mut s.gate[..n * n_ff], &s.up[..n * n_ff]);
+        linear(&lw.w_down, None, &s.gate, n, &mut s.acts, &mut s.proj, th);
+        ops::add_inplace(&mut s.x[..n * n_embd], &s.proj[..n * n_embd]);
+    }
+
+    for t in 0..n {
+        let r = t * n_embd..(t + 1) * n_embd;
+        ops::rms_norm(&mut s.xb[r.clone()], &s.x[r], &w.output_norm, cfg.rms_eps);
+    }
+    Ok(())
+}
+
+impl ForwardPass for CpuLlama {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn n_ctx(&self) -> usize {
+        self.st.n_ctx
+    }
+
+    fn forward(&mut self, tokens: &[u32], pos: usize, which: Logits) -> Result<&[f32]> {
+        let (cfg, w) = (&self.cfg, &self.w);
+        self.st
+            .forward(cfg, w.output(), tokens, pos, which, |st, batch, p| {
+                forward_batch(cfg, w, st, batch, p)
+            })
     }
 }

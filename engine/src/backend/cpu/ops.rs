@@ -15,6 +15,15 @@ pub fn rms_norm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     }
 }
 
+/// [`rms_norm`] in place: `x = x / sqrt(mean(x²) + eps) * weight`. x, weight: (n).
+pub fn rms_norm_inplace(x: &mut [f32], weight: &[f32], eps: f32) {
+    let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (mean_sq + eps).sqrt();
+    for (v, &w) in x.iter_mut().zip(weight) {
+        *v *= scale * w;
+    }
+}
+
 /// Rotary position embedding (Su et al. 2021, RoFormer) of one position, in place.
 /// x: (n_heads, head_dim); only the first `n_rot` dims of each head rotate.
 /// Pair `i` (0..n_rot/2) turns by `pos * pos_scale * base^(-2i/n_rot) / freq_factors[i]`:
@@ -80,6 +89,22 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// GELU, tanh approximation (Hendrycks & Gimpel 2016):
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const COEF: f32 = 0.044_715;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF * x * x)).tanh())
+}
+
+/// GeGLU (Shazeer 2020), as Gemma uses it: `gate = gelu_tanh(gate) * up`. gate, up: (n_ff).
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = gelu_tanh(*g) * u;
+    }
+}
+
 /// `a += b`.
 pub fn add_inplace(a: &mut [f32], b: &[f32]) {
     for (x, &y) in a.iter_mut().zip(b) {
@@ -104,21 +129,55 @@ pub fn attention(
     head_dim: usize,
     scores: &mut [f32],
 ) {
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    attention_range(
+        out,
+        q,
+        k_cache,
+        v_cache,
+        0..n_kv,
+        n_head,
+        n_head_kv,
+        head_dim,
+        scale,
+        scores,
+    );
+}
+
+/// [`attention`] over KV-cache rows `kv` only (a sliding window: `p + 1 - window .. p + 1`),
+/// with the score scale given: `softmax(scale · q·k) · v`.
+/// q, out: (n_head, head_dim); k_cache, v_cache: (≥ kv.end, n_head_kv * head_dim);
+/// scores: scratch of ≥ kv.len().
+#[allow(clippy::too_many_arguments)]
+pub fn attention_range(
+    out: &mut [f32],
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    kv: std::ops::Range<usize>,
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
     let kv_dim = n_head_kv * head_dim;
     let group = n_head / n_head_kv;
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let scores = &mut scores[..n_kv];
+    let first = kv.start;
+    let scores = &mut scores[..kv.len()];
     for h in 0..n_head {
         let kvh = h / group;
         let qh = &q[h * head_dim..(h + 1) * head_dim];
-        for (t, s) in scores.iter_mut().enumerate() {
+        for (i, s) in scores.iter_mut().enumerate() {
+            let t = first + i;
             let k = &k_cache[t * kv_dim + kvh * head_dim..][..head_dim];
             *s = dot(qh, k) * scale;
         }
         softmax(scores);
         let oh = &mut out[h * head_dim..(h + 1) * head_dim];
         oh.fill(0.0);
-        for (t, &p) in scores.iter().enumerate() {
+        for (i, &p) in scores.iter().enumerate() {
+            let t = first + i;
             let v = &v_cache[t * kv_dim + kvh * head_dim..][..head_dim];
             for (o, &vv) in oh.iter_mut().zip(v) {
                 *o += p * vv;
@@ -269,5 +328,52 @@ mod tests {
         let p = w / (w + 1.0);
         assert!((out[0] - (p * 10.0 + (1.0 - p) * 30.0)).abs() < 1e-4);
         assert!((out[2] - ((1.0 - p) * 10.0 + p * 30.0)).abs() < 1e-4);
+    }
+
+    #[test]
+    fn attention_range_is_attention_over_the_window() {
+        // A window over rows 2..4 equals full attention over a cache holding only those rows.
+        let (n_head, n_head_kv, hd) = (2, 1, 4);
+        let row =
+            |t: usize| -> Vec<f32> { (0..hd).map(|i| ((t * hd + i) as f32 * 0.7).sin()).collect() };
+        let k: Vec<f32> = (0..4).flat_map(row).collect();
+        let v: Vec<f32> = (0..4).flat_map(|t| row(t + 9)).collect();
+        let q: Vec<f32> = (0..n_head * hd).map(|i| (i as f32 * 0.3).cos()).collect();
+        let (mut a, mut b, mut scores) = ([0f32; 8], [0f32; 8], [0f32; 4]);
+        let scale = 1.0 / (hd as f32).sqrt();
+        attention_range(
+            &mut a,
+            &q,
+            &k,
+            &v,
+            2..4,
+            n_head,
+            n_head_kv,
+            hd,
+            scale,
+            &mut scores,
+        );
+        attention(
+            &mut b,
+            &q,
+            &k[2 * hd..],
+            &v[2 * hd..],
+            2,
+            n_head,
+            n_head_kv,
+            hd,
+            &mut scores,
+        );
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn gelu_tanh_known_values() {
+        assert_eq!(gelu_tanh(0.0), 0.0);
+        // torch.nn.functional.gelu(x, approximate="tanh") at 1 and -2.
+        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
+        assert!((gelu_tanh(-2.0) - (-0.045_402_3)).abs() < 1e-5);
     }
 }

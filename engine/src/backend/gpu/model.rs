@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgufFile};
 use crate::model::config::names;
-use crate::model::{ForwardPass, Logits, ModelConfig, RopeLayout};
+use crate::model::{Arch, ForwardPass, Logits, ModelConfig, RopeLayout};
 use crate::quant::GgmlDType;
 
 use super::arena::{dispatch, ParamArena};
@@ -219,11 +219,23 @@ impl Slots {
     }
 }
 
+/// Whether the GPU backend has a forward pass for `cfg`'s architecture (`llama`, `qwen2`).
+///
+/// Errors: [`Error::GpuUnsupportedArchitecture`] for `gemma3` (q/k norms, post-norms, GeGLU and
+/// sliding-window layers have no kernels yet): the caller should use the CPU backend.
+pub fn ensure_supported(cfg: &ModelConfig) -> Result<()> {
+    match cfg.arch {
+        Arch::Llama | Arch::Qwen2 => Ok(()),
+        Arch::Gemma3 => Err(Error::GpuUnsupportedArchitecture(cfg.arch.name().into())),
+    }
+}
+
 impl GpuModel {
     /// Load a llama / qwen2 GGUF onto the GPU with a KV cache of `n_ctx` positions. Each
     /// weight goes from the file to the GPU in its block layout, one tensor at a time.
     ///
-    /// Errors: [`Error::UnsupportedArchitecture`], [`Error::MissingTensor`], [`Error::Shape`],
+    /// Errors: [`Error::UnsupportedArchitecture`], [`Error::GpuUnsupportedArchitecture`],
+    /// [`Error::MissingTensor`], [`Error::Shape`],
     /// [`Error::OpDType`] for a weight type without a GPU kernel, [`Error::GpuLimits`],
     /// [`Error::GpuOutOfMemory`], [`Error::Gpu`].
     pub fn load<S: ByteSource + ?Sized>(
@@ -233,6 +245,7 @@ impl GpuModel {
         n_ctx: usize,
     ) -> Result<Self> {
         let cfg = ModelConfig::from_gguf(file)?;
+        ensure_supported(&cfg)?;
         let (n_embd, q_dim, kv_dim, n_ff, n_vocab) =
             (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff, cfg.n_vocab);
         if n_ctx == 0 {
