@@ -554,7 +554,8 @@ pub fn browser_tests() -> Result {
         run(Command::new("apt-get").args(["install", "-y", "-qq", "chromium", "chromium-driver"]))?;
     }
     build_web()?;
-    let expect = expected_reply_prefix()?;
+    let expect = expected_reply_prefix("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+    let expect_gemma3 = expected_reply_prefix("gemma-3-270m-q4_k_m.gguf")?;
     let server = Server::new(root().join("dist"), true)?;
     let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
@@ -562,13 +563,14 @@ pub fn browser_tests() -> Result {
     let url = format!("http://127.0.0.1:{port}/");
     // Every flow that needs no WebGPU, on the wasm SIMD CPU engine (main flow with the WebGPU
     // flag on, others without): main, resume, checksum, xss, regenerate, stop, conversation,
-    // hub, import, quota.
+    // hub, cancel, import, gemma3 (WebGPU flag on: auto falls back to the CPU), quota.
     run(Command::new("node")
         .current_dir(web_tests_dir())
         .arg("e2e.mjs")
         .env("SLM_URL", &url)
         .env("SLM_MODELS_DIR", models_dir())
         .env("SLM_E2E_EXPECT_PREFIX", &expect)
+        .env("SLM_E2E_EXPECT_PREFIX_GEMMA3", &expect_gemma3)
         .env("SLM_E2E_SCREENSHOT", root().join("target/screenshot.png")))?;
     // On WebGPU (Chromium's SwiftShader adapter: slow, a few tokens): the main flow again, and
     // a lost GPU device moving the conversation to the CPU.
@@ -589,8 +591,8 @@ const EXPECT_PREFIX_CHARS: usize = 40;
 
 /// What `slm generate` prints at temperature 0 for the browser test's question, with the app's
 /// default system prompt, cut to [`EXPECT_PREFIX_CHARS`].
-fn expected_reply_prefix() -> Result<String> {
-    let model = crate::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+fn expected_reply_prefix(model_file: &str) -> Result<String> {
+    let model = crate::models_dir().join(model_file);
     let messages = r#"[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What color is the sky on a clear day?"}]"#;
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root())
