@@ -22,9 +22,8 @@ use crate::backend::cpu::ops;
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgufFile};
 use crate::model::config::names;
-use crate::model::llama::{linear, load_matrix, load_vector, CpuState};
+use crate::model::llama::{embed_tokens, linear, load_matrix, load_vector, CpuState};
 use crate::model::{Arch, ForwardPass, Logits, ModelConfig};
-use crate::quant;
 use crate::tensor::QMatrix;
 
 /// Weights of one Gemma 3 block. Shapes as (rows, cols) = (out, in).
@@ -183,18 +182,7 @@ fn forward_batch(
     let th = &st.threads;
 
     // Token embeddings, scaled: x[t] = √n_embd · token_embd[tokens[t]].
-    for (t, &id) in tokens.iter().enumerate() {
-        if id as usize >= cfg.n_vocab {
-            return Err(Error::TokenOutOfRange {
-                id,
-                n_vocab: cfg.n_vocab,
-            });
-        }
-        let x = &mut s.x[t * n_embd..(t + 1) * n_embd];
-        let row = w.token_embd.row(id as usize);
-        quant::dequantize_row(w.token_embd.dtype, row, x)?;
-        x.iter_mut().for_each(|v| *v *= cfg.embd_scale);
-    }
+    embed_tokens(cfg, &w.token_embd, tokens, &mut s.x)?;
 
     // RMSNorm of each of the first `n` rows of `x` into `out`; rows as wide as `weight`.
     let norm_rows = |out: &mut [f32], x: &[f32], weight: &[f32]| {

@@ -406,6 +406,33 @@ impl CpuLlama {
     }
 }
 
+/// Token embeddings: `x[t] = embd_scale · token_embd[tokens[t]]` (the scale is 1 except for
+/// Gemma's √n_embd); x: (tokens.len(), n_embd), the first rows of the scratch.
+///
+/// Errors: [`Error::TokenOutOfRange`], dequantization errors.
+pub(crate) fn embed_tokens(
+    cfg: &ModelConfig,
+    token_embd: &QMatrix,
+    tokens: &[u32],
+    x: &mut [f32],
+) -> Result<()> {
+    let n_embd = cfg.n_embd;
+    for (t, &id) in tokens.iter().enumerate() {
+        if id as usize >= cfg.n_vocab {
+            return Err(Error::TokenOutOfRange {
+                id,
+                n_vocab: cfg.n_vocab,
+            });
+        }
+        let xt = &mut x[t * n_embd..(t + 1) * n_embd];
+        quant::dequantize_row(token_embd.dtype, token_embd.row(id as usize), xt)?;
+        if cfg.embd_scale != 1.0 {
+            xt.iter_mut().for_each(|v| *v *= cfg.embd_scale);
+        }
+    }
+    Ok(())
+}
+
 /// Run one batch of `n <= MAX_BATCH` tokens at positions `pos..pos+n` through every layer,
 /// leaving the final hidden states, normalised, in `st.s.xb`.
 fn forward_batch(
@@ -422,21 +449,7 @@ fn forward_batch(
     let s = &mut st.s;
     let th = &st.threads;
 
-    // Token embeddings: x[t] = token_embd[tokens[t]].
-    for (t, &id) in tokens.iter().enumerate() {
-        if id as usize >= cfg.n_vocab {
-            return Err(Error::TokenOutOfRange {
-                id,
-                n_vocab: cfg.n_vocab,
-            });
-        }
-        let row = w.token_embd.row(id as usize);
-        quant::dequantize_row(
-            w.token_embd.dtype,
-            row,
-            &mut s.x[t * n_embd..(t + 1) * n_embd],
-        )?;
-    }
+    embed_tokens(cfg, &w.token_embd, tokens, &mut s.x)?;
 
     for (l, lw) in w.layers.iter().enumerate() {
         // Attention sub-block.
