@@ -22,7 +22,9 @@ use crate::backend::cpu::ops;
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgufFile};
 use crate::model::config::names;
-use crate::model::llama::{embed_tokens, linear, load_matrix, load_vector, CpuState};
+use crate::model::llama::{
+    embed_tokens, linear, load_matrix, load_vector, rope_store_attend, CpuState,
+};
 use crate::model::{Arch, ForwardPass, Logits, ModelConfig};
 use crate::tensor::QMatrix;
 
@@ -175,7 +177,6 @@ fn forward_batch(
 ) -> Result<()> {
     let n = tokens.len();
     let (n_embd, q_dim, kv_dim, n_ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
-    let hd = cfg.head_dim;
     let eps = cfg.rms_eps;
     st.s.ensure(cfg, st.n_ctx, n);
     let s = &mut st.s;
@@ -184,16 +185,8 @@ fn forward_batch(
     // Token embeddings, scaled: x[t] = √n_embd · token_embd[tokens[t]].
     embed_tokens(cfg, &w.token_embd, tokens, &mut s.x)?;
 
-    // RMSNorm of each of the first `n` rows of `x` into `out`; rows as wide as `weight`.
-    let norm_rows = |out: &mut [f32], x: &[f32], weight: &[f32]| {
-        let width = weight.len();
-        for (o, xi) in out[..n * width]
-            .chunks_exact_mut(width)
-            .zip(x[..n * width].chunks_exact(width))
-        {
-            ops::rms_norm(o, xi, weight, eps);
-        }
-    };
+    let norm_rows =
+        |out: &mut [f32], x: &[f32], weight: &[f32]| ops::rms_norm_rows(out, x, weight, n, eps);
     // Per-head q/k norms, in place: every head (as wide as `weight`) of `x`.
     let norm_heads = |x: &mut [f32], weight: &[f32]| {
         for head in x.chunks_exact_mut(weight.len()) {
@@ -202,59 +195,14 @@ fn forward_batch(
     };
 
     for (l, lw) in w.layers.iter().enumerate() {
-        let (rope_base, rope_scale) = cfg.rope_of_layer(l);
-        let window = if cfg.is_sliding(l) {
-            cfg.sliding_window
-        } else {
-            usize::MAX
-        };
-
-        // Attention sub-block.
+        // Attention sub-block (RoPE base and window of layer `l`: see `rope_store_attend`).
         norm_rows(&mut s.xb, &s.x, &lw.attn_norm);
         linear(&lw.wq, None, &s.xb, n, &mut s.acts, &mut s.q, th);
         linear(&lw.wk, None, &s.xb, n, &mut s.acts, &mut s.k, th);
         linear(&lw.wv, None, &s.xb, n, &mut s.acts, &mut s.v, th);
         norm_heads(&mut s.q[..n * q_dim], &lw.q_norm);
         norm_heads(&mut s.k[..n * kv_dim], &lw.k_norm);
-        let (kc, vc) = (&mut st.kv.k[l], &mut st.kv.v[l]);
-        for t in 0..n {
-            let p = pos + t;
-            let rope = |x: &mut [f32], heads: usize| {
-                ops::rope(
-                    x,
-                    heads,
-                    hd,
-                    cfg.n_rot,
-                    p,
-                    rope_base,
-                    rope_scale,
-                    cfg.rope_layout,
-                    None,
-                )
-            };
-            rope(&mut s.q[t * q_dim..(t + 1) * q_dim], cfg.n_head);
-            rope(&mut s.k[t * kv_dim..(t + 1) * kv_dim], cfg.n_head_kv);
-            kc[p * kv_dim..(p + 1) * kv_dim].copy_from_slice(&s.k[t * kv_dim..(t + 1) * kv_dim]);
-            vc[p * kv_dim..(p + 1) * kv_dim].copy_from_slice(&s.v[t * kv_dim..(t + 1) * kv_dim]);
-        }
-        for t in 0..n {
-            // Causal, and on sliding layers at most `window` positions back:
-            // position p sees cache rows max(0, p + 1 - window) ..= p.
-            let end = pos + t + 1;
-            let start = end.saturating_sub(window);
-            ops::attention_range(
-                &mut s.att[t * q_dim..(t + 1) * q_dim],
-                &s.q[t * q_dim..(t + 1) * q_dim],
-                kc,
-                vc,
-                start..end,
-                cfg.n_head,
-                cfg.n_head_kv,
-                hd,
-                cfg.attn_scale,
-                &mut s.scores,
-            );
-        }
+        rope_store_attend(cfg, s, &mut st.kv, l, n, pos, None);
         linear(&lw.wo, None, &s.att, n, &mut s.acts, &mut s.proj, th);
         norm_rows(&mut s.xb, &s.proj, &lw.attn_post_norm);
         ops::add_inplace(&mut s.x[..n * n_embd], &s.xb[..n * n_embd]);

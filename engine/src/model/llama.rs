@@ -278,6 +278,66 @@ pub(crate) fn linear(
     }
 }
 
+/// The attention core of layer `l` for a batch of `n` tokens at positions `pos..`: RoPE of
+/// `s.q` and `s.k` per token with the layer's base and scale ([`ModelConfig::rope_of_layer`]) and
+/// the Llama 3 frequency factors `freqs`, keys and values stored in the layer's cache, then
+/// causal attention (on sliding layers at most `sliding_window` positions back) into `s.att`
+/// with queries scaled by [`ModelConfig::attn_scale`]. Shared by every CPU decoder.
+pub(crate) fn rope_store_attend(
+    cfg: &ModelConfig,
+    s: &mut Scratch,
+    kv: &mut KvCache,
+    l: usize,
+    n: usize,
+    pos: usize,
+    freqs: Option<&[f32]>,
+) {
+    let (q_dim, kv_dim, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+    let (base, pos_scale) = cfg.rope_of_layer(l);
+    let window = if cfg.is_sliding(l) {
+        cfg.sliding_window
+    } else {
+        usize::MAX
+    };
+    let (kc, vc) = (&mut kv.k[l], &mut kv.v[l]);
+    for t in 0..n {
+        let p = pos + t;
+        let rope = |x: &mut [f32], heads: usize| {
+            ops::rope(
+                x,
+                heads,
+                hd,
+                cfg.n_rot,
+                p,
+                base,
+                pos_scale,
+                cfg.rope_layout,
+                freqs,
+            )
+        };
+        rope(&mut s.q[t * q_dim..(t + 1) * q_dim], cfg.n_head);
+        rope(&mut s.k[t * kv_dim..(t + 1) * kv_dim], cfg.n_head_kv);
+        kc[p * kv_dim..(p + 1) * kv_dim].copy_from_slice(&s.k[t * kv_dim..(t + 1) * kv_dim]);
+        vc[p * kv_dim..(p + 1) * kv_dim].copy_from_slice(&s.v[t * kv_dim..(t + 1) * kv_dim]);
+    }
+    for t in 0..n {
+        // Position p = pos + t sees cache rows max(0, p + 1 - window) ..= p.
+        let end = pos + t + 1;
+        ops::attention_range(
+            &mut s.att[t * q_dim..(t + 1) * q_dim],
+            &s.q[t * q_dim..(t + 1) * q_dim],
+            kc,
+            vc,
+            end.saturating_sub(window)..end,
+            cfg.n_head,
+            cfg.n_head_kv,
+            hd,
+            cfg.attn_scale,
+            &mut s.scores,
+        );
+    }
+}
+
 /// What a CPU decoder holds besides its config and weights: KV cache, activations, logits.
 pub(crate) struct CpuState {
     /// Context capacity in positions.
@@ -443,8 +503,7 @@ fn forward_batch(
     pos: usize,
 ) -> Result<()> {
     let n = tokens.len();
-    let (n_embd, q_dim, kv_dim, n_ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
-    let hd = cfg.head_dim;
+    let (n_embd, n_ff) = (cfg.n_embd, cfg.n_ff);
     st.s.ensure(cfg, st.n_ctx, n);
     let s = &mut st.s;
     let th = &st.threads;
@@ -453,10 +512,7 @@ fn forward_batch(
 
     for (l, lw) in w.layers.iter().enumerate() {
         // Attention sub-block.
-        for t in 0..n {
-            let r = t * n_embd..(t + 1) * n_embd;
-            ops::rms_norm(&mut s.xb[r.clone()], &s.x[r], &lw.attn_norm, cfg.rms_eps);
-        }
+        ops::rms_norm_rows(&mut s.xb, &s.x, &lw.attn_norm, n, cfg.rms_eps);
         linear(
             &lw.wq,
             lw.bq.as_deref(),
@@ -484,49 +540,12 @@ fn forward_batch(
             &mut s.v,
             th,
         );
-        let (kc, vc) = (&mut st.kv.k[l], &mut st.kv.v[l]);
-        for t in 0..n {
-            let p = pos + t;
-            let rope = |x: &mut [f32], heads: usize| {
-                ops::rope(
-                    x,
-                    heads,
-                    hd,
-                    cfg.n_rot,
-                    p,
-                    cfg.rope_base,
-                    cfg.rope_pos_scale,
-                    cfg.rope_layout,
-                    w.rope_freqs.as_deref(),
-                )
-            };
-            rope(&mut s.q[t * q_dim..(t + 1) * q_dim], cfg.n_head);
-            rope(&mut s.k[t * kv_dim..(t + 1) * kv_dim], cfg.n_head_kv);
-            kc[p * kv_dim..(p + 1) * kv_dim].copy_from_slice(&s.k[t * kv_dim..(t + 1) * kv_dim]);
-            vc[p * kv_dim..(p + 1) * kv_dim].copy_from_slice(&s.v[t * kv_dim..(t + 1) * kv_dim]);
-        }
-        for t in 0..n {
-            // Causal: position pos+t sees cache rows 0..=pos+t.
-            ops::attention(
-                &mut s.att[t * q_dim..(t + 1) * q_dim],
-                &s.q[t * q_dim..(t + 1) * q_dim],
-                kc,
-                vc,
-                pos + t + 1,
-                cfg.n_head,
-                cfg.n_head_kv,
-                hd,
-                &mut s.scores,
-            );
-        }
+        rope_store_attend(cfg, s, &mut st.kv, l, n, pos, w.rope_freqs.as_deref());
         linear(&lw.wo, None, &s.att, n, &mut s.acts, &mut s.proj, th);
         ops::add_inplace(&mut s.x[..n * n_embd], &s.proj[..n * n_embd]);
 
         // Feed-forward sub-block (SwiGLU).
-        for t in 0..n {
-            let r = t * n_embd..(t + 1) * n_embd;
-            ops::rms_norm(&mut s.xb[r.clone()], &s.x[r], &lw.ffn_norm, cfg.rms_eps);
-        }
+        ops::rms_norm_rows(&mut s.xb, &s.x, &lw.ffn_norm, n, cfg.rms_eps);
         linear(&lw.w_gate, None, &s.xb, n, &mut s.acts, &mut s.gate, th);
         linear(&lw.w_up, None, &s.xb, n, &mut s.acts, &mut s.up, th);
         ops::swiglu(&mut s.gate[..n * n_ff], &s.up[..n * n_ff]);
@@ -534,10 +553,7 @@ fn forward_batch(
         ops::add_inplace(&mut s.x[..n * n_embd], &s.proj[..n * n_embd]);
     }
 
-    for t in 0..n {
-        let r = t * n_embd..(t + 1) * n_embd;
-        ops::rms_norm(&mut s.xb[r.clone()], &s.x[r], &w.output_norm, cfg.rms_eps);
-    }
+    ops::rms_norm_rows(&mut s.xb, &s.x, &w.output_norm, n, cfg.rms_eps);
     Ok(())
 }
 

@@ -15,6 +15,18 @@ pub fn rms_norm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     }
 }
 
+/// [`rms_norm`] of each of the first `n` rows of `x` into `out`; rows as wide as `weight`.
+/// x, out: (≥ n, weight.len()).
+pub fn rms_norm_rows(out: &mut [f32], x: &[f32], weight: &[f32], n: usize, eps: f32) {
+    let width = weight.len();
+    for (o, xi) in out[..n * width]
+        .chunks_exact_mut(width)
+        .zip(x[..n * width].chunks_exact(width))
+    {
+        rms_norm(o, xi, weight, eps);
+    }
+}
+
 /// [`rms_norm`] in place: `x = x / sqrt(mean(x²) + eps) * weight`. x, weight: (n).
 pub fn rms_norm_inplace(x: &mut [f32], weight: &[f32], eps: f32) {
     let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
