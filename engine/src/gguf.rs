@@ -47,6 +47,19 @@ pub trait ByteSource {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
 }
 
+/// A sized handle on any [`ByteSource`] (slices included), so it can be passed as
+/// `&dyn ByteSource`.
+pub struct SourceRef<'a, S: ByteSource + ?Sized>(pub &'a S);
+
+impl<S: ByteSource + ?Sized> ByteSource for SourceRef<'_, S> {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.0.read_exact_at(offset, buf)
+    }
+}
+
 fn check_range(offset: u64, needed: u64, len: u64) -> Result<()> {
     match offset.checked_add(needed) {
         Some(end) if end <= len => Ok(()),

@@ -5,6 +5,7 @@
 //! in GGUF block layout, [`quant`]) + [`tokenizer::Tokenizer`] + [`chat_template`] →
 //! [`generate`] (prefill, decode, [`sampler`]) → token ids and text.
 
+pub mod arch;
 pub mod backend;
 pub mod chat_template;
 pub mod error;

@@ -8,8 +8,9 @@ pub mod gpu;
 use crate::error::{Error, Result};
 #[cfg(not(target_arch = "wasm32"))]
 use crate::gguf::{ByteSource, GgufFile};
-use crate::model::{CpuModel, ForwardPass, Logits, ModelConfig};
+use crate::model::{ForwardPass, Logits, ModelConfig};
 use crate::sampler::SamplerParams;
+pub use cpu::CpuModel;
 
 /// Which backend the caller asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,7 +110,7 @@ pub fn load<S: ByteSource + ?Sized>(
 ) -> Result<(LoadedModel, String)> {
     let load_gpu = || -> Result<(LoadedModel, String)> {
         // Refuse architectures the GPU backend lacks before starting a device.
-        gpu::model::ensure_supported(&ModelConfig::from_gguf(g)?)?;
+        gpu::model::ensure_supported(&crate::arch::config(g)?)?;
         let mut dev = gpu::Gpu::new(&gpu::GpuOptions::default())?;
         gpu::block_on(gpu::self_test(&mut dev))?;
         let name = dev.info().name.clone();

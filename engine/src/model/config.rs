@@ -12,38 +12,6 @@ pub const MAX_VOCAB: usize = 1 << 20;
 pub const MAX_FF: usize = 1 << 18;
 pub const MAX_CONTEXT: usize = 1 << 24;
 
-/// Architectures with a forward pass in this engine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Arch {
-    /// `llama`: Llama 2/3.x, SmolLM2, TinyLlama, Mistral.
-    Llama,
-    /// `qwen2`: Qwen2/2.5 (q/k/v projections carry biases).
-    Qwen2,
-    /// `gemma3`: Gemma 3 text models (q/k norms, post-norms, GeGLU, sliding-window layers).
-    /// CPU backend only.
-    Gemma3,
-}
-
-impl Arch {
-    /// Parse `general.architecture`. Errors: [`Error::UnsupportedArchitecture`].
-    pub fn from_name(name: &str) -> Result<Self> {
-        match name {
-            "llama" => Ok(Arch::Llama),
-            "qwen2" => Ok(Arch::Qwen2),
-            "gemma3" => Ok(Arch::Gemma3),
-            other => Err(Error::UnsupportedArchitecture(other.to_string())),
-        }
-    }
-    /// Metadata key prefix.
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Qwen2 => "qwen2",
-            Arch::Gemma3 => "gemma3",
-        }
-    }
-}
-
 /// How RoPE pairs up the dimensions of a head (llama.cpp `LLAMA_ROPE_TYPE_NORM` / `_NEOX`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RopeLayout {
@@ -54,10 +22,37 @@ pub enum RopeLayout {
     Neox,
 }
 
+/// RoPE of one layer: pair `i` of position `p` turns by
+/// `p · pos_scale · base^(-2i/n_rot) / freq_factor[i]`, and cos/sin are multiplied by `mscale`
+/// (llama.cpp `ggml_rope_ext` with `ext_factor` 0: `attn_factor`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeSpec {
+    pub base: f32,
+    pub pos_scale: f32,
+    pub mscale: f32,
+}
+
+/// Per-layer attention values, each from metadata (or llama.cpp's documented default where the
+/// GGUF has no key): the one place both backends read them from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerSpec {
+    /// RoPE of this layer; `None`: no rotary embedding at all (SmolLM3's NoPE layers).
+    pub rope: Option<RopeSpec>,
+    /// Sliding window: a query at position `p` sees positions `p - window + 1 ..= p`;
+    /// 0 = every earlier position.
+    pub window: usize,
+    /// Queries are multiplied by this before `q·k` (`1/√head_dim` unless the family says
+    /// otherwise).
+    pub attn_scale: f32,
+    /// Attention scores go through `softcap · tanh(s / softcap)` before the softmax; 0 = none.
+    pub attn_softcap: f32,
+}
+
 /// Hyperparameters of one model. Shapes below use these names.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
-    pub arch: Arch,
+    /// `general.architecture`, as registered in [`crate::arch::FAMILIES`].
+    pub arch: &'static str,
     pub n_vocab: usize,
     /// Context length the model was trained with.
     pub n_ctx_train: usize,
@@ -72,43 +67,36 @@ pub struct ModelConfig {
     /// Feed-forward hidden size.
     pub n_ff: usize,
     pub rms_eps: f32,
-    /// RoPE θ base.
+    /// RoPE θ base (`rope.freq_base`, default 10 000).
     pub rope_base: f32,
     /// Linear RoPE scaling: positions are multiplied by this (1 / `rope.scaling.factor`).
     pub rope_pos_scale: f32,
     /// Leading dimensions of each head that RoPE rotates (`rope.dimension_count`).
     pub n_rot: usize,
     pub rope_layout: RopeLayout,
-    /// Sliding-window attention (`attention.sliding_window`): a sliding layer's query at
-    /// position `p` sees only positions `p - sliding_window + 1 ..= p`. 0 = every layer global.
+    /// `attention.sliding_window` (0 when absent); which layers slide is the family's
+    /// business ([`LayerSpec::window`]).
     pub sliding_window: usize,
-    /// Every `swa_pattern`-th layer (index `% swa_pattern == swa_pattern - 1`) is global, the
-    /// others slide (llama.cpp `set_swa_pattern`). 0 when `sliding_window` is 0.
-    pub swa_pattern: usize,
-    /// RoPE θ base of the sliding layers (their positions are never scaled).
-    pub rope_base_swa: f32,
-    /// Queries are multiplied by this before `q·k` (Gemma's `query_pre_attn_scalar^-1/2`;
-    /// `1/√head_dim` for the other architectures).
-    pub attn_scale: f32,
-    /// Input embeddings are multiplied by this (Gemma: `√n_embd`; else 1).
+    /// Input embeddings are multiplied by this (Gemma: `√n_embd`; Granite: `embedding_scale`).
     pub embd_scale: f32,
+    /// Logits are multiplied by this (Granite: `1 / logit_scale`; else 1).
+    pub logit_scale: f32,
+    /// Final logits go through `softcap · tanh(l / softcap)`; 0 = none (Gemma 2).
+    pub final_softcap: f32,
+    /// Sub-block outputs are multiplied by this before each residual add (Granite).
+    pub residual_scale: f32,
+    /// One entry per layer.
+    pub layers: Vec<LayerSpec>,
 }
 
-/// Gemma 3: one global layer after every five sliding ones (llama.cpp `llama-model.cpp`,
-/// `LLM_ARCH_GEMMA3`: `set_swa_pattern(6)`).
-pub const GEMMA3_SWA_PATTERN: usize = 6;
-/// Gemma 3: RoPE base of the sliding layers (llama.cpp `rope_freq_base_train_swa`; the
-/// GGUF carries only the global layers' base).
-pub const GEMMA3_ROPE_BASE_SWA: f32 = 10_000.0;
-/// Gemma 3 27B's layer count (llama.cpp identifies the model size by it).
-pub const GEMMA3_27B_LAYERS: usize = 62;
-
 impl ModelConfig {
-    /// Read from metadata. Errors: [`Error::UnsupportedArchitecture`], [`Error::Metadata`] for a
-    /// missing or inconsistent value.
-    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
-        let arch = Arch::from_name(g.architecture()?)?;
-        let p = arch.name();
+    /// The hyperparameters every family shares, read from `{prefix}.*` metadata, with every
+    /// layer global, RoPE'd with `rope.freq_base` and the linear scaling of the metadata, and
+    /// queries scaled by `1/√head_dim`. Families adjust the rest ([`crate::arch::Family`]).
+    ///
+    /// Errors: [`Error::Metadata`] for a missing, absurd or inconsistent value.
+    pub fn read_common(g: &GgufFile, arch: &'static str) -> Result<Self> {
+        let p = arch;
         let key = |k: &str| format!("{p}.{k}");
         let n_embd = g.get_usize(&key("embedding_length"), MAX_EMBD)?;
         let n_layer = g.get_usize(&key("block_count"), MAX_LAYERS)?;
@@ -129,6 +117,12 @@ impl ModelConfig {
                 format!("vocabulary of {n_vocab}"),
             ));
         }
+        if n_layer == 0 || n_embd == 0 || n_ff == 0 {
+            return Err(Error::metadata(
+                &key("block_count"),
+                format!("{n_layer} layers of width {n_embd}, feed-forward {n_ff}"),
+            ));
+        }
         if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
             return Err(Error::metadata(
                 &key("attention.head_count_kv"),
@@ -145,6 +139,15 @@ impl ModelConfig {
                 format!("head dim {head_dim}"),
             ));
         }
+        if let Some(_) = g.get(&key("attention.value_length")) {
+            let v = g.get_usize(&key("attention.value_length"), MAX_EMBD)?;
+            if v != head_dim {
+                return Err(Error::metadata(
+                    &key("attention.value_length"),
+                    format!("value length {v} differs from key length {head_dim}"),
+                ));
+            }
+        }
         let n_rot = match g.get(&key("rope.dimension_count")) {
             Some(_) => g.get_usize(&key("rope.dimension_count"), MAX_EMBD)?,
             None => head_dim,
@@ -156,10 +159,22 @@ impl ModelConfig {
             ));
         }
         let rms_eps = g.get_f32(&key("attention.layer_norm_rms_epsilon"))?;
+        if !(rms_eps.is_finite() && rms_eps > 0.0) {
+            return Err(Error::metadata(
+                &key("attention.layer_norm_rms_epsilon"),
+                format!("{rms_eps} is not a finite positive number"),
+            ));
+        }
         let rope_base = match g.get(&key("rope.freq_base")) {
             Some(_) => g.get_f32(&key("rope.freq_base"))?,
             None => 10_000.0,
         };
+        if !(rope_base.is_finite() && rope_base > 0.0) {
+            return Err(Error::metadata(
+                &key("rope.freq_base"),
+                format!("{rope_base} is not a finite positive number"),
+            ));
+        }
         let rope_pos_scale = match g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
             Some("linear") => {
                 let f = g.get_f32(&key("rope.scaling.factor"))?;
@@ -176,33 +191,20 @@ impl ModelConfig {
                 ))
             }
         };
-        let rope_layout = match arch {
-            Arch::Llama => RopeLayout::Adjacent,
-            Arch::Qwen2 | Arch::Gemma3 => RopeLayout::Neox,
+        let sliding_window = match g.get(&key("attention.sliding_window")) {
+            Some(_) => g.get_usize(&key("attention.sliding_window"), MAX_CONTEXT)?,
+            None => 0,
         };
-        let (mut sliding_window, mut swa_pattern) = (0, 0);
-        let (mut attn_scale, mut embd_scale) = (1.0 / (head_dim as f32).sqrt(), 1.0);
-        if arch == Arch::Gemma3 {
-            if g.get(&key("attention.sliding_window")).is_some() {
-                sliding_window = g.get_usize(&key("attention.sliding_window"), MAX_CONTEXT)?;
-            }
-            if sliding_window == 0 {
-                // llama.cpp builds such files (no SWA) with a final logit soft-cap this engine
-                // does not implement.
-                return Err(Error::metadata(
-                    &key("attention.sliding_window"),
-                    "gemma3 without a sliding window is not supported",
-                ));
-            }
-            swa_pattern = GEMMA3_SWA_PATTERN;
-            // Gemma 3 27B scales queries by (n_embd / n_head)^-1/2, the others by
-            // head_dim^-1/2 (llama.cpp `f_attention_scale`, after gemma_pytorch config.py);
-            // llama.cpp tells 27B by its 62 layers.
-            if n_layer == GEMMA3_27B_LAYERS {
-                attn_scale = 1.0 / ((n_embd / n_head) as f32).sqrt();
-            }
-            embd_scale = (n_embd as f32).sqrt();
-        }
+        let spec = LayerSpec {
+            rope: Some(RopeSpec {
+                base: rope_base,
+                pos_scale: rope_pos_scale,
+                mscale: 1.0,
+            }),
+            window: 0,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            attn_softcap: 0.0,
+        };
         Ok(Self {
             arch,
             n_vocab,
@@ -217,30 +219,36 @@ impl ModelConfig {
             rope_base,
             rope_pos_scale,
             n_rot,
-            rope_layout,
+            rope_layout: RopeLayout::Adjacent,
             sliding_window,
-            swa_pattern,
-            rope_base_swa: GEMMA3_ROPE_BASE_SWA,
-            attn_scale,
-            embd_scale,
+            embd_scale: 1.0,
+            logit_scale: 1.0,
+            final_softcap: 0.0,
+            residual_scale: 1.0,
+            layers: vec![spec; n_layer],
         })
+    }
+
+    /// An optional f32 key `{arch}.{k}`: `None` when absent; an error when present but not a
+    /// finite number.
+    pub fn opt_f32(&self, g: &GgufFile, k: &str) -> Result<Option<f32>> {
+        let key = format!("{}.{k}", self.arch);
+        match g.get(&key) {
+            None => Ok(None),
+            Some(_) => {
+                let v = g.get_f32(&key)?;
+                if v.is_finite() {
+                    Ok(Some(v))
+                } else {
+                    Err(Error::metadata(&key, format!("{v} is not finite")))
+                }
+            }
+        }
     }
 
     /// Whether layer `l` uses sliding-window attention.
     pub fn is_sliding(&self, l: usize) -> bool {
-        self.sliding_window > 0
-            && self.swa_pattern > 0
-            && l % self.swa_pattern < self.swa_pattern - 1
-    }
-
-    /// RoPE (base, position scale) of layer `l`: sliding layers use [`Self::rope_base_swa`]
-    /// unscaled, the others `rope.freq_base` and the linear scaling of the metadata.
-    pub fn rope_of_layer(&self, l: usize) -> (f32, f32) {
-        if self.is_sliding(l) {
-            (self.rope_base_swa, 1.0)
-        } else {
-            (self.rope_base, self.rope_pos_scale)
-        }
+        self.layers.get(l).is_some_and(|s| s.window > 0)
     }
 
     /// Width of the K (and V) projection output: `n_head_kv * head_dim`.
@@ -253,7 +261,7 @@ impl ModelConfig {
     }
 }
 
-/// GGUF tensor names of the `llama`/`qwen2` layout (llama.cpp `src/llama-arch.cpp`).
+/// GGUF tensor names (llama.cpp `src/llama-arch.cpp`) the families use (llama.cpp `src/llama-arch.cpp`).
 pub mod names {
     pub const TOKEN_EMBD: &str = "token_embd.weight";
     pub const OUTPUT_NORM: &str = "output_norm.weight";
@@ -283,6 +291,11 @@ pub mod names {
     pub const ATTN_K_NORM: &str = "attn_k_norm.weight";
     /// Gemma 3: RMSNorm of the attention output before the residual add, (n_embd).
     pub const ATTN_POST_NORM: &str = "post_attention_norm.weight";
-    /// Gemma 3: RMSNorm of the feed-forward output before the residual add, (n_embd).
+    /// Gemma 2/3: RMSNorm of the feed-forward output before the residual add, (n_embd).
     pub const FFN_POST_NORM: &str = "post_ffw_norm.weight";
+    /// Phi-3: Q, K and V projections as one (q_dim + 2·kv_dim, n_embd) matrix.
+    pub const ATTN_QKV: &str = "attn_qkv.weight";
+    /// Phi-3 LongRoPE frequency factors, (n_rot / 2) each: `long` past the original context.
+    pub const ROPE_FACTORS_LONG: &str = "rope_factors_long.weight";
+    pub const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
 }

@@ -1,18 +1,14 @@
-//! Model architectures. Each file reads like its paper; hyperparameters come only from metadata.
+//! What every backend's loaded model is: hyperparameters ([`config`], read only from metadata)
+//! and the [`ForwardPass`] trait. The architectures themselves are in [`crate::arch`].
 //!
 //! [`ForwardPass`] is what every backend implements for a loaded model: the generation loop in
 //! [`crate::generate`] drives it without knowing whether it runs on the CPU or the GPU.
 
 pub mod config;
-pub mod gemma3;
-pub mod llama;
 
-pub use config::{Arch, ModelConfig, RopeLayout};
+pub use config::{LayerSpec, ModelConfig, RopeLayout, RopeSpec};
 
 use crate::error::Result;
-use crate::gguf::{ByteSource, GgufFile};
-use gemma3::CpuGemma3;
-use llama::CpuLlama;
 
 /// Which logits a forward call returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,62 +47,5 @@ pub trait ForwardPass {
         _random: f32,
     ) -> Option<Result<u32>> {
         None
-    }
-}
-
-/// A model on the CPU backend: one decoder per architecture family, chosen by
-/// `general.architecture` (a closed enum, no `Box<dyn>` on the hot path).
-pub enum CpuModel {
-    /// `llama`, `qwen2`.
-    Llama(CpuLlama),
-    /// `gemma3`.
-    Gemma3(CpuGemma3),
-}
-
-impl CpuModel {
-    /// Load the decoder of the file's architecture with a KV cache of `n_ctx` positions.
-    /// `threads`: worker threads (0 = all cores; wasm: always 1).
-    ///
-    /// Errors: [`crate::Error::UnsupportedArchitecture`], metadata and tensor errors of the
-    /// chosen decoder's `load`.
-    pub fn load<S: ByteSource + ?Sized>(
-        g: &GgufFile,
-        src: &S,
-        n_ctx: usize,
-        threads: usize,
-    ) -> Result<Self> {
-        match Arch::from_name(g.architecture()?)? {
-            Arch::Llama | Arch::Qwen2 => CpuLlama::load(g, src, n_ctx, threads).map(Self::Llama),
-            Arch::Gemma3 => CpuGemma3::load(g, src, n_ctx, threads).map(Self::Gemma3),
-        }
-    }
-
-    /// Worker threads in use.
-    pub fn threads(&self) -> usize {
-        match self {
-            Self::Llama(m) => m.threads(),
-            Self::Gemma3(m) => m.threads(),
-        }
-    }
-}
-
-impl ForwardPass for CpuModel {
-    fn config(&self) -> &ModelConfig {
-        match self {
-            Self::Llama(m) => m.config(),
-            Self::Gemma3(m) => m.config(),
-        }
-    }
-    fn n_ctx(&self) -> usize {
-        match self {
-            Self::Llama(m) => m.n_ctx(),
-            Self::Gemma3(m) => m.n_ctx(),
-        }
-    }
-    fn forward(&mut self, tokens: &[u32], pos: usize, which: Logits) -> Result<&[f32]> {
-        match self {
-            Self::Llama(m) => m.forward(tokens, pos, which),
-            Self::Gemma3(m) => m.forward(tokens, pos, which),
-        }
     }
 }

@@ -53,6 +53,35 @@ pub fn rope(
     layout: RopeLayout,
     freq_factors: Option<&[f32]>,
 ) {
+    rope_scaled(
+        x,
+        n_heads,
+        head_dim,
+        n_rot,
+        pos,
+        base,
+        pos_scale,
+        1.0,
+        layout,
+        freq_factors,
+    )
+}
+
+/// [`rope`] with cos and sin multiplied by `mscale` (llama.cpp's `attn_factor`, Phi-3
+/// LongRoPE).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_scaled(
+    x: &mut [f32],
+    n_heads: usize,
+    head_dim: usize,
+    n_rot: usize,
+    pos: usize,
+    base: f32,
+    pos_scale: f32,
+    mscale: f32,
+    layout: RopeLayout,
+    freq_factors: Option<&[f32]>,
+) {
     let half = n_rot / 2;
     let p = pos as f32 * pos_scale;
     for i in 0..half {
@@ -61,6 +90,7 @@ pub fn rope(
             theta /= ff[i];
         }
         let (sin, cos) = theta.sin_cos();
+        let (sin, cos) = (sin * mscale, cos * mscale);
         for h in 0..n_heads {
             let head = &mut x[h * head_dim..(h + 1) * head_dim];
             let (a, b) = match layout {
@@ -152,12 +182,14 @@ pub fn attention(
         n_head_kv,
         head_dim,
         scale,
+        0.0,
         scores,
     );
 }
 
 /// [`attention`] over KV-cache rows `kv` only (a sliding window: `p + 1 - window .. p + 1`),
-/// with the score scale given: `softmax(scale · q·k) · v`.
+/// with the score scale given: `softmax(softcap(scale · q·k)) · v`, where
+/// `softcap(s) = c · tanh(s / c)` when `softcap` c > 0 (Gemma 2) and the identity otherwise.
 /// q, out: (n_head, head_dim); k_cache, v_cache: (≥ kv.end, n_head_kv * head_dim);
 /// scores: scratch of ≥ kv.len().
 #[allow(clippy::too_many_arguments)]
@@ -171,6 +203,7 @@ pub fn attention_range(
     n_head_kv: usize,
     head_dim: usize,
     scale: f32,
+    softcap: f32,
     scores: &mut [f32],
 ) {
     let kv_dim = n_head_kv * head_dim;
@@ -184,6 +217,11 @@ pub fn attention_range(
             let t = first + i;
             let k = &k_cache[t * kv_dim + kvh * head_dim..][..head_dim];
             *s = dot(qh, k) * scale;
+        }
+        if softcap > 0.0 {
+            scores
+                .iter_mut()
+                .for_each(|s| *s = softcap * (*s / softcap).tanh());
         }
         softmax(scores);
         let oh = &mut out[h * head_dim..(h + 1) * head_dim];
@@ -363,6 +401,7 @@ mod tests {
             n_head_kv,
             hd,
             scale,
+            0.0,
             &mut scores,
         );
         attention(

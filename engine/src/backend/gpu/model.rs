@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgufFile};
 use crate::model::config::names;
-use crate::model::{Arch, ForwardPass, Logits, ModelConfig, RopeLayout};
+use crate::model::{ForwardPass, Logits, ModelConfig, RopeLayout};
 use crate::quant::GgmlDType;
 
 use super::arena::{dispatch, ParamArena};
@@ -225,8 +225,8 @@ impl Slots {
 /// sliding-window layers have no kernels yet): the caller should use the CPU backend.
 pub fn ensure_supported(cfg: &ModelConfig) -> Result<()> {
     match cfg.arch {
-        Arch::Llama | Arch::Qwen2 => Ok(()),
-        Arch::Gemma3 => Err(Error::GpuUnsupportedArchitecture(cfg.arch.name().into())),
+        "llama" | "qwen2" => Ok(()),
+        other => Err(Error::GpuUnsupportedArchitecture(other.into())),
     }
 }
 
@@ -244,7 +244,7 @@ impl GpuModel {
         src: &S,
         n_ctx: usize,
     ) -> Result<Self> {
-        let cfg = ModelConfig::from_gguf(file)?;
+        let cfg = crate::arch::config(file)?;
         ensure_supported(&cfg)?;
         let (n_embd, q_dim, kv_dim, n_ff, n_vocab) =
             (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff, cfg.n_vocab);

@@ -1,0 +1,444 @@
+//! [`CpuModel`]: any family's [`Graph`] executed on the CPU, op by op, on every forward call.
+//!
+//! Weights stay in their GGUF block layout ([`QMatrix`]); activations are quantized once per
+//! token and matrix for the dot products ([`PreparedActs`]), as llama.cpp does. Scratch buffers
+//! grow only when a bigger batch arrives, so a decode step allocates nothing. The KV cache is
+//! f32, per layer (n_ctx, kv_dim) for K and V, and keeps every position on every layer (sliding
+//! layers read only their window), so a caller may rewind to any earlier position.
+
+use crate::arch::{self, Act, Epilogue, Glu, Graph, Mat, Op, Vector, WeightStore};
+use crate::error::{Error, Result};
+use crate::gguf::{ByteSource, GgufFile, SourceRef};
+use crate::model::{ForwardPass, Logits, ModelConfig};
+use crate::quant::{self, GgmlDType, PreparedActs};
+use crate::tensor::{AlignedBytes, QMatrix};
+
+use super::{matmul, ops, CpuThreads};
+
+/// Most tokens run through the layers at once during prefill (bounds scratch memory; a longer
+/// prompt is processed in several batches).
+pub const MAX_BATCH: usize = 64;
+
+/// The weights a graph refers to, in CPU memory.
+#[derive(Default)]
+pub struct CpuWeights {
+    pub mats: Vec<QMatrix>,
+    pub vecs: Vec<Vec<f32>>,
+}
+
+impl WeightStore for CpuWeights {
+    fn matrix(
+        &mut self,
+        name: &str,
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        bytes: AlignedBytes,
+    ) -> Result<Mat> {
+        self.mats
+            .push(QMatrix::new(name, dtype, rows, cols, bytes)?);
+        Ok(Mat(self.mats.len() - 1))
+    }
+    fn vector(&mut self, _name: &str, v: Vec<f32>) -> Result<Vector> {
+        self.vecs.push(v);
+        Ok(Vector(self.vecs.len() - 1))
+    }
+}
+
+impl CpuWeights {
+    /// Matrix `m`.
+    pub fn mat(&self, m: Mat) -> &QMatrix {
+        &self.mats[m.0]
+    }
+    /// Vector `v`.
+    pub fn vec(&self, v: Vector) -> &[f32] {
+        &self.vecs[v.0]
+    }
+    /// Bytes of weight data held.
+    pub fn size_bytes(&self) -> usize {
+        self.mats.iter().map(|m| m.data.len()).sum::<usize>()
+            + self.vecs.iter().map(|v| v.len() * 4).sum::<usize>()
+    }
+}
+
+/// Activations of one batch of up to `cap` tokens.
+#[derive(Default)]
+struct Scratch {
+    cap: usize,
+    /// One per [`Act`] except `Logits` (index `act as usize`): (cap, width).
+    bufs: [Vec<f32>; 9],
+    /// (cap, widest activation): products that are added, not stored.
+    tmp: Vec<f32>,
+    /// (n_ctx) attention scores of one head.
+    scores: Vec<f32>,
+    /// One per token.
+    acts: Vec<PreparedActs>,
+}
+
+impl Scratch {
+    fn ensure(&mut self, cfg: &ModelConfig, n_ctx: usize, n: usize) {
+        if n <= self.cap {
+            return;
+        }
+        let mut widest = 0;
+        for (i, b) in self.bufs.iter_mut().enumerate() {
+            let w = Act::ALL[i].width(cfg);
+            widest = widest.max(w);
+            b.resize(n * w, 0.0);
+        }
+        self.tmp.resize(n * widest, 0.0);
+        self.scores.resize(n_ctx, 0.0);
+        self.acts.resize_with(n, PreparedActs::new);
+        self.cap = n;
+    }
+}
+
+/// A model with its KV cache, running on the CPU.
+pub struct CpuModel {
+    cfg: ModelConfig,
+    graph: Graph,
+    w: CpuWeights,
+    n_ctx: usize,
+    threads: CpuThreads,
+    /// Per layer (n_ctx, kv_dim).
+    k_cache: Vec<Vec<f32>>,
+    v_cache: Vec<Vec<f32>>,
+    s: Scratch,
+    /// (n_positions, n_vocab) of the last call.
+    logits: Vec<f32>,
+}
+
+impl CpuModel {
+    /// Load any registered family's weights from `src` and allocate a KV cache of `n_ctx`
+    /// positions (clamped to `1..=n_ctx_train`). `threads`: worker threads (0 = all cores;
+    /// wasm: always 1).
+    ///
+    /// Errors: those of [`arch::build`]; [`Error::OutOfMemory`]-free: the KV cache size is
+    /// checked ([`Error::InvalidParam`] when it cannot be addressed).
+    pub fn load<S: ByteSource + ?Sized>(
+        g: &GgufFile,
+        src: &S,
+        n_ctx: usize,
+        threads: usize,
+    ) -> Result<Self> {
+        Self::load_dyn(g, &SourceRef(src), n_ctx, threads)
+    }
+
+    /// [`CpuModel::load`] over a `dyn` source.
+    pub fn load_dyn(
+        g: &GgufFile,
+        src: &dyn ByteSource,
+        n_ctx: usize,
+        threads: usize,
+    ) -> Result<Self> {
+        let cfg0 = arch::config(g)?;
+        let n_ctx = n_ctx.clamp(1, cfg0.n_ctx_train.max(1));
+        let mut w = CpuWeights::default();
+        let (cfg, graph) = arch::build(g, src, n_ctx, &mut w)?;
+        let kv_len = n_ctx
+            .checked_mul(cfg.kv_dim())
+            .ok_or_else(|| Error::InvalidParam {
+                name: "n_ctx",
+                what: format!("a KV cache of {n_ctx} x {} values", cfg.kv_dim()),
+            })?;
+        Ok(Self {
+            k_cache: (0..cfg.n_layer).map(|_| vec![0f32; kv_len]).collect(),
+            v_cache: (0..cfg.n_layer).map(|_| vec![0f32; kv_len]).collect(),
+            cfg,
+            graph,
+            w,
+            n_ctx,
+            threads: CpuThreads::new(threads),
+            s: Scratch::default(),
+            logits: Vec::new(),
+        })
+    }
+
+    /// Worker threads in use.
+    pub fn threads(&self) -> usize {
+        self.threads.count()
+    }
+
+    /// The weights.
+    pub fn weights(&self) -> &CpuWeights {
+        &self.w
+    }
+
+    /// The forward pass being executed.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+}
+
+/// Two distinct activation buffers, the first shared, the second mutable.
+fn pair(bufs: &mut [Vec<f32>; 9], a: Act, b: Act) -> (&[f32], &mut [f32]) {
+    let (ia, ib) = (a as usize, b as usize);
+    assert_ne!(ia, ib, "an op reads and writes {a:?}");
+    if ia < ib {
+        let (lo, hi) = bufs.split_at_mut(ib);
+        (&lo[ia], &mut hi[0])
+    } else {
+        let (lo, hi) = bufs.split_at_mut(ia);
+        (&hi[0], &mut lo[ib])
+    }
+}
+
+/// Everything an op needs besides the scratch.
+struct Exec<'a> {
+    cfg: &'a ModelConfig,
+    w: &'a CpuWeights,
+    threads: &'a CpuThreads,
+    k_cache: &'a mut [Vec<f32>],
+    v_cache: &'a mut [Vec<f32>],
+    tokens: &'a [u32],
+    pos: usize,
+}
+
+impl Exec<'_> {
+    /// Run `op` on `rows` rows; reads of [`Act::X`] start at row `x_row` (the head's first
+    /// wanted row), everything else at row 0; [`Act::Logits`] is `logits`.
+    fn run(
+        &mut self,
+        op: &Op,
+        s: &mut Scratch,
+        rows: usize,
+        x_row: usize,
+        logits: &mut [f32],
+    ) -> Result<()> {
+        let cfg = self.cfg;
+        let eps = cfg.rms_eps;
+        let off = |a: Act| if a == Act::X { x_row * cfg.n_embd } else { 0 };
+        match *op {
+            Op::Embed { table, scale } => {
+                let t = self.w.mat(table);
+                let x = &mut s.bufs[Act::X as usize];
+                let n_embd = cfg.n_embd;
+                for (i, &id) in self.tokens.iter().enumerate() {
+                    if id as usize >= t.rows {
+                        return Err(Error::TokenOutOfRange {
+                            id,
+                            n_vocab: t.rows,
+                        });
+                    }
+                    let xt = &mut x[i * n_embd..(i + 1) * n_embd];
+                    quant::dequantize_row(t.dtype, t.row(id as usize), xt)?;
+                    if scale != 1.0 {
+                        xt.iter_mut().for_each(|v| *v *= scale);
+                    }
+                }
+            }
+            Op::Norm { x, w, out, add } => {
+                let wv = self.w.vec(w);
+                let width = wv.len();
+                let (xs, os) = pair(&mut s.bufs, x, out);
+                let xs = &xs[off(x)..off(x) + rows * width];
+                let os = &mut os[..rows * width];
+                if add {
+                    let tmp = &mut s.tmp[..width];
+                    for (o, xi) in os.chunks_exact_mut(width).zip(xs.chunks_exact(width)) {
+                        ops::rms_norm(tmp, xi, wv, eps);
+                        ops::add_inplace(o, tmp);
+                    }
+                } else {
+                    ops::rms_norm_rows(os, xs, wv, rows, eps);
+                }
+            }
+            Op::HeadNorm { x, w } => {
+                let wv = self.w.vec(w);
+                let xs = &mut s.bufs[x as usize][..rows * x.width(cfg)];
+                for head in xs.chunks_exact_mut(wv.len()) {
+                    ops::rms_norm_inplace(head, wv, eps);
+                }
+            }
+            Op::Linear {
+                w,
+                bias,
+                x,
+                out,
+                epi,
+            } => {
+                let m = self.w.mat(w);
+                let xs: &[f32] = &s.bufs[x as usize][off(x)..];
+                for (a, xt) in s.acts[..rows].iter_mut().zip(xs.chunks_exact(m.cols)) {
+                    a.prepare(m.dtype, xt);
+                }
+                let direct = !epi.accumulate;
+                let dst: &mut [f32] = if !direct {
+                    &mut s.tmp[..rows * m.rows]
+                } else if out == Act::Logits {
+                    &mut logits[..rows * m.rows]
+                } else {
+                    &mut s.bufs[out as usize][..rows * m.rows]
+                };
+                matmul(m, &s.acts[..rows], dst, self.threads);
+                if let Some(b) = bias {
+                    let b = self.w.vec(b);
+                    dst.chunks_exact_mut(m.rows)
+                        .for_each(|o| ops::add_inplace(o, b));
+                }
+                apply_epilogue(dst, &epi);
+                if !direct {
+                    let o = if out == Act::Logits {
+                        &mut logits[..rows * m.rows]
+                    } else {
+                        &mut s.bufs[out as usize][off(out)..off(out) + rows * m.rows]
+                    };
+                    ops::add_inplace(o, &s.tmp[..rows * m.rows]);
+                }
+            }
+            Op::RopeStore { layer, freqs } => {
+                let (q_dim, kv_dim, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+                let spec = cfg.layers[layer];
+                let freqs = freqs.map(|f| self.w.vec(f));
+                let (kc, vc) = (&mut self.k_cache[layer], &mut self.v_cache[layer]);
+                for t in 0..rows {
+                    let p = self.pos + t;
+                    if let Some(r) = spec.rope {
+                        let rope = |x: &mut [f32], heads: usize| {
+                            ops::rope_scaled(
+                                x,
+                                heads,
+                                hd,
+                                cfg.n_rot,
+                                p,
+                                r.base,
+                                r.pos_scale,
+                                r.mscale,
+                                cfg.rope_layout,
+                                freqs,
+                            )
+                        };
+                        rope(
+                            &mut s.bufs[Act::Q as usize][t * q_dim..(t + 1) * q_dim],
+                            cfg.n_head,
+                        );
+                        rope(
+                            &mut s.bufs[Act::K as usize][t * kv_dim..(t + 1) * kv_dim],
+                            cfg.n_head_kv,
+                        );
+                    }
+                    let row = p * kv_dim..(p + 1) * kv_dim;
+                    kc[row.clone()]
+                        .copy_from_slice(&s.bufs[Act::K as usize][t * kv_dim..(t + 1) * kv_dim]);
+                    vc[row].copy_from_slice(&s.bufs[Act::V as usize][t * kv_dim..(t + 1) * kv_dim]);
+                }
+            }
+            Op::Attend { layer } => {
+                let q_dim = cfg.q_dim();
+                let spec = cfg.layers[layer];
+                let window = if spec.window > 0 {
+                    spec.window
+                } else {
+                    usize::MAX
+                };
+                let (q, att) = pair(&mut s.bufs, Act::Q, Act::Att);
+                for t in 0..rows {
+                    // Position p = pos + t sees cache rows max(0, p + 1 - window) ..= p.
+                    let end = self.pos + t + 1;
+                    ops::attention_range(
+                        &mut att[t * q_dim..(t + 1) * q_dim],
+                        &q[t * q_dim..(t + 1) * q_dim],
+                        &self.k_cache[layer],
+                        &self.v_cache[layer],
+                        end.saturating_sub(window)..end,
+                        cfg.n_head,
+                        cfg.n_head_kv,
+                        cfg.head_dim,
+                        spec.attn_scale,
+                        spec.attn_softcap,
+                        &mut s.scores,
+                    );
+                }
+            }
+            Op::Glu(act) => {
+                let n = rows * cfg.n_ff;
+                let (up, gate) = pair(&mut s.bufs, Act::Up, Act::Gate);
+                match act {
+                    Glu::Silu => ops::swiglu(&mut gate[..n], &up[..n]),
+                    Glu::GeluTanh => ops::geglu(&mut gate[..n], &up[..n]),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `v = softcap(scale · v)` in place (the accumulate part is the caller's).
+pub fn apply_epilogue(v: &mut [f32], epi: &Epilogue) {
+    if epi.scale != 1.0 {
+        v.iter_mut().for_each(|x| *x *= epi.scale);
+    }
+    if epi.softcap > 0.0 {
+        let c = epi.softcap;
+        v.iter_mut().for_each(|x| *x = c * (*x / c).tanh());
+    }
+}
+
+impl ForwardPass for CpuModel {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    fn forward(&mut self, tokens: &[u32], pos: usize, which: Logits) -> Result<&[f32]> {
+        if tokens.is_empty() {
+            return Err(Error::Shape {
+                op: "forward",
+                detail: "no tokens".into(),
+            });
+        }
+        if pos
+            .checked_add(tokens.len())
+            .is_none_or(|end| end > self.n_ctx)
+        {
+            return Err(Error::ContextFull {
+                n_prompt: pos,
+                n_requested: tokens.len(),
+                n_ctx: self.n_ctx,
+            });
+        }
+        let n_vocab = self.cfg.n_vocab;
+        let n_out = match which {
+            Logits::Last => 1,
+            Logits::All => tokens.len(),
+        };
+        if self.logits.len() < n_out * n_vocab {
+            self.logits.resize(n_out * n_vocab, 0.0);
+        }
+        let mut done = 0;
+        for batch in tokens.chunks(MAX_BATCH) {
+            let n = batch.len();
+            self.s.ensure(&self.cfg, self.n_ctx, n);
+            let mut ex = Exec {
+                cfg: &self.cfg,
+                w: &self.w,
+                threads: &self.threads,
+                k_cache: &mut self.k_cache,
+                v_cache: &mut self.v_cache,
+                tokens: batch,
+                pos: pos + done,
+            };
+            for op in &self.graph.layers {
+                ex.run(op, &mut self.s, n, 0, &mut [])?;
+            }
+            // Rows of the batch whose logits are wanted.
+            let (first, out_row) = match which {
+                Logits::All => (0, done),
+                Logits::Last if done + n == tokens.len() => (n - 1, 0),
+                Logits::Last => (n, 0),
+            };
+            let m = n - first;
+            if m > 0 {
+                let out = &mut self.logits[out_row * n_vocab..(out_row + m) * n_vocab];
+                for op in &self.graph.head {
+                    ex.run(op, &mut self.s, m, first, out)?;
+                }
+            }
+            done += n;
+        }
+        Ok(&self.logits[..n_out * n_vocab])
+    }
+}
