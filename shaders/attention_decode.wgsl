@@ -1,7 +1,7 @@
 // attention_decode.wgsl: causal GQA attention of one new token (decode) over the GPU KV cache,
 // split along the cache ("flash decoding", Dao et al. 2023): a decode step has only n_head
 // queries, too few workgroups to fill a GPU if each walked the whole cache. `split` gives each
-// workgroup one (head, chunk of `chunk` cache positions): it computes that chunk's scores in
+// workgroup one (head, chunk of `chunk` cache positions, from the first visible one): it computes that chunk's scores in
 // workgroup memory, their max m and sum l of exp(s - m), and o = Σ exp(s - m) v. With one chunk
 // it writes o / l straight to `out`; otherwise it stores (o, m, l) and `combine` (one workgroup
 // per head) rescales the chunks to their common max: out = Σ e^(m_c - M) o_c / Σ e^(m_c - M) l_c.
@@ -26,7 +26,7 @@ fn split(
     let c = id / p.n_head;
     let kvh = h / (p.n_head / p.n_head_kv);
     let hd = p.head_dim;
-    let j0 = c * p.chunk;
+    let j0 = first_visible(p.pos0) + c * p.chunk;
     let j1 = min(j0 + p.chunk, p.pos0 + 1u);
     for (var i = lid; i < hd; i += WG) { qs[i] = q[h * hd + i] * p.scale; }
     workgroupBarrier();
@@ -36,8 +36,8 @@ fn split(
         let kb = j * p.kv_dim + kvh * hd;
         var s = 0.0;
         for (var i = 0u; i < hd; i++) { s += qs[i] * f32(k_cache[kb + i]); }
-        sc[j - j0] = s;
-        mx = max(mx, s);
+        sc[j - j0] = capped(s);
+        mx = max(mx, sc[j - j0]);
     }
     mx = reduce_max(mx, lid);
     var sum = 0.0;

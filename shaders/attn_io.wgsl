@@ -20,7 +20,25 @@ struct Params {
     // Decode only: cache positions per workgroup, number of chunks.
     chunk: u32,
     n_chunks: u32,
-    _pad: u32,
+    // Scores go through softcap * tanh(s / softcap) when softcap > 0 (Gemma 2).
+    softcap: f32,
+    // A query at position p sees positions p + 1 - window ..= p; 0: every earlier position.
+    window: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// First cache position a query at position `pos` sees.
+fn first_visible(pos: u32) -> u32 {
+    if (p.window > 0u && pos + 1u > p.window) { return pos + 1u - p.window; }
+    return 0u;
+}
+
+// A scaled score after the soft cap.
+fn capped(s: f32) -> f32 {
+    if (p.softcap > 0.0) { return p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0)); }
+    return s;
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

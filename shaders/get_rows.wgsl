@@ -1,4 +1,4 @@
-// get_rows.wgsl: embedding lookup out[t, :] = dequant(table[tokens[t] - row_begin, :]) for the
+// get_rows.wgsl: embedding lookup out[t, :] = scale * dequant(table[tokens[t] - row_begin, :]) for the
 // tokens that fall in this table chunk [row_begin, row_begin + n_rows). One invocation per
 // (token, 16-element piece).
 // table: (n_rows, cols) in `wq`; tokens: (n_tok); out: (n_tok, cols).
@@ -12,7 +12,7 @@ struct Params {
     row_begin: u32,
     n_rows: u32,
     total: u32,
-    _pad0: u32,
+    scale: f32,
     _pad1: u32,
 }
 
@@ -38,5 +38,5 @@ fn main(
     load_piece((tok - p.row_begin) * p.row_bytes, pc, p.cols, &v);
     let c0 = pc * 16u;
     let nc = min(16u, p.cols - c0);
-    for (var i = 0u; i < nc; i++) { out[t * p.cols + c0 + i] = v[i]; }
+    for (var i = 0u; i < nc; i++) { out[t * p.cols + c0 + i] = v[i] * p.scale; }
 }

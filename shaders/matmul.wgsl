@@ -8,6 +8,8 @@
 //
 // W: (rows, cols) in `wq`, row r at byte r * row_bytes; x: (n_tok, x_stride) from x_off;
 // y: (n_tok, out_stride) from out_off; bias: (rows) from bias_off.
+// Epilogue: s = softcap(scale * (W x + bias)), softcap(v) = c * tanh(v / c) when c > 0; then
+// y = s, or y += s (flag bit 1: a fused residual add).
 
 const WG: u32 = 64u;
 const TILE_MAX: u32 = 8u;
@@ -28,7 +30,10 @@ struct Params {
     // bit 0: add bias; bit 1: accumulate into y (fused residual add)
     flags: u32,
     total_wg: u32,
-    _pad: u32,
+    scale: f32,
+    softcap: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -92,7 +97,8 @@ fn main(
     if ((p.flags & 1u) != 0u) { b = bias[p.bias_off + r]; }
     for (var t = 0u; t < nt; t++) {
         let o = p.out_off + (t0 + t) * p.out_stride + r;
-        let s = acc[t] + b;
+        var s = (acc[t] + b) * p.scale;
+        if (p.softcap > 0.0) { s = p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0)); }
         if ((p.flags & 2u) != 0u) { y[o] = y[o] + s; } else { y[o] = s; }
     }
 }

@@ -1,6 +1,7 @@
 // rms_norm.wgsl: RMSNorm (Zhang & Sennrich 2019) of rows row_begin .. row_begin + n_rows:
-// out[t, :] = x[t, :] / sqrt(mean(x[t, :]^2) + eps) * w. One workgroup per row.
-// x, out: (n_tok, n); w: (n).
+// out[t, :] = x[t, :] / sqrt(mean(x[t, :]^2) + eps) * w, or out[t, :] += ... when `add` (Gemma's
+// post-norms before the residual add). One workgroup per row. Also the per-head q/k norms, with
+// n = head_dim and one row per (token, head). x, out: (n_tok, n); w: (n).
 
 const WG: u32 = 64u;
 
@@ -9,6 +10,10 @@ struct Params {
     row_begin: u32,
     n_rows: u32,
     eps: f32,
+    add: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -33,6 +38,7 @@ fn main(
     let total = reduce_sum(s, lid);
     let scale = 1.0 / sqrt(total / f32(p.n) + p.eps);
     for (var i = lid; i < p.n; i += WG) {
-        out[base + i] = x[base + i] * scale * w[i];
+        let v = x[base + i] * scale * w[i];
+        if (p.add != 0u) { out[base + i] = out[base + i] + v; } else { out[base + i] = v; }
     }
 }

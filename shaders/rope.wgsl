@@ -5,7 +5,9 @@
 // (kv_f32.wgsl or kv_f16.wgsl). Pair i (< n_rot/2) turns by
 // (pos * pos_scale) * base^(-2i/n_rot) / freq_factors[i]; neox = 0: adjacent pairs
 // (x[2i], x[2i+1]) (GGML "normal", llama), neox = 1: NeoX pairs (x[i], x[i + n_rot/2]) (qwen2).
-// Dimensions n_rot .. head_dim are copied unchanged. One invocation per (token, head, pair).
+// cos and sin are multiplied by mscale (llama.cpp attn_factor); rotate = 0 copies Q and K
+// unrotated (a NoPE layer). Dimensions n_rot .. head_dim are copied unchanged. One invocation per
+// (token, head, pair).
 // q_raw, q: (n_tok, q_stride); k_raw, v_raw: (n_tok, kv_dim); k_cache, v_cache: (n_ctx, kv_dim);
 // freq: (n_rot/2) when has_freq.
 
@@ -24,6 +26,10 @@ struct Params {
     kv_dim: u32,
     base: f32,
     pos_scale: f32,
+    mscale: f32,
+    rotate: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -53,7 +59,7 @@ fn main(
     var ib = 2u * j + 1u;
     var c = 1.0;
     var sn = 0.0;
-    if (j >= half_rot) {
+    if (j >= half_rot || p.rotate == 0u) {
         ia = p.n_rot + 2u * (j - half_rot);
         ib = ia + 1u;
     } else {
@@ -63,8 +69,8 @@ fn main(
         }
         var theta = f32(p.pos0 + t) * p.pos_scale * pow(p.base, -2.0 * f32(j) / f32(p.n_rot));
         if (p.has_freq != 0u) { theta = theta / freq[j]; }
-        c = cos(theta);
-        sn = sin(theta);
+        c = cos(theta) * p.mscale;
+        sn = sin(theta) * p.mscale;
     }
     let qb = t * p.q_stride + h * p.head_dim;
     let q0 = q_raw[qb + ia];

@@ -1,13 +1,21 @@
-//! [`GpuModel`]: the llama / qwen2 forward pass on the GPU, same math as `model::llama` on the
-//! CPU. Every buffer, bind group and pipeline is made at load; a forward call only writes the
-//! parameter arena and the token ids, records every layer into one command buffer, submits it
-//! once and reads back either the logits or (decode with sampling) a single u32 token id.
+//! [`GpuModel`]: any family's [`Graph`] on the GPU. At load every op of the graph becomes one
+//! kernel instance (one per weight chunk for matrix products) with its bind group and its slot
+//! in the parameter arena; buffers, bind groups and pipelines are all made then. A forward call
+//! only writes the parameter arena and the token ids, records the instances in graph order into
+//! one command buffer, submits it once and reads back either the logits or (decode with
+//! sampling) a single u32 token id.
+//!
+//! Graph activations map to GPU buffers; an op that rewrites its input in place on the CPU (the
+//! per-head norm, RoPE) writes a second buffer of the same activation on the GPU and later ops
+//! read that one (WebGPU forbids binding one buffer as both input and output). In the head
+//! every activation but the logits is addressed from the first wanted row.
 
+use crate::arch::{self, Act, Epilogue, Glu, Graph, Mat, Op as GraphOp, Vector, WeightStore};
 use crate::error::{Error, Result};
-use crate::gguf::{ByteSource, GgufFile};
-use crate::model::config::names;
+use crate::gguf::{ByteSource, GgufFile, SourceRef};
 use crate::model::{ForwardPass, Logits, ModelConfig, RopeLayout};
 use crate::quant::GgmlDType;
+use crate::tensor::AlignedBytes;
 
 use super::arena::{dispatch, ParamArena};
 use super::params::*;
@@ -36,60 +44,80 @@ struct MatOp {
     bias: bool,
 }
 
-struct Layer {
-    attn_norm: Inst,
-    q: MatOp,
-    k: MatOp,
-    v: MatOp,
-    /// RoPE of Q and K fused with the KV-cache store.
-    rope: Inst,
-    /// Prefill attention, decode attention and its merge: one bind group, three pipelines.
-    attn: Inst,
-    o: MatOp,
-    ffn_norm: Inst,
-    gate: MatOp,
-    up: MatOp,
-    swiglu: Inst,
-    down: MatOp,
+/// A graph op as recorded at load.
+enum Step {
+    Embed {
+        m: MatOp,
+        scale: f32,
+    },
+    /// Row norm (`heads` 0) or per-head norm over `heads` heads per row of width `n`.
+    Norm {
+        inst: Inst,
+        n: u32,
+        heads: u32,
+        add: bool,
+    },
+    Linear {
+        m: MatOp,
+        x_width: u32,
+        out_width: u32,
+        out_is_logits: bool,
+        epi: Epilogue,
+    },
+    Rope {
+        inst: Inst,
+        layer: usize,
+        has_freq: bool,
+    },
+    Attend {
+        inst: Inst,
+        layer: usize,
+    },
+    Glu {
+        inst: Inst,
+        act: Glu,
+    },
 }
 
-/// Weights of one layer as uploaded (phase 1 of the load).
-struct LayerWeights {
-    attn_norm: wgpu::Buffer,
-    q: GpuWeight,
-    k: GpuWeight,
-    v: GpuWeight,
-    bq: Option<wgpu::Buffer>,
-    bk: Option<wgpu::Buffer>,
-    bv: Option<wgpu::Buffer>,
-    o: GpuWeight,
-    ffn_norm: wgpu::Buffer,
-    gate: GpuWeight,
-    up: GpuWeight,
-    down: GpuWeight,
+/// Where a backend-neutral load puts weights on the GPU: matrices uploaded in their block
+/// layout (the CPU bytes dropped right after), vectors as small f32 buffers.
+struct GpuStore<'a> {
+    gpu: &'a Gpu,
+    mats: Vec<GpuWeight>,
+    vecs: Vec<wgpu::Buffer>,
+}
+
+impl WeightStore for GpuStore<'_> {
+    fn matrix(
+        &mut self,
+        name: &str,
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        bytes: AlignedBytes,
+    ) -> Result<Mat> {
+        let w = GpuWeight::upload(&self.gpu.ctx, name, dtype, rows, cols, bytes.as_slice())?;
+        self.gpu.ctx.check()?;
+        self.mats.push(w);
+        Ok(Mat(self.mats.len() - 1))
+    }
+    fn vector(&mut self, name: &str, v: Vec<f32>) -> Result<Vector> {
+        let b = self
+            .gpu
+            .ctx
+            .buffer_init(name, bytemuck::cast_slice(&v), wgpu::BufferUsages::STORAGE)?;
+        self.vecs.push(b);
+        Ok(Vector(self.vecs.len() - 1))
+    }
 }
 
 /// Activation and cache buffers, sized for `n_batch` tokens and `n_ctx` positions.
 struct Buffers {
     /// (n_batch) u32 token ids.
     tokens: wgpu::Buffer,
-    /// Residual stream: (n_batch, n_embd).
-    x: wgpu::Buffer,
-    /// Normed residual: (n_batch, n_embd).
-    xn: wgpu::Buffer,
-    /// Q before / after RoPE: (n_batch, q_dim).
-    q_raw: wgpu::Buffer,
-    q: wgpu::Buffer,
-    /// K before RoPE, V before the cache store: (n_batch, kv_dim).
-    k_raw: wgpu::Buffer,
-    v_raw: wgpu::Buffer,
-    /// Attention output: (n_batch, q_dim).
-    attn: wgpu::Buffer,
-    /// FFN gate (then SwiGLU output) and up: (n_batch, n_ff).
-    gate: wgpu::Buffer,
-    up: wgpu::Buffer,
-    /// (n_batch, n_vocab).
-    logits: wgpu::Buffer,
+    /// Per [`Act`] (index `act as usize`): the buffer and, for activations an op rewrites in
+    /// place, a second one. (n_batch, width).
+    acts: Vec<[Option<wgpu::Buffer>; 2]>,
     /// Attention scratch: prefill scores (n_batch * n_head, n_ctx), or the decode chunks'
     /// partials (n_chunks * n_head, head_dim + 2).
     scores: wgpu::Buffer,
@@ -100,6 +128,8 @@ struct Buffers {
     v_cache: Vec<wgpu::Buffer>,
     staging_logits: wgpu::Buffer,
     staging_token: wgpu::Buffer,
+    /// Bound where an optional input is absent.
+    dummy: wgpu::Buffer,
 }
 
 /// What a forward call ends with.
@@ -109,7 +139,7 @@ enum Tail {
     Sample(GpuSampling),
 }
 
-/// A llama / qwen2 model with its KV cache on the GPU.
+/// A model of any registered family with its KV cache on the GPU.
 pub struct GpuModel {
     gpu: Gpu,
     cfg: ModelConfig,
@@ -117,16 +147,13 @@ pub struct GpuModel {
     n_batch: usize,
     bufs: Buffers,
     arena: ParamArena,
-    embd: MatOp,
-    layers: Vec<Layer>,
-    out_norm: Inst,
-    output: MatOp,
+    layers: Vec<Step>,
+    head: Vec<Step>,
     sample: Inst,
     /// Keeps the weights alive (bind groups reference them).
     weights: Vec<GpuWeight>,
     /// Keeps the norm weights, biases and RoPE factors alive.
     _vectors: Vec<wgpu::Buffer>,
-    freq_present: bool,
     logits: Vec<f32>,
     last_dispatches: usize,
 }
@@ -138,139 +165,237 @@ fn u32_of(what: &'static str, v: usize) -> Result<u32> {
     })
 }
 
-/// Read a weight matrix and upload it: one tensor in CPU memory at a time, dropped after the
-/// upload. Checks its (rows, cols).
-fn load_weight<S: ByteSource + ?Sized>(
-    gpu: &Gpu,
-    file: &GgufFile,
-    src: &S,
-    name: &str,
-    rows: usize,
-    cols: usize,
-) -> Result<GpuWeight> {
-    let info = file
-        .tensor(name)
-        .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
-    let (r, c) = info.rows_cols();
-    if (r, c) != (rows, cols) {
-        return Err(Error::Shape {
-            op: "gpu load",
-            detail: format!("`{name}` is {r}x{c}, expected {rows}x{cols}"),
+/// Whether the GPU backend can run `cfg` (every registered family; heads up to
+/// [`MAX_HEAD_DIM`]). Checked before a device is started, so `auto` falls back early.
+///
+/// Errors: [`Error::GpuLimits`] for a head dimension the attention kernels cannot hold.
+pub fn ensure_supported(cfg: &ModelConfig) -> Result<()> {
+    if cfg.head_dim > MAX_HEAD_DIM {
+        return Err(Error::GpuLimits {
+            limit: "attention head dimension",
+            needed: cfg.head_dim as u64,
+            available: MAX_HEAD_DIM as u64,
         });
     }
-    let bytes = file.read_tensor(src, info)?;
-    GpuWeight::upload(&gpu.ctx, name, info.dtype, rows, cols, bytes.as_slice())
+    Ok(())
 }
 
-/// Read a vector (norm weight, bias, RoPE factors) as f32 and upload it.
-fn load_vec<S: ByteSource + ?Sized>(
-    gpu: &Gpu,
-    file: &GgufFile,
-    src: &S,
-    name: &str,
-    n: usize,
-) -> Result<wgpu::Buffer> {
-    let info = file
-        .tensor(name)
-        .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
-    if info.n_elements() != n as u64 {
-        return Err(Error::Shape {
-            op: "gpu load",
-            detail: format!("`{name}` has {} values, expected {n}", info.n_elements()),
-        });
+/// Arena slots the compiled graph needs: one per instance, one per weight chunk.
+fn count_slots(graph: &Graph, mats: &[GpuWeight]) -> usize {
+    graph
+        .layers
+        .iter()
+        .chain(&graph.head)
+        .map(|op| match op {
+            GraphOp::Embed { table: m, .. } | GraphOp::Linear { w: m, .. } => {
+                mats[m.0].chunks.len()
+            }
+            _ => 1,
+        })
+        .sum::<usize>()
+        + 1
+}
+
+/// Builds the instances of a graph: tracks which buffer holds each activation now.
+struct Compiler<'a> {
+    ctx: &'a super::context::GpuContext,
+    pipes: &'a mut PipelineCache,
+    arena: &'a ParamArena,
+    bufs: &'a Buffers,
+    mats: &'a [GpuWeight],
+    vecs: &'a [wgpu::Buffer],
+    cfg: &'a ModelConfig,
+    /// Current buffer (0 or 1) of each activation.
+    cur: [usize; Act::ALL.len()],
+    next_slot: usize,
+}
+
+impl Compiler<'_> {
+    fn buf(&self, a: Act) -> &wgpu::Buffer {
+        self.bufs.acts[a as usize][self.cur[a as usize]]
+            .as_ref()
+            .expect("activation buffer allocated at load")
     }
-    let bytes = file.read_tensor(src, info)?;
-    let mut v = vec![0f32; n];
-    match info.dtype {
-        GgmlDType::F32 => {
-            for (o, c) in v.iter_mut().zip(bytes.as_slice().chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    /// The other buffer of `a`, which becomes current.
+    fn flip(&mut self, a: Act) -> &wgpu::Buffer {
+        self.cur[a as usize] ^= 1;
+        self.buf(a)
+    }
+    fn inst(&mut self, op: Op, buffers: &[&wgpu::Buffer]) -> Inst {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        let layout = self.pipes.layout(self.ctx, op);
+        Inst {
+            bind: bind_group(
+                self.ctx,
+                layout,
+                &self.arena.buffer,
+                self.arena.offset(slot),
+                buffers,
+            ),
+            slot,
+        }
+    }
+    fn mat(
+        &mut self,
+        op: Op,
+        w: &GpuWeight,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+    ) -> Result<MatOp> {
+        let mut ch = Vec::with_capacity(w.chunks.len());
+        for c in &w.chunks {
+            let bufs: Vec<&wgpu::Buffer> = match op {
+                Op::GetRows => vec![&c.buffer, x, y],
+                _ => vec![&c.buffer, x, y, bias.unwrap_or(&self.bufs.dummy)],
+            };
+            ch.push((
+                self.inst(op, &bufs),
+                u32_of("gpu load", c.row_begin)?,
+                u32_of("gpu load", c.rows)?,
+            ));
+        }
+        Ok(MatOp {
+            dtype: w.dtype,
+            cols: u32_of("gpu load", w.cols)?,
+            row_bytes: u32_of("gpu load", w.row_bytes)?,
+            chunks: ch,
+            bias: bias.is_some(),
+        })
+    }
+
+    fn step(&mut self, op: &GraphOp) -> Result<Step> {
+        let (cfg, mats, vecs) = (self.cfg, self.mats, self.vecs);
+        Ok(match *op {
+            GraphOp::Embed { table, scale } => {
+                let (tokens, x) = (self.bufs.tokens.clone(), self.buf(Act::X).clone());
+                let m = self.mat(Op::GetRows, &mats[table.0], &tokens, &x, None)?;
+                Step::Embed { m, scale }
+            }
+            GraphOp::Norm { x, w, out, add } => {
+                let (xb, ob) = (self.buf(x).clone(), self.buf(out).clone());
+                let inst = self.inst(Op::RmsNorm, &[&xb, &vecs[w.0], &ob]);
+                Step::Norm {
+                    inst,
+                    n: u32_of("gpu load", x.width(cfg))?,
+                    heads: 0,
+                    add,
+                }
+            }
+            GraphOp::HeadNorm { x, w } => {
+                let src = self.buf(x).clone();
+                let dst = self.flip(x).clone();
+                let inst = self.inst(Op::RmsNorm, &[&src, &vecs[w.0], &dst]);
+                Step::Norm {
+                    inst,
+                    n: u32_of("gpu load", cfg.head_dim)?,
+                    heads: u32_of("gpu load", x.width(cfg) / cfg.head_dim)?,
+                    add: false,
+                }
+            }
+            GraphOp::Linear {
+                w,
+                bias,
+                x,
+                out,
+                epi,
+            } => {
+                let (xb, ob) = (self.buf(x).clone(), self.buf(out).clone());
+                let bb = bias.map(|b| &vecs[b.0]);
+                let m = self.mat(Op::MatVec, &mats[w.0], &xb, &ob, bb)?;
+                Step::Linear {
+                    m,
+                    x_width: u32_of("gpu load", x.width(cfg))?,
+                    out_width: u32_of("gpu load", out.width(cfg))?,
+                    out_is_logits: out == Act::Logits,
+                    epi,
+                }
+            }
+            GraphOp::RopeStore { layer, freqs } => {
+                let q_in = self.buf(Act::Q).clone();
+                let q_out = self.flip(Act::Q).clone();
+                let (k, v) = (self.buf(Act::K).clone(), self.buf(Act::V).clone());
+                let f = freqs
+                    .map(|f| vecs[f.0].clone())
+                    .unwrap_or_else(|| self.bufs.dummy.clone());
+                let (kc, vc) = (
+                    self.bufs.k_cache[layer].clone(),
+                    self.bufs.v_cache[layer].clone(),
+                );
+                let inst = self.inst(Op::Rope, &[&q_in, &q_out, &k, &v, &kc, &vc, &f]);
+                Step::Rope {
+                    inst,
+                    layer,
+                    has_freq: freqs.is_some(),
+                }
+            }
+            GraphOp::Attend { layer } => {
+                let q = self.buf(Act::Q).clone();
+                let att = self.buf(Act::Att).clone();
+                let (kc, vc, sc) = (
+                    self.bufs.k_cache[layer].clone(),
+                    self.bufs.v_cache[layer].clone(),
+                    self.bufs.scores.clone(),
+                );
+                let inst = self.inst(Op::Attention, &[&q, &kc, &vc, &sc, &att]);
+                Step::Attend { inst, layer }
+            }
+            GraphOp::Glu(act) => {
+                let (g, u) = (self.buf(Act::Gate).clone(), self.buf(Act::Up).clone());
+                let inst = self.inst(Op::Glu, &[&g, &u]);
+                Step::Glu { inst, act }
+            }
+        })
+    }
+}
+
+/// Activations some op of `graph` rewrites in place (they get a second buffer).
+fn rewritten(graph: &Graph) -> Vec<Act> {
+    let mut out = Vec::new();
+    for op in graph.layers.iter().chain(&graph.head) {
+        let a = match op {
+            GraphOp::HeadNorm { x, .. } => Some(*x),
+            GraphOp::RopeStore { .. } => Some(Act::Q),
+            _ => None,
+        };
+        if let Some(a) = a {
+            if !out.contains(&a) {
+                out.push(a);
             }
         }
-        dt => crate::quant::dequantize_row(dt, bytes.as_slice(), &mut v)?,
     }
-    gpu.ctx
-        .buffer_init(name, bytemuck::cast_slice(&v), wgpu::BufferUsages::STORAGE)
-}
-
-fn load_opt_vec<S: ByteSource + ?Sized>(
-    gpu: &Gpu,
-    file: &GgufFile,
-    src: &S,
-    name: &str,
-    n: usize,
-) -> Result<Option<wgpu::Buffer>> {
-    match file.tensor(name) {
-        Some(_) => load_vec(gpu, file, src, name, n).map(Some),
-        None => Ok(None),
-    }
-}
-
-/// Hands out parameter slots while bind groups are made.
-struct Slots {
-    next: std::cell::Cell<usize>,
-}
-
-impl Slots {
-    fn take(&self) -> usize {
-        let s = self.next.get();
-        self.next.set(s + 1);
-        s
-    }
-}
-
-/// Whether the GPU backend has a forward pass for `cfg`'s architecture (`llama`, `qwen2`).
-///
-/// Errors: [`Error::GpuUnsupportedArchitecture`] for `gemma3` (q/k norms, post-norms, GeGLU and
-/// sliding-window layers have no kernels yet): the caller should use the CPU backend.
-pub fn ensure_supported(cfg: &ModelConfig) -> Result<()> {
-    match cfg.arch {
-        "llama" | "qwen2" => Ok(()),
-        other => Err(Error::GpuUnsupportedArchitecture(other.into())),
-    }
+    out
 }
 
 impl GpuModel {
-    /// Load a llama / qwen2 GGUF onto the GPU with a KV cache of `n_ctx` positions. Each
-    /// weight goes from the file to the GPU in its block layout, one tensor at a time.
+    /// Load a GGUF of any registered family onto the GPU with a KV cache of `n_ctx` positions.
+    /// Each weight goes from the file to the GPU in its block layout, one tensor at a time.
     ///
-    /// Errors: [`Error::UnsupportedArchitecture`], [`Error::GpuUnsupportedArchitecture`],
-    /// [`Error::MissingTensor`], [`Error::Shape`],
-    /// [`Error::OpDType`] for a weight type without a GPU kernel, [`Error::GpuLimits`],
-    /// [`Error::GpuOutOfMemory`], [`Error::Gpu`].
+    /// Errors: [`Error::UnsupportedArchitecture`], [`Error::MissingTensor`], [`Error::Shape`],
+    /// [`Error::Metadata`], [`Error::OpDType`] for a weight type without a GPU kernel,
+    /// [`Error::GpuLimits`], [`Error::GpuOutOfMemory`], [`Error::Gpu`].
     pub fn load<S: ByteSource + ?Sized>(
         mut gpu: Gpu,
         file: &GgufFile,
         src: &S,
         n_ctx: usize,
     ) -> Result<Self> {
-        let cfg = crate::arch::config(file)?;
-        ensure_supported(&cfg)?;
-        let (n_embd, q_dim, kv_dim, n_ff, n_vocab) =
-            (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff, cfg.n_vocab);
+        let cfg0 = arch::config(file)?;
+        ensure_supported(&cfg0)?;
         if n_ctx == 0 {
             return Err(Error::InvalidParam {
                 name: "n_ctx",
                 what: "must be at least 1".into(),
             });
         }
-        if cfg.head_dim > MAX_HEAD_DIM {
-            return Err(Error::GpuLimits {
-                limit: "attention head dimension",
-                needed: cfg.head_dim as u64,
-                available: MAX_HEAD_DIM as u64,
-            });
-        }
-        if cfg.n_head_kv == 0 || cfg.n_head % cfg.n_head_kv != 0 {
-            return Err(Error::Shape {
-                op: "gpu load",
-                detail: format!("{} heads over {} KV heads", cfg.n_head, cfg.n_head_kv),
-            });
-        }
+        let (n_ff, n_vocab) = (cfg0.n_ff, cfg0.n_vocab);
         // Activations are bound whole: keep each under the device's binding limit.
         let dev_max = gpu.ctx.device.limits().max_storage_buffer_binding_size;
         let kv_type = gpu.pipes.kv_type();
-        let kv_bytes = (n_ctx * kv_dim * kv_type.bytes()) as u64;
+        let kv_bytes = (n_ctx as u64)
+            .saturating_mul(cfg0.kv_dim() as u64)
+            .saturating_mul(kv_type.bytes() as u64);
         if kv_bytes > dev_max {
             return Err(Error::GpuLimits {
                 limit: "maxStorageBufferBindingSize",
@@ -278,7 +403,12 @@ impl GpuModel {
                 available: dev_max,
             });
         }
-        let per_token = (n_vocab.max(cfg.n_head * n_ctx).max(n_ff) * 4) as u64;
+        let widest = Act::ALL.iter().map(|a| a.width(&cfg0)).max().unwrap_or(1);
+        let per_token = (n_vocab
+            .max(cfg0.n_head.saturating_mul(n_ctx))
+            .max(n_ff)
+            .max(widest) as u64)
+            .saturating_mul(4);
         let n_batch = (dev_max / per_token).min(MAX_BATCH as u64) as usize;
         if n_batch == 0 {
             return Err(Error::GpuLimits {
@@ -288,66 +418,43 @@ impl GpuModel {
             });
         }
 
-        // Phase 1: weights, one tensor at a time.
-        let l = |i: usize, s: &str| names::layer(i, s);
-        let token_embd = load_weight(&gpu, file, src, names::TOKEN_EMBD, n_vocab, n_embd)?;
-        let output = match file.tensor(names::OUTPUT) {
-            Some(_) => Some(load_weight(
-                &gpu,
-                file,
-                src,
-                names::OUTPUT,
-                n_vocab,
-                n_embd,
-            )?),
-            None => None,
+        // Phase 1: weights, one tensor at a time, and the graph.
+        let mut store = GpuStore {
+            gpu: &gpu,
+            mats: Vec::new(),
+            vecs: Vec::new(),
         };
-        let out_norm_w = load_vec(&gpu, file, src, names::OUTPUT_NORM, n_embd)?;
-        let freq = load_opt_vec(&gpu, file, src, names::ROPE_FREQS, cfg.n_rot / 2)?;
-        let mut lw = Vec::with_capacity(cfg.n_layer);
-        for i in 0..cfg.n_layer {
-            lw.push(LayerWeights {
-                attn_norm: load_vec(&gpu, file, src, &l(i, names::ATTN_NORM), n_embd)?,
-                q: load_weight(&gpu, file, src, &l(i, names::ATTN_Q), q_dim, n_embd)?,
-                k: load_weight(&gpu, file, src, &l(i, names::ATTN_K), kv_dim, n_embd)?,
-                v: load_weight(&gpu, file, src, &l(i, names::ATTN_V), kv_dim, n_embd)?,
-                bq: load_opt_vec(&gpu, file, src, &l(i, names::ATTN_Q_BIAS), q_dim)?,
-                bk: load_opt_vec(&gpu, file, src, &l(i, names::ATTN_K_BIAS), kv_dim)?,
-                bv: load_opt_vec(&gpu, file, src, &l(i, names::ATTN_V_BIAS), kv_dim)?,
-                o: load_weight(&gpu, file, src, &l(i, names::ATTN_OUTPUT), n_embd, q_dim)?,
-                ffn_norm: load_vec(&gpu, file, src, &l(i, names::FFN_NORM), n_embd)?,
-                gate: load_weight(&gpu, file, src, &l(i, names::FFN_GATE), n_ff, n_embd)?,
-                up: load_weight(&gpu, file, src, &l(i, names::FFN_UP), n_ff, n_embd)?,
-                down: load_weight(&gpu, file, src, &l(i, names::FFN_DOWN), n_embd, n_ff)?,
-            });
-        }
+        let (cfg, graph) = arch::build(file, &SourceRef(src), n_ctx, &mut store)?;
+        let (mats, vecs) = (store.mats, store.vecs);
 
         // Activations and the KV cache.
         let ctx = &gpu.ctx;
         let st = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
-        let f = |label: &str, n: usize| ctx.buffer(label, (n * 4) as u64, st);
-        let kv = |label: &str| ctx.buffer(label, kv_bytes, st);
         let nb = n_batch;
+        let twice = rewritten(&graph);
+        let mut acts = Vec::with_capacity(Act::ALL.len());
+        for a in Act::ALL {
+            let size = (nb * a.width(&cfg) * 4) as u64;
+            let first = ctx.buffer(&format!("{a:?}"), size, st)?;
+            let second = if twice.contains(&a) {
+                Some(ctx.buffer(&format!("{a:?} (2)"), size, st)?)
+            } else {
+                None
+            };
+            acts.push([Some(first), second]);
+        }
         let chunk = ctx.info.attn_decode_chunk;
         let scratch = AttnParams::scratch_len(nb, n_ctx, cfg.n_head, cfg.head_dim, chunk);
+        let kv = |label: &str| ctx.buffer(label, kv_bytes, st);
         let bufs = Buffers {
             tokens: ctx.buffer(
                 "tokens",
                 (nb * 4) as u64,
                 wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             )?,
-            x: f("x", nb * n_embd)?,
-            xn: f("xn", nb * n_embd)?,
-            q_raw: f("q_raw", nb * q_dim)?,
-            q: f("q", nb * q_dim)?,
-            k_raw: f("k_raw", nb * kv_dim)?,
-            v_raw: f("v_raw", nb * kv_dim)?,
-            attn: f("attn", nb * q_dim)?,
-            gate: f("gate", nb * n_ff)?,
-            up: f("up", nb * n_ff)?,
-            logits: f("logits", nb * n_vocab)?,
-            scores: f("scores", scratch)?,
-            sampled: f("sampled", 2)?,
+            acts,
+            scores: ctx.buffer("scores", (scratch * 4) as u64, st)?,
+            sampled: ctx.buffer("sampled", 8, st)?,
             k_cache: (0..cfg.n_layer)
                 .map(|_| kv("k_cache"))
                 .collect::<Result<_>>()?,
@@ -364,138 +471,74 @@ impl GpuModel {
                 8,
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             )?,
+            dummy: ctx.buffer_init("dummy", &1f32.to_le_bytes(), wgpu::BufferUsages::STORAGE)?,
         };
-        let dummy = ctx.buffer_init("dummy", &1f32.to_le_bytes(), wgpu::BufferUsages::STORAGE)?;
 
         // Pipelines for every (op, dtype) this model uses.
-        let mut dtypes: Vec<GgmlDType> = vec![token_embd.dtype];
-        dtypes.extend(output.as_ref().map(|w| w.dtype));
-        for w in &lw {
-            dtypes.extend([w.q.dtype, w.k.dtype, w.v.dtype, w.o.dtype]);
-            dtypes.extend([w.gate.dtype, w.up.dtype, w.down.dtype]);
-        }
+        let mut dtypes: Vec<GgmlDType> = mats.iter().map(|w| w.dtype).collect();
         dtypes.sort();
         dtypes.dedup();
         for &d in &dtypes {
-            for op in [Op::MatVec, Op::MatMul] {
+            for op in [Op::MatVec, Op::MatMul, Op::GetRows] {
                 let key = gpu.pipes.key(op, d);
                 gpu.pipes.prepare(&gpu.ctx, key)?;
             }
         }
-        let key = gpu.pipes.key(Op::GetRows, token_embd.dtype);
-        gpu.pipes.prepare(&gpu.ctx, key)?;
         for op in [
             Op::RmsNorm,
             Op::Rope,
             Op::Attention,
             Op::AttnDecode,
             Op::AttnCombine,
-            Op::SwiGlu,
+            Op::Glu,
             Op::Sample,
         ] {
             let key = gpu.pipes.key(op, GgmlDType::F32);
             gpu.pipes.prepare(&gpu.ctx, key)?;
         }
 
-        // Phase 2: parameter arena and bind groups.
-        let out_w = output.as_ref().unwrap_or(&token_embd);
-        let chunks = |w: &GpuWeight| w.chunks.len();
-        let per_layer: usize = lw
-            .iter()
-            .map(|w| {
-                5 + chunks(&w.q)
-                    + chunks(&w.k)
-                    + chunks(&w.v)
-                    + chunks(&w.o)
-                    + chunks(&w.gate)
-                    + chunks(&w.up)
-                    + chunks(&w.down)
-            })
-            .sum();
-        let n_slots = chunks(&token_embd) + per_layer + 2 + chunks(out_w);
+        // Phase 2: parameter arena, bind groups, the recorded steps.
+        let n_slots = count_slots(&graph, &mats);
         let arena = ParamArena::new(&gpu.ctx, n_slots)?;
-        let slots = Slots {
-            next: std::cell::Cell::new(0),
+        let mut c = Compiler {
+            ctx: &gpu.ctx,
+            pipes: &mut gpu.pipes,
+            arena: &arena,
+            bufs: &bufs,
+            mats: &mats,
+            vecs: &vecs,
+            cfg: &cfg,
+            cur: [0; Act::ALL.len()],
+            next_slot: 0,
         };
-        let pipes = &mut gpu.pipes;
-        let ctx = &gpu.ctx;
-        let inst = |pipes: &mut PipelineCache, op: Op, buffers: &[&wgpu::Buffer]| {
-            let slot = slots.take();
-            let layout = pipes.layout(ctx, op);
-            Inst {
-                bind: bind_group(ctx, layout, &arena.buffer, arena.offset(slot), buffers),
-                slot,
-            }
-        };
-        let mat = |pipes: &mut PipelineCache,
-                   w: &GpuWeight,
-                   x: &wgpu::Buffer,
-                   y: &wgpu::Buffer,
-                   bias: Option<&wgpu::Buffer>,
-                   op: Op|
-         -> Result<MatOp> {
-            let mut ch = Vec::with_capacity(w.chunks.len());
-            for c in &w.chunks {
-                let bufs: Vec<&wgpu::Buffer> = match op {
-                    Op::GetRows => vec![&c.buffer, x, y],
-                    _ => vec![&c.buffer, x, y, bias.unwrap_or(&dummy)],
-                };
-                ch.push((
-                    inst(pipes, op, &bufs),
-                    u32_of("gpu load", c.row_begin)?,
-                    u32_of("gpu load", c.rows)?,
-                ));
-            }
-            Ok(MatOp {
-                dtype: w.dtype,
-                cols: u32_of("gpu load", w.cols)?,
-                row_bytes: u32_of("gpu load", w.row_bytes)?,
-                chunks: ch,
-                bias: bias.is_some(),
+        let layers = graph
+            .layers
+            .iter()
+            .map(|op| c.step(op))
+            .collect::<Result<Vec<_>>>()?;
+        let head = graph
+            .head
+            .iter()
+            .map(|op| c.step(op))
+            .collect::<Result<Vec<_>>>()?;
+        if !matches!(
+            head.last(),
+            Some(Step::Linear {
+                out_is_logits: true,
+                ..
             })
-        };
-        let b = &bufs;
-        let embd = mat(pipes, &token_embd, &b.tokens, &b.x, None, Op::GetRows)?;
-        let freq_buf = freq.as_ref().unwrap_or(&dummy);
-        let mut layers = Vec::with_capacity(cfg.n_layer);
-        for (i, w) in lw.iter().enumerate() {
-            let (kc, vc) = (&b.k_cache[i], &b.v_cache[i]);
-            let mv = Op::MatVec;
-            layers.push(Layer {
-                attn_norm: inst(pipes, Op::RmsNorm, &[&b.x, &w.attn_norm, &b.xn]),
-                q: mat(pipes, &w.q, &b.xn, &b.q_raw, w.bq.as_ref(), mv)?,
-                k: mat(pipes, &w.k, &b.xn, &b.k_raw, w.bk.as_ref(), mv)?,
-                v: mat(pipes, &w.v, &b.xn, &b.v_raw, w.bv.as_ref(), mv)?,
-                rope: inst(
-                    pipes,
-                    Op::Rope,
-                    &[&b.q_raw, &b.q, &b.k_raw, &b.v_raw, kc, vc, freq_buf],
-                ),
-                attn: inst(pipes, Op::Attention, &[&b.q, kc, vc, &b.scores, &b.attn]),
-                o: mat(pipes, &w.o, &b.attn, &b.x, None, mv)?,
-                ffn_norm: inst(pipes, Op::RmsNorm, &[&b.x, &w.ffn_norm, &b.xn]),
-                gate: mat(pipes, &w.gate, &b.xn, &b.gate, None, mv)?,
-                up: mat(pipes, &w.up, &b.xn, &b.up, None, mv)?,
-                swiglu: inst(pipes, Op::SwiGlu, &[&b.gate, &b.up]),
-                down: mat(pipes, &w.down, &b.gate, &b.x, None, mv)?,
+        ) {
+            return Err(Error::Shape {
+                op: "gpu load",
+                detail: format!("the {} graph's head does not end in logits", cfg.arch),
             });
         }
-        let out_norm = inst(pipes, Op::RmsNorm, &[&b.x, &out_norm_w, &b.xn]);
-        let output_op = mat(pipes, out_w, &b.xn, &b.logits, None, Op::MatVec)?;
-        let sample = inst(pipes, Op::Sample, &[&b.logits, &b.sampled]);
-        debug_assert_eq!(slots.next.get(), n_slots);
+        let logits_buf = c.buf(Act::Logits).clone();
+        let sampled = bufs.sampled.clone();
+        let sample = c.inst(Op::Sample, &[&logits_buf, &sampled]);
+        debug_assert_eq!(c.next_slot, n_slots);
         gpu.ctx.check()?;
 
-        let mut weights = vec![token_embd];
-        weights.extend(output);
-        let freq_present = freq.is_some();
-        let mut small = vec![dummy, out_norm_w];
-        small.extend(freq);
-        for w in lw {
-            weights.extend([w.q, w.k, w.v, w.o, w.gate, w.up, w.down]);
-            small.extend([w.attn_norm, w.ffn_norm]);
-            small.extend([w.bq, w.bk, w.bv].into_iter().flatten());
-        }
         Ok(Self {
             gpu,
             cfg,
@@ -503,14 +546,11 @@ impl GpuModel {
             n_batch,
             bufs,
             arena,
-            embd,
             layers,
-            out_norm,
-            output: output_op,
+            head,
             sample,
-            weights,
-            _vectors: small,
-            freq_present,
+            weights: mats,
+            _vectors: vecs,
             logits: Vec::new(),
             last_dispatches: 0,
         })
@@ -527,28 +567,21 @@ impl GpuModel {
     }
 
     /// Compute dispatches recorded for one decode step (one token at position `pos`, sampling
-    /// on the GPU): the embedding lookup; per layer 12 (more when a weight is split across
-    /// buffers), plus the attention merge once the cache is longer than one decode chunk
-    /// ([`super::GpuInfo::attn_decode_chunk`] positions); the final norm, the output projection
-    /// and the sampler.
+    /// on the GPU): one per graph op, one per weight chunk of each matrix product, the
+    /// attention merge on layers whose visible cache spans more than one decode chunk
+    /// ([`super::GpuInfo::attn_decode_chunk`] positions), and the sampler.
     pub fn dispatches_per_token(&self, pos: usize) -> usize {
-        let ch = |m: &MatOp| m.chunks.len();
-        let merge = usize::from(pos + 1 > self.gpu.ctx.info.attn_decode_chunk as usize);
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                5 + merge
-                    + ch(&l.q)
-                    + ch(&l.k)
-                    + ch(&l.v)
-                    + ch(&l.o)
-                    + ch(&l.gate)
-                    + ch(&l.up)
-                    + ch(&l.down)
-            })
-            .sum();
-        ch(&self.embd) + layers + 2 + ch(&self.output)
+        let chunk = self.gpu.ctx.info.attn_decode_chunk as usize;
+        let count = |s: &Step| match s {
+            Step::Embed { m, .. } | Step::Linear { m, .. } => m.chunks.len(),
+            Step::Attend { layer, .. } => {
+                let w = self.cfg.layers[*layer].window;
+                let visible = if w > 0 { (pos + 1).min(w) } else { pos + 1 };
+                1 + usize::from(visible > chunk)
+            }
+            _ => 1,
+        };
+        self.layers.iter().chain(&self.head).map(count).sum::<usize>() + 1
     }
 
     /// Dispatches recorded by the last forward / decode call (its last batch).
@@ -568,7 +601,10 @@ impl GpuModel {
                 detail: "no tokens".into(),
             });
         }
-        if pos + tokens.len() > self.n_ctx {
+        if pos
+            .checked_add(tokens.len())
+            .is_none_or(|end| end > self.n_ctx)
+        {
             return Err(Error::ContextFull {
                 n_prompt: pos,
                 n_requested: tokens.len(),
@@ -589,13 +625,6 @@ impl GpuModel {
         let c = &self.cfg;
         let n = tokens.len() as u32;
         let pos = u32_of("gpu forward", pos)?;
-        let (n_embd, q_dim, kv_dim, n_ff) = (
-            c.n_embd as u32,
-            c.q_dim() as u32,
-            c.kv_dim() as u32,
-            c.n_ff as u32,
-        );
-        let n_vocab = c.n_vocab as u32;
         self.gpu
             .ctx
             .queue
@@ -607,7 +636,6 @@ impl GpuModel {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("slm forward"),
             });
-        let has_freq = self.freq_present;
         let mut r = Rec {
             pass: enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("slm layers"),
@@ -616,127 +644,21 @@ impl GpuModel {
             arena: &mut self.arena,
             pipes: &self.gpu.pipes,
             tpr: self.gpu.ctx.info.matmul_threads_per_row,
+            chunk: self.gpu.ctx.info.attn_decode_chunk,
+            cfg: c,
+            n_ctx: self.n_ctx as u32,
             count: 0,
         };
-        let eps = c.rms_eps;
-        let norm = NormParams {
-            n: n_embd,
-            row_begin: 0,
-            n_rows: n,
-            eps,
-        };
-        let rp = RopeParams {
-            n_head: c.n_head as u32,
-            n_head_kv: c.n_head_kv as u32,
-            head_dim: c.head_dim as u32,
-            n_rot: c.n_rot as u32,
-            pos0: pos,
-            n_tok: n,
-            neox: match c.rope_layout {
-                RopeLayout::Adjacent => 0,
-                RopeLayout::Neox => 1,
-            },
-            has_freq: has_freq as u32,
-            q_stride: q_dim,
-            kv_dim,
-            base: c.rope_base,
-            pos_scale: c.rope_pos_scale,
-        };
-        let ap = AttnParams {
-            n_head: c.n_head as u32,
-            n_head_kv: c.n_head_kv as u32,
-            head_dim: c.head_dim as u32,
-            n_tok: n,
-            pos0: pos,
-            kv_dim,
-            q_stride: q_dim,
-            n_ctx: self.n_ctx as u32,
-            scale: 1.0 / (c.head_dim as f32).sqrt(),
-            ..Default::default()
-        }
-        .with_decode_chunk(self.gpu.ctx.info.attn_decode_chunk);
-
-        // Embedding lookup.
-        let pieces = n_embd.div_ceil(16);
-        for (inst, row_begin, rows) in &self.embd.chunks {
-            let total = n * pieces;
-            let p = GetRowsParams {
-                cols: n_embd,
-                row_bytes: self.embd.row_bytes,
-                n_tok: n,
-                row_begin: *row_begin,
-                n_rows: *rows,
-                total,
-                _pad: [0; 2],
-            };
-            r.go(
-                Op::GetRows,
-                self.embd.dtype,
-                inst,
-                &p,
-                total.div_ceil(ELT_WG),
-            )?;
-        }
-        for l in &self.layers {
-            // Attention block.
-            r.go(Op::RmsNorm, GgmlDType::F32, &l.attn_norm, &norm, n)?;
-            r.mat(&l.q, n, 0, n_embd, 0, q_dim, false)?;
-            r.mat(&l.k, n, 0, n_embd, 0, kv_dim, false)?;
-            r.mat(&l.v, n, 0, n_embd, 0, kv_dim, false)?;
-            r.go(Op::Rope, GgmlDType::F32, &l.rope, &rp, rp.workgroups())?;
-            if n == 1 {
-                // Decode: one workgroup per (head, cache chunk), then the merge.
-                let n_heads = ap.n_head;
-                r.go(
-                    Op::AttnDecode,
-                    GgmlDType::F32,
-                    &l.attn,
-                    &ap,
-                    n_heads * ap.n_chunks,
-                )?;
-                if ap.n_chunks > 1 {
-                    r.go(Op::AttnCombine, GgmlDType::F32, &l.attn, &ap, n_heads)?;
-                }
-            } else {
-                r.go(Op::Attention, GgmlDType::F32, &l.attn, &ap, n * ap.n_head)?;
-            }
-            r.mat(&l.o, n, 0, q_dim, 0, n_embd, true)?;
-            // Feed-forward block.
-            r.go(Op::RmsNorm, GgmlDType::F32, &l.ffn_norm, &norm, n)?;
-            r.mat(&l.gate, n, 0, n_embd, 0, n_ff, false)?;
-            r.mat(&l.up, n, 0, n_embd, 0, n_ff, false)?;
-            let sw = EltParams {
-                n: n * n_ff,
-                _pad: [0; 3],
-            };
-            r.go(
-                Op::SwiGlu,
-                GgmlDType::F32,
-                &l.swiglu,
-                &sw,
-                sw.n.div_ceil(ELT_WG),
-            )?;
-            r.mat(&l.down, n, 0, n_ff, 0, n_embd, true)?;
+        for s in &self.layers {
+            r.step(s, n, 0, pos)?;
         }
         // Final norm and output projection: every row for Logits::All, else the last one.
         let all = matches!(tail, Tail::Logits(Logits::All));
         let (first, n_out) = if all { (0, n) } else { (n - 1, 1) };
-        let fnorm = NormParams {
-            n: n_embd,
-            row_begin: first,
-            n_rows: n_out,
-            eps,
-        };
-        r.go(Op::RmsNorm, GgmlDType::F32, &self.out_norm, &fnorm, n_out)?;
-        r.mat(
-            &self.output,
-            n_out,
-            first * n_embd,
-            n_embd,
-            0,
-            n_vocab,
-            false,
-        )?;
+        for s in &self.head {
+            r.step(s, n_out, first, pos)?;
+        }
+        let n_vocab = c.n_vocab as u32;
         if let Tail::Sample(s) = tail {
             let p = s.params(n_vocab, 0);
             r.go(Op::Sample, GgmlDType::F32, &self.sample, &p, 1)?;
@@ -751,7 +673,10 @@ impl GpuModel {
             }
             Tail::Logits(_) => {
                 let bytes = (n_out * n_vocab * 4) as u64;
-                enc.copy_buffer_to_buffer(&self.bufs.logits, 0, &self.bufs.staging_logits, 0, bytes)
+                let logits = self.bufs.acts[Act::Logits as usize][0]
+                    .as_ref()
+                    .expect("logits buffer");
+                enc.copy_buffer_to_buffer(logits, 0, &self.bufs.staging_logits, 0, bytes)
             }
         }
         Ok(enc.finish())
@@ -766,6 +691,10 @@ struct Rec<'a> {
     pipes: &'a PipelineCache,
     /// Matmul invocations per weight row.
     tpr: u32,
+    /// Decode attention chunk.
+    chunk: u32,
+    cfg: &'a ModelConfig,
+    n_ctx: u32,
     count: usize,
 }
 
@@ -786,42 +715,168 @@ impl Rec<'_> {
         Ok(())
     }
 
-    /// y (+)= W x for `n` tokens: x row t at x_off + t * x_stride, y row t at
-    /// y_off + t * y_stride (+ the chunk's first row). One dispatch per weight chunk.
-    #[allow(clippy::too_many_arguments)]
-    fn mat(
-        &mut self,
-        m: &MatOp,
-        n: u32,
-        x_off: u32,
-        x_stride: u32,
-        y_off: u32,
-        y_stride: u32,
-        accumulate: bool,
-    ) -> Result<()> {
-        let (op, tile) = if n == 1 {
-            (Op::MatVec, 1)
-        } else {
-            (Op::MatMul, MATMUL_TILE)
-        };
-        for (inst, row_begin, rows) in &m.chunks {
-            let total = MatParams::workgroups(*rows, n, tile, self.tpr);
-            let p = MatParams {
-                rows: *rows,
-                cols: m.cols,
-                row_bytes: m.row_bytes,
-                n_tok: n,
-                x_off,
-                x_stride,
-                out_off: y_off + row_begin,
-                out_stride: y_stride,
-                bias_off: *row_begin,
-                flags: (if m.bias { MAT_BIAS } else { 0 })
-                    | (if accumulate { MAT_ACCUMULATE } else { 0 }),
-                total_wg: total,
-                _pad: 0,
-            };
-            self.go(op, m.dtype, inst, &p, total)?;
+    /// Record `s` for `n` rows starting at row `first` (0 except in the head) of a batch at
+    /// positions `pos ..`.
+    fn step(&mut self, s: &Step, n: u32, first: u32, pos: u32) -> Result<()> {
+        let c = self.cfg;
+        match s {
+            Step::Embed { m, scale } => {
+                let cols = m.cols;
+                let pieces = cols.div_ceil(16);
+                for (inst, row_begin, rows) in &m.chunks {
+                    let total = n * pieces;
+                    let p = GetRowsParams {
+                        cols,
+                        row_bytes: m.row_bytes,
+                        n_tok: n,
+                        row_begin: *row_begin,
+                        n_rows: *rows,
+                        total,
+                        scale: *scale,
+                        _pad: 0,
+                    };
+                    self.go(Op::GetRows, m.dtype, inst, &p, total.div_ceil(ELT_WG))?;
+                }
+            }
+            Step::Norm {
+                inst,
+                n: width,
+                heads,
+                add,
+            } => {
+                let p = if *heads == 0 {
+                    NormParams {
+                        n: *width,
+                        row_begin: first,
+                        n_rows: n,
+                        eps: c.rms_eps,
+                        add: *add as u32,
+                        _pad: [0; 3],
+                    }
+                } else {
+                    NormParams {
+                        n: *width,
+                        row_begin: first * heads,
+                        n_rows: n * heads,
+                        eps: c.rms_eps,
+                        add: *add as u32,
+                        _pad: [0; 3],
+                    }
+                };
+                self.go(Op::RmsNorm, GgmlDType::F32, inst, &p, p.n_rows)?;
+            }
+            Step::Linear {
+                m,
+                x_width,
+                out_width,
+                out_is_logits,
+                epi,
+            } => {
+                let (op, tile) = if n == 1 {
+                    (Op::MatVec, 1)
+                } else {
+                    (Op::MatMul, MATMUL_TILE)
+                };
+                let out_row = if *out_is_logits { 0 } else { first };
+                for (inst, row_begin, rows) in &m.chunks {
+                    let total = MatParams::workgroups(*rows, n, tile, self.tpr);
+                    let p = MatParams {
+                        rows: *rows,
+                        cols: m.cols,
+                        row_bytes: m.row_bytes,
+                        n_tok: n,
+                        x_off: first * x_width,
+                        x_stride: *x_width,
+                        out_off: out_row * out_width + row_begin,
+                        out_stride: *out_width,
+                        bias_off: *row_begin,
+                        flags: (if m.bias { MAT_BIAS } else { 0 })
+                            | (if epi.accumulate { MAT_ACCUMULATE } else { 0 }),
+                        total_wg: total,
+                        scale: epi.scale,
+                        softcap: epi.softcap,
+                        _pad: [0; 2],
+                    };
+                    self.go(op, m.dtype, inst, &p, total)?;
+                }
+            }
+            Step::Rope {
+                inst,
+                layer,
+                has_freq,
+            } => {
+                let spec = c.layers[*layer];
+                let (base, pos_scale, mscale, rotate) = match spec.rope {
+                    Some(r) => (r.base, r.pos_scale, r.mscale, 1),
+                    None => (1.0, 1.0, 1.0, 0),
+                };
+                let p = RopeParams {
+                    n_head: c.n_head as u32,
+                    n_head_kv: c.n_head_kv as u32,
+                    head_dim: c.head_dim as u32,
+                    n_rot: c.n_rot as u32,
+                    pos0: pos,
+                    n_tok: n,
+                    neox: match c.rope_layout {
+                        RopeLayout::Adjacent => 0,
+                        RopeLayout::Neox => 1,
+                    },
+                    has_freq: *has_freq as u32,
+                    q_stride: c.q_dim() as u32,
+                    kv_dim: c.kv_dim() as u32,
+                    base,
+                    pos_scale,
+                    mscale,
+                    rotate,
+                    _pad: [0; 2],
+                };
+                self.go(Op::Rope, GgmlDType::F32, inst, &p, p.workgroups())?;
+            }
+            Step::Attend { inst, layer } => {
+                let spec = c.layers[*layer];
+                let ap = AttnParams {
+                    n_head: c.n_head as u32,
+                    n_head_kv: c.n_head_kv as u32,
+                    head_dim: c.head_dim as u32,
+                    n_tok: n,
+                    pos0: pos,
+                    kv_dim: c.kv_dim() as u32,
+                    q_stride: c.q_dim() as u32,
+                    n_ctx: self.n_ctx,
+                    scale: spec.attn_scale,
+                    softcap: spec.attn_softcap,
+                    window: u32_of("gpu forward", spec.window)?,
+                    ..Default::default()
+                }
+                .with_decode_chunk(self.chunk);
+                if n == 1 {
+                    // Decode: one workgroup per (head, cache chunk), then the merge.
+                    let heads = ap.n_head;
+                    self.go(
+                        Op::AttnDecode,
+                        GgmlDType::F32,
+                        inst,
+                        &ap,
+                        heads * ap.n_chunks,
+                    )?;
+                    if ap.n_chunks > 1 {
+                        self.go(Op::AttnCombine, GgmlDType::F32, inst, &ap, heads)?;
+                    }
+                } else {
+                    self.go(Op::Attention, GgmlDType::F32, inst, &ap, n * ap.n_head)?;
+                }
+            }
+            Step::Glu { inst, act } => {
+                let p = EltParams {
+                    n: n * c.n_ff as u32,
+                    act: match act {
+                        Glu::Silu => 0,
+                        Glu::GeluTanh => 1,
+                    },
+                    _pad: [0; 2],
+                };
+                self.go(Op::Glu, GgmlDType::F32, inst, &p, p.n.div_ceil(ELT_WG))?;
+            }
         }
         Ok(())
     }

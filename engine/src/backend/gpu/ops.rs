@@ -142,7 +142,9 @@ impl Gpu {
                 bias_off: c.row_begin as u32,
                 flags: if bias.is_some() { MAT_BIAS } else { 0 },
                 total_wg: total,
-                _pad: 0,
+                scale: 1.0,
+                softcap: 0.0,
+                _pad: [0; 2],
             };
             jobs.push(Job {
                 params: bytemuck::bytes_of(&p).to_vec(),
@@ -181,7 +183,8 @@ impl Gpu {
                 row_begin: c.row_begin as u32,
                 n_rows: c.rows as u32,
                 total,
-                _pad: [0; 2],
+                scale: 1.0,
+                _pad: 0,
             };
             jobs.push(Job {
                 params: bytemuck::bytes_of(&p).to_vec(),
@@ -230,6 +233,7 @@ impl Gpu {
             row_begin: 0,
             n_rows: u32_of(OP, rows)?,
             eps,
+            ..Default::default()
         };
         self.simple(
             Op::RmsNorm,
@@ -308,6 +312,47 @@ impl Gpu {
         layout: RopeLayout,
         freq: Option<&[f32]>,
     ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        self.rope_kv_ext(
+            q,
+            k,
+            v,
+            n_tok,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_rot,
+            pos0,
+            base,
+            pos_scale,
+            layout,
+            freq,
+            1.0,
+            true,
+        )
+        .await
+    }
+
+    /// [`Self::rope_kv`] with cos/sin scaled by `mscale` and, when `rotate` is false, no
+    /// rotation (a NoPE layer: Q copied, K and V only stored).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn rope_kv_ext(
+        &mut self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        n_tok: usize,
+        n_head: usize,
+        n_head_kv: usize,
+        head_dim: usize,
+        n_rot: usize,
+        pos0: usize,
+        base: f32,
+        pos_scale: f32,
+        layout: RopeLayout,
+        freq: Option<&[f32]>,
+        mscale: f32,
+        rotate: bool,
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         const OP: &str = "gpu rope";
         let (qd, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
         shape(
@@ -360,6 +405,9 @@ impl Gpu {
             kv_dim: kv_dim as u32,
             base,
             pos_scale,
+            mscale,
+            rotate: rotate as u32,
+            _pad: [0; 2],
         };
         let q_rot = self
             .simple(
@@ -395,6 +443,37 @@ impl Gpu {
         n_head_kv: usize,
         head_dim: usize,
     ) -> Result<Vec<f32>> {
+        self.attention_ext(
+            q,
+            k_cache,
+            v_cache,
+            n_tok,
+            pos0,
+            n_head,
+            n_head_kv,
+            head_dim,
+            0,
+            0.0,
+        )
+        .await
+    }
+
+    /// [`Self::attention`] within a sliding `window` (0 = none) with scores soft-capped at
+    /// `softcap` (0 = none).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn attention_ext(
+        &mut self,
+        q: &[f32],
+        k_cache: &[f32],
+        v_cache: &[f32],
+        n_tok: usize,
+        pos0: usize,
+        n_head: usize,
+        n_head_kv: usize,
+        head_dim: usize,
+        window: usize,
+        softcap: f32,
+    ) -> Result<Vec<f32>> {
         const OP: &str = "gpu attention";
         let kv_dim = n_head_kv * head_dim;
         let qd = n_head * head_dim;
@@ -428,6 +507,8 @@ impl Gpu {
             q_stride: qd as u32,
             n_ctx: u32_of(OP, n_ctx)?,
             scale: 1.0 / (head_dim as f32).sqrt(),
+            softcap,
+            window: u32_of(OP, window)?,
             ..Default::default()
         }
         .with_decode_chunk(chunk);
@@ -455,7 +536,7 @@ impl Gpu {
             .await
     }
 
-    async fn eltwise(&mut self, op: Op, a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
+    async fn eltwise(&mut self, op: Op, a: &[f32], b: &[f32], act: u32) -> Result<Vec<f32>> {
         shape("gpu eltwise", a.len() == b.len() && !a.is_empty(), || {
             format!("{} vs {} values", a.len(), b.len())
         })?;
@@ -463,7 +544,8 @@ impl Gpu {
         let bb = self.f32_buf("b", b)?;
         let p = EltParams {
             n: u32_of("gpu eltwise", a.len())?,
-            _pad: [0; 3],
+            act,
+            _pad: [0; 2],
         };
         self.simple(op, &p, vec![&ab, &bb], p.n.div_ceil(ELT_WG), &ab, a.len())
             .await
@@ -471,12 +553,17 @@ impl Gpu {
 
     /// SwiGLU: returns silu(gate) * up. gate, up: (n).
     pub async fn swiglu(&mut self, gate: &[f32], up: &[f32]) -> Result<Vec<f32>> {
-        self.eltwise(Op::SwiGlu, gate, up).await
+        self.eltwise(Op::Glu, gate, up, 0).await
+    }
+
+    /// GeGLU: returns gelu_tanh(gate) * up. gate, up: (n).
+    pub async fn geglu(&mut self, gate: &[f32], up: &[f32]) -> Result<Vec<f32>> {
+        self.eltwise(Op::Glu, gate, up, 1).await
     }
 
     /// Residual add: returns a + b. a, b: (n).
     pub async fn add(&mut self, a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
-        self.eltwise(Op::Add, a, b).await
+        self.eltwise(Op::Add, a, b, 0).await
     }
 
     /// Sample a token id from `logits` (n_vocab) as the decode step does.

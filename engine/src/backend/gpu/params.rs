@@ -21,7 +21,11 @@ pub struct MatParams {
     /// [`MAT_BIAS`] | [`MAT_ACCUMULATE`].
     pub flags: u32,
     pub total_wg: u32,
-    pub _pad: u32,
+    /// Epilogue: `softcap(scale · (W x + b))`.
+    pub scale: f32,
+    /// `c · tanh(v / c)` when > 0.
+    pub softcap: f32,
+    pub _pad: [u32; 2],
 }
 
 /// matmul flag: add `bias[bias_off + r]`.
@@ -52,7 +56,9 @@ pub struct GetRowsParams {
     pub n_rows: u32,
     /// n_tok * ceil(cols / 16) invocations.
     pub total: u32,
-    pub _pad: [u32; 2],
+    /// Rows are multiplied by this (Gemma's √n_embd, Granite's embedding scale).
+    pub scale: f32,
+    pub _pad: u32,
 }
 
 /// rms_norm.wgsl `Params`.
@@ -63,6 +69,9 @@ pub struct NormParams {
     pub row_begin: u32,
     pub n_rows: u32,
     pub eps: f32,
+    /// 1: `out += norm` (post-norm before a residual add).
+    pub add: u32,
+    pub _pad: [u32; 3],
 }
 
 /// rope.wgsl `Params` (RoPE of Q and K fused with the KV-cache store).
@@ -83,6 +92,11 @@ pub struct RopeParams {
     pub kv_dim: u32,
     pub base: f32,
     pub pos_scale: f32,
+    /// cos and sin are multiplied by this (llama.cpp `attn_factor`).
+    pub mscale: f32,
+    /// 0: no rotation (a NoPE layer), K and V are only stored.
+    pub rotate: u32,
+    pub _pad: [u32; 2],
 }
 
 impl RopeParams {
@@ -107,20 +121,35 @@ pub struct AttnParams {
     pub scale: f32,
     /// Decode: cache positions per workgroup (≤ [`ATTN_MAX_CHUNK`]).
     pub chunk: u32,
-    /// Decode: ceil((pos0 + 1) / chunk).
+    /// Decode: ceil(visible positions / chunk).
     pub n_chunks: u32,
-    pub _pad: u32,
+    /// Score soft cap (0 = none).
+    pub softcap: f32,
+    /// Sliding window in positions (0 = none).
+    pub window: u32,
+    pub _pad: [u32; 3],
 }
 
 /// Largest decode chunk (`MAX_CHUNK` of attention_decode.wgsl).
 pub const ATTN_MAX_CHUNK: u32 = 256;
 
 impl AttnParams {
-    /// Set the decode split for a query at `pos0` with chunks of `chunk` positions.
+    /// Set the decode split for a query at `pos0` with chunks of `chunk` positions (call after
+    /// setting `window`).
     pub fn with_decode_chunk(mut self, chunk: u32) -> Self {
         self.chunk = chunk.clamp(1, ATTN_MAX_CHUNK);
-        self.n_chunks = (self.pos0 + 1).div_ceil(self.chunk);
+        self.n_chunks = self.visible(self.pos0).div_ceil(self.chunk);
         self
+    }
+
+    /// Cache positions a query at `pos` sees: `pos + 1`, or `window` once past it
+    /// (attn_io.wgsl `first_visible`).
+    pub fn visible(&self, pos: u32) -> u32 {
+        if self.window > 0 {
+            (pos + 1).min(self.window)
+        } else {
+            pos + 1
+        }
     }
 
     /// Floats of the attention scratch for `n_tok` tokens and `n_ctx` positions: the larger of
@@ -139,12 +168,14 @@ impl AttnParams {
     }
 }
 
-/// swiglu.wgsl / add.wgsl `Params`.
+/// glu.wgsl / add.wgsl `Params`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct EltParams {
     pub n: u32,
-    pub _pad: [u32; 3],
+    /// glu.wgsl: 0 SiLU (SwiGLU), 1 GELU-tanh (GeGLU).
+    pub act: u32,
+    pub _pad: [u32; 2],
 }
 
 /// sample.wgsl `Params`.
@@ -170,4 +201,6 @@ const _: () = {
     assert!(std::mem::size_of::<RopeParams>() as u64 <= PARAMS_BYTES);
     assert!(std::mem::size_of::<AttnParams>() as u64 <= PARAMS_BYTES);
     assert!(std::mem::size_of::<SampleParams>() as u64 <= PARAMS_BYTES);
+    assert!(std::mem::size_of::<NormParams>() as u64 <= PARAMS_BYTES);
+    assert!(std::mem::size_of::<EltParams>() as u64 <= PARAMS_BYTES);
 };

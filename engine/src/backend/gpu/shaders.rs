@@ -40,7 +40,7 @@ pub const RMS_NORM: &str = include_str!("../../../../shaders/rms_norm.wgsl");
 pub const ROPE: &str = include_str!("../../../../shaders/rope.wgsl");
 pub const ATTENTION: &str = include_str!("../../../../shaders/attention.wgsl");
 pub const ATTENTION_DECODE: &str = include_str!("../../../../shaders/attention_decode.wgsl");
-pub const SWIGLU: &str = include_str!("../../../../shaders/swiglu.wgsl");
+pub const GLU: &str = include_str!("../../../../shaders/glu.wgsl");
 pub const ADD: &str = include_str!("../../../../shaders/add.wgsl");
 pub const SAMPLE: &str = include_str!("../../../../shaders/sample.wgsl");
 
@@ -90,7 +90,8 @@ pub enum Op {
     AttnDecode,
     /// Merges the chunks of [`Op::AttnDecode`] (when there is more than one).
     AttnCombine,
-    SwiGlu,
+    /// Gated linear unit in place (SiLU or GELU-tanh, a parameter).
+    Glu,
     Add,
     /// Argmax / temperature, top-k, top-p sampling of one logits row.
     Sample,
@@ -150,7 +151,7 @@ impl Op {
         Op::Attention,
         Op::AttnDecode,
         Op::AttnCombine,
-        Op::SwiGlu,
+        Op::Glu,
         Op::Add,
         Op::Sample,
     ];
@@ -163,7 +164,7 @@ impl Op {
             Op::Rope => ROPE,
             Op::Attention => ATTENTION,
             Op::AttnDecode | Op::AttnCombine => ATTENTION_DECODE,
-            Op::SwiGlu => SWIGLU,
+            Op::Glu => GLU,
             Op::Add => ADD,
             Op::Sample => SAMPLE,
         }
@@ -220,7 +221,7 @@ impl Op {
             // q, k_cache, v_cache, scores (decode: chunk partials), out
             Op::Attention | Op::AttnDecode | Op::AttnCombine => &[false, false, false, true, true],
             // a (rw), b
-            Op::SwiGlu | Op::Add => &[true, false],
+            Op::Glu | Op::Add => &[true, false],
             // logits, out
             Op::Sample => &[false, true],
         }
@@ -230,7 +231,7 @@ impl Op {
     fn layout_op(self) -> Op {
         match self {
             Op::MatMul => Op::MatVec,
-            Op::Add => Op::SwiGlu,
+            Op::Add => Op::Glu,
             Op::AttnDecode | Op::AttnCombine => Op::Attention,
             o => o,
         }

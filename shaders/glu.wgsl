@@ -1,10 +1,11 @@
-// swiglu.wgsl: SwiGLU (Shazeer 2020) in place: gate = silu(gate) * up. gate, up: (n).
+// glu.wgsl: gated linear unit (Shazeer 2020) in place: gate = act(gate) * up, act = SiLU
+// (act 0, SwiGLU) or GELU with the tanh approximation (act 1, GeGLU). gate, up: (n).
 
 const WG: u32 = 64u;
 
 struct Params {
     n: u32,
-    _pad0: u32,
+    act: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -22,5 +23,13 @@ fn main(
     let i = linear_wg(wid, nwg) * WG + lid;
     if (i >= p.n) { return; }
     let g = gate[i];
-    gate[i] = g / (1.0 + exp(-g)) * up[i];
+    var a: f32;
+    if (p.act == 1u) {
+        // 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))); tanh saturates for large |g|.
+        let u = clamp(0.7978846 * g * (1.0 + 0.044715 * g * g), -15.0, 15.0);
+        a = 0.5 * g * (1.0 + tanh(u));
+    } else {
+        a = g / (1.0 + exp(-g));
+    }
+    gate[i] = a * up[i];
 }
