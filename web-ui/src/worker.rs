@@ -19,11 +19,10 @@
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
-use engine::backend::{gpu, LoadedModel};
+use engine::backend::{self, gpu, BackendChoice, GpuHooks, LoadedModel};
 use engine::chat_template::{ChatMessage, ChatTemplate};
 use engine::generate::{GenerateParams, Generation, Step};
 use engine::gguf::{ByteSource, ChunkedSource, GgufFile};
-use engine::model::CpuModel;
 use engine::model::{ForwardPass, Logits};
 use engine::sampler::SamplerParams;
 use engine::tokenizer::Tokenizer;
@@ -227,31 +226,37 @@ async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<(), String>
     let tmpl = ChatTemplate::from_gguf(&g, &tok).map_err(|e| e.to_string())?;
     progress("building the model", 0.6);
 
-    let reason;
-    let mut adapter = String::new();
-    let mut device = JsValue::UNDEFINED;
-    let mut chosen: Option<LoadedModel> = None;
-    if backend != "cpu" {
-        match load_gpu(&g, &src, n_ctx).await {
-            Ok(GpuLoaded {
-                model: m,
-                adapter: name,
-                device: dev,
-            }) => {
-                reason = format!("WebGPU adapter “{name}” passed the self-test");
-                adapter = name;
-                device = dev;
-                chosen = Some(LoadedModel::Gpu(Box::new(m)));
-            }
-            Err(e) if backend == "gpu" => return Err(format!("GPU backend failed: {e}")),
-            Err(e) => reason = format!("GPU not used: {e}"),
-        }
-    } else {
-        reason = "CPU requested".into();
-    }
-    let model = match chosen {
-        Some(m) => m,
-        None => LoadedModel::Cpu(CpuModel::load(&g, &src, n_ctx, 1).map_err(|e| e.to_string())?),
+    let choice = match backend {
+        "cpu" => BackendChoice::Cpu,
+        "gpu" => BackendChoice::Gpu,
+        _ => BackendChoice::Auto,
+    };
+    let navigator = crate::js::global_get("navigator");
+    let unavailable = (navigator.is_undefined() || get(&navigator, "gpu").is_undefined())
+        .then(|| "this browser has no WebGPU".to_string());
+    // Recorded by worker.js's requestDevice wrapper, right after wgpu's request.
+    let mut recorded: Option<(String, JsValue)> = None;
+    let mut on_device = |dev: &gpu::Gpu| {
+        let r = crate::js::global_get("__slm_gpu");
+        let adapter =
+            crate::js::adapter_label_js(&dev.info().name, &get(&get(&r, "adapter"), "info"));
+        recorded = Some((adapter, get(&r, "device")));
+    };
+    let hooks = GpuHooks {
+        unavailable,
+        on_device: Some(&mut on_device),
+    };
+    let (model, why) = backend::load_async(&g, &src, choice, n_ctx, 1, hooks)
+        .await
+        .map_err(|e| match choice {
+            BackendChoice::Gpu => format!("GPU backend failed: {e}"),
+            _ => e.to_string(),
+        })?;
+    let (adapter, device) = recorded.unwrap_or_default();
+    let reason = match &model {
+        LoadedModel::Gpu(_) => format!("WebGPU adapter “{adapter}” passed the self-test"),
+        LoadedModel::Cpu(_) if choice == BackendChoice::Cpu => "CPU requested".to_string(),
+        LoadedModel::Cpu(_) => why,
     };
     drop(src);
     let (name, n_ctx) = (model.name(), model.n_ctx());
@@ -276,41 +281,6 @@ async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<(), String>
         load_ms: now_ms() - t0,
     });
     Ok(())
-}
-
-/// A model on the GPU, its adapter's name and its JavaScript `GPUDevice` (`undefined` when
-/// `worker.js` could not record it).
-struct GpuLoaded {
-    model: gpu::GpuModel,
-    adapter: String,
-    device: JsValue,
-}
-
-async fn load_gpu<S: ByteSource + ?Sized>(
-    g: &GgufFile,
-    src: &S,
-    n_ctx: usize,
-) -> Result<GpuLoaded, Error> {
-    if crate::js::global_get("navigator").is_undefined()
-        || get(&crate::js::global_get("navigator"), "gpu").is_undefined()
-    {
-        return Err(Error::GpuUnavailable("this browser has no WebGPU".into()));
-    }
-    // gemma3 has no GPU forward pass yet: say so before starting a device (the CPU takes it).
-    gpu::model::ensure_supported(&engine::model::ModelConfig::from_gguf(g)?)?;
-    let mut dev = gpu::Gpu::new_async(&gpu::GpuOptions::default()).await?;
-    // Recorded by worker.js's requestDevice wrapper, right after wgpu's request.
-    let recorded = crate::js::global_get("__slm_gpu");
-    let device = get(&recorded, "device");
-    let adapter =
-        crate::js::adapter_label_js(&dev.info().name, &get(&get(&recorded, "adapter"), "info"));
-    gpu::self_test(&mut dev).await?;
-    let model = gpu::GpuModel::load(dev, g, src, n_ctx)?;
-    Ok(GpuLoaded {
-        model,
-        adapter,
-        device,
-    })
 }
 
 fn error_kind(e: &Error) -> &'static str {

@@ -6,7 +6,6 @@ pub mod cpu;
 pub mod gpu;
 
 use crate::error::{Error, Result};
-#[cfg(not(target_arch = "wasm32"))]
 use crate::gguf::{ByteSource, GgufFile};
 use crate::model::{ForwardPass, Logits, ModelConfig};
 use crate::sampler::SamplerParams;
@@ -94,12 +93,91 @@ impl ForwardPass for LoadedModel {
     }
 }
 
-/// Load the model on the chosen backend (native: blocking). Returns the model and a sentence
-/// saying which backend was taken and why.
+/// What the caller knows about the GPU before the loader tries it, and a hook for the device.
+#[derive(Default)]
+pub struct GpuHooks<'a> {
+    /// Why this environment has no GPU at all, when known up front (a browser without
+    /// WebGPU): the GPU is then not tried.
+    pub unavailable: Option<String>,
+    /// Called with the device as soon as it exists (the browser worker records its JavaScript
+    /// `GPUDevice` there, to watch for its loss).
+    pub on_device: Option<&'a mut dyn FnMut(&gpu::Gpu)>,
+}
+
+/// Errors that are the model file's fault, not the GPU's: `auto` reports them instead of
+/// falling back (the CPU would refuse the file too).
+fn is_model_error(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::UnsupportedArchitecture(_)
+            | Error::MissingTensor(_)
+            | Error::Metadata { .. }
+            | Error::Gguf { .. }
+            | Error::Truncated { .. }
+    )
+}
+
+/// Load the model on the chosen backend: the one selection rule, used by the CLI (through
+/// [`load`]) and by the browser worker. Returns the model and a sentence saying which backend
+/// was taken and why.
 ///
-/// Errors: the GPU errors when `Gpu` was asked for explicitly (for `gemma3`:
-/// [`Error::GpuUnsupportedArchitecture`]); with `Auto` any GPU failure falls back to the CPU
-/// (the reason is in the returned sentence).
+/// - `Cpu`: the CPU with `threads` workers (0 = all cores; wasm: 1).
+/// - `Gpu`: the GPU or its error.
+/// - `Auto`: the GPU when an adapter exists, its self-test passes and the model loads on it;
+///   otherwise the CPU, the reason being the GPU's error. Errors that are the file's fault
+///   (unsupported architecture, missing tensor, bad metadata, truncated file) are returned as
+///   they are.
+pub async fn load_async<S: ByteSource + ?Sized>(
+    g: &GgufFile,
+    src: &S,
+    choice: BackendChoice,
+    n_ctx: usize,
+    threads: usize,
+    hooks: GpuHooks<'_>,
+) -> Result<(LoadedModel, String)> {
+    let load_cpu = |why: String| -> Result<(LoadedModel, String)> {
+        Ok((
+            LoadedModel::Cpu(CpuModel::load(g, src, n_ctx, threads)?),
+            why,
+        ))
+    };
+    if choice == BackendChoice::Cpu {
+        return load_cpu("requested".into());
+    }
+    let GpuHooks {
+        unavailable,
+        mut on_device,
+    } = hooks;
+    let gpu = async {
+        if let Some(why) = unavailable {
+            return Err(Error::GpuUnavailable(why));
+        }
+        // Refuse what the GPU backend cannot run before starting a device.
+        gpu::model::ensure_supported(&crate::arch::config(g)?)?;
+        let mut dev = gpu::Gpu::new_async(&gpu::GpuOptions::default()).await?;
+        if let Some(f) = on_device.as_mut() {
+            f(&dev);
+        }
+        gpu::self_test(&mut dev).await?;
+        let name = dev.info().name.clone();
+        let m = gpu::model::GpuModel::load(dev, g, src, n_ctx)?;
+        Ok((
+            LoadedModel::Gpu(Box::new(m)),
+            format!("adapter `{name}` passed the self-test"),
+        ))
+    }
+    .await;
+    match (choice, gpu) {
+        (_, Ok(m)) => Ok(m),
+        (BackendChoice::Gpu, Err(e)) => Err(e),
+        (_, Err(e)) if is_model_error(&e) => Err(e),
+        (_, Err(e)) => load_cpu(format!("GPU not used: {e}")),
+    }
+}
+
+/// Blocking [`load_async`] (native), without hooks.
+///
+/// Errors: as [`load_async`].
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load<S: ByteSource + ?Sized>(
     g: &GgufFile,
@@ -108,36 +186,12 @@ pub fn load<S: ByteSource + ?Sized>(
     n_ctx: usize,
     threads: usize,
 ) -> Result<(LoadedModel, String)> {
-    let load_gpu = || -> Result<(LoadedModel, String)> {
-        // Refuse architectures the GPU backend lacks before starting a device.
-        gpu::model::ensure_supported(&crate::arch::config(g)?)?;
-        let mut dev = gpu::Gpu::new(&gpu::GpuOptions::default())?;
-        gpu::block_on(gpu::self_test(&mut dev))?;
-        let name = dev.info().name.clone();
-        let m = gpu::model::GpuModel::load(dev, g, src, n_ctx)?;
-        Ok((
-            LoadedModel::Gpu(Box::new(m)),
-            format!("adapter `{name}` passed the self-test"),
-        ))
-    };
-    let load_cpu = |why: String| -> Result<(LoadedModel, String)> {
-        Ok((
-            LoadedModel::Cpu(CpuModel::load(g, src, n_ctx, threads)?),
-            why,
-        ))
-    };
-    match choice {
-        BackendChoice::Cpu => load_cpu("requested".into()),
-        BackendChoice::Gpu => load_gpu(),
-        BackendChoice::Auto => match load_gpu() {
-            Ok(m) => Ok(m),
-            // Model-level errors are not the GPU's fault: report them as they are.
-            Err(
-                e @ (Error::UnsupportedArchitecture(_)
-                | Error::MissingTensor(_)
-                | Error::Metadata { .. }),
-            ) => Err(e),
-            Err(e) => load_cpu(format!("GPU not used: {e}")),
-        },
-    }
+    gpu::block_on(load_async(
+        g,
+        src,
+        choice,
+        n_ctx,
+        threads,
+        GpuHooks::default(),
+    ))
 }

@@ -102,10 +102,11 @@ impl WeightStore for GpuStore<'_> {
         Ok(Mat(self.mats.len() - 1))
     }
     fn vector(&mut self, name: &str, v: Vec<f32>) -> Result<Vector> {
-        let b = self
-            .gpu
-            .ctx
-            .buffer_init(name, bytemuck::cast_slice(&v), wgpu::BufferUsages::STORAGE)?;
+        let b = self.gpu.ctx.buffer_init(
+            name,
+            bytemuck::cast_slice(&v),
+            wgpu::BufferUsages::STORAGE,
+        )?;
         self.vecs.push(b);
         Ok(Vector(self.vecs.len() - 1))
     }
@@ -581,7 +582,12 @@ impl GpuModel {
             }
             _ => 1,
         };
-        self.layers.iter().chain(&self.head).map(count).sum::<usize>() + 1
+        self.layers
+            .iter()
+            .chain(&self.head)
+            .map(count)
+            .sum::<usize>()
+            + 1
     }
 
     /// Dispatches recorded by the last forward / decode call (its last batch).

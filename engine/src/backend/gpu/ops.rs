@@ -313,21 +313,8 @@ impl Gpu {
         freq: Option<&[f32]>,
     ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         self.rope_kv_ext(
-            q,
-            k,
-            v,
-            n_tok,
-            n_head,
-            n_head_kv,
-            head_dim,
-            n_rot,
-            pos0,
-            base,
-            pos_scale,
-            layout,
-            freq,
-            1.0,
-            true,
+            q, k, v, n_tok, n_head, n_head_kv, head_dim, n_rot, pos0, base, pos_scale, layout,
+            freq, 1.0, true,
         )
         .await
     }
@@ -444,16 +431,7 @@ impl Gpu {
         head_dim: usize,
     ) -> Result<Vec<f32>> {
         self.attention_ext(
-            q,
-            k_cache,
-            v_cache,
-            n_tok,
-            pos0,
-            n_head,
-            n_head_kv,
-            head_dim,
-            0,
-            0.0,
+            q, k_cache, v_cache, n_tok, pos0, n_head, n_head_kv, head_dim, 0, 0.0,
         )
         .await
     }
