@@ -1,10 +1,19 @@
 //! Chat templates: renders `tokenizer.chat_template` (Jinja) with `minijinja`, configured like
 //! Hugging Face's `apply_chat_template` (`trim_blocks`, `lstrip_blocks`, loop controls,
 //! `raise_exception`, `strftime_now`, Python-style `tojson` and string/dict methods), with
-//! built-in fallbacks for models that carry none (Gemma turn format, ChatML).
+//! built-in fallbacks for models that carry none (Gemma turn format, ChatML). Every render runs
+//! under a budget ([`budget`]): the template comes from the model file and is untrusted.
 
+mod budget;
+
+use minijinja::machinery::{self, CodeGenerator, WhitespaceConfig};
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{AutoEscape, Environment, ErrorKind, State};
+
+pub use budget::{
+    TemplateLimit, TemplateLimits, MAX_TEMPLATE_ITEMS, MAX_TEMPLATE_SOURCE, MAX_TEMPLATE_WIDTH,
+    TEMPLATE_FUEL, TEMPLATE_RECURSION,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -53,12 +62,27 @@ pub const CHATML_TEMPLATE: &str = "{%- for m in messages -%}\
 
 const NAME: &str = "chat";
 
-/// A compiled chat template plus the BOS/EOS text it is rendered with.
+/// What one render used of its [`TemplateLimits`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RenderUsage {
+    /// VM instructions run.
+    pub fuel: u64,
+    /// Bytes produced by the operations the budget charges.
+    pub bytes: usize,
+    /// Bytes of output, captures included.
+    pub output: usize,
+}
+
+/// A compiled chat template plus the BOS/EOS text it is rendered with and the limits it renders
+/// under.
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,
     bos_token: String,
     eos_token: String,
+    limits: TemplateLimits,
+    /// Whether this is a built-in template chosen by [`ChatTemplate::builtin`].
+    builtin: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -71,15 +95,93 @@ impl std::fmt::Debug for ChatTemplate {
     }
 }
 
-fn cterr(e: minijinja::Error) -> Error {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
+/// A minijinja error as [`Error::ChatTemplate`]; `breach` is the budget's own record of a
+/// limit it enforced.
+fn cterr(e: minijinja::Error, breach: Option<(TemplateLimit, String)>, limits: &TemplateLimits) -> Error {
+    if let Some((limit, what)) = breach {
+        return Error::ChatTemplate {
+            limit: Some(limit),
+            what,
+        };
     }
-    Error::ChatTemplate(msg)
+    let limit = match e.kind() {
+        ErrorKind::OutOfFuel => Some(TemplateLimit::Fuel),
+        _ if e.to_string().contains("recursion limit exceeded") => Some(TemplateLimit::Recursion),
+        _ => None,
+    };
+    let what = match limit {
+        Some(TemplateLimit::Fuel) => format!(
+            "rendering exceeds the template's {} of {}",
+            TemplateLimit::Fuel.describe(),
+            limits.fuel
+        ),
+        Some(l) => format!(
+            "rendering exceeds the template's {} of {}",
+            l.describe(),
+            limits.recursion
+        ),
+        None => {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                src = s.source();
+            }
+            msg
+        }
+    };
+    Error::ChatTemplate { limit, what }
+}
+
+/// Parse and compile `source` into instrumented VM code ([`budget::instrument`]).
+fn compile<'s>(
+    source: &'s str,
+    limits: &TemplateLimits,
+) -> Result<(
+    machinery::Instructions<'s>,
+    std::collections::BTreeMap<&'s str, machinery::Instructions<'s>>,
+)> {
+    compile_inner(source, limits).map_err(|e| match e {
+        Ok(e) => cterr(e, None, limits),
+        Err((limit, what)) => Error::ChatTemplate {
+            limit: Some(limit),
+            what,
+        },
+    })
+}
+
+#[allow(clippy::type_complexity)]
+fn compile_inner<'s>(
+    source: &'s str,
+    limits: &TemplateLimits,
+) -> std::result::Result<
+    (
+        machinery::Instructions<'s>,
+        std::collections::BTreeMap<&'s str, machinery::Instructions<'s>>,
+    ),
+    std::result::Result<minijinja::Error, (TemplateLimit, String)>,
+> {
+    let ws = WhitespaceConfig {
+        keep_trailing_newline: false,
+        lstrip_blocks: true,
+        trim_blocks: true,
+    };
+    let ast = machinery::parse(
+        source,
+        NAME,
+        minijinja::syntax::SyntaxConfig::default(),
+        ws,
+    )
+    .map_err(Ok)?;
+    budget::check_constants(&ast, limits).map_err(Err)?;
+    let mut g = CodeGenerator::new(NAME, source);
+    g.compile_stmt(&ast);
+    let (ins, blocks) = g.finish();
+    Ok((
+        budget::instrument(&ins).map_err(Ok)?,
+        budget::instrument_blocks(&blocks).map_err(Ok)?,
+    ))
 }
 
 impl ChatTemplate {
@@ -89,71 +191,209 @@ impl ChatTemplate {
     ///
     /// Errors: [`Error::ChatTemplate`] if the template does not compile.
     pub fn from_gguf(gguf: &GgufFile, tokenizer: &Tokenizer) -> Result<Self> {
-        let text = |id: Option<u32>| {
-            id.and_then(|i| tokenizer.token_text(i))
-                .unwrap_or("")
-                .to_string()
-        };
-        let bos = text(tokenizer.bos_id());
-        let eos = text(tokenizer.eos_id());
-        let source = match gguf
+        match gguf
             .get("tokenizer.chat_template")
             .and_then(MetaValue::as_str)
         {
-            Some(s) if !s.trim().is_empty() => s,
-            _ => {
-                let arch = gguf.architecture().unwrap_or("");
-                if arch.starts_with("gemma") {
-                    GEMMA_TEMPLATE
-                } else {
-                    CHATML_TEMPLATE
-                }
+            Some(s) if !s.trim().is_empty() => {
+                let (bos, eos) = bos_eos(tokenizer);
+                Self::from_source(s, &bos, &eos)
             }
-        };
-        Self::from_source(source, &bos, &eos)
+            _ => Self::builtin(gguf, tokenizer),
+        }
     }
 
-    /// Compile a Jinja chat template rendered with these BOS/EOS texts.
+    /// The built-in template for this model's family ([`GEMMA_TEMPLATE`] for `gemma*`, else
+    /// [`CHATML_TEMPLATE`]), whatever the file carries: the explicit fallback for a file whose
+    /// own template fails (`slm --template-fallback`, the app's "use the built-in format").
     ///
-    /// Errors: [`Error::ChatTemplate`] with minijinja's message if it does not compile.
+    /// Errors: none in practice (the built-in templates compile).
+    pub fn builtin(gguf: &GgufFile, tokenizer: &Tokenizer) -> Result<Self> {
+        let arch = gguf.architecture().unwrap_or("");
+        let source = if arch.starts_with("gemma") {
+            GEMMA_TEMPLATE
+        } else {
+            CHATML_TEMPLATE
+        };
+        let (bos, eos) = bos_eos(tokenizer);
+        let mut t = Self::from_source(source, &bos, &eos)?;
+        t.builtin = true;
+        Ok(t)
+    }
+
+    /// [`ChatTemplate::from_gguf`] followed by [`ChatTemplate::check`]: the file's template, or
+    /// its error. With `fallback`, a template that fails either step is replaced by
+    /// [`ChatTemplate::builtin`] and the error is returned beside it, for the caller to
+    /// report (the fallback is never silent).
+    ///
+    /// Errors: [`Error::ChatTemplate`] when the template fails and `fallback` is false.
+    pub fn load(
+        gguf: &GgufFile,
+        tokenizer: &Tokenizer,
+        limits: TemplateLimits,
+        fallback: bool,
+    ) -> Result<(Self, Option<Error>)> {
+        let own = Self::from_gguf(gguf, tokenizer).and_then(|mut t| {
+            t.set_limits(limits);
+            t.check()?;
+            Ok(t)
+        });
+        match own {
+            Ok(t) => Ok((t, None)),
+            Err(e @ Error::ChatTemplate { .. }) if fallback => {
+                let mut t = Self::builtin(gguf, tokenizer)?;
+                t.set_limits(limits);
+                Ok((t, Some(e)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Compile a Jinja chat template rendered with these BOS/EOS texts, under the default
+    /// [`TemplateLimits`].
+    ///
+    /// Errors: [`Error::ChatTemplate`] with minijinja's message if it does not compile, or
+    /// naming [`TemplateLimit::Source`] when it is longer than [`MAX_TEMPLATE_SOURCE`].
     pub fn from_source(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let limits = TemplateLimits::default();
+        if source.len() > limits.max_source {
+            return Err(Error::ChatTemplate {
+                limit: Some(TemplateLimit::Source),
+                what: format!(
+                    "a source of {} bytes exceeds the template's {} of {}",
+                    source.len(),
+                    TemplateLimit::Source.describe(),
+                    limits.max_source
+                ),
+            });
+        }
         let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
         env.set_unknown_method_callback(py_method);
-        env.add_template_owned(NAME, source.to_string())
-            .map_err(cterr)?;
-        Ok(ChatTemplate {
+        budget::install(&mut env);
+        let mut t = ChatTemplate {
             env,
             source: source.to_string(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
-        })
+            limits,
+            builtin: false,
+        };
+        t.set_limits(limits);
+        compile(source, &limits)?;
+        Ok(t)
+    }
+
+    /// Render under `limits` from now on (e.g. [`TemplateLimits::for_context`] of the loaded
+    /// model's context).
+    pub fn set_limits(&mut self, limits: TemplateLimits) {
+        self.env.set_fuel(Some(limits.fuel));
+        self.env.set_recursion_limit(limits.recursion);
+        self.limits = limits;
+    }
+
+    /// The limits renders run under.
+    pub fn limits(&self) -> &TemplateLimits {
+        &self.limits
+    }
+
+    /// Whether this is a built-in template ([`ChatTemplate::builtin`]).
+    pub fn is_builtin(&self) -> bool {
+        self.builtin
+    }
+
+    /// Render a short sample conversation (system, user, assistant, user), so a template that
+    /// cannot render a plain chat within its limits is reported when the model loads, not at
+    /// the first message. A template may refuse system messages (`raise_exception`): then the
+    /// sample is tried without one.
+    ///
+    /// Errors: [`Error::ChatTemplate`] from the render.
+    pub fn check(&self) -> Result<()> {
+        let with_system = [
+            ChatMessage::new("system", "You are a helpful assistant."),
+            ChatMessage::new("user", "Hello!"),
+            ChatMessage::new("assistant", "Hi! How can I help?"),
+            ChatMessage::new("user", "What is 2 + 2?"),
+        ];
+        match self.render(&with_system, true) {
+            Ok(_) => Ok(()),
+            Err(Error::ChatTemplate { limit: None, .. }) => {
+                self.render(&with_system[1..], true).map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Render the conversation; `add_generation_prompt` appends the opening of the assistant's
     /// turn.
     ///
-    /// Errors: [`Error::ChatTemplate`] (e.g. the template's own `raise_exception`).
+    /// Errors: [`Error::ChatTemplate`] (e.g. the template's own `raise_exception`), with `limit`
+    /// set when the render broke one of its [`TemplateLimits`].
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template(NAME).map_err(cterr)?;
-        tmpl.render(minijinja::context! {
+        self.render_measured(messages, add_generation_prompt)
+            .map(|(text, _)| text)
+    }
+
+    /// [`ChatTemplate::render`], also returning what the render used of its budget.
+    ///
+    /// Errors: as [`ChatTemplate::render`].
+    pub fn render_measured(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<(String, RenderUsage)> {
+        let (ins, blocks) = compile(&self.source, &self.limits)?;
+        let meter = budget::Metered::start(self.limits);
+        let root = minijinja::context! {
             messages => Value::from_serialize(messages),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),
-        })
-        .map_err(cterr)
+        };
+        let mut text = String::new();
+        let vm = machinery::Vm::new(&self.env);
+        let r = vm.eval(
+            &ins,
+            root,
+            &blocks,
+            &mut machinery::make_string_output(&mut text),
+            AutoEscape::None,
+        );
+        match r {
+            Ok((_, state)) => {
+                let fuel = state.fuel_levels().map_or(0, |(used, _)| used);
+                drop(state);
+                let (bytes, output) = meter.usage();
+                Ok((
+                    text,
+                    RenderUsage {
+                        fuel,
+                        bytes,
+                        output,
+                    },
+                ))
+            }
+            Err(e) => Err(cterr(e, meter.breach(), &self.limits)),
+        }
     }
 
     /// The Jinja source in use.
     pub fn source(&self) -> &str {
         &self.source
     }
+}
+
+/// The BOS and EOS token texts (empty when the vocabulary has none).
+fn bos_eos(tokenizer: &Tokenizer) -> (String, String) {
+    let text = |id: Option<u32>| {
+        id.and_then(|i| tokenizer.token_text(i))
+            .unwrap_or("")
+            .to_string()
+    };
+    (text(tokenizer.bos_id()), text(tokenizer.eos_id()))
 }
 
 fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> {
@@ -288,8 +528,20 @@ fn tojson(
         None => None,
         Some(v) if v.is_none() || v.is_undefined() => None,
         Some(v) => match v.as_str() {
-            Some(s) => Some(s.to_string()),
-            None => Some(" ".repeat(usize::try_from(v)?)),
+            Some(s) => {
+                budget::check_width(s.len(), "a tojson indent of length")?;
+                Some(s.to_string())
+            }
+            None => {
+                let w = usize::try_from(v.clone()).map_err(|_| {
+                    minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("tojson: indent {v} is not a width"),
+                    )
+                })?;
+                budget::check_width(w, "a tojson indent")?;
+                Some(" ".repeat(w))
+            }
         },
     };
     let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
@@ -355,6 +607,7 @@ fn write_json(
             "tojson: value nested too deeply",
         ));
     }
+    budget::check_string(out.len(), "tojson output")?;
     let newline = |out: &mut String, level: usize| {
         if let Some(ind) = o.indent {
             out.push('\n');
@@ -556,10 +809,11 @@ fn py_method(
                         "replace(old, new)",
                     ));
                 };
-                match args.get(2).and_then(Value::as_i64) {
-                    Some(n) if n >= 0 => s.replacen(a, b, n as usize).into(),
-                    _ => s.replace(a, b).into(),
-                }
+                let count = match args.get(2).and_then(Value::as_i64) {
+                    Some(n) if n >= 0 => Some(n as usize),
+                    _ => None,
+                };
+                budget::capped_replace(s, a, b, count)?.into()
             }
             "find" | "rfind" | "count" => {
                 let Some(sub) = arg_str(args, 0) else {
@@ -594,8 +848,7 @@ fn py_method(
                         "join(iterable)",
                     ));
                 };
-                let parts: Vec<String> = items.try_iter()?.map(|v| v.to_string()).collect();
-                parts.join(s).into()
+                budget::capped_join(items, s)?.into()
             }
             _ => return Err(minijinja::Error::from(ErrorKind::UnknownMethod)),
         };
@@ -694,12 +947,12 @@ mod tests {
     fn raise_exception_is_a_typed_error() {
         let err = render("{{ raise_exception('roles must alternate') }}", &[]).unwrap_err();
         match err {
-            Error::ChatTemplate(m) => assert!(m.contains("roles must alternate"), "{m}"),
+            Error::ChatTemplate { what: m, .. } => assert!(m.contains("roles must alternate"), "{m}"),
             e => panic!("wrong error {e:?}"),
         }
         assert!(matches!(
             ChatTemplate::from_source("{% for %}", "", ""),
-            Err(Error::ChatTemplate(_))
+            Err(Error::ChatTemplate { .. })
         ));
     }
 
@@ -742,6 +995,131 @@ mod tests {
         assert_eq!(
             c,
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n Hi <|im_end|>\n"
+        );
+    }
+
+    /// Templates an attacker would put in a model file: each ends quickly in a typed error
+    /// naming the limit it broke, never a hang, a huge allocation or a panic.
+    #[test]
+    fn hostile_templates_hit_named_limits() {
+        use TemplateLimit as L;
+        let cases: &[(&str, &str, L)] = &[
+            (
+                "nested loops",
+                "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+                L::Fuel,
+            ),
+            (
+                "doubling with ~",
+                "{% set ns = namespace(s='abcdef') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+                L::String,
+            ),
+            (
+                "doubling with +",
+                "{% set ns = namespace(s='abcdef') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+                L::String,
+            ),
+            (
+                "doubling with *",
+                "{% set ns = namespace(s='abcdef') %}{% for i in range(40) %}{% set ns.s = ns.s * 2 %}{% endfor %}",
+                L::String,
+            ),
+            (
+                "doubling by macro recursion",
+                "{% macro d(s, n) %}{% if n > 0 %}{{ d(s ~ s, n - 1) }}{% else %}{{ s|length }}{% endif %}{% endmacro %}{{ d('abcdef', 25) }}",
+                L::String,
+            ),
+            (
+                "doubling by captures",
+                "{% macro d(s, n) %}{% if n > 0 %}{% set c %}{{ s }}{{ s }}{% endset %}{{ d(c, n - 1) }}\
+                 {% else %}{{ s|length }}{% endif %}{% endmacro %}{{ d('abcdef', 25) }}",
+                L::Output,
+            ),
+            ("tojson indent", "{{ [1, 2]|tojson(indent=100000000000) }}", L::Width),
+            ("tojson indent 2**63", "{{ [1, 2]|tojson(indent=2**63) }}", L::Width),
+            ("minijinja indent", "{{ 'a\nb'|indent(100000000000) }}", L::Width),
+            ("string repetition", "{{ 'x' * 100000000 }}", L::String),
+            (
+                "folded constants",
+                "{{ 'x' * 99999999 ~ 'x' * 99999999 ~ 'x' * 99999999 }}",
+                L::String,
+            ),
+            ("string repetition at run time", "{{ 'x' * (messages|length * 10**8) }}", L::String),
+            ("sequence repetition", "{{ (range(100000) * 100000000)|join }}", L::Items),
+            ("batch", "{{ [1]|batch(100000000000, 'x')|list }}", L::Items),
+            ("slice", "{{ [1]|slice(100000000000)|list }}", L::Items),
+            ("format width", "{{ '%100000000000s'|format('x') }}", L::Width),
+            (
+                "replace blowup",
+                "{% set s = 'x' * 200000 %}{{ s.replace('x', s) }}",
+                L::String,
+            ),
+            (
+                "join blowup",
+                "{% set s = 'x' * 200000 %}{{ [s, s, s, s, s, s, s, s, s, s]|join }}",
+                L::String,
+            ),
+            (
+                "list growth",
+                "{% set ns = namespace(l=[]) %}{% for i in range(100000) %}{% set ns.l = ns.l + [i ~ 'xxxxxxxxxxxxxxxxxxxx'] %}{% endfor %}",
+                L::Bytes,
+            ),
+            (
+                "infinite recursion",
+                "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
+                L::Recursion,
+            ),
+        ];
+        for (name, src, want) in cases {
+            let t0 = std::time::Instant::now();
+            let r = ChatTemplate::from_source(src, "<s>", "</s>")
+                .and_then(|t| t.render(&[ChatMessage::new("user", "hi")], true));
+            let e = match r {
+                Ok(out) => panic!("{name}: rendered {} bytes", out.len()),
+                Err(e) => e,
+            };
+            let secs = t0.elapsed().as_secs_f64();
+            match &e {
+                Error::ChatTemplate { limit, what } => {
+                    assert_eq!(limit.as_ref(), Some(want), "{name}: {what}");
+                }
+                e => panic!("{name}: {e:?}"),
+            }
+            assert!(secs < 2.0, "{name} took {secs:.2} s");
+            eprintln!("{name}: {e} ({secs:.3} s)");
+        }
+    }
+
+    #[test]
+    fn reserved_names_and_long_sources_are_refused() {
+        let e = ChatTemplate::from_source("{% set __slm_charge = 1 %}{{ 'a' ~ 'b' }}", "", "");
+        assert!(
+            matches!(&e, Err(Error::ChatTemplate { what, .. }) if what.contains("reserved")),
+            "{e:?}"
+        );
+        let long = "x".repeat(MAX_TEMPLATE_SOURCE + 1);
+        assert!(matches!(
+            ChatTemplate::from_source(&long, "", ""),
+            Err(Error::ChatTemplate {
+                limit: Some(TemplateLimit::Source),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn capped_filters_keep_jinja_semantics() {
+        let out = render(
+            "{{ 'a\nb\n\nc'|indent(2) }}|{{ 'a\nb'|indent(2, true) }}|{{ 'aXbX'|replace('X', '-') }}|\
+             {{ [1, 'b', none]|join(',') }}|{{ 'abc'|join('.') }}|{{ '%s=%03d'|format('x', 7) }}|\
+             {{ [1,2,3]|batch(2, 0)|list }}|{{ [1,2,3]|slice(2)|list }}|{{ 'ab' ~ 1 }}|{{ 2 + 3 }}|{{ [1] + [2] }}|\
+             {{ 'ab' * 2 }}|{{ 3 * 2 }}|{{ 'x'.join(['a', 'b']) }}|{{ 'aaa'.replace('a', 'b', 2) }}",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "a\n  b\n\n  c|  a\n  b|a-b-|1,b,None|a.b.c|x=007|[[1, 2], [3, 0]]|[[1, 2], [3]]|ab1|5|[1, 2]|abab|6|axb|bba"
         );
     }
 }

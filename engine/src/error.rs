@@ -55,9 +55,13 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
-    /// The chat template failed to parse or render.
-    #[error("chat template: {0}")]
-    ChatTemplate(String),
+    /// The chat template failed to parse or render; `limit` names the budget it broke, if that
+    /// is why ([`crate::chat_template::TemplateLimits`]).
+    #[error("chat template: {what}")]
+    ChatTemplate {
+        limit: Option<crate::chat_template::TemplateLimit>,
+        what: String,
+    },
 
     /// Prompt plus requested generation does not fit in the context window.
     #[error("the prompt has {n_prompt} tokens and {n_requested} more were requested, but the context holds {n_ctx}")]

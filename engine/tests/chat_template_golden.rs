@@ -28,8 +28,17 @@ fn check(tmpl: &ChatTemplate, key: &str) -> usize {
         if case["mode"].as_str() != Some("chat") {
             continue;
         }
-        let out = tmpl.render(&messages(&case["messages"]), true).unwrap();
+        let (out, used) = tmpl
+            .render_measured(&messages(&case["messages"]), true)
+            .unwrap();
         assert_eq!(out, case["rendered_prompt"].as_str().unwrap(), "{key}");
+        // Real templates stay far inside the budget.
+        let l = tmpl.limits();
+        assert!(
+            used.fuel * 100 < l.fuel && used.bytes * 100 < l.max_bytes,
+            "{key}: {used:?} of {l:?}"
+        );
+        eprintln!("{key}: fuel {} bytes {} output {}", used.fuel, used.bytes, used.output);
         n += 1;
     }
     assert!(n >= 3, "{key}: only {n} chat cases");
@@ -144,18 +153,18 @@ fn raise_exception_gives_a_typed_error() {
         )
         .unwrap_err();
     match err {
-        Error::ChatTemplate(msg) => assert!(msg.contains("roles must alternate"), "{msg}"),
+        Error::ChatTemplate { what: msg, .. } => assert!(msg.contains("roles must alternate"), "{msg}"),
         other => panic!("expected a chat template error, got {other:?}"),
     }
     // Syntax errors and unknown methods are typed errors too.
     assert!(matches!(
         ChatTemplate::from_source("{% if %}", "", ""),
-        Err(Error::ChatTemplate(_))
+        Err(Error::ChatTemplate { .. })
     ));
     let bad = ChatTemplate::from_source("{{ messages[0].content.nope() }}", "", "").unwrap();
     assert!(matches!(
         bad.render(&[ChatMessage::new("user", "x")], false),
-        Err(Error::ChatTemplate(_))
+        Err(Error::ChatTemplate { .. })
     ));
 }
 
