@@ -97,7 +97,11 @@ impl std::fmt::Debug for ChatTemplate {
 
 /// A minijinja error as [`Error::ChatTemplate`]; `breach` is the budget's own record of a
 /// limit it enforced.
-fn cterr(e: minijinja::Error, breach: Option<(TemplateLimit, String)>, limits: &TemplateLimits) -> Error {
+fn cterr(
+    e: minijinja::Error,
+    breach: Option<(TemplateLimit, String)>,
+    limits: &TemplateLimits,
+) -> Error {
     if let Some((limit, what)) = breach {
         return Error::ChatTemplate {
             limit: Some(limit),
@@ -167,13 +171,8 @@ fn compile_inner<'s>(
         lstrip_blocks: true,
         trim_blocks: true,
     };
-    let ast = machinery::parse(
-        source,
-        NAME,
-        minijinja::syntax::SyntaxConfig::default(),
-        ws,
-    )
-    .map_err(Ok)?;
+    let ast = machinery::parse(source, NAME, minijinja::syntax::SyntaxConfig::default(), ws)
+        .map_err(Ok)?;
     budget::check_constants(&ast, limits).map_err(Err)?;
     let mut g = CodeGenerator::new(NAME, source);
     g.compile_stmt(&ast);
@@ -947,7 +946,9 @@ mod tests {
     fn raise_exception_is_a_typed_error() {
         let err = render("{{ raise_exception('roles must alternate') }}", &[]).unwrap_err();
         match err {
-            Error::ChatTemplate { what: m, .. } => assert!(m.contains("roles must alternate"), "{m}"),
+            Error::ChatTemplate { what: m, .. } => {
+                assert!(m.contains("roles must alternate"), "{m}")
+            }
             e => panic!("wrong error {e:?}"),
         }
         assert!(matches!(

@@ -71,6 +71,15 @@ pub enum Error {
         n_ctx: usize,
     },
 
+    /// A request (context length, prompt, batch) would need more memory than may be used:
+    /// natively the memory available, on wasm32 its 4 GiB address space.
+    #[error("{what} needs {} but only {} may be used", crate::memory::human_bytes(*needed), crate::memory::human_bytes(*allowed))]
+    TooLarge {
+        what: String,
+        needed: u64,
+        allowed: u64,
+    },
+
     /// A token id outside the vocabulary.
     #[error("token id {id} is outside the vocabulary of {n_vocab}")]
     TokenOutOfRange { id: u32, n_vocab: usize },

@@ -269,7 +269,11 @@ impl Generation {
                 what: "is empty".into(),
             });
         }
-        if prompt.len() + params.max_tokens > n_ctx {
+        if prompt
+            .len()
+            .checked_add(params.max_tokens)
+            .is_none_or(|total| total > n_ctx)
+        {
             return Err(Error::ContextFull {
                 n_prompt: prompt.len(),
                 n_requested: params.max_tokens,
@@ -284,6 +288,7 @@ impl Generation {
             .count();
         let reuse = common.min(prompt.len() - 1);
         cached.truncate(reuse);
+        // Both are within n_ctx (checked above).
         let mut history = Vec::with_capacity(prompt.len() + params.max_tokens);
         history.extend_from_slice(prompt);
         let gen = Self {

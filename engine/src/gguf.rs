@@ -20,8 +20,14 @@ pub const MAX_TENSORS: u64 = 1 << 16;
 pub const MAX_METADATA_KV: u64 = 1 << 16;
 /// Longest string (key, value or tensor name) in bytes.
 pub const MAX_STRING_LEN: u64 = 1 << 24;
-/// Longest metadata array (vocabularies have ~260k entries, merges ~500k).
+/// Longest metadata array (vocabularies have ~260k entries, merges ~500k). Arrays the engine
+/// does not read are only walked, never stored ([`ArrayItems::Skipped`]).
 pub const MAX_ARRAY_LEN: u64 = 1 << 24;
+/// Most entries of a vocabulary array the engine stores (`tokenizer.ggml.tokens`, `.scores`,
+/// `.token_type`); the largest real vocabularies have ~262k tokens.
+pub const MAX_VOCAB_ARRAY: u64 = 1 << 20;
+/// Most BPE merges the engine stores (`tokenizer.ggml.merges`; real files have up to ~500k).
+pub const MAX_MERGES_ARRAY: u64 = 1 << 21;
 /// Deepest nesting of arrays inside arrays.
 pub const MAX_ARRAY_DEPTH: usize = 4;
 /// Most dimensions a tensor may have (`GGML_MAX_DIMS`).
@@ -255,11 +261,8 @@ pub enum MetaValue {
     F32(f32),
     Bool(bool),
     String(String),
-    /// Elements all of `elem` type (nested arrays allowed up to [`MAX_ARRAY_DEPTH`]).
-    Array {
-        elem: MetaType,
-        values: Vec<MetaValue>,
-    },
+    /// Elements all of one type (nested arrays allowed up to [`MAX_ARRAY_DEPTH`]).
+    Array(MetaArray),
     U64(u64),
     I64(i64),
     F64(f64),
@@ -312,12 +315,117 @@ impl MetaValue {
             _ => None,
         }
     }
-    /// The elements of an array value.
-    pub fn as_array(&self) -> Option<&[MetaValue]> {
+    /// An array value.
+    pub fn as_array(&self) -> Option<&MetaArray> {
         match self {
-            MetaValue::Array { values, .. } => Some(values),
+            MetaValue::Array(a) => Some(a),
             _ => None,
         }
+    }
+
+    /// The type tag of this value.
+    pub fn meta_type(&self) -> MetaType {
+        match self {
+            MetaValue::U8(_) => MetaType::U8,
+            MetaValue::I8(_) => MetaType::I8,
+            MetaValue::U16(_) => MetaType::U16,
+            MetaValue::I16(_) => MetaType::I16,
+            MetaValue::U32(_) => MetaType::U32,
+            MetaValue::I32(_) => MetaType::I32,
+            MetaValue::F32(_) => MetaType::F32,
+            MetaValue::Bool(_) => MetaType::Bool,
+            MetaValue::String(_) => MetaType::String,
+            MetaValue::Array(_) => MetaType::Array,
+            MetaValue::U64(_) => MetaType::U64,
+            MetaValue::I64(_) => MetaType::I64,
+            MetaValue::F64(_) => MetaType::F64,
+        }
+    }
+}
+
+impl MetaType {
+    /// Lower-case name, for messages.
+    pub fn name(self) -> &'static str {
+        use MetaType::*;
+        match self {
+            U8 => "u8",
+            I8 => "i8",
+            U16 => "u16",
+            I16 => "i16",
+            U32 => "u32",
+            I32 => "i32",
+            F32 => "f32",
+            Bool => "bool",
+            String => "string",
+            Array => "array",
+            U64 => "u64",
+            I64 => "i64",
+            F64 => "f64",
+        }
+    }
+}
+
+/// A metadata array: its element type, length and where it lies in the file, and its items
+/// only when the engine reads them. Memory stays proportional to what is used: an array bomb
+/// of 64 MiB of `u8`s costs a few words, not 32 bytes per element.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetaArray {
+    pub elem: MetaType,
+    pub len: u64,
+    /// Absolute byte range of the elements in the file.
+    pub start: u64,
+    pub end: u64,
+    pub items: ArrayItems,
+}
+
+/// The stored items of a [`MetaArray`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum ArrayItems {
+    /// Not stored: the engine does not read this key (or its element type is not the one it
+    /// reads), so it was only walked.
+    Skipped,
+    /// Strings, packed: item `i` is `buf[ends[i - 1]..ends[i]]`.
+    Strings { buf: String, ends: Vec<usize> },
+    /// Numbers or bools, one [`MetaValue`] each.
+    Values(Vec<MetaValue>),
+}
+
+impl MetaArray {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The elements as strings, when stored as such.
+    pub fn strings(&self) -> Option<impl ExactSizeIterator<Item = &str> + '_> {
+        match &self.items {
+            ArrayItems::Strings { buf, ends } => Some((0..ends.len()).map(move |i| {
+                let start = if i == 0 { 0 } else { ends[i - 1] };
+                &buf[start..ends[i]]
+            })),
+            _ => None,
+        }
+    }
+    /// The elements as values, when stored as such (numbers, bools).
+    pub fn values(&self) -> Option<&[MetaValue]> {
+        match &self.items {
+            ArrayItems::Values(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// The arrays the engine reads, with the most entries it accepts and whether they hold strings;
+/// every other array is walked and skipped.
+fn stored_array(key: &str) -> Option<(u64, bool)> {
+    match key {
+        "tokenizer.ggml.tokens" => Some((MAX_VOCAB_ARRAY, true)),
+        "tokenizer.ggml.merges" => Some((MAX_MERGES_ARRAY, true)),
+        "tokenizer.ggml.scores" | "tokenizer.ggml.token_type" => Some((MAX_VOCAB_ARRAY, false)),
+        _ => None,
     }
 }
 
@@ -462,6 +570,119 @@ impl<'a, S: ByteSource + ?Sized> Reader<'a, S> {
             .map_err(|_| Error::gguf(at, format!("{what} is not valid UTF-8")))
     }
 
+    /// Skip `n` bytes.
+    fn skip(&mut self, n: u64) -> Result<()> {
+        let pos = self.pos();
+        check_range(pos, n, self.len)?;
+        let in_buf = (self.buf.len() - self.at) as u64;
+        if n <= in_buf {
+            self.at += n as usize;
+        } else {
+            self.buf_start = pos + n;
+            self.buf.clear();
+            self.at = 0;
+        }
+        Ok(())
+    }
+
+    /// Walk one value of type `ty` without storing it (strings and arrays are checked, not
+    /// copied).
+    fn skip_value(&mut self, ty: MetaType, depth: usize) -> Result<()> {
+        match ty {
+            MetaType::String => {
+                let n = self.count("string value", MAX_STRING_LEN, 1)?;
+                self.skip(n)
+            }
+            MetaType::Array => {
+                let (elem, n) = self.array_header(depth)?;
+                self.skip_items(elem, n, depth)
+            }
+            MetaType::Bool => self.value(ty, depth).map(|_| ()),
+            _ => self.skip(ty.min_size()),
+        }
+    }
+
+    fn skip_items(&mut self, elem: MetaType, n: u64, depth: usize) -> Result<()> {
+        match elem {
+            MetaType::String | MetaType::Array | MetaType::Bool => {
+                for _ in 0..n {
+                    self.skip_value(elem, depth + 1)?;
+                }
+                Ok(())
+            }
+            // `n * size` bytes are present (checked by `count`).
+            _ => self.skip(n * elem.min_size()),
+        }
+    }
+
+    /// An array's element type and count.
+    fn array_header(&mut self, depth: usize) -> Result<(MetaType, u64)> {
+        let at = self.pos();
+        if depth >= MAX_ARRAY_DEPTH {
+            return Err(Error::gguf(
+                at,
+                format!("arrays nested deeper than {MAX_ARRAY_DEPTH}"),
+            ));
+        }
+        let elem_id = self.u32()?;
+        let elem = MetaType::from_id(elem_id)
+            .ok_or_else(|| Error::gguf(at, format!("unknown array element type {elem_id}")))?;
+        let n = self.count("array element", MAX_ARRAY_LEN, elem.min_size())?;
+        Ok((elem, n))
+    }
+
+    /// A top-level array under `key`: stored when the engine reads that key, else walked.
+    fn meta_array(&mut self, key: &str) -> Result<MetaArray> {
+        let (elem, n) = self.array_header(0)?;
+        let start = self.pos();
+        let items = match stored_array(key) {
+            Some((cap, strings))
+                if strings == (elem == MetaType::String) && elem != MetaType::Array =>
+            {
+                if n > cap {
+                    return Err(Error::gguf(
+                        start,
+                        format!("metadata `{key}` has {n} entries, over the limit {cap}"),
+                    ));
+                }
+                if strings {
+                    let mut buf = String::new();
+                    let mut ends = Vec::with_capacity(n as usize);
+                    for _ in 0..n {
+                        let at = self.pos();
+                        let len = self.count("string value", MAX_STRING_LEN, 1)?;
+                        let bytes = self.take(len as usize)?;
+                        let s = std::str::from_utf8(bytes).map_err(|_| {
+                            Error::gguf(at, format!("`{key}` entry is not valid UTF-8"))
+                        })?;
+                        buf.push_str(s);
+                        ends.push(buf.len());
+                    }
+                    ArrayItems::Strings { buf, ends }
+                } else {
+                    // `n * min_size` bytes are present, so this allocation is bounded by the
+                    // file.
+                    let mut values = Vec::with_capacity(n as usize);
+                    for _ in 0..n {
+                        values.push(self.value(elem, 1)?);
+                    }
+                    ArrayItems::Values(values)
+                }
+            }
+            _ => {
+                self.skip_items(elem, n, 0)?;
+                ArrayItems::Skipped
+            }
+        };
+        Ok(MetaArray {
+            elem,
+            len: n,
+            start,
+            end: self.pos(),
+            items,
+        })
+    }
+
     fn value(&mut self, ty: MetaType, depth: usize) -> Result<MetaValue> {
         Ok(match ty {
             MetaType::U8 => MetaValue::U8(self.u8()?),
@@ -489,24 +710,17 @@ impl<'a, S: ByteSource + ?Sized> Reader<'a, S> {
             }
             MetaType::String => MetaValue::String(self.string("string value")?),
             MetaType::Array => {
-                let at = self.pos();
-                if depth >= MAX_ARRAY_DEPTH {
-                    return Err(Error::gguf(
-                        at,
-                        format!("arrays nested deeper than {MAX_ARRAY_DEPTH}"),
-                    ));
-                }
-                let elem_id = self.u32()?;
-                let elem = MetaType::from_id(elem_id).ok_or_else(|| {
-                    Error::gguf(at, format!("unknown array element type {elem_id}"))
-                })?;
-                let n = self.count("array element", MAX_ARRAY_LEN, elem.min_size())?;
-                // `n * min_size` bytes are present, so this allocation is bounded by the file.
-                let mut values = Vec::with_capacity(n as usize);
-                for _ in 0..n {
-                    values.push(self.value(elem, depth + 1)?);
-                }
-                MetaValue::Array { elem, values }
+                // Arrays inside arrays are walked, never stored.
+                let (elem, n) = self.array_header(depth)?;
+                let start = self.pos();
+                self.skip_items(elem, n, depth)?;
+                MetaValue::Array(MetaArray {
+                    elem,
+                    len: n,
+                    start,
+                    end: self.pos(),
+                    items: ArrayItems::Skipped,
+                })
             }
         })
     }
@@ -560,7 +774,10 @@ impl GgufFile {
                     format!("metadata `{key}` has unknown value type {ty_id}"),
                 )
             })?;
-            let value = r.value(ty, 0)?;
+            let value = match ty {
+                MetaType::Array => MetaValue::Array(r.meta_array(&key)?),
+                _ => r.value(ty, 0)?,
+            };
             if meta_index.insert(key.clone(), metadata.len()).is_some() {
                 return Err(Error::gguf(at, format!("duplicate metadata key `{key}`")));
             }
@@ -570,7 +787,13 @@ impl GgufFile {
         let alignment = match meta_index.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some(&i) => {
-                let a = metadata[i].1.as_u64().unwrap_or(0);
+                let v = &metadata[i].1;
+                let a = v.as_u64().ok_or_else(|| {
+                    Error::metadata(
+                        "general.alignment",
+                        format!("is a {}, not an unsigned integer", v.meta_type().name()),
+                    )
+                })?;
                 if a == 0 || !a.is_power_of_two() || a > MAX_ALIGNMENT {
                     return Err(Error::metadata(
                         "general.alignment",
@@ -665,6 +888,27 @@ impl GgufFile {
             }
         }
 
+        // No two tensors may share bytes (a crafted file could alias one weight onto another).
+        let mut order: Vec<usize> = (0..raw.len()).collect();
+        order.sort_by_key(|&i| raw[i].offset);
+        for w in order.windows(2) {
+            let (a, b) = (&raw[w[0]], &raw[w[1]]);
+            if a.offset + a.size > b.offset {
+                return Err(Error::gguf(
+                    data_offset + b.offset,
+                    format!(
+                        "tensor `{}` (bytes {}..{} of the data) overlaps tensor `{}` (bytes {}..{})",
+                        b.name,
+                        b.offset,
+                        b.offset + b.size,
+                        a.name,
+                        a.offset,
+                        a.offset + a.size
+                    ),
+                ));
+            }
+        }
+
         Ok(Self {
             version,
             metadata,
@@ -718,7 +962,7 @@ impl GgufFile {
     }
 
     /// A required array. Errors: [`Error::Metadata`].
-    pub fn get_array(&self, key: &str) -> Result<&[MetaValue]> {
+    pub fn get_array(&self, key: &str) -> Result<&MetaArray> {
         self.get(key)
             .ok_or_else(|| Error::metadata(key, "missing"))?
             .as_array()
@@ -846,7 +1090,8 @@ mod tests {
         assert_eq!(f.version, 3);
         assert_eq!(f.architecture().unwrap(), "llama");
         assert_eq!(f.get_u64("llama.block_count").unwrap(), 2);
-        assert_eq!(f.get_array("tokenizer.ggml.tokens").unwrap().len(), 3);
+        let toks = f.get_array("tokenizer.ggml.tokens").unwrap();
+        assert_eq!(toks.strings().unwrap().collect::<Vec<_>>(), ["a", "b", "c"]);
         let w = f.tensor("w").unwrap();
         assert_eq!(
             (w.dtype, w.rows_cols(), w.size),

@@ -11,6 +11,7 @@ pub mod chat_template;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod memory;
 pub mod model;
 pub mod quant;
 pub mod sampler;

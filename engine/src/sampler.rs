@@ -8,7 +8,12 @@ use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
 
-/// Sampling settings. `temperature <= 0` means greedy (argmax of the penalised logits).
+/// Temperatures below this are greedy: `1 / T` would overflow to infinity (below ~3e-39) and
+/// the draw would be from NaN probabilities; long before that, the distribution is an argmax.
+pub const MIN_TEMPERATURE: f32 = 1e-4;
+
+/// Sampling settings. `temperature < MIN_TEMPERATURE` means greedy (argmax of the penalised
+/// logits).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplerParams {
     pub temperature: f32,
@@ -82,8 +87,11 @@ pub struct Sampler {
 
 impl Sampler {
     /// Errors: [`Error::InvalidParam`].
-    pub fn new(params: SamplerParams) -> Result<Self> {
+    pub fn new(mut params: SamplerParams) -> Result<Self> {
         params.validate()?;
+        if params.temperature < MIN_TEMPERATURE {
+            params.temperature = 0.0;
+        }
         let rng = SmallRng::seed_from_u64(params.seed);
         Ok(Self {
             params,
@@ -293,6 +301,21 @@ mod tests {
         })
         .unwrap();
         assert!((0..200).any(|_| s.sample(&l, &[]) != 3));
+    }
+
+    #[test]
+    fn tiny_temperatures_are_greedy() {
+        let l = logits();
+        let best = crate::backend::cpu::ops::argmax(&l);
+        for t in [1e-39f32, 1e-30, 1e-6] {
+            let mut s = Sampler::new(SamplerParams {
+                temperature: t,
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(s.params().temperature, 0.0);
+            assert!((0..20).all(|_| s.sample(&l, &[]) == best), "T = {t}");
+        }
     }
 
     #[test]

@@ -183,6 +183,9 @@ pub struct Tokenizer {
     add_eos: bool,
     add_space_prefix: bool,
     clean_spaces: bool,
+    /// What was dropped or replaced while reading the metadata (special-token ids outside the
+    /// vocabulary), for the caller to show.
+    warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -280,13 +283,33 @@ fn pre_config(pre: &str) -> PreConfig {
 }
 
 fn string_array<'a>(gguf: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
-    gguf.get_array(key)?
-        .iter()
-        .map(|v| {
-            v.as_str()
-                .ok_or_else(|| Error::metadata(key, "array element is not a string"))
-        })
-        .collect()
+    let a = gguf.get_array(key)?;
+    match a.strings() {
+        Some(it) => Ok(it.collect()),
+        None => Err(Error::metadata(
+            key,
+            format!("is an array of {}, not of strings", a.elem.name()),
+        )),
+    }
+}
+
+/// An optional numeric array (`scores`, `token_type`): its values, or an error naming the key
+/// when present with another type.
+fn value_array<'a>(gguf: &'a GgufFile, key: &str) -> Result<Option<&'a [MetaValue]>> {
+    match gguf.get(key) {
+        None => Ok(None),
+        Some(v) => {
+            let a = v
+                .as_array()
+                .ok_or_else(|| Error::metadata(key, "not an array"))?;
+            a.values().map(Some).ok_or_else(|| {
+                Error::metadata(
+                    key,
+                    format!("is an array of {}, not of numbers", a.elem.name()),
+                )
+            })
+        }
+    }
 }
 
 fn opt_bool(gguf: &GgufFile, key: &str) -> Option<bool> {
@@ -321,25 +344,13 @@ impl Tokenizer {
         if n == 0 || n > MAX_VOCAB {
             return Err(terr(format!("vocabulary of {n} tokens")));
         }
-        let scores: Option<&[MetaValue]> = match gguf.get("tokenizer.ggml.scores") {
-            Some(v) => Some(
-                v.as_array()
-                    .ok_or_else(|| Error::metadata("tokenizer.ggml.scores", "not an array"))?,
-            ),
-            None => None,
-        };
-        let types: Option<&[MetaValue]> = match gguf.get("tokenizer.ggml.token_type") {
-            Some(v) => Some(
-                v.as_array()
-                    .ok_or_else(|| Error::metadata("tokenizer.ggml.token_type", "not an array"))?,
-            ),
-            None => None,
-        };
+        let scores = value_array(gguf, "tokenizer.ggml.scores")?;
+        let types = value_array(gguf, "tokenizer.ggml.token_type")?;
         if scores.is_some_and(|s| s.len() < n) || types.is_some_and(|t| t.len() < n) {
             return Err(terr("scores or token types shorter than the vocabulary"));
         }
         let bytes: usize = texts.iter().map(|t| t.len()).sum();
-        if bytes + 16 * n > u32::MAX as usize {
+        if bytes.saturating_add(16 * n) > u32::MAX as usize {
             return Err(terr("vocabulary text too large"));
         }
         let mut vocab = Vocab::with_capacity(n, bytes);
@@ -386,10 +397,22 @@ impl Tokenizer {
             add_space_prefix = v;
         }
         let in_range = |id: Option<u32>| id.filter(|&i| (i as usize) < n);
-        let read_id = |key: &str, default: Option<u32>| -> Option<u32> {
-            match gguf.get(key).and_then(MetaValue::as_u64) {
-                Some(v) if (v as usize) < n => Some(v as u32),
-                _ => in_range(default),
+        // A special-token id outside the vocabulary is dropped with a warning and the default
+        // kept, as llama.cpp does (`bad special token`).
+        let mut warnings = Vec::new();
+        let mut read_id = |key: &str, default: Option<u32>| -> Option<u32> {
+            match gguf.get(key).map(|v| (v.as_u64(), v)) {
+                Some((Some(v), _)) if v < n as u64 => Some(v as u32),
+                Some((id, v)) => {
+                    let d = in_range(default);
+                    let shown = id.map_or_else(|| format!("{v:?}"), |i| i.to_string());
+                    warnings.push(format!(
+                        "`{key}` = {shown} is not a token id of the {n}-token vocabulary; using {}",
+                        d.map_or("none".to_string(), |d| d.to_string())
+                    ));
+                    d
+                }
+                None => in_range(default),
             }
         };
         bos = read_id("tokenizer.ggml.bos_token_id", bos);
@@ -564,7 +587,14 @@ impl Tokenizer {
             add_eos,
             add_space_prefix,
             clean_spaces,
+            warnings,
         })
+    }
+
+    /// What was dropped or replaced while reading the metadata (e.g. a special-token id
+    /// outside the vocabulary), one sentence each.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Tokenize `text` as `llama_tokenize(text, add_special = add_bos, parse_special)` does:

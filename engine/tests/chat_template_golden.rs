@@ -38,7 +38,10 @@ fn check(tmpl: &ChatTemplate, key: &str) -> usize {
             used.fuel * 100 < l.fuel && used.bytes * 100 < l.max_bytes,
             "{key}: {used:?} of {l:?}"
         );
-        eprintln!("{key}: fuel {} bytes {} output {}", used.fuel, used.bytes, used.output);
+        eprintln!(
+            "{key}: fuel {} bytes {} output {}",
+            used.fuel, used.bytes, used.output
+        );
         n += 1;
     }
     assert!(n >= 3, "{key}: only {n} chat cases");
@@ -153,7 +156,9 @@ fn raise_exception_gives_a_typed_error() {
         )
         .unwrap_err();
     match err {
-        Error::ChatTemplate { what: msg, .. } => assert!(msg.contains("roles must alternate"), "{msg}"),
+        Error::ChatTemplate { what: msg, .. } => {
+            assert!(msg.contains("roles must alternate"), "{msg}")
+        }
         other => panic!("expected a chat template error, got {other:?}"),
     }
     // Syntax errors and unknown methods are typed errors too.

@@ -272,6 +272,7 @@ fn gemma3_gpu_backend_refused_auto_falls_back_to_cpu() {
             "2",
             "--backend",
             backend,
+            "--verbose",
         ])
     };
     assert_bad_input(

@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
             let b = f.read_tensor(&src, t).expect("tensor inside the file");
             assert_eq!(a.as_slice(), b.as_slice());
         }
-        if let Ok(cfg) = engine::model::ModelConfig::from_gguf(&f) {
+        if let Ok(cfg) = engine::arch::config(&f) {
             let _ = cfg.kv_dim();
         }
         let _ = engine::tokenizer::Tokenizer::from_gguf(&f);

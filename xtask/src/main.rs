@@ -4,7 +4,8 @@
 //! - `test`: install what a fresh machine lacks, then run every test (native, wasm32, GPU on
 //!   lavapipe, goldens against llama.cpp, a short fuzz run).
 //! - `bench`: `slm bench` on the test models.
-//! - `fuzz [seconds]`: run the GGUF parser fuzz target.
+//! - `fuzz [target] [seconds]`: run one fuzz target (`gguf_parse`, `chat_template`,
+//!   `tokenizer_metadata`; default `gguf_parse`, 60 s).
 //! - `serve [--port N]`: build the browser app with Trunk and serve it (`serve.rs`).
 //! - `browser-tests`: the app's end-to-end tests in headless Chromium (`serve.rs`).
 
@@ -216,7 +217,13 @@ fn setup_test_tools() -> Result {
             "libvulkan1",
         ]))?;
     }
-    // The gguf Python package: the independent dequantizer the quant tests compare against.
+    // `/usr/bin/time`: peak RSS of the crafted-file runs (engine/tests/hostile.rs).
+    if !Path::new("/usr/bin/time").exists() {
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get").args(["install", "-y", "-qq", "time"]))?;
+    }
+    // The gguf Python package: the independent dequantizer the quant tests compare against,
+    // and the writer of the crafted files.
     if !succeeds(Command::new("python3").args(["-c", "import gguf, numpy"])) {
         run(Command::new("python3").args([
             "-m",
@@ -308,7 +315,19 @@ fn test() -> Result {
             "browser tests in headless Chromium",
             Box::new(serve::browser_tests),
         ),
-        ("GGUF parser fuzzing (30 s)", Box::new(|| fuzz(30))),
+        // 60 s in all: the parser, the chat template under its budget, tokenizer metadata.
+        (
+            "GGUF parser fuzzing (30 s)",
+            Box::new(|| fuzz("gguf_parse", 30)),
+        ),
+        (
+            "chat template fuzzing (15 s)",
+            Box::new(|| fuzz("chat_template", 15)),
+        ),
+        (
+            "tokenizer metadata fuzzing (15 s)",
+            Box::new(|| fuzz("tokenizer_metadata", 15)),
+        ),
     ];
     let total = steps.len();
     for (i, (name, step)) in steps.into_iter().enumerate() {
@@ -352,22 +371,47 @@ fn ensure_wasm_bindgen_cli() -> Result {
     Ok(())
 }
 
-/// Run the GGUF parser fuzz target for `seconds` (nightly + cargo-fuzz, installed if missing),
-/// seeded with the real model headers.
-fn fuzz(seconds: u32) -> Result {
+/// Run fuzz target `target` for `seconds` (nightly + cargo-fuzz, installed if missing), seeded
+/// with the real model headers (`gguf_parse`) or the real chat templates (`chat_template`).
+fn fuzz(target: &str, seconds: u32) -> Result {
     if !succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    let corpus = root().join("fuzz/corpus/gguf_parse");
+    let corpus = root().join("fuzz/corpus").join(target);
     std::fs::create_dir_all(&corpus).map_err(|e| e.to_string())?;
-    for m in MODELS {
-        // The first 64 KiB of each real file: magic, version, counts and the start of metadata.
-        let seed = corpus.join(format!("seed-{}", m.file));
-        if !seed.exists() {
-            if let Ok(bytes) = std::fs::read(models_dir().join(m.file)) {
-                let _ = std::fs::write(&seed, &bytes[..bytes.len().min(1 << 16)]);
+    match target {
+        "gguf_parse" => {
+            for m in MODELS {
+                // The first 64 KiB of each real file: magic, version, counts and the start of
+                // metadata.
+                let seed = corpus.join(format!("seed-{}", m.file));
+                if !seed.exists() {
+                    if let Ok(bytes) = std::fs::read(models_dir().join(m.file)) {
+                        let _ = std::fs::write(&seed, &bytes[..bytes.len().min(1 << 16)]);
+                    }
+                }
             }
         }
+        "chat_template" => {
+            // The golden files' templates, each with a short conversation.
+            for (i, g) in ["smollm2-135m-instruct-q4_1", "gemma3-270m-q4_k_m"]
+                .iter()
+                .enumerate()
+            {
+                let p = root().join(format!("../shared/golden/{g}.json"));
+                let tmpl = std::fs::read_to_string(&p)
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .and_then(|v| v["chat_template"].as_str().map(str::to_string));
+                if let Some(t) = tmpl {
+                    let _ = std::fs::write(
+                        corpus.join(format!("seed-{i}")),
+                        format!("{t}\0Hello!\0Hi, how can I help?\0What is 2+2?"),
+                    );
+                }
+            }
+        }
+        _ => {}
     }
     run(Command::new("cargo")
         .current_dir(root().join("fuzz"))
@@ -375,10 +419,11 @@ fn fuzz(seconds: u32) -> Result {
             "+nightly",
             "fuzz",
             "run",
-            "gguf_parse",
+            target,
             "--",
             &format!("-max_total_time={seconds}"),
             "-rss_limit_mb=2048",
+            "-timeout=10",
         ]))
 }
 
@@ -415,8 +460,11 @@ fn main() {
         Some("bench") => bench(),
         Some("serve") => serve::serve(&args[1..]),
         Some("browser-tests") => serve::browser_tests(),
-        Some("fuzz") => fuzz(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60)),
-        _ => Err("usage: cargo xtask <fetch-models|test|bench|fuzz [seconds]|serve [--port N] [--no-build] [--test-hooks]|browser-tests>".into()),
+        Some("fuzz") => fuzz(
+            args.get(1).map_or("gguf_parse", String::as_str),
+            args.get(2).and_then(|s| s.parse().ok()).unwrap_or(60),
+        ),
+        _ => Err("usage: cargo xtask <fetch-models|test|bench|fuzz [target] [seconds]|serve [--port N] [--no-build] [--test-hooks]|browser-tests>".into()),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e}");

@@ -704,22 +704,12 @@ fn join_filter(items: Value, sep: Option<String>) -> Result<Value, MjError> {
     capped_join(&items, sep.as_deref().unwrap_or("")).map(Value::from)
 }
 
-fn batch(
-    state: &State,
-    value: Value,
-    count: usize,
-    fill: Option<Value>,
-) -> Result<Value, MjError> {
+fn batch(state: &State, value: Value, count: usize, fill: Option<Value>) -> Result<Value, MjError> {
     metered(|m| m.items(count, "a batch size"))?;
     minijinja::filters::batch(state, value, count, fill)
 }
 
-fn slice(
-    state: &State,
-    value: Value,
-    count: usize,
-    fill: Option<Value>,
-) -> Result<Value, MjError> {
+fn slice(state: &State, value: Value, count: usize, fill: Option<Value>) -> Result<Value, MjError> {
     metered(|m| m.items(count, "a slice count"))?;
     minijinja::filters::slice(state, value, count, fill)
 }
@@ -946,7 +936,10 @@ impl ConstWalk<'_> {
     }
 
     /// Size bounds of a foldable expression; an error past the limits.
-    fn size(&self, e: &minijinja::machinery::ast::Expr<'_>) -> Result<ConstSize, (TemplateLimit, String)> {
+    fn size(
+        &self,
+        e: &minijinja::machinery::ast::Expr<'_>,
+    ) -> Result<ConstSize, (TemplateLimit, String)> {
         use minijinja::machinery::ast::{BinOpKind as K, Expr as E};
         let s = match e {
             E::Const(c) => const_size(&c.value),
@@ -1016,7 +1009,11 @@ impl ConstWalk<'_> {
                     K::Mul => {
                         // A string or sequence times a count (an unknown count: assume the
                         // worst, minijinja's own string cap of 10^8).
-                        let (x, n) = if l.int.is_some() { (r, l.int) } else { (l, r.int) };
+                        let (x, n) = if l.int.is_some() {
+                            (r, l.int)
+                        } else {
+                            (l, r.int)
+                        };
                         let n = n.map_or(100_000_000u128, |n| n.max(0) as u128);
                         ConstSize {
                             len: x.len.saturating_mul(n),

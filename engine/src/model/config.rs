@@ -107,6 +107,10 @@ impl ModelConfig {
         };
         let n_ff = g.get_usize(&key("feed_forward_length"), MAX_FF)?;
         let n_ctx_train = g.get_usize(&key("context_length"), MAX_CONTEXT)?;
+        let n_tokens = g
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.as_array())
+            .map(|a| a.len());
         let n_vocab = match g.get(&key("vocab_size")) {
             Some(_) => g.get_usize(&key("vocab_size"), MAX_VOCAB)?,
             None => g.get_array("tokenizer.ggml.tokens")?.len(),
@@ -116,6 +120,28 @@ impl ModelConfig {
                 "tokenizer.ggml.tokens",
                 format!("vocabulary of {n_vocab}"),
             ));
+        }
+        // The tokenizer, the embedding and the output projection must agree on the vocabulary:
+        // llama.cpp creates `token_embd` as (n_embd, n_tokens) and refuses any other shape, so
+        // no padding is accepted here either. (A smaller vocabulary would stream the ids past
+        // its end as empty text.)
+        if let Some(nt) = n_tokens.filter(|&nt| nt != n_vocab) {
+            return Err(Error::metadata(
+                "tokenizer.ggml.tokens",
+                format!("{nt} tokens, but `{}` is {n_vocab}", key("vocab_size")),
+            ));
+        }
+        if let Some(t) = g.tensor(names::TOKEN_EMBD) {
+            let rows = t.dims.get(1).copied().unwrap_or(1);
+            if rows != n_vocab as u64 {
+                return Err(Error::metadata(
+                    "tokenizer.ggml.tokens",
+                    format!(
+                        "a vocabulary of {n_vocab} tokens, but `{}` has {rows} rows",
+                        names::TOKEN_EMBD
+                    ),
+                ));
+            }
         }
         if n_layer == 0 || n_embd == 0 || n_ff == 0 {
             return Err(Error::metadata(

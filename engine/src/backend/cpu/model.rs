@@ -9,6 +9,7 @@
 use crate::arch::{self, Act, Epilogue, Glu, Graph, Mat, Op, Vector, WeightStore};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgufFile, SourceRef};
+use crate::memory;
 use crate::model::{ForwardPass, Logits, ModelConfig};
 use crate::quant::{self, GgmlDType, PreparedActs};
 use crate::tensor::{AlignedBytes, QMatrix};
@@ -113,8 +114,9 @@ impl CpuModel {
     /// positions (clamped to `1..=n_ctx_train`). `threads`: worker threads (0 = all cores;
     /// wasm: always 1).
     ///
-    /// Errors: those of [`arch::build`]; [`Error::OutOfMemory`]-free: the KV cache size is
-    /// checked ([`Error::InvalidParam`] when it cannot be addressed).
+    /// Errors: those of [`arch::build`]; [`Error::TooLarge`] when the weights, KV cache and
+    /// scratch would need more memory than [`memory::allowed_bytes`] (checked before any of
+    /// it is allocated).
     pub fn load<S: ByteSource + ?Sized>(
         g: &GgufFile,
         src: &S,
@@ -133,14 +135,37 @@ impl CpuModel {
     ) -> Result<Self> {
         let cfg0 = arch::config(g)?;
         let n_ctx = n_ctx.clamp(1, cfg0.n_ctx_train.max(1));
+        // Everything this model will hold, sized before anything is read: the weights (as in
+        // the file), the KV cache and the scratch of a full batch.
+        let allowed = memory::allowed_bytes();
+        let what = format!("a context of {n_ctx} tokens");
+        let kv = memory::checked_bytes(
+            &what,
+            &[
+                2,
+                cfg0.n_layer as u64,
+                n_ctx as u64,
+                cfg0.kv_dim() as u64,
+                4,
+            ],
+            allowed,
+        )?;
+        let widest = Act::ALL.iter().map(|a| a.width(&cfg0)).max().unwrap_or(0);
+        let scratch = memory::checked_bytes(
+            &what,
+            &[(MAX_BATCH as u64) * 11 + 1, widest.max(n_ctx) as u64, 4],
+            allowed,
+        )?;
+        let weights: u64 = g.tensors.iter().map(|t| t.size).sum();
+        memory::checked_bytes(
+            &format!("{what} with {} of weights", memory::human_bytes(weights)),
+            &[kv.saturating_add(scratch).saturating_add(weights)],
+            allowed,
+        )?;
         let mut w = CpuWeights::default();
         let (cfg, graph) = arch::build(g, src, n_ctx, &mut w)?;
-        let kv_len = n_ctx
-            .checked_mul(cfg.kv_dim())
-            .ok_or_else(|| Error::InvalidParam {
-                name: "n_ctx",
-                what: format!("a KV cache of {n_ctx} x {} values", cfg.kv_dim()),
-            })?;
+        // Within the budget checked above (zeroed pages are mapped when first written).
+        let kv_len = n_ctx * cfg.kv_dim();
         Ok(Self {
             k_cache: (0..cfg.n_layer).map(|_| vec![0f32; kv_len]).collect(),
             v_cache: (0..cfg.n_layer).map(|_| vec![0f32; kv_len]).collect(),
@@ -406,6 +431,14 @@ impl ForwardPass for CpuModel {
             Logits::All => tokens.len(),
         };
         if self.logits.len() < n_out * n_vocab {
+            let more = n_out * n_vocab - self.logits.len();
+            self.logits
+                .try_reserve_exact(more)
+                .map_err(|_| Error::TooLarge {
+                    what: format!("the logits of {n_out} positions"),
+                    needed: (n_out * n_vocab * 4) as u64,
+                    allowed: memory::allowed_bytes(),
+                })?;
             self.logits.resize(n_out * n_vocab, 0.0);
         }
         let mut done = 0;

@@ -1,11 +1,13 @@
-//! The native implementation of the `slm` subcommands.
+//! The native implementation of the `slm` subcommands. Every argument and every model file is
+//! untrusted input: a failure is one line on stderr and exit code 2 (the backend line and
+//! notes appear only with `--verbose`; with `--json` the backend is in the summary object).
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::ops::ControlFlow;
 
 use engine::backend::{self, BackendChoice, LoadedModel};
-use engine::chat_template::{ChatMessage, ChatTemplate};
+use engine::chat_template::{ChatMessage, ChatTemplate, TemplateLimits};
 use engine::generate::{Clock, GenerateParams, Session, StdClock};
 use engine::gguf::{FileSource, GgufFile};
 use engine::model::{ForwardPass, Logits};
@@ -37,7 +39,7 @@ struct Args {
 }
 
 /// Options that take no value.
-const FLAGS: &[&str] = &["add-bos", "special", "json"];
+const FLAGS: &[&str] = &["add-bos", "special", "json", "verbose", "template-fallback"];
 
 impl Args {
     fn parse(raw: &[String]) -> CliResult<Self> {
@@ -107,17 +109,42 @@ fn open_model(args: &Args) -> CliResult<ModelFile> {
     Ok(ModelFile { src, gguf })
 }
 
-fn load_model(args: &Args, f: &ModelFile) -> CliResult<LoadedModel> {
+/// A note for the user on stderr (only with `--verbose`, so that a failing run still prints
+/// exactly one line).
+fn note(args: &Args, msg: &str) {
+    if args.flag("verbose") {
+        eprintln!("slm: note: {msg}");
+    }
+}
+
+/// `--threads`: 0 means every core; more than the machine has is capped (with a note).
+fn threads(args: &Args) -> CliResult<usize> {
+    let want = args.parse_or("threads", 1usize)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if want > cores {
+        note(
+            args,
+            &format!("--threads {want} capped at {cores}, the available parallelism"),
+        );
+        return Ok(cores);
+    }
+    Ok(want)
+}
+
+/// The loaded model and the sentence saying which backend was taken and why.
+fn load_model(args: &Args, f: &ModelFile) -> CliResult<(LoadedModel, String)> {
     let choice: BackendChoice = args.get("backend").unwrap_or("cpu").parse()?;
-    let threads = args.parse_or("threads", 1usize)?;
+    let threads = threads(args)?;
     let n_ctx = args.parse_or("ctx", DEFAULT_CTX)?;
     let (model, why) = backend::load(&f.gguf, &f.src, choice, n_ctx, threads)?;
-    eprintln!("backend: {} ({why})", model.name());
-    Ok(model)
+    if args.flag("verbose") {
+        eprintln!("backend: {} ({why})", model.name());
+    }
+    Ok((model, why))
 }
 
 fn cmd_tokenize(args: &Args) -> CliResult<()> {
-    args.check_known(&["model", "text", "add-bos", "special"])?;
+    args.check_known(&["model", "text", "add-bos", "special", "verbose"])?;
     let f = open_model(args)?;
     let tok = Tokenizer::from_gguf(&f.gguf)?;
     let ids = tok.encode(
@@ -161,14 +188,16 @@ fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
 }
 
 fn cmd_logits(args: &Args) -> CliResult<()> {
-    args.check_known(&["model", "tokens", "top", "backend", "threads", "ctx"])?;
+    args.check_known(&[
+        "model", "tokens", "top", "backend", "threads", "ctx", "verbose",
+    ])?;
     let f = open_model(args)?;
     let tokens = parse_tokens(args.required("tokens")?)?;
     if tokens.is_empty() {
         return fail("--tokens is empty");
     }
     let k = args.parse_or("top", 5usize)?;
-    let mut model = load_model(args, &f)?;
+    let (mut model, _) = load_model(args, &f)?;
     let n_vocab = model.config().n_vocab;
     let logits = model.forward(&tokens, 0, Logits::All)?;
     let mut out = std::io::stdout().lock();
@@ -205,8 +234,23 @@ fn prompt_ids(args: &Args, f: &ModelFile, tok: &Tokenizer) -> CliResult<Vec<u32>
                     "--messages is not a JSON list of {{role, content}}: {e}"
                 ))
             })?;
-            let template = ChatTemplate::from_gguf(&f.gguf, tok)?;
-            let text = template.render(&messages, true)?;
+            let n_ctx = args.parse_or("ctx", DEFAULT_CTX)?;
+            let limits = TemplateLimits::for_context(n_ctx);
+            let fallback = args.flag("template-fallback");
+            let (template, failed) = ChatTemplate::load(&f.gguf, tok, limits, fallback)?;
+            let text = match template.render(&messages, true) {
+                Ok(t) => t,
+                Err(e @ engine::Error::ChatTemplate { .. }) if fallback && failed.is_none() => {
+                    let mut builtin = ChatTemplate::builtin(&f.gguf, tok)?;
+                    builtin.set_limits(limits);
+                    fallback_note(&e);
+                    builtin.render(&messages, true)?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(e) = failed {
+                fallback_note(&e);
+            }
             // Templates that write the BOS text themselves must not get a second one.
             let has_bos = tok
                 .bos_id()
@@ -216,6 +260,11 @@ fn prompt_ids(args: &Args, f: &ModelFile, tok: &Tokenizer) -> CliResult<Vec<u32>
         }
         _ => fail("give exactly one of --prompt or --messages"),
     }
+}
+
+/// The fallback to the built-in template is never silent: it is said on stderr.
+fn fallback_note(e: &engine::Error) {
+    eprintln!("slm: note: {e}; using the built-in chat format instead (--template-fallback)");
 }
 
 fn cmd_generate(args: &Args) -> CliResult<()> {
@@ -235,19 +284,33 @@ fn cmd_generate(args: &Args) -> CliResult<()> {
         "threads",
         "ctx",
         "json",
+        "verbose",
+        "template-fallback",
     ])?;
+    let stop_strings = args.all("stop");
+    if stop_strings.iter().any(String::is_empty) {
+        return fail("invalid value `` for --stop: an empty stop string would stop at once");
+    }
+    let sampler = sampler_params(args)?;
+    sampler.validate()?;
     let f = open_model(args)?;
+    // The hyperparameters and their consistency with the tensors and vocabulary first: a file
+    // that contradicts itself is named for that, not for a symptom further on.
+    engine::arch::config(&f.gguf)?;
     let tok = Tokenizer::from_gguf(&f.gguf)?;
+    for w in tok.warnings() {
+        note(args, w);
+    }
     let ids = prompt_ids(args, &f, &tok)?;
     let params = GenerateParams {
         max_tokens: args.parse_or("max-tokens", 128usize)?,
-        sampler: sampler_params(args)?,
-        stop_strings: args.all("stop"),
+        sampler,
+        stop_strings,
         stop_on_eog: true,
     };
-    params.sampler.validate()?;
     let json = args.flag("json");
-    let model = load_model(args, &f)?;
+    let (model, why) = load_model(args, &f)?;
+    let backend_name = model.name();
     let mut session = Session::new(model);
     let clock = StdClock::default();
     let mut out = std::io::stdout().lock();
@@ -275,6 +338,8 @@ fn cmd_generate(args: &Args) -> CliResult<()> {
                 "ttft_ms": stats.ttft_ms,
                 "prefill_tok_s": stats.prefill_tok_s(),
                 "decode_tok_s": stats.decode_tok_s(),
+                "backend": backend_name,
+                "backend_reason": why,
             })
         );
     } else {
@@ -300,6 +365,7 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
         "gen-tokens",
         "ctx",
         "reps",
+        "verbose",
     ])?;
     let clock = StdClock::default();
     let t0 = clock.now_ms();
@@ -307,18 +373,30 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
     let n_prompt = args.parse_or("prompt-tokens", 128usize)?;
     let n_gen = args.parse_or("gen-tokens", 128usize)?;
     let reps = args.parse_or("reps", 3usize)?.max(1);
-    let mut model = load_model(args, &f)?;
-    let load_s = (clock.now_ms() - t0) / 1e3;
-    let n_vocab = model.config().n_vocab as u32;
-    if n_prompt + n_gen > model.n_ctx() || n_prompt == 0 {
+    // Checked before loading: the prompt is allocated from these numbers.
+    let n_ctx_arg = args.parse_or("ctx", DEFAULT_CTX)?;
+    let in_ctx = |n_ctx: usize| {
+        n_prompt
+            .checked_add(n_gen)
+            .is_some_and(|t| t <= n_ctx && n_prompt > 0)
+    };
+    if !in_ctx(n_ctx_arg) {
         return fail(format!(
-            "--prompt-tokens + --gen-tokens must be in 1..={}",
+            "--prompt-tokens + --gen-tokens must be in 1..={n_ctx_arg} (--ctx)"
+        ));
+    }
+    let (mut model, _) = load_model(args, &f)?;
+    let load_s = (clock.now_ms() - t0) / 1e3;
+    let n_vocab = model.config().n_vocab as u64;
+    if !in_ctx(model.n_ctx()) {
+        return fail(format!(
+            "--prompt-tokens + --gen-tokens must be in 1..={} (the model's context)",
             model.n_ctx()
         ));
     }
     // A fixed pseudo-random prompt (the speed does not depend on the ids).
-    let prompt: Vec<u32> = (0..n_prompt as u32)
-        .map(|i| (i * 7919 + 13) % n_vocab)
+    let prompt: Vec<u32> = (0..n_prompt as u64)
+        .map(|i| ((i * 7919 + 13) % n_vocab) as u32)
         .collect();
     let (mut prefill, mut decode) = (vec![], vec![]);
     for _ in 0..reps {
@@ -350,7 +428,7 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
         serde_json::json!({
             "model": args.required("model")?,
             "backend": model.name(),
-            "threads": args.parse_or("threads", 1usize)?,
+            "threads": threads(args)?,
             "load_s": load_s,
             "prompt_tokens": n_prompt,
             "gen_tokens": n_gen,
@@ -369,6 +447,21 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
         })
     );
     Ok(())
+}
+
+/// The arguments as UTF-8 strings; one that is not is named (by position, shown lossily).
+fn utf8_args(raw: impl Iterator<Item = std::ffi::OsString>) -> CliResult<Vec<String>> {
+    raw.enumerate()
+        .map(|(i, a)| {
+            a.into_string().map_err(|a| {
+                CliError(format!(
+                    "argument {} ({:?}) is not valid UTF-8",
+                    i + 1,
+                    a.to_string_lossy()
+                ))
+            })
+        })
+        .collect()
 }
 
 fn run(raw: &[String]) -> CliResult<()> {
@@ -393,8 +486,8 @@ pub fn main() {
         eprintln!("slm: internal error: {info}");
         std::process::exit(2);
     }));
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    if let Err(CliError(msg)) = run(&raw) {
+    let r = utf8_args(std::env::args_os().skip(1)).and_then(|raw| run(&raw));
+    if let Err(CliError(msg)) = r {
         eprintln!("slm: {msg}");
         std::process::exit(2);
     }
