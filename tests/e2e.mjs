@@ -3,7 +3,8 @@
 // test-mode server (request log at /__log, `?cut=N` drops a download after N bytes) and sets
 // SLM_URL. Each scenario uses a fresh browser profile.
 import { chromium } from 'playwright-core';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -580,6 +581,77 @@ async function importFlow() {
   }
 }
 
+/// Wait until the error banner's text matches `re` (at most `ms`); returns its text and the time.
+async function waitBanner(page, re, ms) {
+  const t0 = Date.now();
+  const text = await waitText(page, 'error-banner', re, ms);
+  return { text, secs: (Date.now() - t0) / 1e3 };
+}
+
+async function hostileFlow() {
+  log('hostile model files (engine/tests/tools/hostile_models.py): a plain error in the banner within 10 s each, the app stays usable');
+  const dir = mkdtempSync(join(tmpdir(), 'slm-hostile-'));
+  const script = join(dirname(fileURLToPath(import.meta.url)), '..', 'engine', 'tests', 'tools', 'hostile_models.py');
+  execFileSync('python3', [script, join(MODELS_DIR, MODEL_FILE), dir, '--only',
+    'template_header_only,array_bomb_u8_64mib,template_fallback'], { stdio: 'inherit' });
+  const cases = Object.fromEntries(JSON.parse(readFileSync(join(dir, 'cases.json'), 'utf8')).map((c) => [c.name, c.file]));
+  const b = await launch({ webgpu: false });
+  try {
+    await open(b.page);
+    await b.page.getByTestId('backend-select').selectOption('cpu');
+    await b.page.locator('details.add-model summary').click();
+    const importFile = async (file) => b.page.getByTestId('import-file').setInputFiles(file);
+
+    // 1. A chat template that loops for ever: refused at load, with the built-in format offered.
+    let t0 = Date.now();
+    await importFile(cases.template_header_only);
+    let r = await waitBanner(b.page, /chat template cannot be used/, 10_000);
+    const secs1 = (Date.now() - t0) / 1e3;
+    log(`hostile template refused in ${secs1.toFixed(1)} s:`, r.text);
+    assert.ok(secs1 < 10, 'template refused within 10 s');
+    assert.match(r.text, /fuel limit/);
+    assert.ok(await b.page.getByTestId('template-fallback').isVisible(), 'the built-in format is offered');
+    assert.ok(await b.page.getByTestId('prompt-input').isDisabled(), 'no model loaded');
+    await b.page.locator('.error-banner .dismiss').click();
+
+    // 2. 64 MiB of metadata arrays: parsed without materialising them, refused by name.
+    t0 = Date.now();
+    await importFile(cases.array_bomb_u8_64mib);
+    r = await waitBanner(b.page, /could not be loaded/, 10_000);
+    const secs2 = (Date.now() - t0) / 1e3;
+    log(`metadata bomb refused in ${secs2.toFixed(1)} s:`, r.text);
+    assert.ok(secs2 < 10, 'metadata bomb refused within 10 s');
+    assert.match(r.text, /unsupported model architecture `bomb`/);
+    await b.page.locator('.error-banner .dismiss').click();
+
+    // 3. The full model with the hostile template: refused, then loaded with the built-in
+    //    format only when the user asks, and it chats.
+    await importFile(cases.template_fallback);
+    r = await waitBanner(b.page, /chat template cannot be used/, LONG);
+    await b.page.getByTestId('template-fallback').click();
+    await b.page.waitForFunction(() => !document.querySelector('[data-testid=prompt-input]').disabled, null, { timeout: LONG });
+    const note = await b.page.getByTestId('error-banner').first().innerText();
+    log('fallback:', note);
+    assert.match(note, /built-in chat format instead/, 'the fallback is said, not silent');
+    await settings(b.page, { temperature: 0, maxTokens: 16 });
+    let reply = await ask(b.page, QUESTION);
+    log('reply with the built-in format:', JSON.stringify(reply.reply));
+    assert.ok(reply.reply.trim().length > 0);
+    // (Sending a message clears the banner.)
+    if (await b.page.getByTestId('error-banner').count()) await b.page.locator('.error-banner .dismiss').click();
+
+    // 4. The normal model loads and chats in the same page.
+    await importFile(join(MODELS_DIR, MODEL_FILE));
+    await waitLoaded(b.page);
+    reply = await ask(b.page, QUESTION);
+    log('reply from the normal model:', JSON.stringify(reply.reply));
+    assert.match(reply.reply.toLowerCase(), /blue/);
+  } finally {
+    await b.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 async function gemma3Flow() {
   log('Gemma 3 (imported file) on a WebGPU page, backend auto: the CPU takes it, the reply matches slm generate');
   const b = await launch({ webgpu: true });
@@ -732,6 +804,7 @@ const flows = {
   hub: { run: hubFlow },
   cancel: { run: cancelFlow },
   import: { run: importFlow },
+  hostile: { run: hostileFlow },
   gemma3: { run: gemma3Flow },
   quota: { run: quotaFlow },
   gpulost: { run: gpuLostFlow, gpu: true },

@@ -24,6 +24,8 @@ pub struct LoadedInfo {
     pub n_ctx: usize,
     pub arch: String,
     pub load_ms: f64,
+    /// Why the built-in chat format replaced the file's template (the user chose the fallback).
+    pub template_fallback: Option<String>,
 }
 
 /// A failed worker request: `kind` as in [`FromWorker::Error`].
@@ -158,12 +160,19 @@ async fn request(msg: &ToWorker) -> Result<FromWorker, WorkerError> {
     }
 }
 
-/// Load a stored model in the worker.
-pub async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<LoadedInfo, WorkerError> {
+/// Load a stored model in the worker; `template_fallback`: use the built-in chat format if the
+/// file's template fails.
+pub async fn load(
+    model_id: &str,
+    backend: &str,
+    n_ctx: usize,
+    template_fallback: bool,
+) -> Result<LoadedInfo, WorkerError> {
     match request(&ToWorker::Load {
         model_id: model_id.into(),
         backend: backend.into(),
         n_ctx,
+        template_fallback,
     })
     .await?
     {
@@ -174,6 +183,7 @@ pub async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<LoadedI
             n_ctx,
             arch,
             load_ms,
+            template_fallback,
         } => Ok(LoadedInfo {
             model_id: model_id.into(),
             backend,
@@ -182,6 +192,7 @@ pub async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<LoadedI
             n_ctx,
             arch,
             load_ms,
+            template_fallback,
         }),
         other => Err(WorkerError {
             kind: "protocol".into(),

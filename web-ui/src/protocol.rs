@@ -40,6 +40,10 @@ pub enum ToWorker {
         model_id: String,
         backend: String,
         n_ctx: usize,
+        /// Use the built-in chat format when the file's own template fails (the user chose
+        /// it after a `template` error; never done silently).
+        #[serde(default)]
+        template_fallback: bool,
     },
     /// Generate the assistant's next turn.
     Generate {
@@ -75,6 +79,9 @@ pub enum FromWorker {
         n_ctx: usize,
         arch: String,
         load_ms: f64,
+        /// Set when the built-in chat format replaced the file's failing template: why.
+        #[serde(default)]
+        template_fallback: Option<String>,
     },
     /// New reply text (may be empty while a character is incomplete).
     Token { text: String },
@@ -84,6 +91,7 @@ pub enum FromWorker {
     /// page moves the model to the CPU, keeping the conversation.
     GpuLost { message: String },
     /// A failure; `kind` lets the page choose a recovery (`context_full`, `gpu_lost`, `load`,
+    /// `template` (the file's chat template failed: the page offers the built-in format),
     /// `generate`).
     Error { kind: String, message: String },
 }

@@ -41,16 +41,24 @@ impl KnownModels {
     }
 }
 
-/// The one plain-language error shown in the banner.
+/// The one plain-language error shown in the banner, and the stored model whose chat template
+/// failed, when the banner offers the built-in chat format for it.
 #[derive(Clone, Copy)]
-pub struct ErrorBanner(pub RwSignal<Option<String>>);
+pub struct ErrorBanner(pub RwSignal<Option<String>>, pub RwSignal<Option<String>>);
 
 impl ErrorBanner {
     pub fn show(&self, msg: impl Into<String>) {
+        self.1.set(None);
         self.0.set(Some(msg.into()));
+    }
+    /// Show `msg` with a button that loads `model_id` with the built-in chat format.
+    pub fn offer_template_fallback(&self, msg: impl Into<String>, model_id: &str) {
+        self.0.set(Some(msg.into()));
+        self.1.set(Some(model_id.to_string()));
     }
     pub fn clear(&self) {
         self.0.set(None);
+        self.1.set(None);
     }
 }
 

@@ -20,7 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use engine::backend::{self, gpu, BackendChoice, GpuHooks, LoadedModel};
-use engine::chat_template::{ChatMessage, ChatTemplate};
+use engine::chat_template::{ChatMessage, ChatTemplate, TemplateLimits};
 use engine::generate::{GenerateParams, Generation, Step};
 use engine::gguf::{ByteSource, ChunkedSource, GgufFile};
 use engine::model::{ForwardPass, Logits};
@@ -103,12 +103,13 @@ pub fn worker_main() {
                 model_id,
                 backend,
                 n_ctx,
+                template_fallback,
             }) => wasm_bindgen_futures::spawn_local(async move {
                 LOAD_SEQ.with(|s| s.set(s.get() + 1));
                 GPU_DEVICE.with(|d| *d.borrow_mut() = None);
                 LOADED.with(|l| *l.borrow_mut() = None);
-                if let Err(e) = load(&model_id, &backend, n_ctx).await {
-                    post_err("load", e);
+                if let Err((kind, e)) = load(&model_id, &backend, n_ctx, template_fallback).await {
+                    post_err(kind, e);
                 }
             }),
             Ok(ToWorker::Generate { turns, settings }) => {
@@ -193,20 +194,36 @@ fn progress(phase: &str, fraction: f64) {
     });
 }
 
-async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<(), String> {
+/// A load failure: the error kind for the page (`load`, `template`) and its message.
+type LoadError = (&'static str, String);
+
+fn load_err(e: impl ToString) -> LoadError {
+    ("load", e.to_string())
+}
+
+/// Load the stored model. The file is untrusted: parsing, the tokenizer, the chat template (a
+/// sample conversation is rendered under the template's budget) and the weights all go through
+/// the engine's checks, so a hostile file ends here as a plain error and the worker stays
+/// usable.
+async fn load(
+    model_id: &str,
+    backend: &str,
+    n_ctx: usize,
+    template_fallback: bool,
+) -> Result<(), LoadError> {
     let t0 = now_ms();
-    let db = Db::open().await.map_err(|e| e.to_string())?;
+    let db = Db::open().await.map_err(load_err)?;
     let rec: StoredModel = db
         .get_json::<StoredModel>(crate::idb::MODELS, model_id)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(load_err)?
         .filter(|r| r.complete)
         .ok_or_else(|| {
-            "this model is not stored on this device yet: download it first".to_string()
+            load_err("this model is not stored on this device yet: download it first")
         })?;
     let mut src = ChunkedSource::default();
     for i in 0..rec.n_chunks {
-        let c = db.get_chunk(model_id, i).await.map_err(|e| e.to_string())?;
+        let c = db.get_chunk(model_id, i).await.map_err(load_err)?;
         src.push(Arc::from(c));
         progress(
             "reading from storage",
@@ -214,16 +231,23 @@ async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<(), String>
         );
     }
     if src.len() != rec.size {
-        return Err(format!(
+        return Err(load_err(format!(
             "the stored model is incomplete ({} of {} bytes): delete it and download again",
             src.len(),
             rec.size
-        ));
+        )));
     }
-    let g = GgufFile::parse(&src).map_err(|e| e.to_string())?;
+    let g = GgufFile::parse(&src).map_err(load_err)?;
     let arch = g.architecture().unwrap_or("?").to_string();
-    let tok = Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
-    let tmpl = ChatTemplate::from_gguf(&g, &tok).map_err(|e| e.to_string())?;
+    engine::arch::config(&g).map_err(load_err)?;
+    let tok = Tokenizer::from_gguf(&g).map_err(load_err)?;
+    let limits = TemplateLimits::for_context(n_ctx);
+    let (tmpl, failed) =
+        ChatTemplate::load(&g, &tok, limits, template_fallback).map_err(|e| match e {
+            Error::ChatTemplate { .. } => ("template", e.to_string()),
+            e => load_err(e),
+        })?;
+    let template_note = failed.map(|e| e.to_string());
     progress("building the model", 0.6);
 
     let choice = match backend {
@@ -249,8 +273,8 @@ async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<(), String>
     let (model, why) = backend::load_async(&g, &src, choice, n_ctx, 1, hooks)
         .await
         .map_err(|e| match choice {
-            BackendChoice::Gpu => format!("GPU backend failed: {e}"),
-            _ => e.to_string(),
+            BackendChoice::Gpu => load_err(format!("GPU backend failed: {e}")),
+            _ => load_err(e),
         })?;
     let (adapter, device) = recorded.unwrap_or_default();
     let reason = match &model {
@@ -279,6 +303,7 @@ async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<(), String>
         n_ctx,
         arch,
         load_ms: now_ms() - t0,
+        template_fallback: template_note,
     });
     Ok(())
 }
@@ -286,6 +311,7 @@ async fn load(model_id: &str, backend: &str, n_ctx: usize) -> Result<(), String>
 fn error_kind(e: &Error) -> &'static str {
     match e {
         Error::ContextFull { .. } => "context_full",
+        Error::ChatTemplate { .. } => "template",
         Error::GpuDeviceLost(_) | Error::Gpu { .. } | Error::GpuOutOfMemory { .. } => "gpu_lost",
         _ => "generate",
     }

@@ -188,6 +188,12 @@ def cases(m, out):
         add(name, lambda p, src=src: write(
             p, [r for _, r in replace(kv, 'tokenizer.chat_template', STRING, src)], m.tensors,
             **sparse), args=chat, needle=needle)
+    # Only the metadata (no tensors): the template fails before anything else is read (the
+    # browser test imports this one, small enough to be refused in well under 10 s).
+    add('template_header_only', lambda p: write(
+        p, [r for _, r in replace(kv, 'tokenizer.chat_template', STRING,
+                                  HOSTILE_TEMPLATES['template_nested_loops'][0])], []),
+        args=chat, needle='fuel limit')
     # The explicit fallback: the hostile file still chats, with a note on stderr.
     add('template_fallback', lambda p: write(
         p, [r for _, r in replace(kv, 'tokenizer.chat_template', STRING,

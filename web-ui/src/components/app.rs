@@ -18,7 +18,7 @@ use crate::state::{
 
 #[component]
 pub fn App() -> impl IntoView {
-    let banner = ErrorBanner(RwSignal::new(None));
+    let banner = ErrorBanner(RwSignal::new(None), RwSignal::new(None));
     let engine = Engine {
         loaded: RwSignal::new(None),
         load_progress: RwSignal::new(None),
@@ -78,6 +78,7 @@ pub fn App() -> impl IntoView {
         <Show when=move || banner.0.get().is_some()>
             <div class="error-banner" data-testid="error-banner" role="alert">
                 <span>{move || banner.0.get().unwrap_or_default()}</span>
+                <TemplateFallbackButton/>
                 <button class="dismiss" on:click=move |_| banner.clear()>"×"</button>
             </div>
         </Show>
@@ -90,6 +91,31 @@ pub fn App() -> impl IntoView {
             </aside>
             <ChatPanel/>
         </main>
+    }
+}
+
+/// In the banner after a model's chat template failed: load that model with the built-in chat
+/// format (the user's explicit choice; the app never falls back silently).
+#[component]
+fn TemplateFallbackButton() -> impl IntoView {
+    let banner = expect_context::<ErrorBanner>();
+    let dl = expect_context::<DownloadState>();
+    let fallback = Action::new_local(move |id: &String| {
+        let id = id.clone();
+        async move {
+            banner.clear();
+            dl.load_with(&id, true).await;
+        }
+    });
+    view! {
+        <Show when=move || banner.1.get().is_some()>
+            <button data-testid="template-fallback" disabled=move || fallback.pending().get()
+                on:click=move |_| {
+                    if let Some(id) = banner.1.get_untracked() {
+                        fallback.dispatch(id);
+                    }
+                }>"Use the built-in chat format"</button>
+        </Show>
     }
 }
 

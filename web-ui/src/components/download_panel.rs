@@ -32,12 +32,33 @@ impl DownloadState {
 
     /// Load stored model `id` in the worker on the preferred backend; errors go to the banner.
     pub async fn load(&self, id: &str) -> bool {
+        self.load_with(id, false).await
+    }
+
+    /// [`DownloadState::load`]; `template_fallback`: the user chose the built-in chat format
+    /// after the file's own template failed.
+    pub async fn load_with(&self, id: &str, template_fallback: bool) -> bool {
         self.engine.loaded.set(None);
         let pref = self.pref.0.get_untracked();
-        match engine_client::load(id, &pref, N_CTX).await {
+        match engine_client::load(id, &pref, N_CTX, template_fallback).await {
             Ok(info) => {
+                if let Some(why) = &info.template_fallback {
+                    self.banner.show(format!(
+                        "This model's own chat template failed ({why}); it runs with the built-in chat format instead."
+                    ));
+                }
                 self.engine.loaded.set(Some(info));
                 true
+            }
+            Err(e) if e.kind == "template" => {
+                self.banner.offer_template_fallback(
+                    format!(
+                        "This model's chat template cannot be used: {}. You can load it with the built-in chat format instead; replies may be worse.",
+                        e.message
+                    ),
+                    id,
+                );
+                false
             }
             Err(e) => {
                 self.banner
