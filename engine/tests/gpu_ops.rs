@@ -567,3 +567,150 @@ fn probe_reports_an_adapter_and_passes_the_self_test() {
     assert!(!info.name.is_empty());
     assert!(info.max_storage_binding >= 128 << 20);
 }
+
+/// The per-layer attention values the architectures need: a sliding window (Gemma) and a score
+/// soft cap (Gemma 2), on the prefill kernel and the split decode kernel (window shorter and
+/// longer than a decode chunk, so the visible range starts inside a chunk and spans several).
+#[test]
+fn attention_sliding_window_and_softcap_prefill_and_decode() {
+    for (mode, mut gpu) in gpus() {
+        let mut rng = Rng(15);
+        let (n_head, n_head_kv, head_dim) = (4, 2, 32);
+        let kv_dim = n_head_kv * head_dim;
+        let chunk = gpu.info().attn_decode_chunk as usize;
+        let n_ctx = chunk + 40;
+        let k = as_cached(&gpu, &rng.vec(n_ctx * kv_dim));
+        let v = as_cached(&gpu, &rng.vec(n_ctx * kv_dim));
+        for (window, softcap) in [(7, 0.0), (0, 2.5), (chunk + 5, 1.5), (40, 0.0)] {
+            for (pos0, n_tok) in [(0, 11), (50, 9), (3, 1), (chunk + 20, 1), (n_ctx - 1, 1)] {
+                let q: Vec<f32> = rng
+                    .vec(n_tok * n_head * head_dim)
+                    .iter()
+                    .map(|x| x * 3.0)
+                    .collect();
+                let got = block_on(gpu.attention_ext(
+                    &q, &k, &v, n_tok, pos0, n_head, n_head_kv, head_dim, window, softcap,
+                ))
+                .unwrap();
+                let qd = n_head * head_dim;
+                let mut want = vec![0.0; n_tok * qd];
+                let mut scores = vec![0.0; n_ctx];
+                for t in 0..n_tok {
+                    let end = pos0 + t + 1;
+                    let start = if window > 0 {
+                        end.saturating_sub(window)
+                    } else {
+                        0
+                    };
+                    cpu::attention_range(
+                        &mut want[t * qd..(t + 1) * qd],
+                        &q[t * qd..(t + 1) * qd],
+                        &k,
+                        &v,
+                        start..end,
+                        n_head,
+                        n_head_kv,
+                        head_dim,
+                        1.0 / (head_dim as f32).sqrt(),
+                        softcap,
+                        &mut scores,
+                    );
+                }
+                let what = format!(
+                    "attention {mode} window {window} softcap {softcap} pos0 {pos0} n {n_tok}"
+                );
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - e).abs() <= ATTN_TOL, "{what}[{i}]: {g} vs {e}");
+                }
+            }
+        }
+    }
+}
+
+/// RoPE with cos/sin scaled (Phi-3's attention factor) and a NoPE layer (SmolLM3): Q copied,
+/// K and V only stored.
+#[test]
+fn rope_scaled_and_nope() {
+    for (mode, mut gpu) in gpus() {
+        let mut rng = Rng(16);
+        let (n_tok, n_head, n_head_kv, head_dim, n_rot) = (3, 4, 2, 16, 16);
+        let kv_f16 = gpu.pipes.kv_type() == KvType::F16;
+        let cache_rtol = if kv_f16 { F16_RTOL } else { 0.0 };
+        let q = rng.vec(n_tok * n_head * head_dim);
+        let k = rng.vec(n_tok * n_head_kv * head_dim);
+        let v = rng.vec(n_tok * n_head_kv * head_dim);
+        let freq: Vec<f32> = (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.25).collect();
+        for (rotate, mscale) in [(true, 1.2247), (false, 1.0)] {
+            let pos0 = 41;
+            let (got_q, got_k, got_v) = block_on(gpu.rope_kv_ext(
+                &q,
+                &k,
+                &v,
+                n_tok,
+                n_head,
+                n_head_kv,
+                head_dim,
+                n_rot,
+                pos0,
+                10000.0,
+                1.0,
+                RopeLayout::Neox,
+                Some(&freq),
+                mscale,
+                rotate,
+            ))
+            .unwrap();
+            let (mut want_q, mut want_k) = (q.clone(), k.clone());
+            if rotate {
+                for (x, n_heads) in [(&mut want_q, n_head), (&mut want_k, n_head_kv)] {
+                    let w = n_heads * head_dim;
+                    for t in 0..n_tok {
+                        cpu::rope_scaled(
+                            &mut x[t * w..(t + 1) * w],
+                            n_heads,
+                            head_dim,
+                            n_rot,
+                            pos0 + t,
+                            10000.0,
+                            1.0,
+                            mscale,
+                            RopeLayout::Neox,
+                            Some(&freq),
+                        );
+                    }
+                }
+            }
+            let what = format!("rope {mode} rotate {rotate} mscale {mscale}");
+            for (name, got, want, rtol) in [
+                ("q", &got_q, &want_q, 0.0),
+                ("k cache", &got_k, &want_k, cache_rtol),
+                ("v cache", &got_v, &v, cache_rtol),
+            ] {
+                for (i, (g, e)) in got.iter().zip(want.iter()).enumerate() {
+                    assert!(
+                        (g - e).abs() <= ROPE_TOL + rtol * e.abs(),
+                        "{what} {name}[{i}]: {g} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// GeGLU (Gemma's feed-forward): gelu_tanh(gate) · up, including large |gate| where tanh
+/// saturates.
+#[test]
+fn geglu_matches_cpu() {
+    for (mode, mut gpu) in gpus() {
+        let mut rng = Rng(17);
+        let n = 1001;
+        let mut g: Vec<f32> = rng.vec(n).iter().map(|v| v * 6.0).collect();
+        g[0] = 40.0;
+        g[1] = -40.0;
+        let u = rng.vec(n);
+        let got = block_on(gpu.geglu(&g, &u)).unwrap();
+        let mut want = g.clone();
+        cpu::geglu(&mut want, &u);
+        assert_close(&format!("geglu {mode}"), &got, &want, ELT_RTOL);
+    }
+}

@@ -78,12 +78,24 @@ fn ModelFacts() -> impl IntoView {
                     <dt>"Quantization"</dt><dd>{e.quant.clone()}</dd>
                     <dt>"Download size"</dt><dd class="size">{e.size_text()}</dd>
                     <dt>"License"</dt><dd>{e.license.clone()}</dd>
+                    <dt>"Runs on"</dt><dd class="backends">{backends_text(&e.backends)}</dd>
                     <dt>"Check"</dt><dd class="verify">{verify}</dd>
                     <dt>"Source"</dt><dd class="url">{e.url.clone()}</dd>
                 </dl>
                 {e.note.clone().map(|n| view! { <p class="note">{n}</p> })}
             }
         })
+    }
+}
+
+/// "WebGPU and CPU", "CPU only", …: which engines run this catalog entry.
+fn backends_text(b: &[String]) -> String {
+    let (cpu, gpu) = (b.iter().any(|x| x == "cpu"), b.iter().any(|x| x == "gpu"));
+    match (gpu, cpu) {
+        (true, true) => "WebGPU and CPU".into(),
+        (true, false) => "WebGPU only".into(),
+        (false, true) => "CPU only".into(),
+        (false, false) => "read from the file when it loads".into(),
     }
 }
 
