@@ -105,6 +105,11 @@ fn random_row(dtype: GgmlDType, cols: usize, rng: &mut Rng) -> Vec<u8> {
                 out.extend(f16b(rng.f()));
             }
         }
+        GgmlDType::BF16 => {
+            for _ in 0..cols {
+                out.extend(half::bf16::from_f32(rng.f()).to_le_bytes());
+            }
+        }
         GgmlDType::Q4_0 | GgmlDType::Q8_0 => {
             for _ in 0..nb {
                 out.extend(scale(rng));
@@ -124,11 +129,31 @@ fn random_row(dtype: GgmlDType, cols: usize, rng: &mut Rng) -> Vec<u8> {
                 out.extend(rng.bytes(20));
             }
         }
-        GgmlDType::Q4K => {
+        GgmlDType::Q5_1 => {
+            for _ in 0..nb {
+                out.extend(scale(rng));
+                out.extend(f16b(0.1 * rng.f()));
+                out.extend(rng.bytes(4 + 16));
+            }
+        }
+        GgmlDType::Q2K => {
+            for _ in 0..nb {
+                out.extend(rng.bytes(16 + 64));
+                out.extend(scale(rng));
+                out.extend(f16b(0.01 * rng.f().abs()));
+            }
+        }
+        GgmlDType::Q3K => {
+            for _ in 0..nb {
+                out.extend(rng.bytes(32 + 64 + 12));
+                out.extend(f16b(0.002 + 0.005 * rng.f().abs()));
+            }
+        }
+        GgmlDType::Q4K | GgmlDType::Q5K => {
             for _ in 0..nb {
                 out.extend(scale(rng));
                 out.extend(f16b(0.01 * rng.f().abs()));
-                out.extend(rng.bytes(12 + 128));
+                out.extend(rng.bytes(dtype.type_size() - 4));
             }
         }
         GgmlDType::Q6K => {
@@ -256,9 +281,15 @@ fn weights_split_across_buffers_under_a_small_binding_limit() {
     };
     let mut gpu = Gpu::new(&opts).expect("GPU");
     assert_eq!(gpu.info().max_storage_binding, 4096);
-    for (i, dtype) in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::F16]
-        .into_iter()
-        .enumerate()
+    // Q3_K: 110-byte blocks, so every other block starts 2 bytes into a u32 word.
+    for (i, dtype) in [
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q3K,
+        GgmlDType::F16,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let cols = cols_for(dtype);
         let rows = 150;
