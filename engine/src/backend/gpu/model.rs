@@ -13,7 +13,7 @@
 use crate::arch::{self, Act, Epilogue, Glu, Graph, Mat, Op as GraphOp, Vector, WeightStore};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgufFile, SourceRef};
-use crate::model::{ForwardPass, Logits, ModelConfig, RopeLayout};
+use crate::model::{check_forward, ForwardPass, Logits, ModelConfig, RopeLayout};
 use crate::quant::GgmlDType;
 use crate::tensor::AlignedBytes;
 
@@ -601,29 +601,7 @@ impl GpuModel {
     }
 
     fn check_tokens(&self, tokens: &[u32], pos: usize) -> Result<()> {
-        if tokens.is_empty() {
-            return Err(Error::Shape {
-                op: "gpu forward",
-                detail: "no tokens".into(),
-            });
-        }
-        if pos
-            .checked_add(tokens.len())
-            .is_none_or(|end| end > self.n_ctx)
-        {
-            return Err(Error::ContextFull {
-                n_prompt: pos,
-                n_requested: tokens.len(),
-                n_ctx: self.n_ctx,
-            });
-        }
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.cfg.n_vocab) {
-            return Err(Error::TokenOutOfRange {
-                id: t,
-                n_vocab: self.cfg.n_vocab,
-            });
-        }
-        Ok(())
+        check_forward(tokens, pos, self.n_ctx, self.cfg.n_vocab)
     }
 
     /// Record one batch (`tokens` at positions `pos ..`) into one command buffer.
