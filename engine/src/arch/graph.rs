@@ -175,6 +175,20 @@ impl Graph {
         self.in_head = true;
     }
 
+    /// Bytes of weights one decode step reads: every matrix of a product whole, one row of an
+    /// embedding table. `size(m)` gives (matrix bytes, row bytes).
+    pub fn weight_bytes_per_token(&self, size: impl Fn(Mat) -> (u64, u64)) -> u64 {
+        self.layers
+            .iter()
+            .chain(&self.head)
+            .map(|op| match *op {
+                Op::Embed { table, .. } => size(table).1,
+                Op::Linear { w, .. } => size(w).0,
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// [`Op::Embed`].
     pub fn embed(&mut self, table: Mat, scale: f32) {
         self.push(Op::Embed { table, scale });

@@ -168,6 +168,14 @@ impl CpuModel {
     pub fn graph(&self) -> &Graph {
         &self.graph
     }
+
+    /// Bytes of weights one decode step reads ([`Graph::weight_bytes_per_token`]).
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        self.graph.weight_bytes_per_token(|m| {
+            let q = self.w.mat(m);
+            (q.data.len() as u64, q.row_bytes as u64)
+        })
+    }
 }
 
 /// Two distinct activation buffers, the first shared, the second mutable.

@@ -157,6 +157,8 @@ pub struct GpuModel {
     _vectors: Vec<wgpu::Buffer>,
     logits: Vec<f32>,
     last_dispatches: usize,
+    /// Bytes of weights one decode step reads.
+    bytes_per_token: u64,
 }
 
 fn u32_of(what: &'static str, v: usize) -> Result<u32> {
@@ -427,6 +429,10 @@ impl GpuModel {
         };
         let (cfg, graph) = arch::build(file, &SourceRef(src), n_ctx, &mut store)?;
         let (mats, vecs) = (store.mats, store.vecs);
+        let bytes_per_token = graph.weight_bytes_per_token(|m| {
+            let w = &mats[m.0];
+            ((w.rows * w.row_bytes) as u64, w.row_bytes as u64)
+        });
 
         // Activations and the KV cache.
         let ctx = &gpu.ctx;
@@ -554,6 +560,7 @@ impl GpuModel {
             _vectors: vecs,
             logits: Vec::new(),
             last_dispatches: 0,
+            bytes_per_token,
         })
     }
 
@@ -593,6 +600,12 @@ impl GpuModel {
     /// Dispatches recorded by the last forward / decode call (its last batch).
     pub fn last_dispatch_count(&self) -> usize {
         self.last_dispatches
+    }
+
+    /// Bytes of weights one decode step reads (every matrix product's weights, one embedding
+    /// row): the numerator of the bandwidth floor.
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        self.bytes_per_token
     }
 
     /// Weight bytes on the GPU.
