@@ -32,7 +32,7 @@ pub enum Error {
     Metadata { key: String, what: String },
 
     /// The model's architecture (`general.architecture`) is not implemented.
-    #[error("unsupported model architecture `{0}` (supported: llama, qwen2, gemma3)")]
+    #[error("unsupported model architecture `{0}` (supported: {names})", names = family_names())]
     UnsupportedArchitecture(String),
 
     /// A tensor type id this engine does not implement.
@@ -124,4 +124,13 @@ impl Error {
             what: what.into(),
         }
     }
+}
+
+/// The registered families ([`crate::arch::FAMILIES`]), comma-separated.
+fn family_names() -> String {
+    crate::arch::FAMILIES
+        .iter()
+        .map(|f| f.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
