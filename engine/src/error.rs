@@ -85,13 +85,6 @@ pub enum Error {
     #[error("the GPU device was lost: {0}")]
     GpuDeviceLost(String),
 
-    /// The GPU backend has no forward pass for this (otherwise supported) architecture; the
-    /// caller should use the CPU backend, which has one.
-    #[error(
-        "the GPU backend does not implement the `{0}` architecture yet (the CPU backend does)"
-    )]
-    GpuUnsupportedArchitecture(String),
-
     /// A GPU allocation failed.
     #[error("the GPU ran out of memory allocating {what} ({bytes} bytes)")]
     GpuOutOfMemory { what: String, bytes: u64 },
