@@ -745,3 +745,42 @@ fn geglu_matches_cpu() {
         assert_close(&format!("geglu {mode}"), &got, &want, ELT_RTOL);
     }
 }
+
+/// The RMSNorm folded into the matrix product (flag MAT_NORM): `W · (RMSNorm(x) ⊙ g)` against
+/// the CPU reference norm then product, decode and prefill tiles (11 tokens: a partial tile),
+/// every GPU weight type, every device setup.
+#[test]
+fn matmul_with_folded_rms_norm() {
+    for (mode, mut gpu) in gpus() {
+        for (i, &dtype) in GPU_WEIGHT_TYPES.iter().enumerate() {
+            let (rows, cols) = (67, cols_for(dtype));
+            for n_tok in [1, 11] {
+                let mut rng = Rng(900 + i as u64 + n_tok as u64);
+                let bytes = random_matrix(dtype, rows, cols, &mut rng);
+                let x: Vec<f32> = rng.vec(n_tok * cols).iter().map(|v| v * 3.0).collect();
+                let g: Vec<f32> = rng.vec(cols).iter().map(|v| 1.0 + 0.5 * v).collect();
+                let eps = 1e-5;
+                let w = GpuWeight::upload(&gpu.ctx, "w", dtype, rows, cols, &bytes).unwrap();
+                let got =
+                    block_on(gpu.matmul_normed(&w, &x, n_tok, None, Some((&g, eps)))).unwrap();
+                let wf = dequant(dtype, &bytes, rows, cols);
+                let mut xn = vec![0.0; x.len()];
+                cpu::rms_norm_rows(&mut xn, &x, &g, n_tok, eps);
+                for t in 0..n_tok {
+                    let xr = &xn[t * cols..(t + 1) * cols];
+                    for r in 0..rows {
+                        let wr = &wf[r * cols..(r + 1) * cols];
+                        let want: f64 = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let mag: f32 = wr.iter().zip(xr).map(|(a, b)| (a * b).abs()).sum();
+                        let gv = got[t * rows + r];
+                        let tol = MATMUL_RTOL * mag + ABS_TOL;
+                        assert!(
+                            (gv - want as f32).abs() <= tol,
+                            "{mode} {dtype} n_tok {n_tok}: y[{t},{r}] = {gv}, want {want} (tol {tol})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

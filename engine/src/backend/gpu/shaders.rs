@@ -216,8 +216,8 @@ impl Op {
     /// Storage bindings after the uniform at binding 0, in order: `true` = read-write.
     pub fn bindings(self) -> &'static [bool] {
         match self {
-            // wq, x, y, bias
-            Op::MatVec | Op::MatMul => &[false, false, true, false],
+            // wq, x, y, bias, norm weight
+            Op::MatVec | Op::MatMul => &[false, false, true, false, false],
             // wq, tokens, out
             Op::GetRows => &[false, false, true],
             // x, w, out
