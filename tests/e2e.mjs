@@ -3,7 +3,7 @@
 // test-mode server (request log at /__log, `?cut=N` drops a download after N bytes) and sets
 // SLM_URL. Each scenario uses a fresh browser profile.
 import { chromium } from 'playwright-core';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -733,8 +733,9 @@ async function gpuLostFlow() {
 }
 
 /// The chat app around the engine: theme from prefers-color-scheme and the toggle, a <think>
-/// section collapsed, copy (clipboard checked), edit-and-resend, Esc stops, the conversation
-/// list (newest first, search, switch, rename, delete + undo), a 390×844 phone viewport.
+/// section collapsed, copy of a message and of a code block (clipboard checked), edit-and-resend, Esc stops, the conversation
+/// list (newest first, search, switch, rename, delete + undo, export → import), Markdown export, a
+/// 390×844 phone viewport.
 async function uiFlow() {
   log('ui: theme, think, copy, edit-and-resend, Esc, conversations, phone viewport');
   const b = await launch({ webgpu: false });
@@ -758,7 +759,7 @@ async function uiFlow() {
     await page.evaluate(() => localStorage.setItem('slm.conversations', JSON.stringify([{
       id: 'think', title: 'thinking', system: '', updated: 1, messages: [
         { role: 'user', content: 'why?' },
-        { role: 'assistant', content: '<think>Let me reason <b>hard</b>.</think>\n\nBecause **reasons**.', stats: null },
+        { role: 'assistant', content: '<think>Let me reason <b>hard</b>.</think>\n\nBecause **reasons**.\n\n```rust\nfn main() {}\n```\n', stats: null },
       ] }])));
     await page.reload();
     await page.getByTestId('model-select').waitFor();
@@ -768,6 +769,9 @@ async function uiFlow() {
     assert.equal(await think.locator('summary').innerText(), 'Reasoning');
     assert.equal(await page.locator('[data-testid=assistant-message] b').count(), 0, 'no markup injected');
     assert.equal(await page.locator('[data-testid=assistant-message] strong').innerText(), 'reasons');
+    // A code block's Copy button copies the code.
+    await page.getByTestId('code-copy').click();
+    await page.waitForFunction(() => navigator.clipboard.readText().then((c) => c === 'fn main() {}\n'));
     await page.getByTestId('conv-delete').first().click();
     await page.getByTestId('undo-toast').waitFor();
 
@@ -842,6 +846,22 @@ async function uiFlow() {
     await page.getByTestId('undo-button').click();
     assert.deepEqual(await titles(), ['Name a fruit.', 'Colours'], 'undo puts it back in its place');
     assert.equal((await savedChats(page)).length, 2, 'and in storage');
+
+    // Export → import round trip (JSON), and the open conversation as Markdown.
+    const before = await savedChats(page);
+    const [dl] = await Promise.all([page.waitForEvent('download'), page.getByTestId('export-json').click()]);
+    const exportFile = await dl.path();
+    assert.deepEqual(JSON.parse(readFileSync(exportFile, 'utf8')), before, 'the export holds every conversation');
+    const [md] = await Promise.all([page.waitForEvent('download'), page.getByTestId('export-md').click()]);
+    const mdText = readFileSync(await md.path(), 'utf8');
+    assert.ok(mdText.startsWith('# Colours\n') && mdText.includes('## User\n\nWhat color is grass?'), mdText);
+    await page.getByTestId('conv-delete').first().click();
+    await page.getByTestId('conv-delete').first().click();
+    assert.deepEqual(await savedChats(page), []);
+    await page.getByTestId('import-conversations').setInputFiles(exportFile);
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid=conv-item]').length === 2);
+    assert.deepEqual(await titles(), ['Name a fruit.', 'Colours'], 'imported back in order');
+    assert.deepEqual(await savedChats(page), before, 'imported conversations equal the exported ones');
 
     // Phone: no horizontal scroll, the sidebar slides over and closes.
     await page.setViewportSize({ width: 390, height: 844 });

@@ -1,7 +1,8 @@
 //! Markdown replies rendered to HTML with pulldown-cmark such that a model cannot inject
 //! markup: raw HTML becomes text, images become their alt text (no network request), and links
 //! keep only `http(s):`/`mailto:` targets. A reasoning model's leading `<think>…</think>` section
-//! becomes a collapsed `<details>`.
+//! becomes a collapsed `<details>`; each code block gets a Copy button (handled by the message
+//! list with one delegated click listener).
 
 use pulldown_cmark::{html, CowStr, Event, Options, Parser, Tag, TagEnd};
 
@@ -26,6 +27,9 @@ pub fn reply_html(text: &str, streaming: bool) -> String {
         to_safe_html(rest)
     )
 }
+
+/// Opens a code block's wrapper, with its Copy button.
+const COPY_CODE_BUTTON: &str = "<div class=\"code-block\"><button type=\"button\" class=\"code-copy\" data-testid=\"code-copy\" aria-label=\"Copy code\">Copy</button>";
 
 /// Safe HTML for `md`.
 pub fn to_safe_html(md: &str) -> String {
@@ -58,6 +62,15 @@ pub fn to_safe_html(md: &str) -> String {
                 }))
             }
             other => Some(other),
+        })
+        // The model's own HTML is text by now: the only markup added here is ours.
+        .flat_map(|ev| match ev {
+            Event::Start(Tag::CodeBlock(kind)) => vec![
+                Event::Html(CowStr::from(COPY_CODE_BUTTON)),
+                Event::Start(Tag::CodeBlock(kind)),
+            ],
+            e @ Event::End(TagEnd::CodeBlock) => vec![e, Event::Html(CowStr::from("</div>"))],
+            other => vec![other],
         });
     let mut out = String::new();
     html::push_html(&mut out, events);
@@ -67,6 +80,13 @@ pub fn to_safe_html(md: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::{reply_html, to_safe_html};
+
+    #[test]
+    fn code_blocks_get_a_copy_button() {
+        let h = to_safe_html("x\n\n```rust\nfn main() {}\n```\n");
+        assert!(h.contains("<div class=\"code-block\"><button type=\"button\" class=\"code-copy\""), "{h}");
+        assert!(h.contains("<code class=\"language-rust\">fn main() {}\n</code></pre>\n</div>"), "{h}");
+    }
 
     #[test]
     fn think_section_is_collapsed() {

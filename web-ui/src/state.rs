@@ -208,6 +208,18 @@ impl Chat {
         }
     }
 
+    /// Add conversations from an export; one with the id of a saved one replaces it.
+    pub fn import(&self, list: Vec<Conversation>) {
+        self.saved.update(|v| {
+            for c in list {
+                v.retain(|x| x.id != c.id);
+                v.push(c);
+            }
+            v.sort_by(|a, b| b.updated.total_cmp(&a.updated));
+        });
+        self.store();
+    }
+
     pub fn rename(&self, id: &str, title: &str) {
         let title = title.trim();
         if title.is_empty() {

@@ -4,9 +4,10 @@
 
 use leptos::html::Div;
 use leptos::prelude::*;
+use wasm_bindgen::JsCast;
 
 use crate::components::download_panel::DownloadState;
-use crate::components::message::MessageView;
+use crate::components::message::{copy_text, MessageView};
 use crate::engine_client;
 use crate::protocol::{ReplyStats, Turn};
 use crate::state::{Chat, Conversation, Engine, ErrorBanner, Generating, Message, Settings};
@@ -215,6 +216,28 @@ pub fn ChatPanel() -> impl IntoView {
         }
     };
 
+    // A code block's Copy button (the reply's HTML is rendered from Markdown, so one listener
+    // here serves every block).
+    let copy_code = move |ev: leptos::ev::MouseEvent| {
+        let Some(btn) = ev
+            .target()
+            .and_then(|t| t.dyn_into::<web_sys::Element>().ok())
+            .and_then(|t| t.closest(".code-copy").ok().flatten())
+        else {
+            return;
+        };
+        let code = btn
+            .parent_element()
+            .and_then(|p| p.query_selector("pre").ok().flatten())
+            .and_then(|p| p.text_content())
+            .unwrap_or_default();
+        leptos::task::spawn_local(async move {
+            if copy_text(code).await {
+                btn.set_text_content(Some("Copied"));
+            }
+        });
+    };
+
     view! {
         <main class="chat" aria-label="Conversation">
             <div class="chat-top">
@@ -222,7 +245,7 @@ pub fn ChatPanel() -> impl IntoView {
                 <ContextMeter last_stats/>
                 <button class="secondary" data-testid="regenerate-button" title="Replace the last reply with a new one" on:click=regenerate disabled=move || generating() || !ready()>"↻ Regenerate"</button>
             </div>
-            <div class="messages" data-testid="messages" node_ref=list on:scroll=on_scroll>
+            <div class="messages" data-testid="messages" node_ref=list on:scroll=on_scroll on:click=copy_code>
                 <Show when=move || chat.conv.with(|c| c.messages.is_empty()) && chat.streaming.with(|s| s.is_none())>
                     <div class="empty-state">
                         <p class="big">"Private chat, computed in this browser."</p>

@@ -10,7 +10,7 @@ use crate::markdown::reply_html;
 use crate::protocol::ReplyStats;
 
 /// Put `text` on the clipboard; true when the browser took it.
-async fn copy_text(text: String) -> bool {
+pub async fn copy_text(text: String) -> bool {
     let clip = get(&global_get("navigator"), "clipboard");
     let Ok(f) = get(&clip, "writeText").dyn_into::<js_sys::Function>() else {
         return false;

@@ -11,3 +11,4 @@ pub mod settings;
 pub mod sidebar;
 pub mod stored_models;
 pub mod theme;
+pub mod transfer;

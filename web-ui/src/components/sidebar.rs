@@ -1,8 +1,9 @@
 //! The conversation list in the sidebar: new chat, search by text, open, rename, delete with an
-//! Undo toast. On narrow screens the sidebar slides over the page ([`SidebarOpen`]).
+//! Undo toast, export and import. On narrow screens the sidebar slides over the page ([`SidebarOpen`]).
 
 use leptos::prelude::*;
 
+use crate::components::transfer::ConversationTransfer;
 use crate::engine_client;
 use crate::state::{Chat, Conversation, Generating};
 
@@ -102,6 +103,7 @@ pub fn ConversationList() -> impl IntoView {
             <Show when=move || chat.saved.with(|v| v.is_empty())>
                 <p class="hint">"Your conversations appear here. They stay in this browser."</p>
             </Show>
+            <ConversationTransfer/>
         </section>
     }
 }
