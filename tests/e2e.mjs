@@ -732,10 +732,20 @@ async function gpuLostFlow() {
   }
 }
 
+/// axe-core's serious and critical accessibility violations on the page as it stands.
+async function axeViolations(page) {
+  const src = readFileSync(join(dirname(fileURLToPath(import.meta.url)), 'node_modules/axe-core/axe.min.js'), 'utf8');
+  // Evaluated through the driver: the page's CSP allows no inline script.
+  await page.evaluate(src);
+  return page.evaluate(async () => (await window.axe.run(document)).violations
+    .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+    .map((v) => `${v.id} (${v.impact}): ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`));
+}
+
 /// The chat app around the engine: theme from prefers-color-scheme and the toggle, a <think>
 /// section collapsed, copy of a message and of a code block (clipboard checked), edit-and-resend, Esc stops, the conversation
 /// list (newest first, search, switch, rename, delete + undo, export → import), Markdown export, a
-/// 390×844 phone viewport.
+/// 390×844 phone viewport, and no serious or critical axe-core violation (phone, desktop, both themes).
 async function uiFlow() {
   log('ui: theme, think, copy, edit-and-resend, Esc, conversations, phone viewport');
   const b = await launch({ webgpu: false });
@@ -772,6 +782,7 @@ async function uiFlow() {
     // A code block's Copy button copies the code.
     await page.getByTestId('code-copy').click();
     await page.waitForFunction(() => navigator.clipboard.readText().then((c) => c === 'fn main() {}\n'));
+    assert.deepEqual(await axeViolations(page), [], 'axe: a saved conversation, no model');
     await page.getByTestId('conv-delete').first().click();
     await page.getByTestId('undo-toast').waitFor();
 
@@ -834,6 +845,16 @@ async function uiFlow() {
     await page.getByTestId('conv-open').filter({ hasText: 'grass' }).click();
     assert.equal(await page.getByTestId('user-message').first().innerText(), 'What color is grass?');
     assert.equal(await page.getByTestId('user-message').count(), 2);
+    // Settings belong to the conversation: changed here, the other keeps its own.
+    await settings(page, { temperature: 0.5, maxTokens: 4 });
+    await page.getByTestId('conv-open').filter({ hasText: 'fruit' }).click();
+    assert.equal(await page.getByTestId('temperature').inputValue(), '0');
+    await page.getByTestId('conv-open').filter({ hasText: 'grass' }).click();
+    assert.equal(await page.getByTestId('temperature').inputValue(), '0.5');
+    assert.equal((await savedChats(page)).find((c) => c.title.includes('grass')).settings.temperature, 0.5, 'stored with it');
+    await page.getByTestId('settings-reset').click();
+    assert.equal(await page.getByTestId('temperature').inputValue(), '0.7', 'reset to the defaults');
+    await page.getByTestId('settings-close').click();
     await page.getByTestId('conv-item').filter({ hasText: 'grass' }).getByTestId('conv-rename').click();
     await page.getByTestId('conv-rename-input').fill('Colours');
     await page.getByTestId('conv-rename-input').press('Enter');
@@ -883,13 +904,15 @@ async function uiFlow() {
     await page.getByTestId('temperature').waitFor();
     assert.ok(await sw() <= 390, 'no horizontal scroll with the settings open');
     await page.getByTestId('settings-close').click();
-    if (process.env.SLM_E2E_SHOTS) {
-      await page.screenshot({ path: join(process.env.SLM_E2E_SHOTS, 'phone-dark.png') });
-      await page.setViewportSize({ width: 1280, height: 800 });
-      await page.screenshot({ path: join(process.env.SLM_E2E_SHOTS, 'desktop-dark.png') });
-      await page.getByTestId('theme-toggle').click();
-      await page.screenshot({ path: join(process.env.SLM_E2E_SHOTS, 'desktop-light.png') });
-    }
+    const shots = process.env.SLM_E2E_SHOTS;
+    assert.deepEqual(await axeViolations(page), [], 'axe: phone, dark');
+    if (shots) await page.screenshot({ path: join(shots, 'phone-dark.png') });
+    await page.setViewportSize({ width: 1280, height: 800 });
+    assert.deepEqual(await axeViolations(page), [], 'axe: desktop, dark');
+    if (shots) await page.screenshot({ path: join(shots, 'desktop-dark.png') });
+    await page.getByTestId('theme-toggle').click();
+    assert.deepEqual(await axeViolations(page), [], 'axe: desktop, light');
+    if (shots) await page.screenshot({ path: join(shots, 'desktop-light.png') });
   } finally {
     await b.close();
   }

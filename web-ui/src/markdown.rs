@@ -29,7 +29,7 @@ pub fn reply_html(text: &str, streaming: bool) -> String {
 }
 
 /// Opens a code block's wrapper, with its Copy button.
-const COPY_CODE_BUTTON: &str = "<div class=\"code-block\"><button type=\"button\" class=\"code-copy\" data-testid=\"code-copy\" aria-label=\"Copy code\">Copy</button>";
+const COPY_CODE_BUTTON: &str = "<div class=\"code-block\"><button type=\"button\" class=\"code-copy\" data-testid=\"code-copy\" title=\"Copy code\">Copy</button>";
 
 /// Safe HTML for `md`.
 pub fn to_safe_html(md: &str) -> String {

@@ -54,7 +54,7 @@ impl ErrorBanner {
     }
 }
 
-/// Sampling settings and the system prompt for new replies.
+/// Sampling settings for new replies: the open conversation's (kept in it by the chat panel).
 #[derive(Clone, Copy)]
 pub struct Settings(pub RwSignal<GenSettings>);
 
@@ -99,6 +99,10 @@ pub struct Conversation {
     /// When it last changed (ms since the epoch): the list shows the newest first.
     #[serde(default)]
     pub updated: f64,
+    /// Its sampling settings (none in conversations saved before they were kept per
+    /// conversation: those take the settings in use).
+    #[serde(default)]
+    pub settings: Option<GenSettings>,
 }
 
 pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
@@ -111,6 +115,7 @@ impl Conversation {
             system: DEFAULT_SYSTEM.into(),
             messages: Vec::new(),
             updated: js_sys::Date::now(),
+            settings: None,
         }
     }
 
@@ -159,7 +164,13 @@ impl Chat {
         let c = self.conv.get_untracked();
         let unchanged = self.saved.with_untracked(|v| {
             v.iter()
-                .any(|x| x.id == c.id && x.messages == c.messages && x.system == c.system && x.title == c.title)
+                .any(|x| {
+                    x.id == c.id
+                        && x.messages == c.messages
+                        && x.system == c.system
+                        && x.title == c.title
+                        && x.settings == c.settings
+                })
         });
         if c.messages.is_empty() || unchanged {
             return;
@@ -171,6 +182,21 @@ impl Chat {
             v.insert(0, c.clone());
         });
         self.store();
+    }
+
+    /// Keep the open conversation's settings in its saved copy (its place in the list stays).
+    pub fn store_settings(&self) {
+        let c = self.conv.get_untracked();
+        let mut changed = false;
+        self.saved.update_untracked(|v| {
+            if let Some(x) = v.iter_mut().find(|x| x.id == c.id && x.settings != c.settings) {
+                x.settings = c.settings.clone();
+                changed = true;
+            }
+        });
+        if changed {
+            self.store();
+        }
     }
 
     /// Open saved conversation `id` (the caller resets the engine's cache).

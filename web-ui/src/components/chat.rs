@@ -70,6 +70,7 @@ pub fn ChatPanel() -> impl IntoView {
                     replaced.set(None);
                     last_stats.set(Some(stats.clone()));
                     chat.conv.update(|c| {
+                        c.settings = Some(settings.get_untracked());
                         c.messages.push(Message {
                             role: "assistant".into(),
                             content: text,
@@ -185,6 +186,17 @@ pub fn ChatPanel() -> impl IntoView {
         });
         engine_client::reset();
         reply.dispatch(());
+    });
+
+    // The settings belong to the open conversation: a change is kept in it (and stored when
+    // the conversation is), and opening one brings its settings back (the sidebar does that).
+    if let Some(s) = chat.conv.with_untracked(|c| c.settings.clone()) {
+        settings.set(s);
+    }
+    Effect::new(move |_| {
+        let s = settings.get();
+        chat.conv.update_untracked(|c| c.settings = Some(s));
+        chat.store_settings();
     });
 
     let gen_flag = expect_context::<Generating>().0;

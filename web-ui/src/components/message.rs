@@ -39,7 +39,7 @@ pub fn CopyButton(text: String) -> impl IntoView {
         }
     });
     view! {
-        <button class="icon-button small copy" data-testid="copy-button" aria-label="Copy" title="Copy"
+        <button class="icon-button small copy" data-testid="copy-button" title="Copy the message"
             on:click=move |_| { copy.dispatch(text.clone()); }>
             {move || if done.get() { "✓ Copied" } else { "Copy" }}
         </button>

@@ -5,7 +5,7 @@ use leptos::prelude::*;
 
 use crate::components::transfer::ConversationTransfer;
 use crate::engine_client;
-use crate::state::{Chat, Conversation, Generating};
+use crate::state::{Chat, Conversation, Generating, Settings};
 
 /// Whether the slide-over sidebar is open (narrow screens).
 #[derive(Clone, Copy)]
@@ -16,6 +16,7 @@ pub fn ConversationList() -> impl IntoView {
     let chat = expect_context::<Chat>();
     let sidebar = expect_context::<SidebarOpen>().0;
     let generating = expect_context::<Generating>().0;
+    let settings = expect_context::<Settings>().0;
     let query = RwSignal::new(String::new());
     let renaming = RwSignal::new(None::<String>);
     let new_chat = move |_| {
@@ -23,7 +24,9 @@ pub fn ConversationList() -> impl IntoView {
             return;
         }
         chat.persist();
-        chat.conv.set(Conversation::new());
+        let mut c = Conversation::new();
+        c.settings = Some(settings.get_untracked());
+        chat.conv.set(c);
         chat.last_stats.set(None);
         engine_client::reset();
         sidebar.set(false);
@@ -68,6 +71,9 @@ pub fn ConversationList() -> impl IntoView {
                                             if generating.get_untracked() { return; }
                                             chat.persist();
                                             chat.open(&id_open);
+                                            if let Some(s) = chat.conv.with_untracked(|c| c.settings.clone()) {
+                                                settings.set(s);
+                                            }
                                             engine_client::reset();
                                             sidebar.set(false);
                                         }>{title.clone()}</button>

@@ -129,6 +129,7 @@ mod tests {
                 Message { role: "assistant".into(), content: "Blue.".into(), stats: None },
             ],
             updated: 1.0,
+            settings: None,
         };
         let md = to_markdown(&c);
         assert!(md.starts_with("# Sky\n\n> System: Be brief.\n\n## User\n\nColour?\n\n## Assistant\n\nBlue."), "{md}");
