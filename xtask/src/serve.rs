@@ -90,11 +90,12 @@ pub fn setup_web_tools() -> Result {
             &wb,
         ]))?;
     }
-    // wasm-opt (binaryen) and the browser-test driver from npm, into tests/node_modules.
+    // wasm-opt (binaryen), the browser-test driver and axe-core from npm, into tests/node_modules.
     if !web_tests_dir().join("node_modules/.bin/wasm-opt").exists()
         || !web_tests_dir()
             .join("node_modules/playwright-core")
             .exists()
+        || !web_tests_dir().join("node_modules/axe-core").exists()
     {
         run(Command::new("npm").current_dir(web_tests_dir()).args([
             "install",
