@@ -6,9 +6,14 @@ const T_F16: u32 = 1u;
 const T_Q4_0: u32 = 2u;
 const T_Q4_1: u32 = 3u;
 const T_Q5_0: u32 = 6u;
+const T_Q5_1: u32 = 7u;
 const T_Q8_0: u32 = 8u;
+const T_Q2_K: u32 = 10u;
+const T_Q3_K: u32 = 11u;
 const T_Q4_K: u32 = 12u;
+const T_Q5_K: u32 = 13u;
 const T_Q6_K: u32 = 14u;
+const T_BF16: u32 = 30u;
 
 const NEG_INF: f32 = -3.0e38;
 

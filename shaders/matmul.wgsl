@@ -10,6 +10,10 @@
 // y: (n_tok, out_stride) from out_off; bias: (rows) from bias_off.
 // Epilogue: s = softcap(scale * (W x + bias)), softcap(v) = c * tanh(v / c) when c > 0; then
 // y = s, or y += s (flag bit 1: a fused residual add).
+// Flag bit 2 folds the RMSNorm that precedes the product: x[t] is read as
+// x[t] * normw / sqrt(mean(x[t]^2) + eps); every workgroup recomputes its tokens' sums of squares
+// (cols values each: far less than the weight bytes it reads), so no separate norm dispatch and
+// no normed copy of x.
 
 const WG: u32 = 64u;
 const TILE_MAX: u32 = 8u;
@@ -27,12 +31,12 @@ struct Params {
     out_off: u32,
     out_stride: u32,
     bias_off: u32,
-    // bit 0: add bias; bit 1: accumulate into y (fused residual add)
+    // bit 0: add bias; bit 1: accumulate into y (fused residual add); bit 2: RMSNorm x first
     flags: u32,
     total_wg: u32,
     scale: f32,
     softcap: f32,
-    _pad0: u32,
+    eps: f32,
     _pad1: u32,
 }
 
@@ -41,9 +45,12 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read> normw: array<f32>;
 
 // Partial sums: token t of invocation i at t * WG + i.
 var<workgroup> part: array<f32, 512>; // WG * TILE_MAX
+// Folded RMSNorm: 1 / rms of each token of the tile.
+var<workgroup> nscale: array<f32, TILE_MAX>;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -64,12 +71,38 @@ fn main(
     var n_pieces = (p.cols + 15u) / 16u;
     if (!valid) { n_pieces = 0u; }
 
+    let norm = (p.flags & 4u) != 0u;
+    if (norm) {
+        // Every invocation of the workgroup sums a strided share of each token's squares.
+        for (var t = 0u; t < nt; t++) {
+            let xb = p.x_off + (t0 + t) * p.x_stride;
+            var ss = 0.0;
+            for (var i = lid; i < p.cols; i += WG) {
+                let xv = x[xb + i];
+                ss += xv * xv;
+            }
+            part[t * WG + lid] = ss;
+        }
+        for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+            workgroupBarrier();
+            if (lid < s) {
+                for (var t = 0u; t < nt; t++) { part[t * WG + lid] += part[t * WG + lid + s]; }
+            }
+        }
+        workgroupBarrier();
+        if (lid < nt) { nscale[lid] = inverseSqrt(part[lid * WG] / f32(p.cols) + p.eps); }
+        workgroupBarrier();
+    }
+
     var acc: array<f32, TILE_MAX>;
     for (var pc = lane; pc < n_pieces; pc += TPR) {
         var v: array<f32, 16>;
         load_piece(row_off, pc, p.cols, &v);
         let c0 = pc * 16u;
         let nc = min(16u, p.cols - c0);
+        if (norm) {
+            for (var i = 0u; i < nc; i++) { v[i] *= normw[c0 + i]; }
+        }
         for (var t = 0u; t < nt; t++) {
             let xb = p.x_off + (t0 + t) * p.x_stride + c0;
             var s = 0.0;
@@ -93,6 +126,9 @@ fn main(
         for (var t = 0u; t < nt; t++) { acc[t] = part[t * WG + lid]; }
     }
     if (!valid || lane != 0u) { return; }
+    if (norm) {
+        for (var t = 0u; t < nt; t++) { acc[t] *= nscale[t]; }
+    }
     var b = 0.0;
     if ((p.flags & 1u) != 0u) { b = bias[p.bias_off + r]; }
     for (var t = 0u; t < nt; t++) {

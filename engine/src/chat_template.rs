@@ -171,8 +171,7 @@ fn compile_inner<'s>(
         lstrip_blocks: true,
         trim_blocks: true,
     };
-    let ast = machinery::parse(source, NAME, Default::default(), ws)
-        .map_err(Ok)?;
+    let ast = machinery::parse(source, NAME, Default::default(), ws).map_err(Ok)?;
     budget::check_constants(&ast, limits).map_err(Err)?;
     let mut g = CodeGenerator::new(NAME, source);
     g.compile_stmt(&ast);

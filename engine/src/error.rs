@@ -32,7 +32,7 @@ pub enum Error {
     Metadata { key: String, what: String },
 
     /// The model's architecture (`general.architecture`) is not implemented.
-    #[error("unsupported model architecture `{0}` (supported: llama, qwen2, gemma3)")]
+    #[error("unsupported model architecture `{0}` (supported: {names})", names = family_names())]
     UnsupportedArchitecture(String),
 
     /// A tensor type id this engine does not implement.
@@ -98,13 +98,6 @@ pub enum Error {
     #[error("the GPU device was lost: {0}")]
     GpuDeviceLost(String),
 
-    /// The GPU backend has no forward pass for this (otherwise supported) architecture; the
-    /// caller should use the CPU backend, which has one.
-    #[error(
-        "the GPU backend does not implement the `{0}` architecture yet (the CPU backend does)"
-    )]
-    GpuUnsupportedArchitecture(String),
-
     /// A GPU allocation failed.
     #[error("the GPU ran out of memory allocating {what} ({bytes} bytes)")]
     GpuOutOfMemory { what: String, bytes: u64 },
@@ -137,4 +130,13 @@ impl Error {
             what: what.into(),
         }
     }
+}
+
+/// The registered families ([`crate::arch::FAMILIES`]), comma-separated.
+fn family_names() -> String {
+    crate::arch::FAMILIES
+        .iter()
+        .map(|f| f.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

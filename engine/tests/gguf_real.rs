@@ -59,14 +59,15 @@ fn gemma3_header_matches_llama_cpp_dump() {
 }
 
 /// Gemma 3 270M's hyperparameters as llama.cpp derives them (`../shared/README.md`): head dim
-/// 256 ≠ n_embd / n_head, sliding window 512 with every 6th layer global, RoPE base 10 000 on
-/// sliding layers and 1e6 on global ones, √640 embedding scale, 1/√256 query scale.
+/// 256 ≠ n_embd / n_head, sliding window 512 on five of every six layers (0-4, 6-10, 12-16)
+/// with RoPE base 10 000, global layers 5, 11, 17 with base 1e6, √640 embedding scale, 1/√256
+/// query scale on every layer, no softcaps.
 #[test]
 fn gemma3_config_from_metadata() {
-    use engine::model::{Arch, ModelConfig, RopeLayout};
+    use engine::model::{RopeLayout, RopeSpec};
     let src = FileSource::open(model_path(GEMMA3)).unwrap();
-    let c = ModelConfig::from_gguf(&GgufFile::parse(&src).unwrap()).unwrap();
-    assert_eq!(c.arch, Arch::Gemma3);
+    let c = engine::arch::config(&GgufFile::parse(&src).unwrap()).unwrap();
+    assert_eq!(c.arch, "gemma3");
     assert_eq!(
         (
             c.n_embd,
@@ -80,10 +81,34 @@ fn gemma3_config_from_metadata() {
     );
     assert_eq!((c.n_vocab, c.rope_layout), (262_144, RopeLayout::Neox));
     assert_eq!(c.sliding_window, 512);
-    let global: Vec<usize> = (0..c.n_layer).filter(|&l| !c.is_sliding(l)).collect();
-    assert_eq!(global, [5, 11, 17]);
-    assert_eq!(c.rope_of_layer(0), (10_000.0, 1.0));
-    assert_eq!(c.rope_of_layer(5), (1_000_000.0, 1.0));
+    assert_eq!(c.layers.len(), c.n_layer);
+    let rope = |base: f32| {
+        Some(RopeSpec {
+            base,
+            pos_scale: 1.0,
+            mscale: 1.0,
+        })
+    };
+    for (l, spec) in c.layers.iter().enumerate() {
+        let global = [5, 11, 17].contains(&l);
+        assert_eq!(c.is_sliding(l), !global, "layer {l}");
+        let (window, base) = if global {
+            (0, 1_000_000.0)
+        } else {
+            (512, 10_000.0)
+        };
+        assert_eq!(spec.window, window, "layer {l}: window");
+        assert_eq!(spec.rope, rope(base), "layer {l}: RoPE");
+        assert!(
+            (spec.attn_scale - 1.0 / 16.0).abs() < 1e-7,
+            "layer {l}: attn_scale {}",
+            spec.attn_scale
+        );
+        assert_eq!(spec.attn_softcap, 0.0, "layer {l}: softcap");
+    }
     assert!((c.embd_scale - 640f32.sqrt()).abs() < 1e-6);
-    assert!((c.attn_scale - 1.0 / 16.0).abs() < 1e-7);
+    assert_eq!(
+        (c.final_softcap, c.logit_scale, c.residual_scale),
+        (0.0, 1.0, 1.0)
+    );
 }

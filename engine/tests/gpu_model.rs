@@ -1,20 +1,21 @@
-//! GpuModel against the CPU model on SmolLM2-135M (Q4_1): prefill logits of every position,
-//! decode logits, GPU greedy sampling, and the one-submission decode stream.
+//! GpuModel against an f32 reference and the CPU model, on SmolLM2-135M (Q4_1, `llama`) and
+//! Gemma-3-270M (Q4_K_M, `gemma3`): prefill logits of every position, decode logits, GPU greedy
+//! sampling, and the one-submission decode stream.
 //!
-//! Two references: an f32 forward pass written here from the CPU model's weights and the scalar
-//! reference ops (dequantized weights, f32 activations: the GPU's arithmetic), which the GPU must
+//! Two references: an f32 interpreter of the model's graph ([`common::f32_graph`]: the CPU
+//! model's weights dequantized, f32 activations: the GPU's arithmetic), which the GPU must
 //! match tightly; and the CPU model itself, which quantizes activations to Q8 for its dot products
 //! (as llama.cpp does), so the GPU matches it only to a looser normalized error.
 //! No adapter is a failure, unless `SLM_SKIP_GPU_TESTS=1`.
 
 mod common;
+use common::f32_graph::{reference_forward, KvStore};
 use common::*;
 
-use engine::backend::cpu::ops;
+use engine::backend::cpu::CpuModel;
 use engine::backend::gpu::{Gpu, GpuModel, GpuOptions, GpuSampling};
 use engine::gguf::{FileSource, GgufFile};
-use engine::model::llama::{CpuLlama, LlamaWeights};
-use engine::model::{ForwardPass, Logits, ModelConfig};
+use engine::model::{ForwardPass, Logits};
 
 /// GPU vs the f32 reference: root-mean-square logit difference over the reference's standard
 /// deviation.
@@ -24,7 +25,8 @@ const REF_NRMSE: f32 = 5e-4;
 /// the two sides, which alone gives 2.5e-4 to 4.8e-4 here (4e-6 with an f32 cache).
 const REF_NRMSE_F16_KV: f32 = 1.5e-3;
 /// GPU vs the CPU model, same measure. Dominated by the CPU's Q8 activations: the CPU model is
-/// itself 0.03-0.14 away from the f32 reference on this prompt (printed by the test).
+/// itself 0.03-0.14 away from the f32 reference on these prompts (SmolLM2 and Gemma 3 alike;
+/// printed by the test).
 const CPU_NRMSE: f32 = 0.25;
 
 fn skip() -> bool {
@@ -44,134 +46,63 @@ fn nrmse(gpu: &[f32], cpu: &[f32]) -> f32 {
     (mse / var).sqrt()
 }
 
-/// f32 forward pass of `tokens` from position 0 with dequantized weights, straight from the
-/// scalar reference ops (no KV-cache reuse, no activation quantization). With `kv_f16` the
-/// values stored in the KV cache are rounded to f16, as on a GPU with `shader-f16`. Returns
-/// every position's logits: (tokens.len(), n_vocab).
-fn reference_forward(c: &ModelConfig, w: &LlamaWeights, tokens: &[u32], kv_f16: bool) -> Vec<f32> {
-    let store = |v: &mut [f32]| {
-        if kv_f16 {
-            v.iter_mut()
-                .for_each(|x| *x = half::f16::from_f32(*x).to_f32());
-        }
-    };
-    let (n_embd, q_dim, kv_dim, n) = (c.n_embd, c.q_dim(), c.kv_dim(), tokens.len());
-    let mut k_cache = vec![0f32; n * kv_dim];
-    let mut v_cache = vec![0f32; n * kv_dim];
-    let mut x = vec![0f32; n * n_embd];
-    let mut row = vec![0f32; n_embd];
-    for (t, &tok) in tokens.iter().enumerate() {
-        let e = &w.token_embd;
-        engine::quant::dequantize_row(e.dtype, e.row(tok as usize), &mut row).unwrap();
-        x[t * n_embd..(t + 1) * n_embd].copy_from_slice(&row);
-    }
-    let add_bias = |v: &mut [f32], b: &Option<Vec<f32>>| {
-        if let Some(b) = b {
-            v.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-        }
-    };
-    let (mut xn, mut q, mut att, mut o) = (
-        vec![0f32; n_embd],
-        vec![0f32; q_dim],
-        vec![0f32; q_dim],
-        vec![0f32; n_embd],
-    );
-    let (mut gate, mut up, mut scores) = (vec![0f32; c.n_ff], vec![0f32; c.n_ff], vec![0f32; n]);
-    for l in &w.layers {
-        for t in 0..n {
-            let xt = &mut x[t * n_embd..(t + 1) * n_embd];
-            ops::rms_norm(&mut xn, xt, &l.attn_norm, c.rms_eps);
-            ops::matvec_ref(&l.wq, &xn, &mut q).unwrap();
-            add_bias(&mut q, &l.bq);
-            let kt = &mut k_cache[t * kv_dim..(t + 1) * kv_dim];
-            ops::matvec_ref(&l.wk, &xn, kt).unwrap();
-            add_bias(kt, &l.bk);
-            let rope = |v: &mut [f32], heads: usize| {
-                ops::rope(
-                    v,
-                    heads,
-                    c.head_dim,
-                    c.n_rot,
-                    t,
-                    c.rope_base,
-                    c.rope_pos_scale,
-                    c.rope_layout,
-                    w.rope_freqs.as_deref(),
-                );
-            };
-            rope(kt, c.n_head_kv);
-            store(kt);
-            rope(&mut q, c.n_head);
-            let vt = &mut v_cache[t * kv_dim..(t + 1) * kv_dim];
-            ops::matvec_ref(&l.wv, &xn, vt).unwrap();
-            add_bias(vt, &l.bv);
-            store(vt);
-            ops::attention(
-                &mut att,
-                &q,
-                &k_cache,
-                &v_cache,
-                t + 1,
-                c.n_head,
-                c.n_head_kv,
-                c.head_dim,
-                &mut scores,
-            );
-            ops::matvec_ref(&l.wo, &att, &mut o).unwrap();
-            xt.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-            ops::rms_norm(&mut xn, xt, &l.ffn_norm, c.rms_eps);
-            ops::matvec_ref(&l.w_gate, &xn, &mut gate).unwrap();
-            ops::matvec_ref(&l.w_up, &xn, &mut up).unwrap();
-            ops::swiglu(&mut gate, &up);
-            ops::matvec_ref(&l.w_down, &gate, &mut o).unwrap();
-            xt.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-        }
-    }
-    let mut logits = vec![0f32; n * c.n_vocab];
-    for t in 0..n {
-        ops::rms_norm(
-            &mut xn,
-            &x[t * n_embd..(t + 1) * n_embd],
-            &w.output_norm,
-            c.rms_eps,
-        );
-        ops::matvec_ref(
-            w.output(),
-            &xn,
-            &mut logits[t * c.n_vocab..(t + 1) * c.n_vocab],
-        )
-        .unwrap();
-    }
-    logits
-}
-
 fn argmax(x: &[f32]) -> usize {
     engine::backend::cpu::ops::argmax(x) as usize
 }
 
-/// Prompt, then the tokens fed one by one in decode (fixed ids: parity does not need greedy).
-const PROMPT: [u32; 10] = [1, 504, 3458, 314, 260, 1345, 28, 9734, 42, 2];
-const DECODE: [u32; 3] = [7423, 30, 1212];
+/// SmolLM2: prompt, then the tokens fed one by one in decode (fixed ids: parity does not need
+/// greedy).
+const SMOLLM2_PROMPT: [u32; 10] = [1, 504, 3458, 314, 260, 1345, 28, 9734, 42, 2];
+const SMOLLM2_DECODE: [u32; 3] = [7423, 30, 1212];
+/// Gemma 3: "<bos>The capital of France is the capital of" (the golden's first raw case) in
+/// prefill, then " the country of" in decode. 12 tokens keep lavapipe's time low.
+const GEMMA3_PROMPT: [u32; 9] = [2, 818, 5279, 529, 7001, 563, 506, 5279, 529];
+const GEMMA3_DECODE: [u32; 3] = [506, 2891, 529];
 
 #[test]
 fn gpu_model_matches_reference_and_cpu_model_on_smollm2() {
+    check_gpu_model(SMOLLM2, &SMOLLM2_PROMPT, &SMOLLM2_DECODE);
+}
+
+/// The same on Gemma 3 (q/k head norms, post-norms, GeGLU, √n_embd embedding scale, NeoX RoPE
+/// with per-layer bases, head dim 256, one KV head, a 262k vocabulary).
+#[test]
+fn gpu_model_matches_reference_and_cpu_model_on_gemma3() {
+    check_gpu_model(GEMMA3, &GEMMA3_PROMPT, &GEMMA3_DECODE);
+}
+
+/// Load `file` on the CPU and the GPU (twice: with the adapter's features, and with the
+/// baseline kernels), run `prompt` in one prefill and `decode` one token at a time, and hold
+/// every position's logits to the f32 reference and the CPU model; then GPU sampling, rewriting
+/// a position, and typed errors. Needs `decode.len() >= 3`.
+fn check_gpu_model(file: &str, prompt: &[u32], decode: &[u32]) {
     if skip() {
         return;
     }
-    let path = model_path(SMOLLM2);
+    assert!(decode.len() >= 3);
+    let path = model_path(file);
     let src = FileSource::open(&path).unwrap();
-    let file = GgufFile::parse(&src).unwrap();
+    let gguf = GgufFile::parse(&src).unwrap();
     let n_ctx = 128;
 
-    // References, computed once: f32 forward over the whole sequence, and the CPU model.
-    let mut cpu = CpuLlama::load(&file, &src, n_ctx, 2).unwrap();
+    // References, computed once: f32 forward over the whole sequence (with an f32 and an f16
+    // KV cache), and the CPU model.
+    let mut cpu = CpuModel::load(&gguf, &src, n_ctx, 2).unwrap();
     let cfg = cpu.config().clone();
     let n_vocab = cfg.n_vocab;
-    let seq: Vec<u32> = PROMPT.iter().chain(&DECODE).copied().collect();
-    let reference = [false, true].map(|f16| reference_forward(&cfg, cpu.weights(), &seq, f16));
-    let mut cpu_rows = cpu.forward(&PROMPT, 0, Logits::All).unwrap().to_vec();
-    for (i, &tok) in DECODE.iter().enumerate() {
-        let l = cpu.forward(&[tok], PROMPT.len() + i, Logits::Last).unwrap();
+    let seq: Vec<u32> = prompt.iter().chain(decode).copied().collect();
+    let t0 = std::time::Instant::now();
+    let reference = [KvStore::F32, KvStore::F16]
+        .map(|kv| reference_forward(&cfg, cpu.graph(), cpu.weights(), &seq, kv));
+    eprintln!(
+        "{}: f32 reference of {} tokens in {:.1} s",
+        cfg.arch,
+        seq.len(),
+        t0.elapsed().as_secs_f64() / 2.0
+    );
+    let mut cpu_rows = cpu.forward(prompt, 0, Logits::All).unwrap().to_vec();
+    for (i, &tok) in decode.iter().enumerate() {
+        let l = cpu.forward(&[tok], prompt.len() + i, Logits::Last).unwrap();
         cpu_rows.extend_from_slice(l);
     }
     let cpu_row = |pos: usize| &cpu_rows[pos * n_vocab..(pos + 1) * n_vocab];
@@ -184,9 +115,10 @@ fn gpu_model_matches_reference_and_cpu_model_on_smollm2() {
         ..GpuOptions::baseline()
     };
     for (label, opts) in [("features", GpuOptions::default()), ("baseline", baseline)] {
+        let label = format!("{} {label}", cfg.arch);
         let gpu = Gpu::new(&opts)
             .unwrap_or_else(|e| panic!("no GPU ({e}); set SLM_SKIP_GPU_TESTS=1 to skip GPU tests"));
-        let mut gm = GpuModel::load(gpu, &file, &src, n_ctx).unwrap();
+        let mut gm = GpuModel::load(gpu, &gguf, &src, n_ctx).unwrap();
         let kv_f16 = gm.gpu_info().f16;
         let reference = &reference[kv_f16 as usize];
         let ref_row = |pos: usize| &reference[pos * n_vocab..(pos + 1) * n_vocab];
@@ -194,7 +126,7 @@ fn gpu_model_matches_reference_and_cpu_model_on_smollm2() {
         eprintln!(
             "{label}: {:?}, f16 KV cache {kv_f16}; {} dispatches per token, {} MiB of weights",
             gm.gpu_info().name,
-            gm.dispatches_per_token(PROMPT.len()),
+            gm.dispatches_per_token(prompt.len()),
             gm.weight_bytes() >> 20
         );
         let check = |what: String, pos: usize, g: &[f32]| {
@@ -215,9 +147,9 @@ fn gpu_model_matches_reference_and_cpu_model_on_smollm2() {
         };
 
         // Prefill: every position's logits.
-        let got = gm.forward(&PROMPT, 0, Logits::All).unwrap().to_vec();
-        assert_eq!(got.len(), PROMPT.len() * n_vocab);
-        for t in 0..PROMPT.len() {
+        let got = gm.forward(prompt, 0, Logits::All).unwrap().to_vec();
+        assert_eq!(got.len(), prompt.len() * n_vocab);
+        for t in 0..prompt.len() {
             check(
                 format!("prefill position {t}"),
                 t,
@@ -225,14 +157,15 @@ fn gpu_model_matches_reference_and_cpu_model_on_smollm2() {
             );
         }
         // Decode through the GPU KV cache.
-        for (i, &tok) in DECODE[..2].iter().enumerate() {
-            let pos = PROMPT.len() + i;
+        let last = decode.len() - 1;
+        for (i, &tok) in decode[..last].iter().enumerate() {
+            let pos = prompt.len() + i;
             let g = gm.forward(&[tok], pos, Logits::Last).unwrap().to_vec();
             check(format!("decode position {pos}"), pos, &g);
         }
         // Sampling on the GPU in one submission; greedy is the argmax of that step's logits.
-        let pos = PROMPT.len() + 2;
-        let tok = DECODE[2];
+        let pos = prompt.len() + last;
+        let tok = decode[last];
         let sampled = gm.decode_sample(tok, pos, &GpuSampling::greedy()).unwrap();
         assert_eq!(gm.last_dispatch_count(), gm.dispatches_per_token(pos));
         assert_eq!(

@@ -105,6 +105,11 @@ fn random_row(dtype: GgmlDType, cols: usize, rng: &mut Rng) -> Vec<u8> {
                 out.extend(f16b(rng.f()));
             }
         }
+        GgmlDType::BF16 => {
+            for _ in 0..cols {
+                out.extend(half::bf16::from_f32(rng.f()).to_le_bytes());
+            }
+        }
         GgmlDType::Q4_0 | GgmlDType::Q8_0 => {
             for _ in 0..nb {
                 out.extend(scale(rng));
@@ -124,11 +129,31 @@ fn random_row(dtype: GgmlDType, cols: usize, rng: &mut Rng) -> Vec<u8> {
                 out.extend(rng.bytes(20));
             }
         }
-        GgmlDType::Q4K => {
+        GgmlDType::Q5_1 => {
+            for _ in 0..nb {
+                out.extend(scale(rng));
+                out.extend(f16b(0.1 * rng.f()));
+                out.extend(rng.bytes(4 + 16));
+            }
+        }
+        GgmlDType::Q2K => {
+            for _ in 0..nb {
+                out.extend(rng.bytes(16 + 64));
+                out.extend(scale(rng));
+                out.extend(f16b(0.01 * rng.f().abs()));
+            }
+        }
+        GgmlDType::Q3K => {
+            for _ in 0..nb {
+                out.extend(rng.bytes(32 + 64 + 12));
+                out.extend(f16b(0.002 + 0.005 * rng.f().abs()));
+            }
+        }
+        GgmlDType::Q4K | GgmlDType::Q5K => {
             for _ in 0..nb {
                 out.extend(scale(rng));
                 out.extend(f16b(0.01 * rng.f().abs()));
-                out.extend(rng.bytes(12 + 128));
+                out.extend(rng.bytes(dtype.type_size() - 4));
             }
         }
         GgmlDType::Q6K => {
@@ -256,9 +281,15 @@ fn weights_split_across_buffers_under_a_small_binding_limit() {
     };
     let mut gpu = Gpu::new(&opts).expect("GPU");
     assert_eq!(gpu.info().max_storage_binding, 4096);
-    for (i, dtype) in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::F16]
-        .into_iter()
-        .enumerate()
+    // Q3_K: 110-byte blocks, so every other block starts 2 bytes into a u32 word.
+    for (i, dtype) in [
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q3K,
+        GgmlDType::F16,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let cols = cols_for(dtype);
         let rows = 150;
@@ -566,4 +597,190 @@ fn probe_reports_an_adapter_and_passes_the_self_test() {
     let info = engine::backend::gpu::probe().expect("probe");
     assert!(!info.name.is_empty());
     assert!(info.max_storage_binding >= 128 << 20);
+}
+
+/// The per-layer attention values the architectures need: a sliding window (Gemma) and a score
+/// soft cap (Gemma 2), on the prefill kernel and the split decode kernel (window shorter and
+/// longer than a decode chunk, so the visible range starts inside a chunk and spans several).
+#[test]
+fn attention_sliding_window_and_softcap_prefill_and_decode() {
+    for (mode, mut gpu) in gpus() {
+        let mut rng = Rng(15);
+        let (n_head, n_head_kv, head_dim) = (4, 2, 32);
+        let kv_dim = n_head_kv * head_dim;
+        let chunk = gpu.info().attn_decode_chunk as usize;
+        let n_ctx = chunk + 40;
+        let k = as_cached(&gpu, &rng.vec(n_ctx * kv_dim));
+        let v = as_cached(&gpu, &rng.vec(n_ctx * kv_dim));
+        for (window, softcap) in [(7, 0.0), (0, 2.5), (chunk + 5, 1.5), (40, 0.0)] {
+            for (pos0, n_tok) in [(0, 11), (50, 9), (3, 1), (chunk + 20, 1), (n_ctx - 1, 1)] {
+                let q: Vec<f32> = rng
+                    .vec(n_tok * n_head * head_dim)
+                    .iter()
+                    .map(|x| x * 3.0)
+                    .collect();
+                let got = block_on(gpu.attention_ext(
+                    &q, &k, &v, n_tok, pos0, n_head, n_head_kv, head_dim, window, softcap,
+                ))
+                .unwrap();
+                let qd = n_head * head_dim;
+                let mut want = vec![0.0; n_tok * qd];
+                let mut scores = vec![0.0; n_ctx];
+                for t in 0..n_tok {
+                    let end = pos0 + t + 1;
+                    let start = if window > 0 {
+                        end.saturating_sub(window)
+                    } else {
+                        0
+                    };
+                    cpu::attention_range(
+                        &mut want[t * qd..(t + 1) * qd],
+                        &q[t * qd..(t + 1) * qd],
+                        &k,
+                        &v,
+                        start..end,
+                        n_head,
+                        n_head_kv,
+                        head_dim,
+                        1.0 / (head_dim as f32).sqrt(),
+                        softcap,
+                        &mut scores,
+                    );
+                }
+                let what = format!(
+                    "attention {mode} window {window} softcap {softcap} pos0 {pos0} n {n_tok}"
+                );
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - e).abs() <= ATTN_TOL, "{what}[{i}]: {g} vs {e}");
+                }
+            }
+        }
+    }
+}
+
+/// RoPE with cos/sin scaled (Phi-3's attention factor) and a NoPE layer (SmolLM3): Q copied,
+/// K and V only stored.
+#[test]
+fn rope_scaled_and_nope() {
+    for (mode, mut gpu) in gpus() {
+        let mut rng = Rng(16);
+        let (n_tok, n_head, n_head_kv, head_dim, n_rot) = (3, 4, 2, 16, 16);
+        let kv_f16 = gpu.pipes.kv_type() == KvType::F16;
+        let cache_rtol = if kv_f16 { F16_RTOL } else { 0.0 };
+        let q = rng.vec(n_tok * n_head * head_dim);
+        let k = rng.vec(n_tok * n_head_kv * head_dim);
+        let v = rng.vec(n_tok * n_head_kv * head_dim);
+        let freq: Vec<f32> = (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.25).collect();
+        for (rotate, mscale) in [(true, 1.2247), (false, 1.0)] {
+            let pos0 = 41;
+            let (got_q, got_k, got_v) = block_on(gpu.rope_kv_ext(
+                &q,
+                &k,
+                &v,
+                n_tok,
+                n_head,
+                n_head_kv,
+                head_dim,
+                n_rot,
+                pos0,
+                10000.0,
+                1.0,
+                RopeLayout::Neox,
+                Some(&freq),
+                mscale,
+                rotate,
+            ))
+            .unwrap();
+            let (mut want_q, mut want_k) = (q.clone(), k.clone());
+            if rotate {
+                for (x, n_heads) in [(&mut want_q, n_head), (&mut want_k, n_head_kv)] {
+                    let w = n_heads * head_dim;
+                    for t in 0..n_tok {
+                        cpu::rope_scaled(
+                            &mut x[t * w..(t + 1) * w],
+                            n_heads,
+                            head_dim,
+                            n_rot,
+                            pos0 + t,
+                            10000.0,
+                            1.0,
+                            mscale,
+                            RopeLayout::Neox,
+                            Some(&freq),
+                        );
+                    }
+                }
+            }
+            let what = format!("rope {mode} rotate {rotate} mscale {mscale}");
+            for (name, got, want, rtol) in [
+                ("q", &got_q, &want_q, 0.0),
+                ("k cache", &got_k, &want_k, cache_rtol),
+                ("v cache", &got_v, &v, cache_rtol),
+            ] {
+                for (i, (g, e)) in got.iter().zip(want.iter()).enumerate() {
+                    assert!(
+                        (g - e).abs() <= ROPE_TOL + rtol * e.abs(),
+                        "{what} {name}[{i}]: {g} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// GeGLU (Gemma's feed-forward): gelu_tanh(gate) · up, including large |gate| where tanh
+/// saturates.
+#[test]
+fn geglu_matches_cpu() {
+    for (mode, mut gpu) in gpus() {
+        let mut rng = Rng(17);
+        let n = 1001;
+        let mut g: Vec<f32> = rng.vec(n).iter().map(|v| v * 6.0).collect();
+        g[0] = 40.0;
+        g[1] = -40.0;
+        let u = rng.vec(n);
+        let got = block_on(gpu.geglu(&g, &u)).unwrap();
+        let mut want = g.clone();
+        cpu::geglu(&mut want, &u);
+        assert_close(&format!("geglu {mode}"), &got, &want, ELT_RTOL);
+    }
+}
+
+/// The RMSNorm folded into the matrix product (flag MAT_NORM): `W · (RMSNorm(x) ⊙ g)` against
+/// the CPU reference norm then product, decode and prefill tiles (11 tokens: a partial tile),
+/// every GPU weight type, every device setup.
+#[test]
+fn matmul_with_folded_rms_norm() {
+    for (mode, mut gpu) in gpus() {
+        for (i, &dtype) in GPU_WEIGHT_TYPES.iter().enumerate() {
+            let (rows, cols) = (67, cols_for(dtype));
+            for n_tok in [1, 11] {
+                let mut rng = Rng(900 + i as u64 + n_tok as u64);
+                let bytes = random_matrix(dtype, rows, cols, &mut rng);
+                let x: Vec<f32> = rng.vec(n_tok * cols).iter().map(|v| v * 3.0).collect();
+                let g: Vec<f32> = rng.vec(cols).iter().map(|v| 1.0 + 0.5 * v).collect();
+                let eps = 1e-5;
+                let w = GpuWeight::upload(&gpu.ctx, "w", dtype, rows, cols, &bytes).unwrap();
+                let got =
+                    block_on(gpu.matmul_normed(&w, &x, n_tok, None, Some((&g, eps)))).unwrap();
+                let wf = dequant(dtype, &bytes, rows, cols);
+                let mut xn = vec![0.0; x.len()];
+                cpu::rms_norm_rows(&mut xn, &x, &g, n_tok, eps);
+                for t in 0..n_tok {
+                    let xr = &xn[t * cols..(t + 1) * cols];
+                    for r in 0..rows {
+                        let wr = &wf[r * cols..(r + 1) * cols];
+                        let want: f64 = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let mag: f32 = wr.iter().zip(xr).map(|(a, b)| (a * b).abs()).sum();
+                        let gv = got[t * rows + r];
+                        let tol = MATMUL_RTOL * mag + ABS_TOL;
+                        assert!(
+                            (gv - want as f32).abs() <= tol,
+                            "{mode} {dtype} n_tok {n_tok}: y[{t},{r}] = {gv}, want {want} (tol {tol})"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

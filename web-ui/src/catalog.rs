@@ -26,6 +26,9 @@ pub struct CatalogEntry {
     /// Lower-case hex; `None` = verified by size only.
     pub sha256: Option<String>,
     pub supported: bool,
+    /// Backends this model's family and tensor types run on (`"cpu"`, `"gpu"`).
+    #[serde(default)]
+    pub backends: Vec<String>,
     #[serde(default)]
     pub note: Option<String>,
     #[serde(default)]
@@ -64,6 +67,7 @@ impl CatalogEntry {
             url: url.to_string(),
             sha256,
             supported: true,
+            backends: Vec::new(),
             note: Some("added by URL".into()),
             default: false,
         }

@@ -62,7 +62,7 @@ impl ErrorBanner {
     }
 }
 
-/// Sampling settings and the system prompt for new replies.
+/// Sampling settings for new replies: the open conversation's (kept in it by the chat panel).
 #[derive(Clone, Copy)]
 pub struct Settings(pub RwSignal<GenSettings>);
 
@@ -84,6 +84,10 @@ pub struct Engine {
 #[derive(Clone, Copy)]
 pub struct StoreVersion(pub RwSignal<u32>);
 
+/// True while a reply is being generated (set by the chat panel).
+#[derive(Clone, Copy)]
+pub struct Generating(pub RwSignal<bool>);
+
 /// One message of a conversation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Message {
@@ -100,6 +104,13 @@ pub struct Conversation {
     pub title: String,
     pub system: String,
     pub messages: Vec<Message>,
+    /// When it last changed (ms since the epoch): the list shows the newest first.
+    #[serde(default)]
+    pub updated: f64,
+    /// Its sampling settings (none in conversations saved before they were kept per
+    /// conversation: those take the settings in use).
+    #[serde(default)]
+    pub settings: Option<GenSettings>,
 }
 
 pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
@@ -111,7 +122,20 @@ impl Conversation {
             title: "New chat".into(),
             system: DEFAULT_SYSTEM.into(),
             messages: Vec::new(),
+            updated: js_sys::Date::now(),
+            settings: None,
         }
+    }
+
+    /// Whether the title or any message contains `q` (case-insensitive; empty matches all).
+    pub fn matches(&self, q: &str) -> bool {
+        let q = q.trim().to_lowercase();
+        q.is_empty()
+            || self.title.to_lowercase().contains(&q)
+            || self
+                .messages
+                .iter()
+                .any(|m| m.content.to_lowercase().contains(&q))
     }
 }
 
@@ -122,34 +146,133 @@ pub struct Chat {
     /// Text of the reply being generated.
     pub streaming: RwSignal<Option<String>>,
     pub saved: RwSignal<Vec<Conversation>>,
+    /// Stats of the last finished reply (status chip, context meter).
+    pub last_stats: RwSignal<Option<ReplyStats>>,
+    /// The conversation deleted last, with its place in the list, until undone or replaced.
+    pub deleted: RwSignal<Option<(usize, Conversation)>>,
 }
 
 const CHATS_KEY: &str = "slm.conversations";
 
 impl Chat {
+    /// The saved conversations, newest first.
     pub fn load_saved() -> Vec<Conversation> {
-        LocalStorage::get(CHATS_KEY).unwrap_or_default()
+        let mut v: Vec<Conversation> = LocalStorage::get(CHATS_KEY).unwrap_or_default();
+        v.sort_by(|a, b| b.updated.total_cmp(&a.updated));
+        v
     }
 
-    /// Save the open conversation (if it has messages) into the list and storage.
+    fn store(&self) {
+        let _ = LocalStorage::set(CHATS_KEY, self.saved.get_untracked());
+    }
+
+    /// Save the open conversation (if it has messages and changed) at the top of the list and
+    /// in storage.
     pub fn persist(&self) {
         let c = self.conv.get_untracked();
-        if c.messages.is_empty() {
+        let unchanged = self.saved.with_untracked(|v| {
+            v.iter().any(|x| {
+                x.id == c.id
+                    && x.messages == c.messages
+                    && x.system == c.system
+                    && x.title == c.title
+                    && x.settings == c.settings
+            })
+        });
+        if c.messages.is_empty() || unchanged {
             return;
         }
-        self.saved
-            .update(|v| match v.iter_mut().find(|x| x.id == c.id) {
-                Some(x) => *x = c.clone(),
-                None => v.insert(0, c.clone()),
-            });
-        let _ = LocalStorage::set(CHATS_KEY, self.saved.get_untracked());
+        self.conv
+            .update_untracked(|c| c.updated = js_sys::Date::now());
+        let c = self.conv.get_untracked();
+        self.saved.update(|v| {
+            v.retain(|x| x.id != c.id);
+            v.insert(0, c.clone());
+        });
+        self.store();
     }
 
+    /// Keep the open conversation's settings in its saved copy (its place in the list stays).
+    pub fn store_settings(&self) {
+        let c = self.conv.get_untracked();
+        let mut changed = false;
+        self.saved.update_untracked(|v| {
+            if let Some(x) = v
+                .iter_mut()
+                .find(|x| x.id == c.id && x.settings != c.settings)
+            {
+                x.settings = c.settings.clone();
+                changed = true;
+            }
+        });
+        if changed {
+            self.store();
+        }
+    }
+
+    /// Open saved conversation `id` (the caller resets the engine's cache).
+    pub fn open(&self, id: &str) {
+        if let Some(c) = self
+            .saved
+            .with_untracked(|v| v.iter().find(|x| x.id == id).cloned())
+        {
+            self.conv.set(c);
+            self.last_stats.set(None);
+        }
+    }
+
+    /// Delete `id`; [`Chat::undo_delete`] puts it back.
     pub fn delete(&self, id: &str) {
-        self.saved.update(|v| v.retain(|x| x.id != id));
-        let _ = LocalStorage::set(CHATS_KEY, self.saved.get_untracked());
+        let mut removed = None;
+        self.saved.update(|v| {
+            if let Some(i) = v.iter().position(|x| x.id == id) {
+                removed = Some((i, v.remove(i)));
+            }
+        });
+        self.store();
         if self.conv.get_untracked().id == id {
             self.conv.set(Conversation::new());
+            self.last_stats.set(None);
         }
+        self.deleted.set(removed);
+    }
+
+    pub fn undo_delete(&self) {
+        if let Some((i, c)) = self.deleted.get_untracked() {
+            self.deleted.set(None);
+            self.saved.update(|v| {
+                let i = i.min(v.len());
+                v.insert(i, c);
+            });
+            self.store();
+        }
+    }
+
+    /// Add conversations from an export; one with the id of a saved one replaces it.
+    pub fn import(&self, list: Vec<Conversation>) {
+        self.saved.update(|v| {
+            for c in list {
+                v.retain(|x| x.id != c.id);
+                v.push(c);
+            }
+            v.sort_by(|a, b| b.updated.total_cmp(&a.updated));
+        });
+        self.store();
+    }
+
+    pub fn rename(&self, id: &str, title: &str) {
+        let title = title.trim();
+        if title.is_empty() {
+            return;
+        }
+        self.saved.update(|v| {
+            if let Some(c) = v.iter_mut().find(|x| x.id == id) {
+                c.title = title.to_string();
+            }
+        });
+        if self.conv.get_untracked().id == id {
+            self.conv.update(|c| c.title = title.to_string());
+        }
+        self.store();
     }
 }

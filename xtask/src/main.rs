@@ -8,8 +8,11 @@
 //!   `tokenizer_metadata`; default `gguf_parse`, 60 s).
 //! - `serve [--port N]`: build the browser app with Trunk and serve it (`serve.rs`).
 //! - `browser-tests`: the app's end-to-end tests in headless Chromium (`serve.rs`).
+//! - `synth-model --shape NAME --type TYPE --out PATH`: a GGUF shaped like a real model with
+//!   random valid weights (`synth.rs`).
 
 mod serve;
+mod synth;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -460,11 +463,12 @@ fn main() {
         Some("bench") => bench(),
         Some("serve") => serve::serve(&args[1..]),
         Some("browser-tests") => serve::browser_tests(),
+        Some("synth-model") => synth::synth_model(&args[1..]),
         Some("fuzz") => fuzz(
             args.get(1).map_or("gguf_parse", String::as_str),
             args.get(2).and_then(|s| s.parse().ok()).unwrap_or(60),
         ),
-        _ => Err("usage: cargo xtask <fetch-models|test|bench|fuzz [target] [seconds]|serve [--port N] [--no-build] [--test-hooks]|browser-tests>".into()),
+        _ => Err("usage: cargo xtask <fetch-models|test|bench|fuzz [target] [seconds]|serve [--port N] [--no-build] [--test-hooks]|browser-tests|synth-model --shape NAME --type TYPE --out PATH>".into()),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e}");

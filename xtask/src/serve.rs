@@ -90,11 +90,12 @@ pub fn setup_web_tools() -> Result {
             &wb,
         ]))?;
     }
-    // wasm-opt (binaryen) and the browser-test driver from npm, into tests/node_modules.
+    // wasm-opt (binaryen), the browser-test driver and axe-core from npm, into tests/node_modules.
     if !web_tests_dir().join("node_modules/.bin/wasm-opt").exists()
         || !web_tests_dir()
             .join("node_modules/playwright-core")
             .exists()
+        || !web_tests_dir().join("node_modules/axe-core").exists()
     {
         run(Command::new("npm").current_dir(web_tests_dir()).args([
             "install",
@@ -563,7 +564,7 @@ pub fn browser_tests() -> Result {
     let url = format!("http://127.0.0.1:{port}/");
     // Every flow that needs no WebGPU, on the wasm SIMD CPU engine (main flow with the WebGPU
     // flag on, others without): main, resume, checksum, xss, regenerate, stop, conversation,
-    // hub, cancel, import, gemma3 (WebGPU flag on: auto falls back to the CPU), quota.
+    // hub, cancel, import, gemma3 (no WebGPU: auto takes the CPU), quota.
     run(Command::new("node")
         .current_dir(web_tests_dir())
         .arg("e2e.mjs")
@@ -572,15 +573,16 @@ pub fn browser_tests() -> Result {
         .env("SLM_E2E_EXPECT_PREFIX", &expect)
         .env("SLM_E2E_EXPECT_PREFIX_GEMMA3", &expect_gemma3)
         .env("SLM_E2E_SCREENSHOT", root().join("target/screenshot.png")))?;
-    // On WebGPU (Chromium's SwiftShader adapter: slow, a few tokens): the main flow again, and
-    // a lost GPU device moving the conversation to the CPU.
+    // On WebGPU (Chromium's SwiftShader adapter: slow, a few tokens): the main flow again,
+    // Gemma 3 on the GPU, and a lost GPU device moving the conversation to the CPU.
     run(Command::new("node")
         .current_dir(web_tests_dir())
         .arg("e2e.mjs")
         .env("SLM_URL", &url)
         .env("SLM_MODELS_DIR", models_dir())
         .env("SLM_E2E_EXPECT_PREFIX", &expect)
-        .env("SLM_E2E_ONLY", "main,gpulost")
+        .env("SLM_E2E_EXPECT_PREFIX_GEMMA3", &expect_gemma3)
+        .env("SLM_E2E_ONLY", "main,gemma3,gpulost")
         .env("SLM_E2E_BACKEND", "gpu"))
 }
 

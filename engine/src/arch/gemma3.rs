@@ -13,6 +13,7 @@
 //! scaling. The GGUF norm weights already hold Gemma's `1 + w` (llama.cpp's converter adds it).
 //! [`block`] is shared with Gemma 2.
 
+use super::llama::{attention_inputs, feed_forward};
 use super::{blk, Act, Epilogue, Family, Glu, Graph, Weights};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
@@ -79,47 +80,19 @@ pub(super) fn block(
     g: &mut Graph,
     qk_norm: bool,
 ) -> Result<()> {
-    let (n_embd, q_dim, kv_dim, n_ff, hd) = (
-        cfg.n_embd,
-        cfg.q_dim(),
-        cfg.kv_dim(),
-        cfg.n_ff,
-        cfg.head_dim,
-    );
-    let embd = w.matrix(names::TOKEN_EMBD, cfg.n_vocab, n_embd)?;
+    let embd = w.matrix(names::TOKEN_EMBD, cfg.n_vocab, cfg.n_embd)?;
     g.embed(embd, cfg.embd_scale);
     for l in 0..cfg.n_layer {
-        let n = |s: &str| blk(l, s);
-        let attn_norm = w.vector(&n(names::ATTN_NORM), n_embd)?;
-        let wq = w.matrix(&n(names::ATTN_Q), q_dim, n_embd)?;
-        let wk = w.matrix(&n(names::ATTN_K), kv_dim, n_embd)?;
-        let wv = w.matrix(&n(names::ATTN_V), kv_dim, n_embd)?;
-        g.norm(Act::X, attn_norm, Act::Xn);
-        g.linear(wq, None, Act::Xn, Act::Q, Epilogue::STORE);
-        g.linear(wk, None, Act::Xn, Act::K, Epilogue::STORE);
-        g.linear(wv, None, Act::Xn, Act::V, Epilogue::STORE);
-        if qk_norm {
-            let qn = w.vector(&n(names::ATTN_Q_NORM), hd)?;
-            let kn = w.vector(&n(names::ATTN_K_NORM), hd)?;
-            g.head_norm(Act::Q, qn);
-            g.head_norm(Act::K, kn);
-        }
+        attention_inputs(cfg, w, g, l, false, qk_norm)?;
         g.rope_store(l, None);
         g.attend(l);
-        let wo = w.matrix(&n(names::ATTN_OUTPUT), n_embd, q_dim)?;
-        let post = w.vector(&n(names::ATTN_POST_NORM), n_embd)?;
+        let wo = w.matrix(&blk(l, names::ATTN_OUTPUT), cfg.n_embd, cfg.q_dim())?;
+        let post = w.vector(&blk(l, names::ATTN_POST_NORM), cfg.n_embd)?;
         g.linear(wo, None, Act::Att, Act::Proj, Epilogue::STORE);
         g.norm_add(Act::Proj, post, Act::X);
 
-        let ffn_norm = w.vector(&n(names::FFN_NORM), n_embd)?;
-        let gate = w.matrix(&n(names::FFN_GATE), n_ff, n_embd)?;
-        let up = w.matrix(&n(names::FFN_UP), n_ff, n_embd)?;
-        let down = w.matrix(&n(names::FFN_DOWN), n_embd, n_ff)?;
-        let post = w.vector(&n(names::FFN_POST_NORM), n_embd)?;
-        g.norm(Act::X, ffn_norm, Act::Xn);
-        g.linear(gate, None, Act::Xn, Act::Gate, Epilogue::STORE);
-        g.linear(up, None, Act::Xn, Act::Up, Epilogue::STORE);
-        g.glu(Glu::GeluTanh);
+        let down = feed_forward(cfg, w, g, l, Glu::GeluTanh)?;
+        let post = w.vector(&blk(l, names::FFN_POST_NORM), cfg.n_embd)?;
         g.linear(down, None, Act::Gate, Act::Proj, Epilogue::STORE);
         g.norm_add(Act::Proj, post, Act::X);
     }

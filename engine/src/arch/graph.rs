@@ -147,6 +147,46 @@ pub enum Op {
     Glu(Glu),
 }
 
+impl Op {
+    /// Activations this op reads.
+    pub fn reads(&self) -> Vec<Act> {
+        match *self {
+            Op::Embed { .. } => vec![],
+            Op::Norm { x, out, add, .. } => {
+                if add {
+                    vec![x, out]
+                } else {
+                    vec![x]
+                }
+            }
+            Op::HeadNorm { x, .. } => vec![x],
+            Op::Linear { x, out, epi, .. } => {
+                if epi.accumulate {
+                    vec![x, out]
+                } else {
+                    vec![x]
+                }
+            }
+            Op::RopeStore { .. } => vec![Act::Q, Act::K, Act::V],
+            Op::Attend { .. } => vec![Act::Q],
+            Op::Glu(_) => vec![Act::Gate, Act::Up],
+        }
+    }
+
+    /// Activations this op writes.
+    pub fn writes(&self) -> Vec<Act> {
+        match *self {
+            Op::Embed { .. } => vec![Act::X],
+            Op::Norm { out, .. } => vec![out],
+            Op::HeadNorm { x, .. } => vec![x],
+            Op::Linear { out, .. } => vec![out],
+            Op::RopeStore { .. } => vec![Act::Q],
+            Op::Attend { .. } => vec![Act::Att],
+            Op::Glu(_) => vec![Act::Gate],
+        }
+    }
+}
+
 /// A forward pass: [`Graph::layers`] on every token of a batch, then [`Graph::head`] on the
 /// rows whose logits are wanted (it must end with a [`Op::Linear`] into [`Act::Logits`]).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -173,6 +213,20 @@ impl Graph {
     /// Ops from here on belong to the head (final norm, output projection).
     pub fn begin_head(&mut self) {
         self.in_head = true;
+    }
+
+    /// Bytes of weights one decode step reads: every matrix of a product whole, one row of an
+    /// embedding table. `size(m)` gives (matrix bytes, row bytes).
+    pub fn weight_bytes_per_token(&self, size: impl Fn(Mat) -> (u64, u64)) -> u64 {
+        self.layers
+            .iter()
+            .chain(&self.head)
+            .map(|op| match *op {
+                Op::Embed { table, .. } => size(table).1,
+                Op::Linear { w, .. } => size(w).0,
+                _ => 0,
+            })
+            .sum()
     }
 
     /// [`Op::Embed`].

@@ -61,57 +61,79 @@ pub(super) fn block(
     g: &mut Graph,
     o: BlockOptions,
 ) -> Result<()> {
-    let (n_embd, q_dim, kv_dim, n_ff, hd) = (
-        cfg.n_embd,
-        cfg.q_dim(),
-        cfg.kv_dim(),
-        cfg.n_ff,
-        cfg.head_dim,
-    );
-    let embd = w.matrix(names::TOKEN_EMBD, cfg.n_vocab, n_embd)?;
+    let embd = w.matrix(names::TOKEN_EMBD, cfg.n_vocab, cfg.n_embd)?;
     g.embed(embd, cfg.embd_scale);
     let residual = Epilogue::add_scaled(cfg.residual_scale);
     for l in 0..cfg.n_layer {
-        let n = |s: &str| blk(l, s);
-        let attn_norm = w.vector(&n(names::ATTN_NORM), n_embd)?;
-        let wq = w.matrix(&n(names::ATTN_Q), q_dim, n_embd)?;
-        let wk = w.matrix(&n(names::ATTN_K), kv_dim, n_embd)?;
-        let wv = w.matrix(&n(names::ATTN_V), kv_dim, n_embd)?;
-        let (bq, bk, bv) = if o.biases {
-            (
-                w.opt_vector(&n(names::ATTN_Q_BIAS), q_dim)?,
-                w.opt_vector(&n(names::ATTN_K_BIAS), kv_dim)?,
-                w.opt_vector(&n(names::ATTN_V_BIAS), kv_dim)?,
-            )
-        } else {
-            (None, None, None)
-        };
-        g.norm(Act::X, attn_norm, Act::Xn);
-        g.linear(wq, bq, Act::Xn, Act::Q, Epilogue::STORE);
-        g.linear(wk, bk, Act::Xn, Act::K, Epilogue::STORE);
-        g.linear(wv, bv, Act::Xn, Act::V, Epilogue::STORE);
-        if o.qk_norm {
-            let qn = w.vector(&n(names::ATTN_Q_NORM), hd)?;
-            let kn = w.vector(&n(names::ATTN_K_NORM), hd)?;
-            g.head_norm(Act::Q, qn);
-            g.head_norm(Act::K, kn);
-        }
+        attention_inputs(cfg, w, g, l, o.biases, o.qk_norm)?;
         g.rope_store(l, o.freqs);
         g.attend(l);
-        let wo = w.matrix(&n(names::ATTN_OUTPUT), n_embd, q_dim)?;
+        let wo = w.matrix(&blk(l, names::ATTN_OUTPUT), cfg.n_embd, cfg.q_dim())?;
         g.linear(wo, None, Act::Att, Act::X, residual);
-
-        let ffn_norm = w.vector(&n(names::FFN_NORM), n_embd)?;
-        let gate = w.matrix(&n(names::FFN_GATE), n_ff, n_embd)?;
-        let up = w.matrix(&n(names::FFN_UP), n_ff, n_embd)?;
-        let down = w.matrix(&n(names::FFN_DOWN), n_embd, n_ff)?;
-        g.norm(Act::X, ffn_norm, Act::Xn);
-        g.linear(gate, None, Act::Xn, Act::Gate, Epilogue::STORE);
-        g.linear(up, None, Act::Xn, Act::Up, Epilogue::STORE);
-        g.glu(Glu::Silu);
+        let down = feed_forward(cfg, w, g, l, Glu::Silu)?;
         g.linear(down, None, Act::Gate, Act::X, residual);
     }
     head(cfg, w, g, embd)
+}
+
+/// Layer `l`'s attention inputs: `Xn = RMSNorm(X)`, then `Q, K, V = W·Xn (+ b)` with the
+/// optional biases, and the optional per-head q/k norms. Shared by the pre-norm families.
+pub(super) fn attention_inputs(
+    cfg: &ModelConfig,
+    w: &mut Weights<'_>,
+    g: &mut Graph,
+    l: usize,
+    biases: bool,
+    qk_norm: bool,
+) -> Result<()> {
+    let (n_embd, q_dim, kv_dim) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim());
+    let n = |s: &str| blk(l, s);
+    let attn_norm = w.vector(&n(names::ATTN_NORM), n_embd)?;
+    let wq = w.matrix(&n(names::ATTN_Q), q_dim, n_embd)?;
+    let wk = w.matrix(&n(names::ATTN_K), kv_dim, n_embd)?;
+    let wv = w.matrix(&n(names::ATTN_V), kv_dim, n_embd)?;
+    let (bq, bk, bv) = if biases {
+        (
+            w.opt_vector(&n(names::ATTN_Q_BIAS), q_dim)?,
+            w.opt_vector(&n(names::ATTN_K_BIAS), kv_dim)?,
+            w.opt_vector(&n(names::ATTN_V_BIAS), kv_dim)?,
+        )
+    } else {
+        (None, None, None)
+    };
+    g.norm(Act::X, attn_norm, Act::Xn);
+    g.linear(wq, bq, Act::Xn, Act::Q, Epilogue::STORE);
+    g.linear(wk, bk, Act::Xn, Act::K, Epilogue::STORE);
+    g.linear(wv, bv, Act::Xn, Act::V, Epilogue::STORE);
+    if qk_norm {
+        let qn = w.vector(&n(names::ATTN_Q_NORM), cfg.head_dim)?;
+        let kn = w.vector(&n(names::ATTN_K_NORM), cfg.head_dim)?;
+        g.head_norm(Act::Q, qn);
+        g.head_norm(Act::K, kn);
+    }
+    Ok(())
+}
+
+/// Layer `l`'s gated feed-forward up to its down projection: `Xn = RMSNorm(X)`,
+/// `Gate = act(Wgate·Xn) ⊙ Wup·Xn`. Returns `Wdown` (n_embd, n_ff) for the caller's epilogue.
+pub(super) fn feed_forward(
+    cfg: &ModelConfig,
+    w: &mut Weights<'_>,
+    g: &mut Graph,
+    l: usize,
+    act: Glu,
+) -> Result<Mat> {
+    let (n_embd, n_ff) = (cfg.n_embd, cfg.n_ff);
+    let n = |s: &str| blk(l, s);
+    let ffn_norm = w.vector(&n(names::FFN_NORM), n_embd)?;
+    let gate = w.matrix(&n(names::FFN_GATE), n_ff, n_embd)?;
+    let up = w.matrix(&n(names::FFN_UP), n_ff, n_embd)?;
+    let down = w.matrix(&n(names::FFN_DOWN), n_embd, n_ff)?;
+    g.norm(Act::X, ffn_norm, Act::Xn);
+    g.linear(gate, None, Act::Xn, Act::Gate, Epilogue::STORE);
+    g.linear(up, None, Act::Xn, Act::Up, Epilogue::STORE);
+    g.glu(act);
+    Ok(down)
 }
 
 /// The head every family shares: `logits = softcap(logit_scale · Wout · RMSNorm(x))` with

@@ -42,6 +42,14 @@ pub enum LoadedModel {
 }
 
 impl LoadedModel {
+    /// Bytes of weights one decode step reads.
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        match self {
+            LoadedModel::Cpu(m) => m.weight_bytes_per_token(),
+            LoadedModel::Gpu(m) => m.weight_bytes_per_token(),
+        }
+    }
+
     /// `"cpu"` or `"gpu"`.
     pub fn name(&self) -> &'static str {
         match self {

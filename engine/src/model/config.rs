@@ -165,7 +165,7 @@ impl ModelConfig {
                 format!("head dim {head_dim}"),
             ));
         }
-        if let Some(_) = g.get(&key("attention.value_length")) {
+        if g.get(&key("attention.value_length")).is_some() {
             let v = g.get_usize(&key("attention.value_length"), MAX_EMBD)?;
             if v != head_dim {
                 return Err(Error::metadata(

@@ -19,6 +19,32 @@ pub enum Logits {
     All,
 }
 
+/// The checks every backend's forward call makes before touching anything: at least one token,
+/// `pos + tokens.len() ≤ n_ctx`, every id below `n_vocab`.
+///
+/// Errors: [`crate::Error::Shape`], [`crate::Error::ContextFull`],
+/// [`crate::Error::TokenOutOfRange`].
+pub fn check_forward(tokens: &[u32], pos: usize, n_ctx: usize, n_vocab: usize) -> Result<()> {
+    use crate::Error;
+    if tokens.is_empty() {
+        return Err(Error::Shape {
+            op: "forward",
+            detail: "no tokens".into(),
+        });
+    }
+    if pos.checked_add(tokens.len()).is_none_or(|end| end > n_ctx) {
+        return Err(Error::ContextFull {
+            n_prompt: pos,
+            n_requested: tokens.len(),
+            n_ctx,
+        });
+    }
+    if let Some(&id) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
+        return Err(Error::TokenOutOfRange { id, n_vocab });
+    }
+    Ok(())
+}
+
 /// A loaded model with its KV cache on some backend.
 pub trait ForwardPass {
     /// Hyperparameters.

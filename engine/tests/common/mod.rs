@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod f32_graph;
+
 /// Repository root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -24,6 +26,14 @@ pub fn golden_dir() -> PathBuf {
     std::env::var_os("SLM_GOLDEN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("../shared/golden"))
+}
+
+/// Folder of the tiny random-weight models, one per family, with llama.cpp's logits:
+/// `$SLM_TINY_DIR`, else `<repo>/../shared/tiny`.
+pub fn tiny_dir() -> PathBuf {
+    std::env::var_os("SLM_TINY_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/tiny"))
 }
 
 pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -1,4 +1,6 @@
-//! The app shell: provides every context, starts the engine worker, and lays out the panels.
+//! The app shell: provides every context, starts the engine worker, and lays out a chat app:
+//! the header (model picker, status chip, theme, settings drawer), the sidebar (conversations,
+//! then the model and device panels), and the conversation.
 
 use std::rc::Rc;
 
@@ -7,13 +9,16 @@ use leptos::prelude::*;
 use crate::components::chat::ChatPanel;
 use crate::components::download_panel::{DownloadPanel, DownloadState};
 use crate::components::environment::EnvironmentInfo;
-use crate::components::model_picker::ModelPicker;
+use crate::components::model_picker::{AddModel, ModelFacts, ModelPicker};
+use crate::components::settings::SettingsDrawer;
+use crate::components::sidebar::{ConversationList, SidebarOpen, UndoToast};
 use crate::components::stored_models::StoredModels;
+use crate::components::theme::ThemeToggle;
 use crate::engine_client;
 use crate::protocol::{FromWorker, GenSettings};
 use crate::state::{
-    BackendPref, Chat, Conversation, Engine, ErrorBanner, KnownModels, SelectedModel, Settings,
-    StoreVersion,
+    BackendPref, Chat, Conversation, Engine, ErrorBanner, Generating, KnownModels, SelectedModel,
+    Settings, StoreVersion,
 };
 
 #[component]
@@ -30,7 +35,12 @@ pub fn App() -> impl IntoView {
         conv: RwSignal::new(saved.first().cloned().unwrap_or_else(Conversation::new)),
         streaming: RwSignal::new(None),
         saved: RwSignal::new(saved),
+        last_stats: RwSignal::new(None),
+        deleted: RwSignal::new(None),
     };
+    let sidebar = SidebarOpen(RwSignal::new(false));
+    provide_context(Generating(RwSignal::new(false)));
+    provide_context(sidebar);
     provide_context(SelectedModel(RwSignal::new(None)));
     provide_context(KnownModels {
         catalog: RwSignal::new(Vec::new()),
@@ -70,27 +80,41 @@ pub fn App() -> impl IntoView {
     engine_client::install_test_hooks();
 
     view! {
-        <header>
-            <h1>"slm"</h1>
-            <span class="tagline">"Private chat with small language models, computed in this browser"</span>
-            <BackendBadge/>
-        </header>
-        <Show when=move || banner.0.get().is_some()>
-            <div class="error-banner" data-testid="error-banner" role="alert">
-                <span>{move || banner.0.get().unwrap_or_default()}</span>
-                <TemplateFallbackButton/>
-                <button class="dismiss" on:click=move |_| banner.clear()>"×"</button>
-            </div>
-        </Show>
-        <main>
-            <aside>
+        <div class="app" class:sidebar-open=move || sidebar.0.get()>
+            <header class="topbar">
+                <button class="icon-button menu-button" data-testid="sidebar-toggle" aria-label="Conversations and models"
+                    aria-expanded=move || sidebar.0.get().to_string() aria-controls="sidebar"
+                    on:click=move |_| sidebar.0.update(|o| *o = !*o)>"☰"</button>
+                <h1 class="brand" title="Private chat with small language models, computed in this browser">"slm"</h1>
                 <ModelPicker/>
-                <EnvironmentInfo/>
-                <DownloadPanel/>
-                <StoredModels/>
-            </aside>
-            <ChatPanel/>
-        </main>
+                <StatusChip/>
+                <ThemeToggle/>
+                <SettingsDrawer/>
+            </header>
+            <Show when=move || banner.0.get().is_some()>
+                <div class="error-banner" data-testid="error-banner" role="alert">
+                    <span>{move || banner.0.get().unwrap_or_default()}</span>
+                    <TemplateFallbackButton/>
+                    <button class="dismiss" aria-label="Dismiss" on:click=move |_| banner.clear()>"×"</button>
+                </div>
+            </Show>
+            <div class="layout">
+                <nav id="sidebar" class="sidebar" data-testid="sidebar" aria-label="Conversations and models">
+                    <ConversationList/>
+                    <details class="models-panel" open>
+                        <summary>"Model and device"</summary>
+                        <ModelFacts/>
+                        <DownloadPanel/>
+                        <AddModel/>
+                        <StoredModels/>
+                        <EnvironmentInfo/>
+                    </details>
+                </nav>
+                <div class="backdrop" data-testid="sidebar-backdrop" aria-hidden="true" on:click=move |_| sidebar.0.set(false)></div>
+                <ChatPanel/>
+            </div>
+            <UndoToast/>
+        </div>
     }
 }
 
@@ -119,20 +143,27 @@ fn TemplateFallbackButton() -> impl IntoView {
     }
 }
 
-/// Which backend runs the model, and why (hover).
+/// Which backend runs the model (hover: why) and the last reply's decode speed.
 #[component]
-fn BackendBadge() -> impl IntoView {
+fn StatusChip() -> impl IntoView {
     let engine = expect_context::<Engine>();
+    let chat = expect_context::<Chat>();
     let text = move || match engine.loaded.get() {
         Some(l) if l.backend == "gpu" => format!("WebGPU · {}", l.adapter),
         Some(_) => "CPU (wasm SIMD)".to_string(),
         None => "no model loaded".to_string(),
     };
     let why = move || engine.loaded.get().map(|l| l.reason).unwrap_or_default();
+    let speed = move || {
+        chat.last_stats
+            .get()
+            .map(|s| format!("{:.1} tok/s", s.decode_tok_s))
+    };
     view! {
-        <span class="badge" data-testid="backend-badge" title=why>
-            {text}
+        <span class="status-chip" class:ready=move || engine.loaded.get().is_some() title=why>
+            <span class="dot" aria-hidden="true"></span>
+            <span class="badge" data-testid="backend-badge">{text}</span>
+            {move || speed().map(|s| view! { <span class="speed" data-testid="status-speed">{s}</span> })}
         </span>
-        <span class="badge-reason">{why}</span>
     }
 }

@@ -1,13 +1,16 @@
-//! The chat: saved conversations, system prompt, sampling settings, messages with the streaming
-//! reply, the prompt box with send/stop/regenerate, and the context-usage meter.
+//! The conversation: messages with the streaming reply (auto-scrolled while the reader stays at
+//! the bottom), edit-and-resend of a question, the prompt box with send/stop (Esc)/regenerate,
+//! and the context-usage meter.
 
+use leptos::html::Div;
 use leptos::prelude::*;
+use wasm_bindgen::JsCast;
 
 use crate::components::download_panel::DownloadState;
-use crate::components::message::MessageView;
+use crate::components::message::{copy_text, MessageView};
 use crate::engine_client;
 use crate::protocol::{ReplyStats, Turn};
-use crate::state::{Chat, Conversation, Engine, ErrorBanner, Message, Settings};
+use crate::state::{Chat, Conversation, Engine, ErrorBanner, Generating, Message, Settings};
 
 fn turns(c: &Conversation) -> Vec<Turn> {
     let mut t = Vec::with_capacity(c.messages.len() + 1);
@@ -45,7 +48,7 @@ pub fn ChatPanel() -> impl IntoView {
     let settings = expect_context::<Settings>().0;
     let dl = expect_context::<DownloadState>();
     let input = RwSignal::new(String::new());
-    let last_stats = RwSignal::new(None::<ReplyStats>);
+    let last_stats = chat.last_stats;
     // The reply being regenerated: put back if its replacement fails.
     let replaced = RwSignal::new(None::<Message>);
 
@@ -67,6 +70,7 @@ pub fn ChatPanel() -> impl IntoView {
                     replaced.set(None);
                     last_stats.set(Some(stats.clone()));
                     chat.conv.update(|c| {
+                        c.settings = Some(settings.get_untracked());
                         c.messages.push(Message {
                             role: "assistant".into(),
                             content: text,
@@ -162,38 +166,110 @@ pub fn ChatPanel() -> impl IntoView {
             reply.dispatch(());
         }
     };
-    let new_chat = move |_| {
-        if generating() {
+    // Edit question `i` and send it again: the turns after it are dropped (the conversation
+    // forks there) and the engine's cache starts over.
+    let edit = Callback::new(move |(i, text): (usize, String)| {
+        let text = text.trim().to_string();
+        if text.is_empty() || generating() || !ready() {
             return;
         }
-        chat.persist();
-        chat.conv.set(Conversation::new());
-        last_stats.set(None);
+        chat.conv.update(|c| {
+            c.messages.truncate(i);
+            if i == 0 {
+                c.title = text.chars().take(40).collect();
+            }
+            c.messages.push(Message {
+                role: "user".into(),
+                content: text,
+                stats: None,
+            });
+        });
         engine_client::reset();
+        reply.dispatch(());
+    });
+
+    // The settings belong to the open conversation: a change is kept in it (and stored when
+    // the conversation is), and opening one brings its settings back (the sidebar does that).
+    if let Some(s) = chat.conv.with_untracked(|c| c.settings.clone()) {
+        settings.set(s);
+    }
+    Effect::new(move |_| {
+        let s = settings.get();
+        chat.conv.update_untracked(|c| c.settings = Some(s));
+        chat.store_settings();
+    });
+
+    let gen_flag = expect_context::<Generating>().0;
+    Effect::new(move |_| gen_flag.set(generating()));
+    // Esc stops the reply being generated, wherever the focus is.
+    let esc = window_event_listener(leptos::ev::keydown, move |ev| {
+        if ev.key() == "Escape" && gen_flag.get_untracked() {
+            ev.prevent_default();
+            engine_client::stop();
+        }
+    });
+    on_cleanup(move || esc.remove());
+
+    // Follow the streaming reply while the reader is at the bottom; scrolling up stops that.
+    let list = NodeRef::<Div>::new();
+    let stick = RwSignal::new(true);
+    Effect::new(move |_| {
+        chat.streaming.track();
+        chat.conv.track();
+        if stick.get_untracked() {
+            if let Some(el) = list.get_untracked() {
+                el.set_scroll_top(el.scroll_height());
+            }
+        }
+    });
+    let on_scroll = move |_| {
+        if let Some(el) = list.get_untracked() {
+            stick.set(el.scroll_height() - el.scroll_top() - el.client_height() < 48);
+        }
+    };
+
+    // A code block's Copy button (the reply's HTML is rendered from Markdown, so one listener
+    // here serves every block).
+    let copy_code = move |ev: leptos::ev::MouseEvent| {
+        let Some(btn) = ev
+            .target()
+            .and_then(|t| t.dyn_into::<web_sys::Element>().ok())
+            .and_then(|t| t.closest(".code-copy").ok().flatten())
+        else {
+            return;
+        };
+        let code = btn
+            .parent_element()
+            .and_then(|p| p.query_selector("pre").ok().flatten())
+            .and_then(|p| p.text_content())
+            .unwrap_or_default();
+        leptos::task::spawn_local(async move {
+            if copy_text(code).await {
+                btn.set_text_content(Some("Copied"));
+            }
+        });
     };
 
     view! {
-        <section class="chat">
+        <main class="chat" aria-label="Conversation">
             <div class="chat-top">
-                <button data-testid="new-chat" on:click=new_chat>"New chat"</button>
-                <button data-testid="regenerate-button" title="Replace the last reply with a new one" on:click=regenerate disabled=move || generating() || !ready()>"Regenerate"</button>
+                <h2 class="conv-title" data-testid="conv-title">{move || chat.conv.get().title}</h2>
                 <ContextMeter last_stats/>
+                <button class="secondary" data-testid="regenerate-button" title="Replace the last reply with a new one" on:click=regenerate disabled=move || generating() || !ready()>"↻ Regenerate"</button>
             </div>
-            <details class="settings">
-                <summary>"System prompt and sampling"</summary>
-                <label>"System prompt"
-                    <textarea data-testid="system-prompt" prop:value=move || chat.conv.get().system
-                        on:input=move |ev| chat.conv.update(|c| c.system = event_target_value(&ev))></textarea>
-                </label>
-                <SamplingSettings/>
-            </details>
-            <div class="messages" data-testid="messages">
+            <div class="messages" data-testid="messages" node_ref=list on:scroll=on_scroll on:click=copy_code>
+                <Show when=move || chat.conv.with(|c| c.messages.is_empty()) && chat.streaming.with(|s| s.is_none())>
+                    <div class="empty-state">
+                        <p class="big">"Private chat, computed in this browser."</p>
+                        <p class="hint">{move || if ready() { "Ask something below. Nothing you type leaves this device." } else { "Pick a model at the top, then download or load it under “Model and device” (☰ on small screens)." }}</p>
+                    </div>
+                </Show>
                 <For each=move || chat.conv.get().messages.into_iter().enumerate() key=message_key
-                    children=move |(_, m)| view! { <MessageView role=m.role content=m.content stats=m.stats/> }/>
-                {move || chat.streaming.get().map(|t| view! { <MessageView role="assistant".to_string() content=t stats=None streaming=true/> })}
+                    children=move |(i, m)| view! { <MessageView index=i role=m.role content=m.content stats=m.stats on_edit=edit can_edit=Signal::derive(move || ready() && !generating())/> }/>
+                {move || chat.streaming.get().map(|t| view! { <MessageView index=usize::MAX role="assistant".to_string() content=t stats=None streaming=true/> })}
             </div>
             <div class="composer">
-                <textarea data-testid="prompt-input" placeholder=move || if ready() { "Ask something…" } else { "Download or load a model first" }
+                <textarea data-testid="prompt-input" aria-label="Message (Enter sends, Shift+Enter starts a new line)" title="Enter sends, Shift+Enter starts a new line" rows="1" placeholder=move || if ready() { "Ask something…" } else { "Download or load a model first" }
                     disabled=move || !ready() || generating()
                     prop:value=move || input.get()
                     on:input=move |ev| input.set(event_target_value(&ev))
@@ -204,13 +280,12 @@ pub fn ChatPanel() -> impl IntoView {
                         }
                     }></textarea>
                 <Show when=generating fallback=move || view! {
-                    <button data-testid="send-button" disabled=move || !ready() on:click=move |_| send()>"Send"</button>
+                    <button class="primary" data-testid="send-button" disabled=move || !ready() on:click=move |_| send()>"Send"</button>
                 }>
-                    <button data-testid="stop-button" on:click=move |_| engine_client::stop()>"Stop"</button>
+                    <button class="danger" data-testid="stop-button" title="Stop (Esc)" on:click=move |_| engine_client::stop()>"Stop"</button>
                 </Show>
             </div>
-            <SavedChats/>
-        </section>
+        </main>
     }
 }
 
@@ -227,52 +302,5 @@ fn ContextMeter(last_stats: RwSignal<Option<ReplyStats>>) -> impl IntoView {
                 </span>
             }
         })
-    }
-}
-
-#[component]
-fn SamplingSettings() -> impl IntoView {
-    let s = expect_context::<Settings>().0;
-    view! {
-        <div class="sampling">
-            <label>"Temperature"<input type="number" step="0.1" min="0" max="2" data-testid="temperature"
-                prop:value=move || s.get().temperature.to_string()
-                on:change=move |ev| { if let Ok(v) = event_target_value(&ev).parse::<f32>() { if v.is_finite() && v >= 0.0 { s.update(|x| x.temperature = v) } } }/></label>
-            <label>"Top-k"<input type="number" min="0" data-testid="top-k"
-                prop:value=move || s.get().top_k.to_string()
-                on:change=move |ev| { if let Ok(v) = event_target_value(&ev).parse::<usize>() { s.update(|x| x.top_k = v) } }/></label>
-            <label>"Top-p"<input type="number" step="0.05" min="0.05" max="1" data-testid="top-p"
-                prop:value=move || s.get().top_p.to_string()
-                on:change=move |ev| { if let Ok(v) = event_target_value(&ev).parse::<f32>() { if v > 0.0 && v <= 1.0 { s.update(|x| x.top_p = v) } } }/></label>
-            <label>"Max tokens"<input type="number" min="1" max="2048" data-testid="max-tokens"
-                prop:value=move || s.get().max_tokens.to_string()
-                on:change=move |ev| { if let Ok(v) = event_target_value(&ev).parse::<usize>() { if v >= 1 { s.update(|x| x.max_tokens = v) } } }/></label>
-            <label>"Seed"<input type="number" min="0" data-testid="seed"
-                prop:value=move || s.get().seed.to_string()
-                on:change=move |ev| { if let Ok(v) = event_target_value(&ev).parse::<u64>() { s.update(|x| x.seed = v) } }/></label>
-        </div>
-    }
-}
-
-/// Conversations kept in this browser: open or delete.
-#[component]
-fn SavedChats() -> impl IntoView {
-    let chat = expect_context::<Chat>();
-    view! {
-        <details class="saved">
-            <summary>"Saved conversations"</summary>
-            <ul>
-                <For each=move || chat.saved.get() key=|c| (c.id.clone(), c.messages.len()) children=move |c| {
-                        let id = c.id.clone();
-                        let conv = c.clone();
-                        view! {
-                            <li>
-                                <button class="open" on:click=move |_| { chat.conv.set(conv.clone()); engine_client::reset(); }>{c.title.clone()}</button>
-                                <button class="delete" on:click=move |_| chat.delete(&id)>"Delete"</button>
-                            </li>
-                        }
-                    }/>
-            </ul>
-        </details>
     }
 }

@@ -1,20 +1,69 @@
-//! One chat message: user text as text, assistant replies as sanitized Markdown with their
-//! time to first token and speeds.
+//! One chat message: user text as text (with Edit: change the question and send it again),
+//! assistant replies as sanitized Markdown (a reasoning model's `<think>` section collapsed)
+//! with their time to first token and speeds on hover; Copy on every message.
 
 use leptos::prelude::*;
+use wasm_bindgen::JsCast;
 
-use crate::markdown::to_safe_html;
+use crate::js::{await_promise, get, global_get};
+use crate::markdown::reply_html;
 use crate::protocol::ReplyStats;
+
+/// Put `text` on the clipboard; true when the browser took it.
+pub async fn copy_text(text: String) -> bool {
+    let clip = get(&global_get("navigator"), "clipboard");
+    let Ok(f) = get(&clip, "writeText").dyn_into::<js_sys::Function>() else {
+        return false;
+    };
+    match f.call1(&clip, &text.into()) {
+        Ok(p) => match p.dyn_into::<js_sys::Promise>() {
+            Ok(p) => await_promise(p).await.is_ok(),
+            Err(_) => false,
+        },
+        Err(_) => false,
+    }
+}
+
+/// A Copy button for `text` that says "Copied" for a moment.
+#[component]
+pub fn CopyButton(text: String) -> impl IntoView {
+    let done = RwSignal::new(false);
+    let copy = Action::new_local(move |t: &String| {
+        let t = t.clone();
+        async move {
+            let ok = copy_text(t).await;
+            done.set(ok);
+            if ok {
+                set_timeout(
+                    move || done.set(false),
+                    std::time::Duration::from_millis(1500),
+                );
+            }
+        }
+    });
+    view! {
+        <button class="icon-button small copy" data-testid="copy-button" title="Copy the message"
+            on:click=move |_| { copy.dispatch(text.clone()); }>
+            {move || if done.get() { "✓ Copied" } else { "Copy" }}
+        </button>
+    }
+}
 
 #[component]
 pub fn MessageView(
+    /// Position in the conversation (`usize::MAX` for the reply being streamed).
+    index: usize,
     role: String,
     content: String,
     stats: Option<ReplyStats>,
     #[prop(optional)] streaming: bool,
+    /// Edit-and-resend of a question: (index, new text).
+    #[prop(optional)]
+    on_edit: Option<Callback<(usize, String)>>,
+    #[prop(optional, into)] can_edit: Signal<bool>,
 ) -> impl IntoView {
     if role == "assistant" {
-        let html = to_safe_html(&content);
+        let html = reply_html(&content, streaming);
         let stats = stats.map(|s| {
             format!(
                 "TTFT {:.0} ms · prefill {:.1} tok/s · decode {:.1} tok/s · {} tokens ({})",
@@ -22,17 +71,59 @@ pub fn MessageView(
             )
         });
         view! {
-            <div class="msg assistant" class:streaming=streaming>
+            <article class="msg assistant" class:streaming=streaming aria-label="Reply"
+                aria-live=if streaming { Some("polite") } else { None }
+                aria-busy=if streaming { Some("true") } else { None }>
                 <div class="body" data-testid="assistant-message" inner_html=html></div>
-                {stats.map(|s| view! { <div class="stats" data-testid="reply-stats">{s}</div> })}
-            </div>
+                <div class="msg-meta">
+                    {(!streaming).then(|| view! { <CopyButton text=content.clone()/> })}
+                    {stats.map(|s| view! { <span class="stats" data-testid="reply-stats">{s}</span> })}
+                </div>
+            </article>
         }
         .into_any()
     } else {
+        let editing = RwSignal::new(false);
+        let draft = RwSignal::new(content.clone());
+        let original = content.clone();
         view! {
-            <div class="msg user">
-                <div class="body" data-testid="user-message">{content}</div>
-            </div>
+            <article class="msg user" aria-label="Your message">
+                <Show when=move || editing.get() fallback={
+                    let content = content.clone();
+                    move || view! { <div class="body" data-testid="user-message">{content.clone()}</div> }
+                }>
+                    <textarea class="edit" data-testid="edit-input" aria-label="Edit your message" rows="3"
+                        prop:value=move || draft.get() on:input=move |ev| draft.set(event_target_value(&ev))
+                        on:keydown=move |ev: leptos::ev::KeyboardEvent| {
+                            if ev.key() == "Enter" && !ev.shift_key() {
+                                ev.prevent_default();
+                                editing.set(false);
+                                if let Some(cb) = on_edit { cb.run((index, draft.get_untracked())); }
+                            } else if ev.key() == "Escape" {
+                                ev.stop_propagation();
+                                editing.set(false);
+                            }
+                        }></textarea>
+                    <div class="edit-buttons">
+                        <button class="primary" data-testid="edit-send" on:click=move |_| {
+                            editing.set(false);
+                            if let Some(cb) = on_edit { cb.run((index, draft.get_untracked())); }
+                        }>"Send"</button>
+                        <button class="secondary" data-testid="edit-cancel" on:click=move |_| editing.set(false)>"Cancel"</button>
+                    </div>
+                </Show>
+                <div class="msg-meta">
+                    <CopyButton text=original.clone()/>
+                    {on_edit.is_some().then(|| {
+                        let original = original.clone();
+                        view! {
+                            <button class="icon-button small" data-testid="edit-button" aria-label="Edit and resend" title="Edit and resend"
+                                disabled=move || !can_edit.get()
+                                on:click=move |_| { draft.set(original.clone()); editing.set(true); }>"Edit"</button>
+                        }
+                    })}
+                </div>
+            </article>
         }
         .into_any()
     }

@@ -1,5 +1,5 @@
-//! The model catalog (`models.json`) as a select with each entry's facts, plus adding a model by
-//! URL (with an optional sha256) or from a local `.gguf` file.
+//! The model catalog (`models.json`) as a select (in the header), the selected entry's facts,
+//! and adding a model by URL (with an optional sha256) or from a local `.gguf` file.
 
 use leptos::prelude::*;
 use wasm_bindgen::JsCast;
@@ -24,8 +24,7 @@ pub fn ModelPicker() -> impl IntoView {
         }
     });
     view! {
-        <section class="panel picker">
-            <h2>"Model"</h2>
+        <div class="picker">
             <Transition fallback=|| view! { <p>"Loading the catalog…"</p> }>
                 <ErrorBoundary fallback=|errors| view! {
                     <div class="error-banner" data-testid="error-banner">
@@ -36,7 +35,7 @@ pub fn ModelPicker() -> impl IntoView {
                         catalog.await.map(|list| {
                             let list2 = list.clone();
                             view! {
-                                <select data-testid="model-select" prop:value=move || selected.get().map(|e| e.id).unwrap_or_default() on:change=move |ev| {
+                                <select data-testid="model-select" aria-label="Model" prop:value=move || selected.get().map(|e| e.id).unwrap_or_default() on:change=move |ev| {
                                     let id = event_target_value(&ev);
                                     let found = list2.iter().chain(extra.get_untracked().iter()).find(|e| e.id == id).cloned();
                                     selected.set(found);
@@ -52,15 +51,13 @@ pub fn ModelPicker() -> impl IntoView {
                     })}
                 </ErrorBoundary>
             </Transition>
-            <ModelFacts/>
-            <AddModel/>
-        </section>
+        </div>
     }
 }
 
 /// Facts of the selected entry.
 #[component]
-fn ModelFacts() -> impl IntoView {
+pub fn ModelFacts() -> impl IntoView {
     let selected = expect_context::<SelectedModel>().0;
     move || {
         selected.get().map(|e| {
@@ -78,6 +75,7 @@ fn ModelFacts() -> impl IntoView {
                     <dt>"Quantization"</dt><dd>{e.quant.clone()}</dd>
                     <dt>"Download size"</dt><dd class="size">{e.size_text()}</dd>
                     <dt>"License"</dt><dd>{e.license.clone()}</dd>
+                    <dt>"Runs on"</dt><dd class="backends">{backends_text(&e.backends)}</dd>
                     <dt>"Check"</dt><dd class="verify">{verify}</dd>
                     <dt>"Source"</dt><dd class="url">{e.url.clone()}</dd>
                 </dl>
@@ -87,9 +85,20 @@ fn ModelFacts() -> impl IntoView {
     }
 }
 
+/// "WebGPU and CPU", "CPU only", …: which engines run this catalog entry.
+fn backends_text(b: &[String]) -> String {
+    let (cpu, gpu) = (b.iter().any(|x| x == "cpu"), b.iter().any(|x| x == "gpu"));
+    match (gpu, cpu) {
+        (true, true) => "WebGPU and CPU".into(),
+        (true, false) => "WebGPU only".into(),
+        (false, true) => "CPU only".into(),
+        (false, false) => "read from the file when it loads".into(),
+    }
+}
+
 /// Add a model by URL or pick a local file.
 #[component]
-fn AddModel() -> impl IntoView {
+pub fn AddModel() -> impl IntoView {
     let selected = expect_context::<SelectedModel>().0;
     let known = expect_context::<KnownModels>();
     let banner = expect_context::<ErrorBanner>();

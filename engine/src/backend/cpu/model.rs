@@ -10,7 +10,7 @@ use crate::arch::{self, Act, Epilogue, Glu, Graph, Mat, Op, Vector, WeightStore}
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgufFile, SourceRef};
 use crate::memory;
-use crate::model::{ForwardPass, Logits, ModelConfig};
+use crate::model::{check_forward, ForwardPass, Logits, ModelConfig};
 use crate::quant::{self, GgmlDType, PreparedActs};
 use crate::tensor::{AlignedBytes, QMatrix};
 
@@ -192,6 +192,14 @@ impl CpuModel {
     /// The forward pass being executed.
     pub fn graph(&self) -> &Graph {
         &self.graph
+    }
+
+    /// Bytes of weights one decode step reads ([`Graph::weight_bytes_per_token`]).
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        self.graph.weight_bytes_per_token(|m| {
+            let q = self.w.mat(m);
+            (q.data.len() as u64, q.row_bytes as u64)
+        })
     }
 }
 
@@ -409,22 +417,7 @@ impl ForwardPass for CpuModel {
     }
 
     fn forward(&mut self, tokens: &[u32], pos: usize, which: Logits) -> Result<&[f32]> {
-        if tokens.is_empty() {
-            return Err(Error::Shape {
-                op: "forward",
-                detail: "no tokens".into(),
-            });
-        }
-        if pos
-            .checked_add(tokens.len())
-            .is_none_or(|end| end > self.n_ctx)
-        {
-            return Err(Error::ContextFull {
-                n_prompt: pos,
-                n_requested: tokens.len(),
-                n_ctx: self.n_ctx,
-            });
-        }
+        check_forward(tokens, pos, self.n_ctx, self.cfg.n_vocab)?;
         let n_vocab = self.cfg.n_vocab;
         let n_out = match which {
             Logits::Last => 1,

@@ -153,7 +153,14 @@ impl GpuContext {
                 ..Default::default()
             })
             .await
-            .map_err(|e| Error::GpuUnavailable(format!("no GPU adapter: {e}")))?;
+            .map_err(|e| {
+                // wgpu's web message lists every native backend it was built without.
+                if cfg!(target_arch = "wasm32") {
+                    Error::GpuUnavailable("the browser offers no WebGPU adapter".into())
+                } else {
+                    Error::GpuUnavailable(format!("no GPU adapter: {e}"))
+                }
+            })?;
         let a_limits = adapter.limits();
         let a_features = adapter.features();
         let a_info = adapter.get_info();

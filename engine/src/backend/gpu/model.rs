@@ -13,7 +13,7 @@
 use crate::arch::{self, Act, Epilogue, Glu, Graph, Mat, Op as GraphOp, Vector, WeightStore};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgufFile, SourceRef};
-use crate::model::{ForwardPass, Logits, ModelConfig, RopeLayout};
+use crate::model::{check_forward, ForwardPass, Logits, ModelConfig, RopeLayout};
 use crate::quant::GgmlDType;
 use crate::tensor::AlignedBytes;
 
@@ -63,6 +63,8 @@ enum Step {
         out_width: u32,
         out_is_logits: bool,
         epi: Epilogue,
+        /// The RMSNorm before the product is folded into it ([`MAT_NORM`]).
+        norm: bool,
     },
     Rope {
         inst: Inst,
@@ -157,6 +159,8 @@ pub struct GpuModel {
     _vectors: Vec<wgpu::Buffer>,
     logits: Vec<f32>,
     last_dispatches: usize,
+    /// Bytes of weights one decode step reads.
+    bytes_per_token: u64,
 }
 
 fn u32_of(what: &'static str, v: usize) -> Result<u32> {
@@ -209,6 +213,31 @@ struct Compiler<'a> {
     /// Current buffer (0 or 1) of each activation.
     cur: [usize; Act::ALL.len()],
     next_slot: usize,
+    /// A row norm folded into the products that read its output: (normed activation, its
+    /// source, the norm weight).
+    folded: Option<(Act, Act, Vector)>,
+}
+
+/// Whether the row norm writing `out` can be folded into the products that read it: every op
+/// in `rest` that reads `out` before it is written again is a plain [`GraphOp::Linear`] (no
+/// accumulate into `out`), and the norm's source is not rewritten meanwhile.
+fn foldable<'g>(out: Act, src: Act, rest: impl Iterator<Item = &'g GraphOp>) -> bool {
+    let (mut readers, mut src_rewritten) = (0, false);
+    for op in rest {
+        if op.reads().contains(&out) {
+            match op {
+                // A reader after the source changed would see the new source.
+                GraphOp::Linear { x, .. } if *x == out && !src_rewritten => readers += 1,
+                _ => return false,
+            }
+        }
+        let writes = op.writes();
+        if writes.contains(&out) {
+            break;
+        }
+        src_rewritten |= writes.contains(&src);
+    }
+    readers > 0
 }
 
 impl Compiler<'_> {
@@ -237,6 +266,7 @@ impl Compiler<'_> {
             slot,
         }
     }
+    #[allow(clippy::too_many_arguments)]
     fn mat(
         &mut self,
         op: Op,
@@ -244,12 +274,19 @@ impl Compiler<'_> {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         bias: Option<&wgpu::Buffer>,
+        norm: Option<&wgpu::Buffer>,
     ) -> Result<MatOp> {
         let mut ch = Vec::with_capacity(w.chunks.len());
         for c in &w.chunks {
             let bufs: Vec<&wgpu::Buffer> = match op {
                 Op::GetRows => vec![&c.buffer, x, y],
-                _ => vec![&c.buffer, x, y, bias.unwrap_or(&self.bufs.dummy)],
+                _ => vec![
+                    &c.buffer,
+                    x,
+                    y,
+                    bias.unwrap_or(&self.bufs.dummy),
+                    norm.unwrap_or(&self.bufs.dummy),
+                ],
             };
             ch.push((
                 self.inst(op, &bufs),
@@ -266,12 +303,30 @@ impl Compiler<'_> {
         })
     }
 
-    fn step(&mut self, op: &GraphOp) -> Result<Step> {
+    /// The step of `op`; `rest`: the ops after it (for folding a norm), `None` when `op` is
+    /// folded into later steps.
+    fn step<'g>(
+        &mut self,
+        op: &GraphOp,
+        rest: impl Iterator<Item = &'g GraphOp>,
+    ) -> Result<Option<Step>> {
         let (cfg, mats, vecs) = (self.cfg, self.mats, self.vecs);
-        Ok(match *op {
+        if let GraphOp::Norm {
+            x,
+            w,
+            out,
+            add: false,
+        } = *op
+        {
+            if x != out && foldable(out, x, rest) {
+                self.folded = Some((out, x, w));
+                return Ok(None);
+            }
+        }
+        let step = match *op {
             GraphOp::Embed { table, scale } => {
                 let (tokens, x) = (self.bufs.tokens.clone(), self.buf(Act::X).clone());
-                let m = self.mat(Op::GetRows, &mats[table.0], &tokens, &x, None)?;
+                let m = self.mat(Op::GetRows, &mats[table.0], &tokens, &x, None, None)?;
                 Step::Embed { m, scale }
             }
             GraphOp::Norm { x, w, out, add } => {
@@ -302,15 +357,21 @@ impl Compiler<'_> {
                 out,
                 epi,
             } => {
-                let (xb, ob) = (self.buf(x).clone(), self.buf(out).clone());
+                // Reading a folded norm's output: read its source and normalise in the product.
+                let (src, norm) = match self.folded {
+                    Some((normed, src, nw)) if normed == x => (src, Some(&vecs[nw.0])),
+                    _ => (x, None),
+                };
+                let (xb, ob) = (self.buf(src).clone(), self.buf(out).clone());
                 let bb = bias.map(|b| &vecs[b.0]);
-                let m = self.mat(Op::MatVec, &mats[w.0], &xb, &ob, bb)?;
+                let m = self.mat(Op::MatVec, &mats[w.0], &xb, &ob, bb, norm)?;
                 Step::Linear {
                     m,
-                    x_width: u32_of("gpu load", x.width(cfg))?,
+                    x_width: u32_of("gpu load", src.width(cfg))?,
                     out_width: u32_of("gpu load", out.width(cfg))?,
                     out_is_logits: out == Act::Logits,
                     epi,
+                    norm: norm.is_some(),
                 }
             }
             GraphOp::RopeStore { layer, freqs } => {
@@ -347,7 +408,15 @@ impl Compiler<'_> {
                 let inst = self.inst(Op::Glu, &[&g, &u]);
                 Step::Glu { inst, act }
             }
-        })
+        };
+        // A folded norm ends where its output or its source is written again.
+        if let Some((out, src, _)) = self.folded {
+            let w = op.writes();
+            if w.contains(&out) || w.contains(&src) {
+                self.folded = None;
+            }
+        }
+        Ok(Some(step))
     }
 }
 
@@ -427,6 +496,10 @@ impl GpuModel {
         };
         let (cfg, graph) = arch::build(file, &SourceRef(src), n_ctx, &mut store)?;
         let (mats, vecs) = (store.mats, store.vecs);
+        let bytes_per_token = graph.weight_bytes_per_token(|m| {
+            let w = &mats[m.0];
+            ((w.rows * w.row_bytes) as u64, w.row_bytes as u64)
+        });
 
         // Activations and the KV cache.
         let ctx = &gpu.ctx;
@@ -511,17 +584,17 @@ impl GpuModel {
             cfg: &cfg,
             cur: [0; Act::ALL.len()],
             next_slot: 0,
+            folded: None,
         };
-        let layers = graph
-            .layers
-            .iter()
-            .map(|op| c.step(op))
-            .collect::<Result<Vec<_>>>()?;
-        let head = graph
-            .head
-            .iter()
-            .map(|op| c.step(op))
-            .collect::<Result<Vec<_>>>()?;
+        let mut layers = Vec::with_capacity(graph.layers.len());
+        for (i, op) in graph.layers.iter().enumerate() {
+            let rest = graph.layers[i + 1..].iter().chain(&graph.head);
+            layers.extend(c.step(op, rest)?);
+        }
+        let mut head = Vec::with_capacity(graph.head.len());
+        for (i, op) in graph.head.iter().enumerate() {
+            head.extend(c.step(op, graph.head[i + 1..].iter())?);
+        }
         if !matches!(
             head.last(),
             Some(Step::Linear {
@@ -537,7 +610,7 @@ impl GpuModel {
         let logits_buf = c.buf(Act::Logits).clone();
         let sampled = bufs.sampled.clone();
         let sample = c.inst(Op::Sample, &[&logits_buf, &sampled]);
-        debug_assert_eq!(c.next_slot, n_slots);
+        debug_assert!(c.next_slot <= n_slots);
         gpu.ctx.check()?;
 
         Ok(Self {
@@ -554,6 +627,7 @@ impl GpuModel {
             _vectors: vecs,
             logits: Vec::new(),
             last_dispatches: 0,
+            bytes_per_token,
         })
     }
 
@@ -595,35 +669,19 @@ impl GpuModel {
         self.last_dispatches
     }
 
+    /// Bytes of weights one decode step reads (every matrix product's weights, one embedding
+    /// row): the numerator of the bandwidth floor.
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        self.bytes_per_token
+    }
+
     /// Weight bytes on the GPU.
     pub fn weight_bytes(&self) -> u64 {
         self.weights.iter().map(|w| w.gpu_bytes()).sum()
     }
 
     fn check_tokens(&self, tokens: &[u32], pos: usize) -> Result<()> {
-        if tokens.is_empty() {
-            return Err(Error::Shape {
-                op: "gpu forward",
-                detail: "no tokens".into(),
-            });
-        }
-        if pos
-            .checked_add(tokens.len())
-            .is_none_or(|end| end > self.n_ctx)
-        {
-            return Err(Error::ContextFull {
-                n_prompt: pos,
-                n_requested: tokens.len(),
-                n_ctx: self.n_ctx,
-            });
-        }
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.cfg.n_vocab) {
-            return Err(Error::TokenOutOfRange {
-                id: t,
-                n_vocab: self.cfg.n_vocab,
-            });
-        }
-        Ok(())
+        check_forward(tokens, pos, self.n_ctx, self.cfg.n_vocab)
     }
 
     /// Record one batch (`tokens` at positions `pos ..`) into one command buffer.
@@ -777,6 +835,7 @@ impl Rec<'_> {
                 out_width,
                 out_is_logits,
                 epi,
+                norm,
             } => {
                 let (op, tile) = if n == 1 {
                     (Op::MatVec, 1)
@@ -797,11 +856,13 @@ impl Rec<'_> {
                         out_stride: *out_width,
                         bias_off: *row_begin,
                         flags: (if m.bias { MAT_BIAS } else { 0 })
-                            | (if epi.accumulate { MAT_ACCUMULATE } else { 0 }),
+                            | (if epi.accumulate { MAT_ACCUMULATE } else { 0 })
+                            | (if *norm { MAT_NORM } else { 0 }),
                         total_wg: total,
                         scale: epi.scale,
                         softcap: epi.softcap,
-                        _pad: [0; 2],
+                        eps: c.rms_eps,
+                        _pad: 0,
                     };
                     self.go(op, m.dtype, inst, &p, total)?;
                 }

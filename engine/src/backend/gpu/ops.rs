@@ -111,7 +111,23 @@ impl Gpu {
         n_tok: usize,
         bias: Option<&[f32]>,
     ) -> Result<Vec<f32>> {
+        self.matmul_normed(w, x, n_tok, bias, None).await
+    }
+
+    /// [`Self::matmul`] of RMSNorm(x) ⊙ `norm.0` (ε `norm.1`) when `norm` is given: the norm
+    /// folded into the product, as the model runs it. norm weight: (cols).
+    pub async fn matmul_normed(
+        &mut self,
+        w: &GpuWeight,
+        x: &[f32],
+        n_tok: usize,
+        bias: Option<&[f32]>,
+        norm: Option<(&[f32], f32)>,
+    ) -> Result<Vec<f32>> {
         const OP: &str = "gpu matmul";
+        shape(OP, norm.is_none_or(|(nw, _)| nw.len() == w.cols), || {
+            format!("norm weight must have {} values", w.cols)
+        })?;
         shape(OP, x.len() == n_tok * w.cols && n_tok > 0, || {
             format!("x has {} values for {n_tok}x{}", x.len(), w.cols)
         })?;
@@ -121,6 +137,7 @@ impl Gpu {
         let xb = self.f32_buf("x", x)?;
         let yb = self.f32_buf("y", &vec![0.0; n_tok * w.rows])?;
         let bb = self.f32_buf("bias", bias.unwrap_or(&[0.0]))?;
+        let nb = self.f32_buf("norm", norm.map_or(&[0.0][..], |n| n.0))?;
         let (op, tile) = if n_tok == 1 {
             (Op::MatVec, 1)
         } else {
@@ -140,15 +157,17 @@ impl Gpu {
                 out_off: u32_of(OP, c.row_begin)?,
                 out_stride: u32_of(OP, w.rows)?,
                 bias_off: c.row_begin as u32,
-                flags: if bias.is_some() { MAT_BIAS } else { 0 },
+                flags: (if bias.is_some() { MAT_BIAS } else { 0 })
+                    | (if norm.is_some() { MAT_NORM } else { 0 }),
                 total_wg: total,
                 scale: 1.0,
                 softcap: 0.0,
-                _pad: [0; 2],
+                eps: norm.map_or(0.0, |n| n.1),
+                _pad: 0,
             };
             jobs.push(Job {
                 params: bytemuck::bytes_of(&p).to_vec(),
-                buffers: vec![&c.buffer, &xb, &yb, &bb],
+                buffers: vec![&c.buffer, &xb, &yb, &bb, &nb],
                 n_wg: total,
             });
         }

@@ -25,13 +25,18 @@ pub struct MatParams {
     pub scale: f32,
     /// `c · tanh(v / c)` when > 0.
     pub softcap: f32,
-    pub _pad: [u32; 2],
+    /// RMS ε of the folded norm ([`MAT_NORM`]).
+    pub eps: f32,
+    pub _pad: u32,
 }
 
 /// matmul flag: add `bias[bias_off + r]`.
 pub const MAT_BIAS: u32 = 1;
 /// matmul flag: `y += W x` instead of `y = W x` (fused residual add).
 pub const MAT_ACCUMULATE: u32 = 2;
+/// matmul flag: x is RMS-normalised (times the norm weight) first: the norm is folded into the
+/// product.
+pub const MAT_NORM: u32 = 4;
 /// Invocations per workgroup of the matmul kernels (`WG` of matmul.wgsl).
 pub const MATMUL_WG: u32 = 64;
 /// Tokens per workgroup of the prefill matmul (`TILE_N` of [`super::shaders::Op::MatMul`]).

@@ -51,15 +51,21 @@ const ENABLE_SUBGROUPS: &str = "enable subgroups;\n";
 #[cfg(not(target_arch = "wasm32"))]
 const ENABLE_SUBGROUPS: &str = "";
 
-/// Weight types the GPU kernels decode (matmul and embedding lookup).
-pub const GPU_WEIGHT_TYPES: [GgmlDType; 8] = [
+/// Weight types the GPU kernels decode (matmul and embedding lookup): `load_piece` in
+/// `shaders/quant.wgsl` has a case for each.
+pub const GPU_WEIGHT_TYPES: [GgmlDType; 13] = [
     GgmlDType::F32,
     GgmlDType::F16,
+    GgmlDType::BF16,
     GgmlDType::Q4_0,
     GgmlDType::Q4_1,
     GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
     GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
     GgmlDType::Q4K,
+    GgmlDType::Q5K,
     GgmlDType::Q6K,
 ];
 
@@ -210,8 +216,8 @@ impl Op {
     /// Storage bindings after the uniform at binding 0, in order: `true` = read-write.
     pub fn bindings(self) -> &'static [bool] {
         match self {
-            // wq, x, y, bias
-            Op::MatVec | Op::MatMul => &[false, false, true, false],
+            // wq, x, y, bias, norm weight
+            Op::MatVec | Op::MatMul => &[false, false, true, false, false],
             // wq, tokens, out
             Op::GetRows => &[false, false, true],
             // x, w, out

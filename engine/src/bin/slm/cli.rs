@@ -366,6 +366,7 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
         "ctx",
         "reps",
         "verbose",
+        "bandwidth-gbs",
     ])?;
     let clock = StdClock::default();
     let t0 = clock.now_ms();
@@ -423,6 +424,18 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let decode_tok_s = median(&mut decode);
+    // The bandwidth floor: a decode step cannot take less than its weight bytes over the
+    // memory bandwidth (`--bandwidth-gbs`, the device's figure in GB/s).
+    let bytes = model.weight_bytes_per_token();
+    let bw: Option<f64> = match args.get("bandwidth-gbs") {
+        Some(_) => Some(args.parse_or("bandwidth-gbs", 0.0f64)?),
+        None => None,
+    };
+    if bw.is_some_and(|b| !(b.is_finite() && b > 0.0)) {
+        return fail("--bandwidth-gbs must be a positive number (GB/s)");
+    }
+    let floor_ms = bw.map(|b| bytes as f64 / (b * 1e9) * 1e3);
     println!(
         "{}",
         serde_json::json!({
@@ -433,7 +446,11 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
             "prompt_tokens": n_prompt,
             "gen_tokens": n_gen,
             "prefill_tok_s": median(&mut prefill),
-            "decode_tok_s": median(&mut decode),
+            "decode_tok_s": decode_tok_s,
+            "weight_bytes_per_token": bytes,
+            "bandwidth_floor_ms": floor_ms,
+            // Time per decoded token as a multiple of the floor.
+            "decode_vs_floor": floor_ms.map(|f| 1e3 / decode_tok_s / f),
             "peak_rss_mib": peak_rss_mib(),
             // GPU dispatches of the first and of the last decode step (the attention merge
             // joins once the cache outgrows one decode chunk).
