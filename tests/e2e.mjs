@@ -638,12 +638,40 @@ async function hostileFlow() {
     // (Sending a message clears the banner.)
     if (await b.page.getByTestId('error-banner').count()) await b.page.locator('.error-banner .dismiss').click();
 
-    // 4. The normal model loads and chats in the same page.
+    // 4. The normal model loads and chats in the same page (the model loaded in 3 stays usable
+    //    while the file is stored, so wait for the new one by its id).
+    const before = await b.page.getByTestId('model-ready').getAttribute('data-model-id');
     await importFile(join(MODELS_DIR, MODEL_FILE));
-    await waitLoaded(b.page);
+    await b.page.waitForFunction((old) => {
+      const el = document.querySelector('[data-testid=model-ready]');
+      return el && el.dataset.modelId !== old && !document.querySelector('[data-testid=prompt-input]').disabled;
+    }, before, { timeout: LONG });
     reply = await ask(b.page, QUESTION);
     log('reply from the normal model:', JSON.stringify(reply.reply));
     assert.match(reply.reply.toLowerCase(), /blue/);
+
+    // 5. Loading a model while a reply streams: the reply ends (cancelled, its text kept), the
+    //    model loads, and the next question is answered (requests are queued by id, none lost).
+    await settings(b.page, { temperature: 0, maxTokens: 400 });
+    const n = await b.page.getByTestId('assistant-message').count();
+    await b.page.getByTestId('prompt-input').fill('Tell me a long story about a lighthouse keeper.');
+    await b.page.getByTestId('send-button').click();
+    await b.page.waitForFunction((k) => {
+      const m = document.querySelectorAll('[data-testid=assistant-message]');
+      return m.length > k && m[k].innerText.length > 20;
+    }, n, { timeout: LONG });
+    t0 = Date.now();
+    await b.page.getByTestId('stored-models').locator('li', { hasText: MODEL_FILE }).getByTestId('stored-load').click();
+    await b.page.getByTestId('send-button').waitFor({ timeout: 30_000 });
+    await waitLoaded(b.page);
+    const cut = await b.page.getByTestId('assistant-message').nth(n).innerText();
+    const cutStats = await b.page.getByTestId('reply-stats').last().innerText();
+    log(`load during a reply: the reply ended and the model reloaded in ${((Date.now() - t0) / 1e3).toFixed(1)} s; reply kept:`, JSON.stringify(cut.slice(0, 60)), cutStats);
+    assert.match(cutStats, /cancelled/, 'the interrupted reply says it was cut');
+    await settings(b.page, { temperature: 0, maxTokens: 16 });
+    reply = await ask(b.page, QUESTION);
+    log('next reply:', JSON.stringify(reply.reply));
+    assert.ok(reply.reply.trim().length > 0);
   } finally {
     await b.close();
     rmSync(dir, { recursive: true, force: true });

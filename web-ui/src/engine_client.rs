@@ -1,8 +1,10 @@
 //! The page's handle on the engine worker: starts `worker.js` as a module worker, and turns the
-//! worker's messages into awaitable results (load, generate) and streamed events (tokens, load
-//! progress).
+//! worker's messages into awaitable results (load, generate) with their streamed events
+//! (tokens, load progress). Every request has an id the worker echoes, so several may be in
+//! flight (the worker queues them) and each answer reaches the caller that asked.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use js_sys::Function;
@@ -11,7 +13,7 @@ use wasm_bindgen::JsCast;
 use web_sys::{MessageEvent, Worker, WorkerOptions, WorkerType};
 
 use crate::js::{await_promise, deferred, err_text, set};
-use crate::protocol::{FromWorker, GenSettings, ReplyStats, ToWorker, Turn};
+use crate::protocol::{Envelope, FromWorker, GenSettings, ReplyStats, ToWorker, Turn, UNSOLICITED};
 
 /// What the worker reported after loading.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,13 +37,23 @@ pub struct WorkerError {
     pub message: String,
 }
 
+/// A request waiting for its answer.
+struct Pending {
+    resolve: Function,
+    /// Sees the request's progress and tokens as they arrive.
+    on_event: Option<Rc<dyn Fn(&FromWorker)>>,
+    /// The answer, once it came.
+    answer: Option<FromWorker>,
+}
+
 struct Client {
     worker: Worker,
-    /// The request in flight: resolve/reject of its promise and the final message.
-    pending: Option<(Function, Function)>,
-    result: Option<FromWorker>,
+    next_id: u64,
+    /// Requests in flight by id; several may wait at once (the worker queues them).
+    pending: HashMap<u64, Pending>,
     ready: Option<js_sys::Promise>,
-    on_event: Rc<dyn Fn(&FromWorker)>,
+    /// Sees messages no request asked for (`GpuLost`).
+    on_unsolicited: Rc<dyn Fn(&FromWorker)>,
     _onmessage: Closure<dyn FnMut(MessageEvent)>,
 }
 
@@ -49,61 +61,96 @@ thread_local! {
     static CLIENT: RefCell<Option<Client>> = const { RefCell::new(None) };
 }
 
-/// Start the worker. `on_event` sees every message (tokens, progress) as it arrives.
-pub fn start(on_event: Rc<dyn Fn(&FromWorker)>) -> Result<(), String> {
+/// A request's id, unique for the page's lifetime; also what [`stop`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestId(pub u64);
+
+impl RequestId {
+    /// A fresh id (never [`UNSOLICITED`]).
+    pub fn next() -> Self {
+        CLIENT.with(|c| {
+            let mut c = c.borrow_mut();
+            match c.as_mut() {
+                Some(c) => {
+                    c.next_id += 1;
+                    RequestId(c.next_id)
+                }
+                None => RequestId(u64::MAX),
+            }
+        })
+    }
+}
+
+/// Start the worker. `on_unsolicited` sees the messages no request asked for (a lost GPU).
+pub fn start(on_unsolicited: Rc<dyn Fn(&FromWorker)>) -> Result<(), String> {
     let opts = WorkerOptions::new();
     opts.set_type(WorkerType::Module);
     let worker = Worker::new_with_options("./worker.js", &opts).map_err(|e| err_text(&e))?;
     let (ready, ready_res, _) = deferred();
     let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
-        let Ok(msg) = serde_wasm_bindgen::from_value::<FromWorker>(e.data()) else {
+        let Ok(Envelope { id, msg }) =
+            serde_wasm_bindgen::from_value::<Envelope<FromWorker>>(e.data())
+        else {
             return;
         };
-        if matches!(msg, FromWorker::Ready) {
-            let _ = ready_res.call0(&JsValue::NULL);
+        if id == UNSOLICITED {
+            if matches!(msg, FromWorker::Ready) {
+                let _ = ready_res.call0(&JsValue::NULL);
+                return;
+            }
+            let h = CLIENT.with(|c| c.borrow().as_ref().map(|c| c.on_unsolicited.clone()));
+            if let Some(h) = h {
+                h(&msg);
+            }
             return;
         }
-        let (handler, done) = CLIENT.with(|c| {
-            let c = c.borrow();
-            let handler = c.as_ref().map(|c| c.on_event.clone());
-            (
-                handler,
-                matches!(
-                    msg,
-                    FromWorker::Loaded { .. } | FromWorker::Done(_) | FromWorker::Error { .. }
-                ),
-            )
-        });
-        if let Some(h) = handler {
-            h(&msg);
-        }
-        if done {
+        if msg.is_final() {
             let resolve = CLIENT.with(|c| {
                 let mut c = c.borrow_mut();
-                let c = c.as_mut()?;
-                c.result = Some(msg);
-                c.pending.take().map(|p| p.0)
+                let p = c.as_mut()?.pending.get_mut(&id)?;
+                p.answer = Some(msg);
+                Some(p.resolve.clone())
             });
             if let Some(r) = resolve {
                 let _ = r.call0(&JsValue::NULL);
             }
+        } else {
+            // Called outside the borrow: the handler may start requests of its own.
+            let h = CLIENT.with(|c| {
+                c.borrow()
+                    .as_ref()
+                    .and_then(|c| c.pending.get(&id)?.on_event.clone())
+            });
+            if let Some(h) = h {
+                h(&msg);
+            }
         }
     });
     worker.set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
+    // The worker died (failed to start, or a panic escaped): every request in flight fails
+    // with that message instead of waiting for ever.
     let onerror = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
         let msg = crate::js::get(&e, "message")
             .as_string()
-            .unwrap_or_else(|| "the engine worker failed to start".into());
-        let reject = CLIENT.with(|c| {
-            c.borrow_mut().as_mut().and_then(|c| {
-                c.result = Some(FromWorker::Error {
-                    kind: "worker".into(),
-                    message: msg.clone(),
-                });
-                c.pending.take().map(|p| p.0)
-            })
+            .unwrap_or_else(|| "the engine worker failed".into());
+        let waiting: Vec<Function> = CLIENT.with(|c| {
+            let mut c = c.borrow_mut();
+            let Some(c) = c.as_mut() else {
+                return Vec::new();
+            };
+            c.pending
+                .values_mut()
+                .filter(|p| p.answer.is_none())
+                .map(|p| {
+                    p.answer = Some(FromWorker::Error {
+                        kind: "worker".into(),
+                        message: msg.clone(),
+                    });
+                    p.resolve.clone()
+                })
+                .collect()
         });
-        if let Some(r) = reject {
+        for r in waiting {
             let _ = r.call0(&JsValue::NULL);
         }
     });
@@ -113,43 +160,67 @@ pub fn start(on_event: Rc<dyn Fn(&FromWorker)>) -> Result<(), String> {
     CLIENT.with(|c| {
         *c.borrow_mut() = Some(Client {
             worker,
-            pending: None,
-            result: None,
+            next_id: UNSOLICITED,
+            pending: HashMap::new(),
             ready: Some(ready),
-            on_event,
+            on_unsolicited,
             _onmessage: onmessage,
         })
     });
     Ok(())
 }
 
-/// Post `msg` and wait for the worker's final answer to it.
-async fn request(msg: &ToWorker) -> Result<FromWorker, WorkerError> {
+fn worker_gone() -> WorkerError {
+    WorkerError {
+        kind: "worker".into(),
+        message: "the engine worker is not running".into(),
+    }
+}
+
+/// Post `msg` as request `id` and wait for the worker's answer to it; `on_event` sees its
+/// progress and tokens.
+async fn request(
+    id: RequestId,
+    msg: ToWorker,
+    on_event: Option<Rc<dyn Fn(&FromWorker)>>,
+) -> Result<FromWorker, WorkerError> {
     let ready = CLIENT.with(|c| c.borrow_mut().as_mut().and_then(|c| c.ready.take()));
     if let Some(r) = ready {
         let _ = await_promise(r).await;
     }
-    let (p, res, rej) = deferred();
+    let (p, resolve, _) = deferred();
     let ser = serde_wasm_bindgen::Serializer::json_compatible();
-    let v = serde::Serialize::serialize(msg, &ser).map_err(|e| WorkerError {
+    let env = Envelope { id: id.0, msg };
+    let v = serde::Serialize::serialize(&env, &ser).map_err(|e| WorkerError {
         kind: "protocol".into(),
         message: e.to_string(),
     })?;
     CLIENT.with(|c| {
         let mut c = c.borrow_mut();
-        let c = c.as_mut().ok_or_else(|| WorkerError {
-            kind: "worker".into(),
-            message: "the engine worker is not running".into(),
-        })?;
-        c.result = None;
-        c.pending = Some((res, rej));
-        c.worker.post_message(&v).map_err(|e| WorkerError {
-            kind: "worker".into(),
-            message: err_text(&e),
+        let c = c.as_mut().ok_or_else(worker_gone)?;
+        c.pending.insert(
+            id.0,
+            Pending {
+                resolve,
+                on_event,
+                answer: None,
+            },
+        );
+        c.worker.post_message(&v).map_err(|e| {
+            c.pending.remove(&id.0);
+            WorkerError {
+                kind: "worker".into(),
+                message: err_text(&e),
+            }
         })
     })?;
     let _ = await_promise(p).await;
-    let r = CLIENT.with(|c| c.borrow_mut().as_mut().and_then(|c| c.result.take()));
+    let r = CLIENT.with(|c| {
+        c.borrow_mut()
+            .as_mut()
+            .and_then(|c| c.pending.remove(&id.0))
+            .and_then(|p| p.answer)
+    });
     match r {
         Some(FromWorker::Error { kind, message }) => Err(WorkerError { kind, message }),
         Some(m) => Ok(m),
@@ -162,20 +233,26 @@ async fn request(msg: &ToWorker) -> Result<FromWorker, WorkerError> {
 
 /// Load a stored model in the worker; `template_fallback`: use the built-in chat format if the
 /// file's template fails.
+/// `on_progress(phase, fraction 0..1)` sees the load's progress.
 pub async fn load(
     model_id: &str,
     backend: &str,
     n_ctx: usize,
     template_fallback: bool,
+    on_progress: impl Fn(&str, f64) + 'static,
 ) -> Result<LoadedInfo, WorkerError> {
-    match request(&ToWorker::Load {
+    let on_event: Rc<dyn Fn(&FromWorker)> = Rc::new(move |m: &FromWorker| {
+        if let FromWorker::LoadProgress { phase, fraction } = m {
+            on_progress(phase, *fraction)
+        }
+    });
+    let msg = ToWorker::Load {
         model_id: model_id.into(),
         backend: backend.into(),
         n_ctx,
         template_fallback,
-    })
-    .await?
-    {
+    };
+    match request(RequestId::next(), msg, Some(on_event)).await? {
         FromWorker::Loaded {
             backend,
             reason,
@@ -201,9 +278,20 @@ pub async fn load(
     }
 }
 
-/// Generate a reply; text arrives through `on_event` as [`FromWorker::Token`].
-pub async fn generate(turns: Vec<Turn>, settings: GenSettings) -> Result<ReplyStats, WorkerError> {
-    match request(&ToWorker::Generate { turns, settings }).await? {
+/// Generate a reply as request `id` (what [`stop`] names); its text arrives in pieces through
+/// `on_text`. Requests sent while another runs wait their turn.
+pub async fn generate(
+    id: RequestId,
+    turns: Vec<Turn>,
+    settings: GenSettings,
+    on_text: impl Fn(&str) + 'static,
+) -> Result<ReplyStats, WorkerError> {
+    let on_event: Rc<dyn Fn(&FromWorker)> = Rc::new(move |m: &FromWorker| {
+        if let FromWorker::Token { text } = m {
+            on_text(text)
+        }
+    });
+    match request(id, ToWorker::Generate { turns, settings }, Some(on_event)).await? {
         FromWorker::Done(s) => Ok(s),
         other => Err(WorkerError {
             kind: "protocol".into(),
@@ -212,15 +300,22 @@ pub async fn generate(turns: Vec<Turn>, settings: GenSettings) -> Result<ReplySt
     }
 }
 
-/// Ask the running generation to stop (takes effect at the next token).
-pub fn stop() {
-    post_only(&ToWorker::Stop);
+/// Stop generation `request` (`None`: whichever runs): a running one ends at the next token
+/// with its text so far; a queued one fails with kind `aborted`.
+pub fn stop(request: Option<RequestId>) {
+    post_only(ToWorker::Stop {
+        request: request.map(|r| r.0),
+    });
 }
 
 /// Post a message that gets no answer.
-fn post_only(msg: &ToWorker) {
+fn post_only(msg: ToWorker) {
     let ser = serde_wasm_bindgen::Serializer::json_compatible();
-    if let Ok(v) = serde::Serialize::serialize(msg, &ser) {
+    let env = Envelope {
+        id: RequestId::next().0,
+        msg,
+    };
+    if let Ok(v) = serde::Serialize::serialize(&env, &ser) {
         CLIENT.with(|c| {
             if let Some(c) = c.borrow().as_ref() {
                 let _ = c.worker.post_message(&v);
@@ -231,13 +326,13 @@ fn post_only(msg: &ToWorker) {
 
 /// Forget the KV cache (new chat).
 pub fn reset() {
-    post_only(&ToWorker::Reset);
+    post_only(ToWorker::Reset);
 }
 
 /// Test hook: destroy the worker's WebGPU device, as a driver reset would (the page then moves
 /// the model to the CPU). Installed as `window.__slm_test.loseGpu()` by [`install_test_hooks`].
 pub fn lose_gpu() {
-    post_only(&ToWorker::LoseGpu);
+    post_only(ToWorker::LoseGpu);
 }
 
 /// `window.__slm_test = { loseGpu }`: lets the browser tests simulate a lost GPU device. Harmless

@@ -12,6 +12,7 @@ mod idb;
 mod js;
 mod markdown;
 mod protocol;
+mod queue;
 mod state;
 mod worker;
 

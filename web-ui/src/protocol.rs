@@ -50,14 +50,45 @@ pub enum ToWorker {
         turns: Vec<Turn>,
         settings: GenSettings,
     },
-    /// End the running generation after the current token (or prefill slice); the reply so
-    /// far is kept and `Done` reports `stop_reason: "cancelled"`.
-    Stop,
-    /// Drop the KV cache (new chat).
+    /// End a generation. `request: None` or the running request's id: it ends after the
+    /// current token (or prefill slice), the reply so far is kept and `Done` reports
+    /// `stop_reason: "cancelled"`. The id of a request still queued: it is dropped and answered
+    /// with an `aborted` error. Gets no answer of its own.
+    Stop {
+        #[serde(default)]
+        request: Option<u64>,
+    },
+    /// Drop the KV cache (new chat); queued behind the requests before it. No answer.
     Reset,
     /// Test hook (`window.__slm_test.loseGpu()`): destroy the WebGPU device the loaded model
     /// runs on, as a driver reset would. Does nothing when no GPU device exists.
     LoseGpu,
+}
+
+/// A message with the id of the request it belongs to. Page → worker: ids are chosen by the
+/// page, unique and > 0; worker → page: every answer, progress and token carries the id of its
+/// request, and [`UNSOLICITED`] marks messages no request asked for (`Ready`, `GpuLost`).
+///
+/// The worker answers requests one at a time in the order they arrive (a `Load` also ends the
+/// running generation), so several requests in flight are queued, never lost, and each answer
+/// reaches the request that asked.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub id: u64,
+    pub msg: T,
+}
+
+/// The id of worker messages no request asked for.
+pub const UNSOLICITED: u64 = 0;
+
+impl FromWorker {
+    /// Whether this message is the last one of its request (its answer).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            FromWorker::Loaded { .. } | FromWorker::Done(_) | FromWorker::Error { .. }
+        )
+    }
 }
 
 /// Worker → page.
@@ -92,7 +123,7 @@ pub enum FromWorker {
     GpuLost { message: String },
     /// A failure; `kind` lets the page choose a recovery (`context_full`, `gpu_lost`, `load`,
     /// `template` (the file's chat template failed: the page offers the built-in format),
-    /// `generate`).
+    /// `generate`, `aborted` (stopped while still queued), `protocol`).
     Error { kind: String, message: String },
 }
 

@@ -34,7 +34,8 @@ use web_sys::{DedicatedWorkerGlobalScope, MessageChannel, MessageEvent};
 use crate::catalog::StoredModel;
 use crate::idb::Db;
 use crate::js::{get, now_ms, PerfClock};
-use crate::protocol::{FromWorker, GenSettings, ReplyStats, ToWorker, Turn};
+use crate::protocol::{Envelope, FromWorker, GenSettings, ReplyStats, ToWorker, Turn, UNSOLICITED};
+use crate::queue::{RequestQueue, StopAction};
 
 /// Prompt tokens per forward call during prefill; between slices the worker checks for Stop.
 const PREFILL_SLICE: usize = 64;
@@ -50,8 +51,11 @@ struct Loaded {
 
 thread_local! {
     static LOADED: RefCell<Option<Loaded>> = const { RefCell::new(None) };
-    /// Set by a `Stop` message; cleared when a generation starts.
+    /// Set by a `Stop` message (or a `Load`) for the running generation; cleared when a
+    /// generation starts.
     static STOP: Cell<bool> = const { Cell::new(false) };
+    /// Requests waiting, and the one being answered (whose id every `post` carries).
+    static QUEUE: RefCell<RequestQueue> = RefCell::new(RequestQueue::default());
     /// The JavaScript `GPUDevice` of the loaded GPU model (for `LoseGpu`).
     static GPU_DEVICE: RefCell<Option<JsValue>> = const { RefCell::new(None) };
     /// Bumped on every load: a `lost` notification of an older device is ignored.
@@ -62,9 +66,16 @@ fn scope() -> DedicatedWorkerGlobalScope {
     js_sys::global().unchecked_into()
 }
 
+/// Post a message of the request being answered (progress, tokens, its answer).
 fn post(msg: &FromWorker) {
+    let id = QUEUE.with(|q| q.borrow().running()).unwrap_or(UNSOLICITED);
+    post_to(id, msg);
+}
+
+fn post_to(id: u64, msg: &FromWorker) {
     let ser = serde_wasm_bindgen::Serializer::json_compatible();
-    if let Ok(v) = serde::Serialize::serialize(msg, &ser) {
+    let env = Envelope { id, msg };
+    if let Ok(v) = serde::Serialize::serialize(&env, &ser) {
         let _ = scope().post_message(&v);
     }
 }
@@ -98,37 +109,90 @@ async fn yield_to_events() {
 pub fn worker_main() {
     console_error_panic_hook::set_once();
     let on = Closure::<dyn FnMut(MessageEvent)>::new(|e: MessageEvent| {
-        match serde_wasm_bindgen::from_value::<ToWorker>(e.data()) {
-            Ok(ToWorker::Load {
-                model_id,
-                backend,
-                n_ctx,
-                template_fallback,
-            }) => wasm_bindgen_futures::spawn_local(async move {
-                LOAD_SEQ.with(|s| s.set(s.get() + 1));
-                GPU_DEVICE.with(|d| *d.borrow_mut() = None);
-                LOADED.with(|l| *l.borrow_mut() = None);
-                if let Err((kind, e)) = load(&model_id, &backend, n_ctx, template_fallback).await {
-                    post_err(kind, e);
+        let Envelope { id, msg } =
+            match serde_wasm_bindgen::from_value::<Envelope<ToWorker>>(e.data()) {
+                Ok(m) => m,
+                Err(e) => {
+                    // Without an id nobody is waiting for the answer; say it on the console.
+                    web_sys::console::error_1(&format!("engine worker: bad message: {e}").into());
+                    return;
                 }
-            }),
-            Ok(ToWorker::Generate { turns, settings }) => {
-                STOP.with(|s| s.set(false));
-                wasm_bindgen_futures::spawn_local(async move { generate(turns, settings).await })
+            };
+        match msg {
+            ToWorker::Stop { request } => match QUEUE.with(|q| q.borrow_mut().stop(request)) {
+                StopAction::StopRunning => STOP.with(|s| s.set(true)),
+                StopAction::Dropped(r) => post_to(
+                    r,
+                    &FromWorker::Error {
+                        kind: "aborted".into(),
+                        message: "the request was stopped before it started".into(),
+                    },
+                ),
+                StopAction::Nothing => {}
+            },
+            ToWorker::LoseGpu => lose_gpu(),
+            msg => {
+                if QUEUE.with(|q| q.borrow_mut().push(id, msg)) {
+                    STOP.with(|s| s.set(true));
+                }
+                pump();
             }
-            Ok(ToWorker::Stop) => STOP.with(|s| s.set(true)),
-            Ok(ToWorker::LoseGpu) => lose_gpu(),
-            Ok(ToWorker::Reset) => LOADED.with(|l| {
-                if let Some(l) = l.borrow_mut().as_mut() {
-                    l.cached.clear();
-                }
-            }),
-            Err(e) => post_err("protocol", format!("bad message: {e}")),
         }
     });
     scope().set_onmessage(Some(on.as_ref().unchecked_ref()));
     on.forget();
-    post(&FromWorker::Ready);
+    post_to(UNSOLICITED, &FromWorker::Ready);
+}
+
+/// Answer the queued requests one after the other, unless that is already under way.
+fn pump() {
+    if QUEUE.with(|q| q.borrow().busy()) {
+        return;
+    }
+    let Some(first) = QUEUE.with(|q| q.borrow_mut().next()) else {
+        return;
+    };
+    wasm_bindgen_futures::spawn_local(async move {
+        let mut next = Some(first);
+        while let Some((_, msg)) = next {
+            answer(msg).await;
+            next = QUEUE.with(|q| {
+                let mut q = q.borrow_mut();
+                q.finish();
+                q.next()
+            });
+        }
+    });
+}
+
+/// Answer one request (its id is the queue's running one, which `post` uses).
+async fn answer(msg: ToWorker) {
+    match msg {
+        ToWorker::Load {
+            model_id,
+            backend,
+            n_ctx,
+            template_fallback,
+        } => {
+            LOAD_SEQ.with(|s| s.set(s.get() + 1));
+            GPU_DEVICE.with(|d| *d.borrow_mut() = None);
+            LOADED.with(|l| *l.borrow_mut() = None);
+            if let Err((kind, e)) = load(&model_id, &backend, n_ctx, template_fallback).await {
+                post_err(kind, e);
+            }
+        }
+        ToWorker::Generate { turns, settings } => {
+            STOP.with(|s| s.set(false));
+            generate(turns, settings).await
+        }
+        ToWorker::Reset => LOADED.with(|l| {
+            if let Some(l) = l.borrow_mut().as_mut() {
+                l.cached.clear();
+            }
+        }),
+        // Never queued.
+        ToWorker::Stop { .. } | ToWorker::LoseGpu => {}
+    }
 }
 
 /// The test hook: `GPUDevice.destroy()` on the loaded model's device, which resolves its `lost`
@@ -152,9 +216,12 @@ fn watch_device_lost(device: &JsValue) {
         if LOAD_SEQ.with(|s| s.get()) != seq {
             return;
         }
-        post(&FromWorker::GpuLost {
-            message: lost_text(&info),
-        });
+        post_to(
+            UNSOLICITED,
+            &FromWorker::GpuLost {
+                message: lost_text(&info),
+            },
+        );
     });
     let _ = lost.then(&on_lost);
     // Called at most once, by the browser; the closure is leaked with the (dead) device.

@@ -62,19 +62,14 @@ pub fn App() -> impl IntoView {
         pref,
     });
 
-    let on_event: Rc<dyn Fn(&FromWorker)> = Rc::new(move |m: &FromWorker| match m {
-        FromWorker::Token { text } => chat
-            .streaming
-            .update(|s| s.get_or_insert_with(String::new).push_str(text)),
-        FromWorker::LoadProgress { phase, fraction } => {
-            engine.load_progress.set(Some((phase.clone(), *fraction)))
+    // Messages no request asked for. A lost GPU is handled by the chat panel once no reply is
+    // being generated.
+    let on_unsolicited: Rc<dyn Fn(&FromWorker)> = Rc::new(move |m: &FromWorker| {
+        if let FromWorker::GpuLost { message } = m {
+            engine.gpu_lost.set(Some(message.clone()))
         }
-        FromWorker::Loaded { .. } | FromWorker::Error { .. } => engine.load_progress.set(None),
-        // Handled by the chat panel once no reply is being generated.
-        FromWorker::GpuLost { message } => engine.gpu_lost.set(Some(message.clone())),
-        _ => {}
     });
-    if let Err(e) = engine_client::start(on_event) {
+    if let Err(e) = engine_client::start(on_unsolicited) {
         banner.show(format!("The engine worker could not start: {e}"));
     }
     engine_client::install_test_hooks();

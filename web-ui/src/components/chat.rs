@@ -8,7 +8,7 @@ use wasm_bindgen::JsCast;
 
 use crate::components::download_panel::DownloadState;
 use crate::components::message::{copy_text, MessageView};
-use crate::engine_client;
+use crate::engine_client::{self, RequestId};
 use crate::protocol::{ReplyStats, Turn};
 use crate::state::{Chat, Conversation, Engine, ErrorBanner, Generating, Message, Settings};
 
@@ -51,6 +51,9 @@ pub fn ChatPanel() -> impl IntoView {
     let last_stats = chat.last_stats;
     // The reply being regenerated: put back if its replacement fails.
     let replaced = RwSignal::new(None::<Message>);
+    // The worker request of the reply being generated (what Stop names).
+    let running = StoredValue::new(None::<RequestId>);
+    let stop = move || engine_client::stop(running.get_value());
 
     // Generate the assistant's reply to the conversation as it stands.
     let reply = Action::new_local(move |_: &()| async move {
@@ -58,11 +61,17 @@ pub fn ChatPanel() -> impl IntoView {
         let mut retried = false;
         loop {
             chat.streaming.set(Some(String::new()));
+            let id = RequestId::next();
+            running.set_value(Some(id));
+            let streaming = chat.streaming;
             let r = engine_client::generate(
+                id,
                 turns(&chat.conv.get_untracked()),
                 settings.get_untracked(),
+                move |text| streaming.update(|s| s.get_or_insert_with(String::new).push_str(text)),
             )
             .await;
+            running.set_value(None);
             let text = chat.streaming.get_untracked().unwrap_or_default();
             chat.streaming.set(None);
             match r {
@@ -205,7 +214,7 @@ pub fn ChatPanel() -> impl IntoView {
     let esc = window_event_listener(leptos::ev::keydown, move |ev| {
         if ev.key() == "Escape" && gen_flag.get_untracked() {
             ev.prevent_default();
-            engine_client::stop();
+            stop();
         }
     });
     on_cleanup(move || esc.remove());
@@ -282,7 +291,7 @@ pub fn ChatPanel() -> impl IntoView {
                 <Show when=generating fallback=move || view! {
                     <button class="primary" data-testid="send-button" disabled=move || !ready() on:click=move |_| send()>"Send"</button>
                 }>
-                    <button class="danger" data-testid="stop-button" title="Stop (Esc)" on:click=move |_| engine_client::stop()>"Stop"</button>
+                    <button class="danger" data-testid="stop-button" title="Stop (Esc)" on:click=move |_| stop()>"Stop"</button>
                 </Show>
             </div>
         </main>

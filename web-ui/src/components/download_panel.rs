@@ -40,7 +40,13 @@ impl DownloadState {
     pub async fn load_with(&self, id: &str, template_fallback: bool) -> bool {
         self.engine.loaded.set(None);
         let pref = self.pref.0.get_untracked();
-        match engine_client::load(id, &pref, N_CTX, template_fallback).await {
+        let progress = self.engine.load_progress;
+        let r = engine_client::load(id, &pref, N_CTX, template_fallback, move |phase, f| {
+            progress.set(Some((phase.to_string(), f)))
+        })
+        .await;
+        progress.set(None);
+        match r {
             Ok(info) => {
                 if let Some(why) = &info.template_fallback {
                     self.banner.show(format!(
@@ -227,7 +233,7 @@ pub fn DownloadPanel() -> impl IntoView {
                 </div>
             })}
             {move || engine.loaded.get().map(|l| view! {
-                <p class="loaded" data-testid="model-ready">{format!("Ready: {} on {} in {:.1} s — {}", l.arch, l.backend.to_uppercase(), l.load_ms / 1e3, l.reason)}</p>
+                <p class="loaded" data-testid="model-ready" data-model-id=l.model_id.clone()>{format!("Ready: {} on {} in {:.1} s — {}", l.arch, l.backend.to_uppercase(), l.load_ms / 1e3, l.reason)}</p>
             })}
         </section>
     }
