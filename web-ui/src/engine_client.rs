@@ -300,6 +300,20 @@ pub async fn generate(
     }
 }
 
+/// The CPU speed probe (about `budget_ms`): weight bytes per second through the decode kernel
+/// on one thread.
+pub async fn probe(budget_ms: f64) -> Result<f64, WorkerError> {
+    match request(RequestId::next(), ToWorker::Probe { budget_ms }, None).await? {
+        FromWorker::Probed {
+            cpu_bytes_per_s, ..
+        } => Ok(cpu_bytes_per_s),
+        other => Err(WorkerError {
+            kind: "protocol".into(),
+            message: format!("unexpected answer {other:?}"),
+        }),
+    }
+}
+
 /// Stop generation `request` (`None`: whichever runs): a running one ends at the next token
 /// with its text so far; a queued one fails with kind `aborted`.
 pub fn stop(request: Option<RequestId>) {

@@ -2,8 +2,10 @@
 //! in the engine's Web Worker (`public/worker.js`) there is no `window`, so `main` returns and the
 //! worker calls [`worker::worker_main`] instead.
 
+mod capabilities;
 mod catalog;
 mod components;
+mod device;
 mod download;
 mod engine_client;
 mod error;

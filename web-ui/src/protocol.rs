@@ -60,6 +60,9 @@ pub enum ToWorker {
     },
     /// Drop the KV cache (new chat); queued behind the requests before it. No answer.
     Reset,
+    /// Measure how fast this machine's CPU path streams quantized weights (for the expected
+    /// speed before a download); runs about `budget_ms` (clamped to 10..=2000). Answer: `Probed`.
+    Probe { budget_ms: f64 },
     /// Test hook (`window.__slm_test.loseGpu()`): destroy the WebGPU device the loaded model
     /// runs on, as a driver reset would. Does nothing when no GPU device exists.
     LoseGpu,
@@ -86,7 +89,10 @@ impl FromWorker {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            FromWorker::Loaded { .. } | FromWorker::Done(_) | FromWorker::Error { .. }
+            FromWorker::Loaded { .. }
+                | FromWorker::Done(_)
+                | FromWorker::Probed { .. }
+                | FromWorker::Error { .. }
         )
     }
 }
@@ -113,6 +119,11 @@ pub enum FromWorker {
         /// Set when the built-in chat format replaced the file's failing template: why.
         #[serde(default)]
         template_fallback: Option<String>,
+    },
+    /// The answer to `Probe`: weight bytes per second through the decode kernel, one thread.
+    Probed {
+        cpu_bytes_per_s: f64,
+        elapsed_ms: f64,
     },
     /// New reply text (may be empty while a character is incomplete).
     Token { text: String },

@@ -190,6 +190,18 @@ async fn answer(msg: ToWorker) {
                 l.cached.clear();
             }
         }),
+        ToWorker::Probe { budget_ms } => {
+            let budget = if budget_ms.is_finite() {
+                budget_ms.clamp(10.0, 2000.0)
+            } else {
+                200.0
+            };
+            let p = engine::probe::cpu_weight_throughput(&PerfClock, budget);
+            post(&FromWorker::Probed {
+                cpu_bytes_per_s: p.bytes_per_s,
+                elapsed_ms: p.elapsed_ms,
+            });
+        }
         // Never queued.
         ToWorker::Stop { .. } | ToWorker::LoseGpu => {}
     }

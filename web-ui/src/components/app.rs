@@ -7,8 +7,9 @@ use std::rc::Rc;
 use leptos::prelude::*;
 
 use crate::components::chat::ChatPanel;
-use crate::components::download_panel::{DownloadPanel, DownloadState};
+use crate::components::download_panel::{DownloadPanel, DownloadState, Downloader};
 use crate::components::environment::EnvironmentInfo;
+use crate::components::model_manager::{self, ModelManager, ModelsButton};
 use crate::components::model_picker::{AddModel, ModelFacts, ModelPicker};
 use crate::components::settings::SettingsDrawer;
 use crate::components::sidebar::{ConversationList, SidebarOpen, UndoToast};
@@ -54,13 +55,16 @@ pub fn App() -> impl IntoView {
     let pref = BackendPref(RwSignal::new("auto".to_string()));
     provide_context(store);
     provide_context(pref);
-    provide_context(DownloadState {
+    let dl = DownloadState {
         progress: RwSignal::new(None),
         store,
         engine,
         banner,
         pref,
-    });
+    };
+    provide_context(dl);
+    Downloader::provide(dl);
+    model_manager::provide();
 
     // Messages no request asked for. A lost GPU is handled by the chat panel once no reply is
     // being generated.
@@ -82,6 +86,7 @@ pub fn App() -> impl IntoView {
                     on:click=move |_| sidebar.0.update(|o| *o = !*o)>"☰"</button>
                 <h1 class="brand" title="Private chat with small language models, computed in this browser">"slm"</h1>
                 <ModelPicker/>
+                <ModelsButton/>
                 <StatusChip/>
                 <ThemeToggle/>
                 <SettingsDrawer/>
@@ -108,6 +113,7 @@ pub fn App() -> impl IntoView {
                 <div class="backdrop" data-testid="sidebar-backdrop" aria-hidden="true" on:click=move |_| sidebar.0.set(false)></div>
                 <ChatPanel/>
             </div>
+            <ModelManager/>
             <UndoToast/>
         </div>
     }

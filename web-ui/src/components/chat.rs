@@ -7,6 +7,7 @@ use leptos::prelude::*;
 use wasm_bindgen::JsCast;
 
 use crate::components::download_panel::DownloadState;
+use crate::components::first_run::FirstRun;
 use crate::components::message::{copy_text, MessageView};
 use crate::engine_client::{self, RequestId};
 use crate::protocol::{ReplyStats, Turn};
@@ -270,7 +271,8 @@ pub fn ChatPanel() -> impl IntoView {
                 <Show when=move || chat.conv.with(|c| c.messages.is_empty()) && chat.streaming.with(|s| s.is_none())>
                     <div class="empty-state">
                         <p class="big">"Private chat, computed in this browser."</p>
-                        <p class="hint">{move || if ready() { "Ask something below. Nothing you type leaves this device." } else { "Pick a model at the top, then download or load it under “Model and device” (☰ on small screens)." }}</p>
+                        <p class="hint">{move || if ready() { "Ask something below. Nothing you type leaves this device." } else { "Pick a model at the top, then download or load it under “Model and device” (☰ on small screens), or open “Models” to see what fits this device." }}</p>
+                        <Show when=move || !ready()><FirstRun/></Show>
                     </div>
                 </Show>
                 <For each=move || chat.conv.get().messages.into_iter().enumerate() key=message_key
