@@ -1018,6 +1018,77 @@ async function uiFlow() {
   }
 }
 
+async function modelsFlow() {
+  log('first run: capability check and a recommended model, one click to chat; the model manager judges each card before any download; delete from a card');
+  const b = await launch({ webgpu: false });
+  try {
+    // A catalog with the app's own model, a 1.5 GB one (too slow for this CPU to recommend, as
+    // the probe shows) and a 5 GB one (beyond the CPU engine's 4 GiB wasm memory).
+    await b.page.route('**/models.json', async (route) => {
+      const r = await route.fetch();
+      const cat = await r.json();
+      const own = cat.models.find((m) => m.default);
+      const big = (id, label) => ({ ...own, id, name: id, url: `https://huggingface.co/x/${id}.gguf`, size: null, size_label: label, sha256: null, default: false, backends: ['cpu'] });
+      cat.models = [own, big('mid-1500mb', 'about 1.5 GB'), big('huge-5gb', 'about 5.0 GB')];
+      await route.fulfill({ response: r, json: cat });
+    });
+    await open(b.page);
+    const first = b.page.getByTestId('first-run');
+    await first.waitFor({ timeout: 30_000 });
+    const caps = {};
+    for (const k of ['cap-webgpu', 'cap-isolation', 'cap-storage', 'cap-speed']) caps[k] = await first.getByTestId(k).innerText();
+    log('capabilities:', JSON.stringify(caps));
+    assert.match(caps['cap-webgpu'], /not available/);
+    assert.match(caps['cap-isolation'], /Cross-origin isolated: yes · \d+ cores/);
+    assert.match(caps['cap-storage'], /free for this site/);
+    const rate = Number((caps['cap-speed'].match(/([\d.]+) ([KMG]B)\/s/) || []).slice(1, 2)[0]);
+    assert.ok(rate > 0, 'the CPU probe ran: ' + caps['cap-speed']);
+    const rec = first.getByTestId('first-run-model');
+    log('advice:', await rec.innerText());
+    assert.equal(await rec.getAttribute('data-model-id'), 'smollm2-135m-instruct-q4_1', 'the fast model is recommended, not the 1.5 GB one');
+    const t0 = Date.now();
+    await first.getByTestId('first-run-start').click();
+    await waitLoaded(b.page);
+    log(`downloaded and loaded in ${((Date.now() - t0) / 1e3).toFixed(1)} s`);
+    assert.equal(await b.page.getByTestId('first-run').count(), 0, 'the check is gone once started');
+    await settings(b.page, { temperature: 0, maxTokens: 32 });
+    const r = await ask(b.page, QUESTION);
+    log('reply:', JSON.stringify(r.reply), r.stats);
+    assert.match(r.reply.toLowerCase(), /blue/);
+
+    // The manager: every card judged on this device.
+    await b.page.getByTestId('models-open').click();
+    const mgr = b.page.getByTestId('model-manager');
+    await mgr.getByTestId('model-card').first().waitFor({ timeout: 30_000 });
+    const card = (id) => mgr.locator(`[data-testid=model-card][data-model-id="${id}"]`);
+    const own = card('smollm2-135m-instruct-q4_1');
+    assert.equal(await own.getAttribute('data-verdict'), 'Fits');
+    assert.match(await own.innerText(), /Stored on this device/);
+    const expected = await own.getByTestId('expected-speed').innerText();
+    const exp = Number(expected.match(/about (\d+) tokens\/s/)[1]);
+    const measured = Number(r.stats.match(/decode ([\d.]+) tok\/s/)[1]);
+    log(`expected ${exp} tok/s before download vs measured decode ${measured} tok/s (ratio ${(measured / exp).toFixed(2)})`);
+    assert.ok(measured / exp > 0.33 && measured / exp < 3, 'the estimate is within 3× of the real speed');
+    assert.equal(await card('mid-1500mb').getAttribute('data-verdict'), 'Fits');
+    assert.equal(await card('huge-5gb').getAttribute('data-verdict'), 'TooLarge');
+    assert.match(await card('huge-5gb').getByTestId('fit-why').innerText(), /4 GiB of wasm memory/);
+    assert.ok(await card('huge-5gb').getByTestId('card-use').isDisabled(), 'a model that cannot fit is not offered');
+    assert.deepEqual(await axeViolations(b.page), [], 'axe: model manager');
+
+    // Delete from the card: storage is emptied, the card offers the download again.
+    await own.getByTestId('card-delete').click();
+    await b.page.waitForFunction(() => !document.querySelector('[data-testid=model-card][data-model-id="smollm2-135m-instruct-q4_1"] [data-testid=card-delete]'), null, { timeout: 10_000 });
+    assert.match(await card('smollm2-135m-instruct-q4_1').getByTestId('card-use').innerText(), /Download and use/);
+    assert.equal((await idbState(b.page)).chunks, 0, 'no chunks left');
+    await mgr.getByTestId('models-close').click();
+    assert.equal(await b.page.getByTestId('model-manager').count(), 0);
+    const extra = b.requests.filter((u) => !u.startsWith(BASE) && !u.startsWith('data:') && !u.startsWith('blob:'));
+    assert.deepEqual(extra, [], 'nothing but the app and its model was requested');
+  } finally {
+    await b.close();
+  }
+}
+
 // gpu: needs WebGPU (SwiftShader, slow): run only when named in SLM_E2E_ONLY.
 const flows = {
   main: { run: mainFlow },
@@ -1034,6 +1105,7 @@ const flows = {
   gemma3: { run: gemma3Flow },
   quota: { run: quotaFlow },
   ui: { run: uiFlow },
+  models: { run: modelsFlow },
   gpulost: { run: gpuLostFlow, gpu: true },
 };
 const wanted = only ? only.split(',').map((n) => n.trim()).filter(Boolean) : null;

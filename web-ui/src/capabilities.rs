@@ -80,10 +80,10 @@ pub async fn device_facts() -> DeviceFacts {
     }
 }
 
-/// [`device_facts`] plus a 200 ms CPU speed probe in the engine worker (queued behind a reply
+/// [`device_facts`] plus a 400 ms CPU speed probe in the engine worker (queued behind a reply
 /// being generated; an error leaves the speed unknown).
 pub async fn with_probe() -> DeviceFacts {
     let mut f = device_facts().await;
-    f.cpu_bytes_per_s = crate::engine_client::probe(200.0).await.ok();
+    f.cpu_bytes_per_s = crate::engine_client::probe(400.0).await.ok();
     f
 }

@@ -17,7 +17,7 @@ use crate::state::{KnownModels, SelectedModel};
 #[derive(Clone, Copy)]
 pub struct ManagerOpen(pub RwSignal<bool>);
 
-/// This device's facts with the CPU speed probe, read once per page (the probe runs 200 ms in
+/// This device's facts with the CPU speed probe, read once per page (the probe runs 400 ms in
 /// the engine worker) and again when stored models change (storage).
 #[derive(Clone, Copy)]
 pub struct DeviceCheck(pub LocalResource<DeviceFacts>);
