@@ -133,9 +133,28 @@ async function idbState(page) {
   });
 }
 
-/// The conversations saved in localStorage.
+/// The conversations saved in IndexedDB (store `chats`), newest first, once the app's queued
+/// writes have landed.
 async function savedChats(page) {
-  return page.evaluate(() => JSON.parse(localStorage.getItem('slm.conversations') || '[]'));
+  await page.waitForFunction(() => !(globalThis.__slm_chat_writes > 0));
+  return page.evaluate(async () => {
+    if (!(await indexedDB.databases()).some((d) => d.name === 'slm')) return [];
+    return new Promise((res, rej) => {
+      const rq = indexedDB.open('slm');
+      rq.onerror = () => rej(rq.error);
+      rq.onsuccess = () => {
+        const db = rq.result;
+        if (!db.objectStoreNames.contains('chats')) { db.close(); res([]); return; }
+        const r = db.transaction('chats', 'readonly').objectStore('chats').getAll();
+        r.onsuccess = () => {
+          db.close();
+          res(r.result.map((t) => JSON.parse(t))
+            .sort((a, b) => (b.updated - a.updated) || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0)));
+        };
+        r.onerror = () => rej(r.error);
+      };
+    });
+  });
 }
 
 /// Wait until `testid`'s first element's text matches `re`; returns the text.
@@ -424,10 +443,25 @@ async function conversationFlow() {
     await b.page.getByTestId('regenerate-button').click();
     await b.page.getByTestId('send-button').waitFor({ timeout: LONG });
     await b.page.waitForFunction(() => document.querySelectorAll('[data-testid=assistant-message]').length === 3);
+    // Context size: bounded by the model, clamped, a change reloads the model with it, and it is
+    // kept with the conversation (the reload below brings it back).
+    const ctxIn = b.page.getByTestId('context-size');
+    assert.equal(await ctxIn.inputValue(), String(nCtx));
+    assert.equal(await ctxIn.getAttribute('max'), '8192', "SmolLM2-135M's trained context (its KV cache fits the budget)");
+    await ctxIn.fill('100');
+    await ctxIn.dispatchEvent('change');
+    assert.equal(await ctxIn.inputValue(), '256', 'clamped to the smallest size');
+    await ctxIn.fill('512');
+    await ctxIn.dispatchEvent('change');
+    await waitText(b.page, 'context-size-hint', /now running with 512 tokens/, 60_000);
+    await waitLoaded(b.page);
+    await ask(b.page, 'Ahoy?');
+    assert.equal((await used())[1], 512, 'the model runs with the new context size');
     const saved = await savedChats(b.page);
     assert.equal(saved.length, 1);
+    assert.equal(saved[0].settings.n_ctx, 512, 'context size stored with the conversation');
     assert.equal(saved[0].system, PIRATE, 'the edited system prompt is stored');
-    assert.deepEqual(saved[0].messages.map((m) => m.role), ['user', 'assistant', 'user', 'assistant', 'user', 'assistant']);
+    assert.deepEqual(saved[0].messages.map((m) => m.role), ['user', 'assistant', 'user', 'assistant', 'user', 'assistant', 'user', 'assistant']);
 
     // Reload: the conversation is back, the model loads from storage, the chat goes on.
     const texts = await b.page.getByTestId('assistant-message').allInnerTexts();
@@ -441,13 +475,14 @@ async function conversationFlow() {
     await settings(b.page, { temperature: 0, maxTokens: 16 });
     const r4 = await ask(b.page, 'Where is your ship?');
     assert.ok(r4.reply.trim().length > 0);
-    assert.equal((await savedChats(b.page))[0].messages.length, 8);
+    assert.equal((await used())[1], 512, "loaded with the conversation's context size");
+    assert.equal((await savedChats(b.page))[0].messages.length, 10);
 
     // New chat empties the view and keeps the saved one; Delete removes it.
     await b.page.getByTestId('new-chat').click();
     assert.equal(await b.page.getByTestId('assistant-message').count(), 0);
     await b.page.getByTestId('conv-delete').first().click();
-    assert.deepEqual(await savedChats(b.page), [], 'deleted from local storage');
+    assert.deepEqual(await savedChats(b.page), [], 'deleted from storage');
     await b.page.reload();
     await b.page.getByTestId('model-select').waitFor();
     assert.equal(await b.page.getByTestId('user-message').count(), 0, 'nothing comes back after delete');
@@ -875,6 +910,9 @@ async function uiFlow() {
     await page.getByTestId('model-select').waitFor();
     const think = page.locator('[data-testid=assistant-message] details.think');
     await think.waitFor({ state: 'attached' });
+    // Conversations an earlier version kept in localStorage moved to IndexedDB, once.
+    assert.equal(await page.evaluate(() => localStorage.getItem('slm.conversations')), null, 'localStorage key removed after the move');
+    assert.deepEqual((await savedChats(page)).map((c) => c.id), ['think'], 'moved into IndexedDB');
     assert.equal(await think.evaluate((d) => d.open), false, 'think section collapsed');
     assert.equal(await think.locator('summary').innerText(), 'Reasoning');
     assert.equal(await page.locator('[data-testid=assistant-message] b').count(), 0, 'no markup injected');
@@ -954,6 +992,7 @@ async function uiFlow() {
     assert.equal((await savedChats(page)).find((c) => c.title.includes('grass')).settings.temperature, 0.5, 'stored with it');
     await page.getByTestId('settings-reset').click();
     assert.equal(await page.getByTestId('temperature').inputValue(), '0.7', 'reset to the defaults');
+    assert.equal(await page.getByTestId('context-size').inputValue(), '2048', 'context size reset too');
     await page.getByTestId('settings-close').click();
     await page.getByTestId('conv-item').filter({ hasText: 'grass' }).getByTestId('conv-rename').click();
     await page.getByTestId('conv-rename-input').fill('Colours');

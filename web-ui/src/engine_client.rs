@@ -24,6 +24,8 @@ pub struct LoadedInfo {
     /// The WebGPU adapter's name (empty on the CPU).
     pub adapter: String,
     pub n_ctx: usize,
+    pub n_ctx_train: usize,
+    pub kv_bytes_per_token: u64,
     pub arch: String,
     pub load_ms: f64,
     /// Why the built-in chat format replaced the file's template (the user chose the fallback).
@@ -258,6 +260,8 @@ pub async fn load(
             reason,
             adapter,
             n_ctx,
+            n_ctx_train,
+            kv_bytes_per_token,
             arch,
             load_ms,
             template_fallback,
@@ -267,6 +271,8 @@ pub async fn load(
             reason,
             adapter,
             n_ctx,
+            n_ctx_train,
+            kv_bytes_per_token,
             arch,
             load_ms,
             template_fallback,

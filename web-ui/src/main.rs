@@ -3,6 +3,7 @@
 //! worker calls [`worker::worker_main`] instead.
 
 mod catalog;
+mod chat_store;
 mod components;
 mod download;
 mod engine_client;

@@ -351,6 +351,12 @@ async fn load(
     };
     drop(src);
     let (name, n_ctx) = (model.name(), model.n_ctx());
+    let cfg = model.config();
+    let n_ctx_train = cfg.n_ctx_train;
+    let kv_bytes_per_token = (cfg.n_layer as u64)
+        .saturating_mul(cfg.n_head_kv as u64)
+        .saturating_mul(cfg.head_dim as u64)
+        .saturating_mul(2 * 4);
     LOADED.with(|l| {
         *l.borrow_mut() = Some(Loaded {
             model,
@@ -368,6 +374,8 @@ async fn load(
         reason,
         adapter,
         n_ctx,
+        n_ctx_train,
+        kv_bytes_per_token,
         arch,
         load_ms: now_ms() - t0,
         template_fallback: template_note,
