@@ -175,6 +175,7 @@ async function waitText(page, testid, re, timeout = LONG) {
 async function mainFlow() {
   log('main flow: download → reload → load from IndexedDB → chat (WebGPU flag on, backend auto)');
   const b = await launch({ webgpu: true });
+  const mark0 = (await serverLog()).length;
   try {
     await open(b.page);
     const selected = await b.page.getByTestId('model-select').inputValue();
@@ -200,6 +201,8 @@ async function mainFlow() {
     await b.page.getByTestId('backend-select').selectOption(backend);
     await b.page.waitForFunction(() => document.querySelector('[data-testid=download-button]')?.textContent.includes('Load'));
     await downloadAndLoad(b.page);
+    // The highlighter is loaded when a code block is shown, never with the app.
+    assert.deepEqual((await serverLog()).slice(mark0).filter((l) => l.includes('highlight')), [], 'no highlighter in the first load');
     const modelReqs = b.requests.filter((u) => u.includes(MODEL_FILE));
     const serverModelReqs = (await serverLog()).slice(mark).filter((l) => l.includes(MODEL_FILE));
     assert.deepEqual(modelReqs, [], 'no browser request for the model after reload');
@@ -917,6 +920,13 @@ async function uiFlow() {
     assert.equal(await think.locator('summary').innerText(), 'Reasoning');
     assert.equal(await page.locator('[data-testid=assistant-message] b').count(), 0, 'no markup injected');
     assert.equal(await page.locator('[data-testid=assistant-message] strong').innerText(), 'reasons');
+    // The code block is syntax-highlighted (highlight.js, imported now that a block is shown).
+    const code = page.locator('[data-testid=assistant-message] pre code.hljs');
+    await code.waitFor({ state: 'attached' });
+    assert.equal(await code.locator('.hljs-keyword').first().innerText(), 'fn', 'rust keyword highlighted');
+    assert.notEqual(await code.locator('.hljs-keyword').first().evaluate((e) => getComputedStyle(e).color),
+      await code.evaluate((e) => getComputedStyle(e).color), 'keywords have their own colour');
+    assert.ok(b.requests.some((u) => u.endsWith('/vendor/highlight.min.js')), 'highlighter fetched from the app');
     // A code block's Copy button copies the code.
     await page.getByTestId('code-copy').click();
     await page.waitForFunction(() => navigator.clipboard.readText().then((c) => c === 'fn main() {}\n'));
