@@ -4,7 +4,7 @@
 // SLM_URL. Each scenario uses a fresh browser profile.
 import { chromium } from 'playwright-core';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -1067,6 +1067,94 @@ async function uiFlow() {
   }
 }
 
+/// Reload with the network off (playwright's setOffline), load the stored model and chat; the
+/// server sees no request meanwhile, and a request the service worker does not answer fails.
+async function chatOffline(b, logUrl) {
+  const mark = logUrl ? (await (await fetch(logUrl)).text()).split('\n').filter(Boolean).length : 0;
+  await b.ctx.setOffline(true);
+  await b.page.reload();
+  await b.page.getByTestId('model-select').waitFor();
+  assert.equal(await b.page.evaluate(() => crossOriginIsolated), true, 'offline page is cross-origin isolated');
+  assert.equal(await b.page.evaluate(() => fetch('__offline_probe').then(() => 'ok', () => 'failed')), 'failed', 'the network is off');
+  await b.page.getByTestId('backend-select').selectOption('cpu');
+  await b.page.waitForFunction(() => document.querySelector('[data-testid=download-button]')?.textContent.includes('Load'));
+  await downloadAndLoad(b.page);
+  await settings(b.page, { temperature: 0, maxTokens: 16 });
+  const r = await ask(b.page, QUESTION);
+  log('offline reply:', JSON.stringify(r.reply));
+  assert.match(r.reply.toLowerCase(), /blue/, 'answered offline from the stored model');
+  if (logUrl) {
+    const after = (await (await fetch(logUrl)).text()).split('\n').filter(Boolean).slice(mark);
+    assert.deepEqual(after, [], 'no request reached the server while offline');
+  }
+  await b.ctx.setOffline(false);
+}
+
+/// Wait until the page (which may reload itself once) is cross-origin isolated.
+async function waitIsolated(page) {
+  const t0 = Date.now();
+  while (Date.now() - t0 < 30_000) {
+    const ok = await page.evaluate(() => crossOriginIsolated && !!navigator.serviceWorker.controller).catch(() => false);
+    if (ok) return;
+    await page.waitForTimeout(200);
+  }
+  throw new Error('the page never became cross-origin isolated');
+}
+
+async function offlineFlow() {
+  log('offline: after one visit (service worker installed) the app reloads with the network off and chats from the stored model');
+  const b = await launch({ webgpu: false });
+  try {
+    await open(b.page);
+    assert.equal(await b.page.evaluate(() => document.querySelector('link[rel=manifest]')?.getAttribute('href')), 'manifest.webmanifest');
+    const manifest = await b.page.evaluate(() => fetch('manifest.webmanifest').then((r) => r.json()));
+    assert.equal(manifest.display, 'standalone', 'installable: a standalone web app manifest');
+    await b.page.getByTestId('backend-select').selectOption('cpu');
+    await downloadAndLoad(b.page);
+    await b.page.evaluate(() => navigator.serviceWorker.ready);
+    const cached = await b.page.evaluate(async () => (await (await caches.open('slm-shell-v1')).keys()).map((r) => new URL(r.url).pathname));
+    log('cached:', cached.join(' '));
+    for (const f of ['/', '/web-ui_bg.wasm', '/web-ui.js', '/worker.js', '/style.css', '/models.json']) assert.ok(cached.includes(f), `shell file ${f} cached`);
+    assert.ok(!cached.some((p) => p.includes('.gguf')), 'no model bytes in the service worker cache');
+    await chatOffline(b, new URL('__log', BASE));
+  } finally {
+    await b.close();
+  }
+}
+
+async function distFlow() {
+  log('cargo xtask dist --out DIR, served by python3 -m http.server (no COOP/COEP headers): isolated through its service worker, downloads, chats, then offline');
+  const out = mkdtempSync(join(tmpdir(), 'slm-dist-'));
+  const repo = join(dirname(fileURLToPath(import.meta.url)), '..');
+  execFileSync('cargo', ['xtask', 'dist', '--no-build', '--out', out], { cwd: repo, stdio: 'inherit' });
+  for (const f of ['index.html', 'sw.js', 'manifest.webmanifest', '_headers', 'nginx.conf', `models/${MODEL_FILE}`]) {
+    assert.ok(statSync(join(out, f)).size > 0, `dist has ${f}`);
+  }
+  const port = 8190 + Math.floor(Math.random() * 50);
+  const py = spawn('python3', ['-m', 'http.server', String(port), '--bind', '127.0.0.1', '--directory', out], { stdio: 'ignore' });
+  const url = `http://127.0.0.1:${port}/`;
+  const b = await launch({ webgpu: false });
+  try {
+    for (let i = 0; i < 50; i++) { if (await fetch(url).then(() => true, () => false)) break; await new Promise((r) => setTimeout(r, 100)); }
+    const resp = await b.page.goto(url);
+    assert.equal(resp.headers()['cross-origin-embedder-policy'], undefined, 'the host sends no isolation headers');
+    await waitIsolated(b.page);
+    await b.page.getByTestId('model-select').waitFor();
+    assert.equal(await b.page.evaluate(() => typeof SharedArrayBuffer), 'function', 'SharedArrayBuffer available');
+    await b.page.getByTestId('backend-select').selectOption('cpu');
+    await downloadAndLoad(b.page);
+    await settings(b.page, { temperature: 0, maxTokens: 16 });
+    const r = await ask(b.page, QUESTION);
+    assert.match(r.reply.toLowerCase(), /blue/);
+    await b.page.evaluate(() => navigator.serviceWorker.ready);
+    await chatOffline(b, null);
+  } finally {
+    await b.close();
+    py.kill();
+    rmSync(out, { recursive: true, force: true });
+  }
+}
+
 // gpu: needs WebGPU (SwiftShader, slow): run only when named in SLM_E2E_ONLY.
 const flows = {
   main: { run: mainFlow },
@@ -1083,6 +1171,8 @@ const flows = {
   gemma3: { run: gemma3Flow },
   quota: { run: quotaFlow },
   ui: { run: uiFlow },
+  offline: { run: offlineFlow },
+  dist: { run: distFlow },
   gpulost: { run: gpuLostFlow, gpu: true },
 };
 const wanted = only ? only.split(',').map((n) => n.trim()).filter(Boolean) : null;

@@ -237,20 +237,26 @@ fn model_hosts(dir: &Path) -> Vec<String> {
     hosts
 }
 
+/// The Content-Security-Policy for the app in `dir`: only the app's own scripts, and network
+/// access to the app's origin and the catalog's model hosts.
+pub fn csp(dir: &Path) -> String {
+    let connect = std::iter::once("'self'".to_string())
+        .chain(model_hosts(dir))
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; \
+         style-src 'self'; img-src 'self' data:; connect-src {connect}; object-src 'none'; \
+         base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+}
+
 impl Server {
     pub fn new(dir: PathBuf, hooks: bool) -> Result<Self> {
         if !dir.join("index.html").exists() {
             return Err(format!("{} has no index.html: build first", dir.display()));
         }
-        let connect = std::iter::once("'self'".to_string())
-            .chain(model_hosts(&dir))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let csp = format!(
-            "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; \
-             style-src 'self'; img-src 'self' data:; connect-src {connect}; object-src 'none'; \
-             base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-        );
+        let csp = csp(&dir);
         Ok(Server {
             dir,
             csp,
@@ -540,6 +546,7 @@ fn content_type(p: &Path) -> &'static str {
         "wasm" => "application/wasm",
         "css" => "text/css; charset=utf-8",
         "json" => "application/json",
+        "webmanifest" => "application/manifest+json",
         "svg" => "image/svg+xml",
         "png" => "image/png",
         "ico" => "image/x-icon",
