@@ -135,5 +135,43 @@ pub async fn load_all() -> Result<Vec<Conversation>, IdbError> {
 
 /// Newest first (ties: by id, so the order is stable).
 pub fn sort_newest_first(v: &mut [Conversation]) {
-    v.sort_by(|a, b| b.updated.total_cmp(&a.updated).then_with(|| b.id.cmp(&a.id)));
+    v.sort_by(|a, b| {
+        b.updated
+            .total_cmp(&a.updated)
+            .then_with(|| b.id.cmp(&a.id))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv(id: &str, updated: f64) -> Conversation {
+        Conversation {
+            id: id.into(),
+            title: id.into(),
+            system: String::new(),
+            messages: Vec::new(),
+            updated,
+            settings: None,
+        }
+    }
+
+    #[test]
+    fn newest_first_with_a_stable_order_for_ties() {
+        let mut v = vec![conv("a", 1.0), conv("c", 5.0), conv("b", 1.0), conv("d", 0.0)];
+        sort_newest_first(&mut v);
+        let ids: Vec<&str> = v.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["c", "b", "a", "d"]);
+    }
+
+    #[test]
+    fn legacy_conversations_parse_without_the_newer_fields() {
+        // What localStorage held before `updated` and `settings` existed.
+        let text = r#"[{"id":"c1","title":"t","system":"s","messages":[{"role":"user","content":"hi"}]}]"#;
+        let v: Vec<Conversation> = serde_json::from_str(text).unwrap();
+        assert_eq!(v[0].updated, 0.0);
+        assert_eq!(v[0].settings, None);
+        assert_eq!(v[0].messages[0].stats, None);
+    }
 }

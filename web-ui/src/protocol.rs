@@ -42,7 +42,11 @@ pub fn max_context(n_ctx_train: usize, kv_bytes_per_token: u64) -> usize {
     let by_memory = KV_BUDGET_BYTES
         .checked_div(kv_bytes_per_token)
         .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
-    let train = if n_ctx_train == 0 { usize::MAX } else { n_ctx_train };
+    let train = if n_ctx_train == 0 {
+        usize::MAX
+    } else {
+        n_ctx_train
+    };
     let m = train.min(by_memory);
     if m == usize::MAX {
         return DEFAULT_N_CTX;
@@ -178,6 +182,10 @@ pub struct ReplyStats {
     /// Tokens the context holds after this reply, and its capacity.
     pub ctx_used: usize,
     pub n_ctx: usize,
+    /// `cpu` or `gpu`: the backend that computed the reply (empty in replies saved before it
+    /// was recorded).
+    #[serde(default)]
+    pub backend: String,
 }
 
 #[cfg(test)]

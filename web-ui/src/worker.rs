@@ -488,12 +488,19 @@ async fn run(l: &mut Loaded, turns: &[Turn], s: &GenSettings) -> Result<ReplySta
         n_prefilled: st.n_prefilled,
         n_generated: st.n_generated,
         stop_reason: st.stop_reason.as_str().into(),
-        ttft_ms: st.ttft_ms,
-        prefill_tok_s: st.prefill_tok_s(),
-        decode_tok_s: st.decode_tok_s(),
+        ttft_ms: round2(st.ttft_ms),
+        prefill_tok_s: round2(st.prefill_tok_s()),
+        decode_tok_s: round2(st.decode_tok_s()),
         ctx_used: cached.len(),
         n_ctx: model.n_ctx(),
+        backend: model.name().into(),
     })
+}
+
+/// `x` to two decimals: stored and exported conversations then read back exactly (serde_json's
+/// default float parsing is exact for short decimals; its exact-for-all mode costs 15 KB gzipped).
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }
 
 /// Run `tokens` at positions `pos..` and return the last position's logits (n_vocab); the GPU

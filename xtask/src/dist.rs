@@ -28,10 +28,15 @@ pub fn dist(args: &[String]) -> Result {
     }
     let built = root().join("dist");
     if !built.join("index.html").exists() {
-        return Err(format!("{} has no index.html: build first", built.display()));
+        return Err(format!(
+            "{} has no index.html: build first",
+            built.display()
+        ));
     }
     let out = if out.is_relative() {
-        std::env::current_dir().map_err(|e| e.to_string())?.join(out)
+        std::env::current_dir()
+            .map_err(|e| e.to_string())?
+            .join(out)
     } else {
         out
     };

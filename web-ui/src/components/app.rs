@@ -17,8 +17,8 @@ use crate::components::theme::ThemeToggle;
 use crate::engine_client;
 use crate::protocol::{FromWorker, GenSettings};
 use crate::state::{
-    BackendPref, Chat, Engine, ErrorBanner, Generating, KnownModels, SelectedModel,
-    Settings, StoreVersion,
+    BackendPref, Chat, Engine, ErrorBanner, Generating, KnownModels, SelectedModel, Settings,
+    StoreVersion,
 };
 
 #[component]

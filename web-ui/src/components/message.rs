@@ -75,8 +75,13 @@ pub fn MessageView(
     if role == "assistant" {
         let html = reply_html(&content, streaming);
         let stats = stats.map(|s| {
+            let backend = match s.backend.as_str() {
+                "gpu" => " · WebGPU",
+                "cpu" => " · CPU",
+                _ => "",
+            };
             format!(
-                "TTFT {:.0} ms · prefill {:.1} tok/s · decode {:.1} tok/s · {} tokens ({})",
+                "TTFT {:.0} ms · prefill {:.1} tok/s · decode {:.1} tok/s · {} tokens ({}){backend}",
                 s.ttft_ms, s.prefill_tok_s, s.decode_tok_s, s.n_generated, s.stop_reason
             )
         });
