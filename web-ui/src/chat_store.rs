@@ -159,7 +159,12 @@ mod tests {
 
     #[test]
     fn newest_first_with_a_stable_order_for_ties() {
-        let mut v = vec![conv("a", 1.0), conv("c", 5.0), conv("b", 1.0), conv("d", 0.0)];
+        let mut v = vec![
+            conv("a", 1.0),
+            conv("c", 5.0),
+            conv("b", 1.0),
+            conv("d", 0.0),
+        ];
         sort_newest_first(&mut v);
         let ids: Vec<&str> = v.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["c", "b", "a", "d"]);
@@ -168,7 +173,8 @@ mod tests {
     #[test]
     fn legacy_conversations_parse_without_the_newer_fields() {
         // What localStorage held before `updated` and `settings` existed.
-        let text = r#"[{"id":"c1","title":"t","system":"s","messages":[{"role":"user","content":"hi"}]}]"#;
+        let text =
+            r#"[{"id":"c1","title":"t","system":"s","messages":[{"role":"user","content":"hi"}]}]"#;
         let v: Vec<Conversation> = serde_json::from_str(text).unwrap();
         assert_eq!(v[0].updated, 0.0);
         assert_eq!(v[0].settings, None);

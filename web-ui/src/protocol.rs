@@ -199,7 +199,8 @@ mod tests {
         // Bounded by memory: 1 GiB / 256 KiB = 4096.
         assert_eq!(max_context(131_072, 256 << 10), 4096);
         // Rounded down to 256, never below the minimum, never above the trained context.
-        assert_eq!(max_context(131_072, 300_000), 3584);
+        // 1 GiB / 300 000 = 3579 → 3328.
+        assert_eq!(max_context(131_072, 300_000), 3328);
         assert_eq!(max_context(131_072, 1 << 30), MIN_N_CTX);
         assert_eq!(max_context(100, 1), 100);
         assert_eq!(max_context(0, 0), DEFAULT_N_CTX);
