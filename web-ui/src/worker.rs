@@ -497,8 +497,8 @@ async fn run(l: &mut Loaded, turns: &[Turn], s: &GenSettings) -> Result<ReplySta
     })
 }
 
-/// `x` to two decimals: stored and exported conversations then read back exactly (serde_json's
-/// default float parsing is exact for short decimals; its exact-for-all mode costs 15 KB gzipped).
+/// `x` to two decimals: enough for a stats line, and stored and exported conversations read back
+/// exactly even with serde_json's default (not always exact) float parsing.
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }

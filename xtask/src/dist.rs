@@ -43,6 +43,7 @@ pub fn dist(args: &[String]) -> Result {
     if out != built {
         copy_tree(&built, &out)?;
     }
+    crate::serve::place_default_model(&out)?;
     let csp = crate::serve::csp(&out);
     write(
         &out.join("_headers"),

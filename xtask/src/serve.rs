@@ -129,25 +129,30 @@ pub fn build_web() -> Result {
         // The CPU engine's simd128 kernels.
         .env("RUSTFLAGS", "-C target-feature=+simd128"))?;
     let dist = root().join("dist");
-    let models = dist.join("models");
-    std::fs::create_dir_all(&models).map_err(|e| format!("{}: {e}", models.display()))?;
-    let src = models_dir().join(DEFAULT_MODEL);
-    let dst = models.join(DEFAULT_MODEL);
-    let same = std::fs::metadata(&dst).ok().map(|m| m.len())
-        == std::fs::metadata(&src).ok().map(|m| m.len());
-    if !same {
-        // A hard link when possible (same disk), else a copy.
-        let _ = std::fs::remove_file(&dst);
-        if std::fs::hard_link(&src, &dst).is_err() {
-            std::fs::copy(&src, &dst).map_err(|e| format!("copy {}: {e}", src.display()))?;
-        }
-    }
+    place_default_model(&dist)?;
     if let Ok(wasm) = std::fs::read(dist.join("web-ui_bg.wasm")) {
         eprintln!(
             "wasm: {} bytes ({} gzipped)",
             wasm.len(),
             gzip_len(&dist.join("web-ui_bg.wasm")).unwrap_or(0)
         );
+    }
+    Ok(())
+}
+
+/// Put the default model under `dir/models/` (a hard link when possible, else a copy).
+pub fn place_default_model(dir: &Path) -> Result {
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).map_err(|e| format!("{}: {e}", models.display()))?;
+    let src = models_dir().join(DEFAULT_MODEL);
+    let dst = models.join(DEFAULT_MODEL);
+    let same = std::fs::metadata(&dst).ok().map(|m| m.len())
+        == std::fs::metadata(&src).ok().map(|m| m.len());
+    if !same {
+        let _ = std::fs::remove_file(&dst);
+        if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).map_err(|e| format!("copy {}: {e}", src.display()))?;
+        }
     }
     Ok(())
 }
