@@ -39,11 +39,14 @@ pub struct WorkerError {
     pub message: String,
 }
 
+/// What sees a request's progress and tokens.
+type OnEvent = Rc<dyn Fn(&FromWorker)>;
+
 /// A request waiting for its answer.
 struct Pending {
     resolve: Function,
     /// Sees the request's progress and tokens as they arrive.
-    on_event: Option<Rc<dyn Fn(&FromWorker)>>,
+    on_event: Option<OnEvent>,
     /// The answer, once it came.
     answer: Option<FromWorker>,
 }
@@ -184,7 +187,7 @@ fn worker_gone() -> WorkerError {
 async fn request(
     id: RequestId,
     msg: ToWorker,
-    on_event: Option<Rc<dyn Fn(&FromWorker)>>,
+    on_event: Option<OnEvent>,
 ) -> Result<FromWorker, WorkerError> {
     let ready = CLIENT.with(|c| c.borrow_mut().as_mut().and_then(|c| c.ready.take()));
     if let Some(r) = ready {
