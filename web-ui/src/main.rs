@@ -4,6 +4,7 @@
 
 mod capabilities;
 mod catalog;
+mod chat_store;
 mod components;
 mod device;
 mod download;

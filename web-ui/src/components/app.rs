@@ -18,8 +18,8 @@ use crate::components::theme::ThemeToggle;
 use crate::engine_client;
 use crate::protocol::{FromWorker, GenSettings};
 use crate::state::{
-    BackendPref, Chat, Conversation, Engine, ErrorBanner, Generating, KnownModels, SelectedModel,
-    Settings, StoreVersion,
+    BackendPref, Chat, Engine, ErrorBanner, Generating, KnownModels, SelectedModel, Settings,
+    StoreVersion,
 };
 
 #[component]
@@ -30,15 +30,10 @@ pub fn App() -> impl IntoView {
         load_progress: RwSignal::new(None),
         gpu_lost: RwSignal::new(None),
     };
-    // A reload reopens the most recent saved conversation.
-    let saved = Chat::load_saved();
-    let chat = Chat {
-        conv: RwSignal::new(saved.first().cloned().unwrap_or_else(Conversation::new)),
-        streaming: RwSignal::new(None),
-        saved: RwSignal::new(saved),
-        last_stats: RwSignal::new(None),
-        deleted: RwSignal::new(None),
-    };
+    let chat = Chat::new();
+    let settings = Settings(RwSignal::new(GenSettings::default()));
+    // A reload reopens the most recent saved conversation (read from IndexedDB).
+    chat.load(settings, banner);
     let sidebar = SidebarOpen(RwSignal::new(false));
     provide_context(Generating(RwSignal::new(false)));
     provide_context(sidebar);
@@ -48,7 +43,7 @@ pub fn App() -> impl IntoView {
         extra: RwSignal::new(Vec::new()),
     });
     provide_context(banner);
-    provide_context(Settings(RwSignal::new(GenSettings::default())));
+    provide_context(settings);
     provide_context(engine);
     provide_context(chat);
     let store = StoreVersion(RwSignal::new(0));
@@ -61,6 +56,7 @@ pub fn App() -> impl IntoView {
         engine,
         banner,
         pref,
+        settings,
     };
     provide_context(dl);
     Downloader::provide(dl);

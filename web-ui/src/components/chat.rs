@@ -221,20 +221,32 @@ pub fn ChatPanel() -> impl IntoView {
     on_cleanup(move || esc.remove());
 
     // Follow the streaming reply while the reader is at the bottom; scrolling up stops that.
+    // A scroll up that happened since the last automatic scroll counts even when its scroll
+    // event has not been handled yet (tokens can arrive first).
     let list = NodeRef::<Div>::new();
     let stick = RwSignal::new(true);
+    let last_auto = StoredValue::new(0i32);
     Effect::new(move |_| {
         chat.streaming.track();
         chat.conv.track();
-        if stick.get_untracked() {
-            if let Some(el) = list.get_untracked() {
+        if let Some(el) = list.get_untracked() {
+            let gap = el.scroll_height() - el.scroll_top() - el.client_height();
+            if el.scroll_top() + 8 < last_auto.get_value() && gap >= 48 {
+                stick.set(false);
+            }
+            if stick.get_untracked() {
                 el.set_scroll_top(el.scroll_height());
+                last_auto.set_value(el.scroll_top());
             }
         }
     });
     let on_scroll = move |_| {
         if let Some(el) = list.get_untracked() {
-            stick.set(el.scroll_height() - el.scroll_top() - el.client_height() < 48);
+            let at_bottom = el.scroll_height() - el.scroll_top() - el.client_height() < 48;
+            if at_bottom {
+                last_auto.set_value(el.scroll_top());
+            }
+            stick.set(at_bottom);
         }
     };
 

@@ -9,10 +9,7 @@ use web_sys::AbortController;
 use crate::catalog::{fmt_bytes, CatalogEntry};
 use crate::download::{self, Progress};
 use crate::engine_client;
-use crate::state::{BackendPref, Engine, ErrorBanner, SelectedModel, StoreVersion};
-
-/// Context size the engine is loaded with (KV cache memory grows with it).
-pub const N_CTX: usize = 2048;
+use crate::state::{BackendPref, Engine, ErrorBanner, SelectedModel, Settings, StoreVersion};
 
 /// Download progress and the actions around storing and loading a model.
 #[derive(Clone, Copy)]
@@ -22,6 +19,8 @@ pub struct DownloadState {
     pub engine: Engine,
     pub banner: ErrorBanner,
     pub pref: BackendPref,
+    /// The open conversation's settings: its context size is what a load asks for.
+    pub settings: Settings,
 }
 
 impl DownloadState {
@@ -41,7 +40,8 @@ impl DownloadState {
         self.engine.loaded.set(None);
         let pref = self.pref.0.get_untracked();
         let progress = self.engine.load_progress;
-        let r = engine_client::load(id, &pref, N_CTX, template_fallback, move |phase, f| {
+        let n_ctx = self.settings.0.with_untracked(|s| s.n_ctx);
+        let r = engine_client::load(id, &pref, n_ctx, template_fallback, move |phase, f| {
             progress.set(Some((phase.to_string(), f)))
         })
         .await;
