@@ -1,9 +1,25 @@
 //! Quantized matrix products on the CPU: weights stay in GGUF block layout, activations are
-//! quantized once per token ([`PreparedActs`]) and each weight row is streamed once per batch
-//! (prefill reuses it across all tokens while it is in L1).
+//! quantized once per token ([`PreparedActs`]) and each weight row is streamed once per batch.
+//! With several tokens (prefill) each row is decoded once ([`DecodedRow`]) and applied to all
+//! of them by the tile kernels of [`quant::gemm_row`]; one token (decode) uses [`quant::vec_dot`].
 
-use crate::quant::{self, PreparedActs};
+use std::cell::RefCell;
+
+use crate::quant::{self, DecodedRow, PreparedActs};
 use crate::tensor::QMatrix;
+
+/// Tokens from which a product decodes each weight row once and runs the tile kernels (below
+/// it, the per-token dot products, which unpack the bits in registers, are as fast).
+const GEMM_MIN_TOKENS: usize = 2;
+
+/// Tokens per [`quant::gemm_row`] call (a stack buffer of results per row).
+const GEMM_CHUNK: usize = 64;
+
+thread_local! {
+    /// Each thread's decoded-row buffer: sized on first use, then reused (no allocation per
+    /// token or per call).
+    static DECODED: RefCell<DecodedRow> = RefCell::new(DecodedRow::new());
+}
 
 /// The CPU worker threads. Natively a dedicated rayon pool (none for one thread, so decode pays
 /// no synchronisation); in wasm always the calling thread.
@@ -71,8 +87,12 @@ pub fn matmul(w: &QMatrix, acts: &[PreparedActs], out: &mut [f32], threads: &Cpu
     let n_tokens = acts.len();
     assert_eq!(out.len(), n_tokens * rows, "matmul output length");
     let ptr = OutPtr(out.as_mut_ptr());
+    let gemm = n_tokens >= GEMM_MIN_TOKENS && DecodedRow::supports(w.dtype);
     let work = move |r0: usize, r1: usize| {
         let p = ptr;
+        if gemm && DECODED.with(|d| gemm_rows(w, acts, r0, r1, &mut d.borrow_mut(), p)) {
+            return;
+        }
         for r in r0..r1 {
             let row = w.row(r);
             for (t, a) in acts.iter().enumerate() {
@@ -102,4 +122,34 @@ pub fn matmul(w: &QMatrix, acts: &[PreparedActs], out: &mut [f32], threads: &Cpu
     }
     let _ = threads;
     work(0, rows);
+}
+
+/// Rows `r0..r1` of [`matmul`] through the tile kernels; `false` (nothing written) when the
+/// activations do not match the decoded rows.
+fn gemm_rows(
+    w: &QMatrix,
+    acts: &[PreparedActs],
+    r0: usize,
+    r1: usize,
+    dec: &mut DecodedRow,
+    p: OutPtr,
+) -> bool {
+    let rows = w.rows;
+    let mut buf = [0f32; GEMM_CHUNK];
+    for r in r0..r1 {
+        dec.decode(w.dtype, w.row(r), w.cols);
+        for (c, chunk) in acts.chunks(GEMM_CHUNK).enumerate() {
+            let out = &mut buf[..chunk.len()];
+            if !quant::gemm_row(dec, chunk, out) {
+                debug_assert!(r == r0 && c == 0, "activations changed format mid-product");
+                return false;
+            }
+            for (i, &v) in out.iter().enumerate() {
+                let t = c * GEMM_CHUNK + i;
+                // SAFETY: t * rows + r < out.len() and (t, r) pairs are disjoint across workers.
+                unsafe { *p.0.add(t * rows + r) = v };
+            }
+        }
+    }
+    true
 }
