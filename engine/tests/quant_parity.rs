@@ -280,145 +280,67 @@ parity_tests! {
     parity_q6_k => Q6K,
 }
 
-/// A decoded row reproduces the reference dequantization: per element within f32 rounding of
-/// the two terms it is made of (`d·sc·u` and the offset), which may cancel.
-const DECODE_REL_TOL: f64 = 4.0 * f32::EPSILON as f64;
-
-/// Prefill products ([`quant::gemm_row`], its SIMD tiles and its scalar reference) against the
-/// per-token portable dot products: the same integer sums, so only f32 rounding differs,
-/// relative to `Σ |w_i| (|x_i| + step_i)` as for [`FAST_VS_PORTABLE_REL_TOL`].
-const GEMM_VS_DOT_REL_TOL: f64 = 1e-5;
-
-/// Magnitude of the terms element `i` of a decoded row is computed from.
-fn decoded_term(dec: &quant::DecodedRow, i: usize) -> f64 {
-    use quant::DecodedKind;
-    match dec.kind {
-        DecodedKind::F32 => dec.f[i].abs() as f64,
-        DecodedKind::Legacy | DecodedKind::LegacySigned => {
-            let b = i / 32;
-            let u = if dec.kind == DecodedKind::LegacySigned {
-                dec.codes[i] as i8 as f64
-            } else {
-                dec.codes[i] as f64
-            };
-            (dec.d[b] as f64 * u).abs() + (dec.off[b] as f64).abs()
-        }
-        DecodedKind::K => {
-            let (s, g) = (i / 256, (i % 256) / 16);
-            let sc = dec.sc[8 * s + g / 2][8 * (g % 2)] as f64;
-            (dec.d[s] as f64 * sc * dec.codes[i] as f64).abs()
-                + (dec.off[s] as f64 * dec.mn[s][g] as f64).abs()
-        }
-        DecodedKind::None => f64::NAN,
-    }
-}
-
-fn check_gemm(t: GgmlDType) {
+/// [`quant::vec_dot_tile`] (the prefill product: each block unpacked once per tile of tokens)
+/// against [`quant::vec_dot`] token by token: equal bit for bit, for tiles of every size and a
+/// remainder, so a prompt gives the same logits however it is split into batches. The
+/// single-token kernels themselves are checked against the scalar reference above.
+fn check_tile(t: GgmlDType) {
     let mut rng = Rng(0x6E33 ^ t.ggml_id() as u64);
-    let mut dec = quant::DecodedRow::new();
     let mut checked = 0;
     for &n in lengths(t) {
         let buf = random_row(&mut rng, t, n);
         let row: &[u8] = bytemuck::cast_slice(&buf);
-        // 1. Decoding: the decoded form's own values equal the reference dequantization.
-        dec.decode(t, row, n);
-        assert_ne!(dec.kind, quant::DecodedKind::None, "{t}: no decoder");
-        let mut w = vec![0f32; n];
-        quant::dequantize_row(t, row, &mut w).unwrap();
-        let mut wd = vec![0f32; n];
-        dec.dequantize(&mut wd);
-        for i in 0..n {
-            let tol = DECODE_REL_TOL * decoded_term(&dec, i);
-            let err = (wd[i] as f64 - w[i] as f64).abs();
-            assert!(
-                err <= tol,
-                "{t} n={n} element {i}: decoded {} vs reference {} (tol {tol:.3e})",
-                wd[i],
-                w[i]
-            );
-        }
-        // 2. Products for tiles of every size and a remainder, every distribution.
         for n_tok in [1usize, 2, 3, 4, 5, 7, 9] {
             let dists = [Dist::Normal, Dist::Outliers, Dist::SparseZeros, Dist::Large];
             let acts: Vec<PreparedActs> = (0..n_tok)
                 .map(|k| {
-                    let x = random_x(&mut rng, n, dists[k % 4]);
                     let mut a = PreparedActs::new();
-                    a.prepare(t, &x);
+                    a.prepare(t, &random_x(&mut rng, n, dists[k % 4]));
                     a
                 })
                 .collect();
-            let mut fast = vec![0f32; n_tok];
-            let mut scalar = vec![0f32; n_tok];
-            assert!(
-                quant::gemm_row(&dec, &acts, &mut fast),
-                "{t}: gemm_row refused"
-            );
-            assert!(quant::gemm_row_portable(&dec, &acts, &mut scalar));
+            let mut tile = vec![f32::NAN; n_tok];
+            quant::vec_dot_tile(t, row, &acts, &mut tile);
             for (k, a) in acts.iter().enumerate() {
-                let dot = quant::vec_dot_portable(t, row, a) as f64;
-                let x = a.x();
-                let abs_sum: f64 = w.iter().zip(x).map(|(a, b)| (a * b).abs() as f64).sum();
-                let tol = GEMM_VS_DOT_REL_TOL * (abs_sum + step_sum(t, &w, x));
-                let ctx = format!(
-                    "{t} n={n} tokens={n_tok} token {k}: dot {dot}, gemm scalar {}, gemm {}({})",
-                    scalar[k],
-                    quant::fast_path(),
-                    fast[k]
-                );
-                assert!(
-                    (scalar[k] as f64 - dot).abs() <= tol,
-                    "{ctx}: scalar off by more than {tol:.3e}"
-                );
-                assert!(
-                    (fast[k] as f64 - dot).abs() <= tol,
-                    "{ctx}: fast off by more than {tol:.3e}"
+                let one = quant::vec_dot(t, row, a);
+                assert_eq!(
+                    tile[k].to_bits(),
+                    one.to_bits(),
+                    "{t} n={n} tokens={n_tok} token {k}: tile {} vs vec_dot {one} ({})",
+                    tile[k],
+                    quant::fast_path()
                 );
                 checked += 1;
             }
         }
     }
-    // 3. Activations prepared for another format are refused, not misread.
-    let n = lengths(t)[0];
-    let buf = random_row(&mut rng, t, n);
-    dec.decode(t, bytemuck::cast_slice(&buf), n);
-    let other = if t.is_quantized() {
-        GgmlDType::F32
-    } else {
-        GgmlDType::Q8_0
-    };
-    let mut a = PreparedActs::new();
-    a.prepare(other, &random_x(&mut rng, n, Dist::Normal));
-    let mut out = [7f32];
-    assert!(!quant::gemm_row(&dec, std::slice::from_ref(&a), &mut out));
-    assert_eq!(out[0], 7.0);
     assert!(checked > 0);
 }
 
-macro_rules! gemm_tests {
+macro_rules! tile_tests {
     ($($name:ident => $t:ident),* $(,)?) => {$(
         #[cfg_attr(not(target_arch = "wasm32"), test)]
         #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test)]
         fn $name() {
-            check_gemm(GgmlDType::$t);
+            check_tile(GgmlDType::$t);
         }
     )*};
 }
 
-gemm_tests! {
-    gemm_f32 => F32,
-    gemm_f16 => F16,
-    gemm_bf16 => BF16,
-    gemm_q4_0 => Q4_0,
-    gemm_q4_1 => Q4_1,
-    gemm_q5_0 => Q5_0,
-    gemm_q5_1 => Q5_1,
-    gemm_q8_0 => Q8_0,
-    gemm_q2_k => Q2K,
-    gemm_q3_k => Q3K,
-    gemm_q4_k => Q4K,
-    gemm_q5_k => Q5K,
-    gemm_q6_k => Q6K,
+tile_tests! {
+    tile_f32 => F32,
+    tile_f16 => F16,
+    tile_bf16 => BF16,
+    tile_q4_0 => Q4_0,
+    tile_q4_1 => Q4_1,
+    tile_q5_0 => Q5_0,
+    tile_q5_1 => Q5_1,
+    tile_q8_0 => Q8_0,
+    tile_q2_k => Q2K,
+    tile_q3_k => Q3K,
+    tile_q4_k => Q4K,
+    tile_q5_k => Q5K,
+    tile_q6_k => Q6K,
 }
 
 /// Edge values: Q8_0 weights of -128 against activations of ±max (the i16 pair-sum limit of

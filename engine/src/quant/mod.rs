@@ -12,27 +12,19 @@
 
 mod acts;
 pub mod blocks;
-mod decoded;
 pub mod dtype;
-mod gemm;
 mod reference;
 mod scalar;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128;
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-mod simd128_gemm;
 #[cfg(target_arch = "x86_64")]
 mod x86;
-#[cfg(target_arch = "x86_64")]
-mod x86_gemm;
 
 pub use blocks::{
     ActBlockQ8, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
     BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
-pub use decoded::{DecodedKind, DecodedRow};
 pub use dtype::{ggml_type_name, GgmlDType, QK, QK_K};
-pub use gemm::TILE;
 
 use crate::error::Result;
 
@@ -53,6 +45,9 @@ pub fn dequantize_row(dtype: GgmlDType, src: &[u8], dst: &mut [f32]) -> Result<(
 pub fn vec_dot_ref(dtype: GgmlDType, row: &[u8], x: &[f32]) -> f32 {
     reference::vec_dot_ref(dtype, row, x)
 }
+
+/// Tokens per tile of [`vec_dot_tile`].
+pub const TILE: usize = 4;
 
 /// How activations are stored for the dot products against one weight dtype. Weight dtypes with
 /// the same format can share one [`PreparedActs`].
@@ -277,49 +272,42 @@ pub fn vec_dot(dtype: GgmlDType, row: &[u8], acts: &PreparedActs) -> f32 {
     portable(dtype, row, acts)
 }
 
-/// Prefill product of one weight row with many tokens: `out[t] = Σ_i w_i x_t,i` for the row
-/// `dec` (decoded once with [`DecodedRow::decode`]) and the activations `acts[t]` prepared for
-/// the row's dtype; `out.len() == acts.len()`. Tokens go through the SIMD kernel of this machine
-/// (AVX2 / simd128) in tiles of [`TILE`], reusing each loaded piece of weight codes for the
-/// whole tile. Same integer sums as [`vec_dot`], so results agree with it to f32 rounding.
+/// Dot products of one weight row with several tokens (prefill): `out[t] = vec_dot(dtype, row,
+/// &acts[t])` for every `t`, bit for bit, so results never depend on how a prompt is split
+/// into batches. Where this machine has a tile kernel (AVX2, simd128) tokens go in tiles of
+/// [`TILE`]:
+/// each weight block is unpacked once, in registers, and applied to every token of the tile.
 ///
-/// Returns `false` (and leaves `out` untouched) when `dec` holds nothing or an activation does
-/// not match it in length or format; the caller then uses [`vec_dot`].
-pub fn gemm_row(dec: &DecodedRow, acts: &[PreparedActs], out: &mut [f32]) -> bool {
-    assert_eq!(out.len(), acts.len(), "gemm_row output length");
-    if !gemm::compatible(dec, acts) {
-        return false;
-    }
+/// Panics when `out.len() != acts.len()` or a row does not hold `acts[t].len` elements of
+/// `dtype` (as [`vec_dot`]).
+pub fn vec_dot_tile(dtype: GgmlDType, row: &[u8], acts: &[PreparedActs], out: &mut [f32]) {
+    assert_eq!(out.len(), acts.len(), "vec_dot_tile output length");
     #[cfg(target_arch = "x86_64")]
-    if x86::available() {
+    if x86::available() && acts.iter().all(|a| check(dtype, row, a)) {
         for (a, o) in acts.chunks(TILE).zip(out.chunks_mut(TILE)) {
-            // SAFETY: AVX2, FMA and F16C were detected at run time.
-            unsafe { x86_gemm::gemm_tile(dec, a, o) };
+            // SAFETY: AVX2, FMA and F16C were detected at run time; arguments were checked.
+            if !unsafe { x86::vec_dot_tile(dtype, row, a, o) } {
+                for (a, o) in a.iter().zip(o.iter_mut()) {
+                    *o = vec_dot(dtype, row, a);
+                }
+            }
         }
-        return true;
+        return;
     }
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    {
+    if acts.iter().all(|a| check(dtype, row, a)) {
         for (a, o) in acts.chunks(TILE).zip(out.chunks_mut(TILE)) {
-            simd128_gemm::gemm_tile(dec, a, o);
+            if !simd128::vec_dot_tile(dtype, row, a, o) {
+                for (a, o) in a.iter().zip(o.iter_mut()) {
+                    *o = vec_dot(dtype, row, a);
+                }
+            }
         }
-        return true;
+        return;
     }
-    #[allow(unreachable_code)]
-    {
-        gemm::gemm_row_scalar(dec, acts, out);
-        true
+    for (a, o) in acts.iter().zip(out.iter_mut()) {
+        *o = vec_dot(dtype, row, a);
     }
-}
-
-/// The scalar reference of [`gemm_row`] (the oracle for its SIMD tiles). Same contract.
-pub fn gemm_row_portable(dec: &DecodedRow, acts: &[PreparedActs], out: &mut [f32]) -> bool {
-    assert_eq!(out.len(), acts.len(), "gemm_row output length");
-    if !gemm::compatible(dec, acts) {
-        return false;
-    }
-    gemm::gemm_row_scalar(dec, acts, out);
-    true
 }
 
 /// The portable integer path of [`vec_dot`], callable on any machine (the oracle for the SIMD

@@ -1,32 +1,22 @@
 //! Quantized matrix products on the CPU: weights stay in GGUF block layout, activations are
 //! quantized once per token ([`PreparedActs`]) and each weight row is streamed once per batch.
-//! With several tokens (prefill) each row is decoded once ([`DecodedRow`]) and applied to all
-//! of them by the tile kernels of [`quant::gemm_row`]; one token (decode) uses [`quant::vec_dot`].
+//! With several tokens (prefill) each weight block is unpacked once per tile of tokens
+//! ([`quant::vec_dot_tile`]), with results identical to the one-token [`quant::vec_dot`].
 
-use std::cell::RefCell;
-
-use crate::quant::{self, DecodedRow, PreparedActs};
+#[cfg(not(target_arch = "wasm32"))]
+use super::pool::Pool;
+use crate::quant::{self, PreparedActs};
 use crate::tensor::QMatrix;
 
-/// Tokens from which a product decodes each weight row once and runs the tile kernels (below
-/// it, the per-token dot products, which unpack the bits in registers, are as fast).
-const GEMM_MIN_TOKENS: usize = 2;
+/// Tokens per [`quant::vec_dot_tile`] call (a stack buffer of results per row).
+const TILE_CHUNK: usize = 64;
 
-/// Tokens per [`quant::gemm_row`] call (a stack buffer of results per row).
-const GEMM_CHUNK: usize = 64;
-
-thread_local! {
-    /// Each thread's decoded-row buffer: sized on first use, then reused (no allocation per
-    /// token or per call).
-    static DECODED: RefCell<DecodedRow> = RefCell::new(DecodedRow::new());
-}
-
-/// The CPU worker threads. Natively a dedicated rayon pool (none for one thread, so decode pays
-/// no synchronisation); in wasm always the calling thread.
+/// The CPU worker threads. Natively a [`Pool`] of spinning workers (none for one thread, so
+/// decode pays no synchronisation); in wasm always the calling thread.
 pub struct CpuThreads {
     n: usize,
     #[cfg(not(target_arch = "wasm32"))]
-    pool: Option<rayon::ThreadPool>,
+    pool: Option<Pool>,
 }
 
 impl std::fmt::Debug for CpuThreads {
@@ -47,12 +37,8 @@ impl CpuThreads {
             } else {
                 n
             };
-            let pool = if n > 1 {
-                rayon::ThreadPoolBuilder::new().num_threads(n).build().ok()
-            } else {
-                None
-            };
-            let n = if pool.is_some() { n } else { 1 };
+            let pool = if n > 1 { Pool::new(n) } else { None };
+            let n = pool.as_ref().map_or(1, Pool::threads);
             Self { n, pool }
         }
         #[cfg(target_arch = "wasm32")]
@@ -68,10 +54,11 @@ impl CpuThreads {
     }
 }
 
-/// Weight bytes × tokens below which a product runs on the calling thread: waking the pool
-/// costs more than it saves on small matrices (measured on SmolLM2-135M decode, 2 cores).
+/// Weight bytes × tokens below which a product runs on the calling thread: handing a job to
+/// the spinning workers costs ~1 µs, a 64 KiB product ~10 µs (measured on SmolLM2-135M
+/// decode, 2 cores: its smallest matrices, k and v, are 69 KB).
 #[cfg(not(target_arch = "wasm32"))]
-const PARALLEL_MIN_BYTES: usize = 1 << 20;
+const PARALLEL_MIN_BYTES: usize = 64 << 10;
 
 /// Raw output pointer shared by workers that write disjoint elements.
 #[derive(Clone, Copy)]
@@ -87,18 +74,25 @@ pub fn matmul(w: &QMatrix, acts: &[PreparedActs], out: &mut [f32], threads: &Cpu
     let n_tokens = acts.len();
     assert_eq!(out.len(), n_tokens * rows, "matmul output length");
     let ptr = OutPtr(out.as_mut_ptr());
-    let gemm = n_tokens >= GEMM_MIN_TOKENS && DecodedRow::supports(w.dtype);
     let work = move |r0: usize, r1: usize| {
         let p = ptr;
-        if gemm && DECODED.with(|d| gemm_rows(w, acts, r0, r1, &mut d.borrow_mut(), p)) {
-            return;
-        }
+        let mut buf = [0f32; TILE_CHUNK];
         for r in r0..r1 {
             let row = w.row(r);
-            for (t, a) in acts.iter().enumerate() {
-                let v = quant::vec_dot(w.dtype, row, a);
-                // SAFETY: t * rows + r < out.len() and (t, r) pairs are disjoint across workers.
-                unsafe { *p.0.add(t * rows + r) = v };
+            if n_tokens == 1 {
+                // SAFETY: r < out.len() and rows are disjoint across workers.
+                unsafe { *p.0.add(r) = quant::vec_dot(w.dtype, row, &acts[0]) };
+                continue;
+            }
+            for (c, chunk) in acts.chunks(TILE_CHUNK).enumerate() {
+                let o = &mut buf[..chunk.len()];
+                quant::vec_dot_tile(w.dtype, row, chunk, o);
+                for (i, &v) in o.iter().enumerate() {
+                    let t = c * TILE_CHUNK + i;
+                    // SAFETY: t * rows + r < out.len() and (t, r) pairs are disjoint across
+                    // workers.
+                    unsafe { *p.0.add(t * rows + r) = v };
+                }
             }
         }
     };
@@ -108,48 +102,14 @@ pub fn matmul(w: &QMatrix, acts: &[PreparedActs], out: &mut [f32], threads: &Cpu
         .as_ref()
         .filter(|_| rows * w.row_bytes * n_tokens >= PARALLEL_MIN_BYTES)
     {
-        use rayon::prelude::*;
-        // Several chunks per thread balance uneven cores; multiples of 8 rows keep cache lines
-        // of `out` mostly owned by one worker. Range iterators split by `join`, whose jobs live
-        // on the stack: no heap allocation per call.
+        // Several chunks per thread balance uneven cores (a busy machine); multiples of 8 rows
+        // keep cache lines of `out` mostly owned by one worker.
         let chunk = (rows / (threads.n * 4)).max(8).next_multiple_of(8);
-        pool.install(|| {
-            (0..rows.div_ceil(chunk))
-                .into_par_iter()
-                .for_each(|c| work(c * chunk, ((c + 1) * chunk).min(rows)));
+        pool.run(rows.div_ceil(chunk), &|c| {
+            work(c * chunk, ((c + 1) * chunk).min(rows))
         });
         return;
     }
     let _ = threads;
     work(0, rows);
-}
-
-/// Rows `r0..r1` of [`matmul`] through the tile kernels; `false` (nothing written) when the
-/// activations do not match the decoded rows.
-fn gemm_rows(
-    w: &QMatrix,
-    acts: &[PreparedActs],
-    r0: usize,
-    r1: usize,
-    dec: &mut DecodedRow,
-    p: OutPtr,
-) -> bool {
-    let rows = w.rows;
-    let mut buf = [0f32; GEMM_CHUNK];
-    for r in r0..r1 {
-        dec.decode(w.dtype, w.row(r), w.cols);
-        for (c, chunk) in acts.chunks(GEMM_CHUNK).enumerate() {
-            let out = &mut buf[..chunk.len()];
-            if !quant::gemm_row(dec, chunk, out) {
-                debug_assert!(r == r0 && c == 0, "activations changed format mid-product");
-                return false;
-            }
-            for (i, &v) in out.iter().enumerate() {
-                let t = c * GEMM_CHUNK + i;
-                // SAFETY: t * rows + r < out.len() and (t, r) pairs are disjoint across workers.
-                unsafe { *p.0.add(t * rows + r) = v };
-            }
-        }
-    }
-    true
 }
