@@ -93,6 +93,9 @@ pub struct PreparedActs {
     format: Option<ActFormat>,
     x: Vec<f32>,
     q8: Vec<ActBlockQ8>,
+    /// `q8[b].d` and `q8[b].s` as arrays, so a kernel loads 8 blocks' scales at once.
+    q8_d: Vec<f32>,
+    q8_s: Vec<f32>,
     q8k: Vec<BlockQ8K>,
 }
 
@@ -113,6 +116,10 @@ impl PreparedActs {
             Some(ActFormat::Q8) if x.len() % QK == 0 => {
                 self.q8.resize(x.len() / QK, bytemuck::Zeroable::zeroed());
                 acts::quantize_q8(x, &mut self.q8);
+                self.q8_d.clear();
+                self.q8_d.extend(self.q8.iter().map(|b| b.d));
+                self.q8_s.clear();
+                self.q8_s.extend(self.q8.iter().map(|b| b.s));
                 format
             }
             Some(ActFormat::Q8K) if x.len() % QK_K == 0 => {

@@ -81,6 +81,21 @@ pub(crate) unsafe fn vec_dot_tile(
             out.copy_from_slice(&r);
         }};
     }
+    macro_rules! legacy {
+        ($f:ident) => {
+            match acts.len() {
+                1 => legacy!(@n 1, $f),
+                2 => legacy!(@n 2, $f),
+                3 => legacy!(@n 3, $f),
+                4 => legacy!(@n 4, $f),
+                n => unreachable!("tile of {n} tokens"),
+            }
+        };
+        (@n $n:literal, $f:ident) => {{
+            let r: [f32; $n] = $f::<$n>(super::row_blocks(row), std::array::from_fn(|t| &acts[t]));
+            out.copy_from_slice(&r);
+        }};
+    }
     match dtype {
         GgmlDType::F32 | GgmlDType::BF16 => {
             for (o, a) in out.iter_mut().zip(acts) {
@@ -98,11 +113,11 @@ pub(crate) unsafe fn vec_dot_tile(
             4 => out.copy_from_slice(&dot_f16::<4>(row, std::array::from_fn(|t| &acts[t].x[..]))),
             n => unreachable!("tile of {n} tokens"),
         },
-        GgmlDType::Q4_0 => tile!(dot_q4_0, q8),
-        GgmlDType::Q4_1 => tile!(dot_q4_1, q8),
-        GgmlDType::Q5_0 => tile!(dot_q5_0, q8),
-        GgmlDType::Q5_1 => tile!(dot_q5_1, q8),
-        GgmlDType::Q8_0 => tile!(dot_q8_0, q8),
+        GgmlDType::Q4_0 => legacy!(dot_q4_0),
+        GgmlDType::Q4_1 => legacy!(dot_q4_1),
+        GgmlDType::Q5_0 => legacy!(dot_q5_0),
+        GgmlDType::Q5_1 => legacy!(dot_q5_1),
+        GgmlDType::Q8_0 => legacy!(dot_q8_0),
         GgmlDType::Q2K => tile!(dot_q2k, q8k),
         GgmlDType::Q3K => tile!(dot_q3k, q8k),
         GgmlDType::Q4K => tile!(dot_q4k, q8k),
@@ -294,74 +309,95 @@ unsafe fn dot_bf16(row: &[u8], x: &[f32]) -> f32 {
 // Legacy 32-element blocks. Every kernel computes per block `d dy Σ u·qy + off · s` where `u` is
 // the unsigned weight code and `off` its offset (`m`, `-8 d`, `-16 d`); `s = dy Σ qy`.
 
-// `h2f_pair` and `legacy_dot!` read adjacent fields as one.
-const _: () = {
-    use std::mem::offset_of;
-    assert!(offset_of!(BlockQ4_1, d) == 0 && offset_of!(BlockQ4_1, m) == 2);
-    assert!(offset_of!(BlockQ5_1, d) == 0 && offset_of!(BlockQ5_1, m) == 2);
-    assert!(offset_of!(ActBlockQ8, d) == 0 && offset_of!(ActBlockQ8, s) == 4);
-};
-
-/// `[d, m, 0, 0]` from the two f16 at the start of a Q4_1 / Q5_1 block (`d`, `m` adjacent).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn h2f_pair<B>(block: &B) -> __m128 {
-    let bits = (block as *const B).cast::<i32>().read_unaligned();
-    _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
-}
-
-/// `[d, k·d, 0, 0]` for the symmetric types (`off = -8 d` or `-16 d`).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn h2f_with_offset(d: f16, k: f32) -> __m128 {
-    let d = _mm_cvtph_ps(_mm_cvtsi32_si128(d.to_bits() as i32));
-    _mm_mul_ps(_mm_moveldup_ps(d), _mm_setr_ps(1.0, k, 0.0, 0.0))
-}
-
-/// Shared block loop over `N` tokens. `$codes` (an expression in `$b`, the weight block) gives
-/// the 32 unsigned codes, `$d_off` the vector `[d, off, _, _]`, both computed once per block;
-/// per token one multiply by `[dy, s, _, _]` (adjacent in [`ActBlockQ8`]) yields both the block
-/// scale and the offset term. Two blocks per iteration keep two FMA chains in flight per token.
-/// A macro rather than a closure-taking function so that everything inlines into the
-/// `#[target_feature]` kernel.
+/// Shared block loop over `N` tokens, 8 blocks at a time. `$codes` (an expression in `$b`, the
+/// weight block) gives the 32 codes, unpacked once per block for all tokens. Per token the 8
+/// blocks' i32 sums are reduced by a `vphaddd` tree into one vector (lane j = block j), so the
+/// scales `d_w · d_y` and the offsets `off · s` of 8 blocks take one multiply and two FMAs
+/// (as llama.cpp's repacked ×8 kernels apply 8 scales at once). `$d` / `$m` give a block's f16
+/// scale and minimum bits, `$off` the offset vector from the scale vector `dv` and minimum
+/// vector `mv` (`None` for Q8_0). `$signed`: codes are signed (Q8_0; sign trick). A macro so
+/// that everything inlines into the `#[target_feature]` kernel.
 macro_rules! legacy_dot {
-    ($w:expr, $a:expr, |$b:ident| $codes:expr, $d_off:expr) => {{
-        let (w, a) = ($w, $a);
+    ($w:expr, $a:expr, $signed:expr, |$b:ident| $codes:expr, $d:expr, $m:expr,
+     |$dv:ident, $mv:ident| $off:expr) => {{
+        let (w, a): (_, [&PreparedActs; N]) = ($w, $a);
         let nb = w.len();
         for y in a {
-            assert_eq!(y.len(), nb, "activation blocks");
+            assert!(y.q8.len() == nb && y.q8_d.len() == nb && y.q8_s.len() == nb);
         }
-        let mut acc = [[_mm256_setzero_ps(); 2]; N];
-        let mut off = [[_mm_setzero_ps(); 2]; N];
-        macro_rules! step {
-            ($i:expr, $k:expr) => {{
-                let $b = w.get_unchecked($i);
-                let codes = $codes;
-                let d_off = $d_off;
-                for t in 0..N {
-                    let y: &ActBlockQ8 = a[t].get_unchecked($i);
-                    let p = _mm256_cvtepi32_ps(dot_u8_i8(codes, load256(y.qs.as_ptr())));
-                    let dy_s = _mm_castpd_ps(_mm_load_sd((y as *const ActBlockQ8).cast::<f64>()));
-                    let ds = _mm_mul_ps(d_off, dy_s);
-                    acc[t][$k] = _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), p, acc[t][$k]);
-                    off[t][$k] = _mm_add_ps(off[t][$k], ds);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut g0 = 0;
+        while g0 < nb {
+            let cnt = (nb - g0).min(8);
+            let mut half = [[_mm256_setzero_si256(); 4]; N];
+            let mut prev = [_mm256_setzero_si256(); N];
+            let mut dbits = [0u16; 8];
+            let mut mbits = [0u16; 8];
+            for j in 0..8 {
+                if j < cnt {
+                    let $b = w.get_unchecked(g0 + j);
+                    dbits[j] = $d;
+                    mbits[j] = $m;
+                    let codes: __m256i = $codes;
+                    let abs = if $signed {
+                        _mm256_sign_epi8(codes, codes)
+                    } else {
+                        codes
+                    };
+                    for t in 0..N {
+                        let mut yq = load256(a[t].q8.get_unchecked(g0 + j).qs.as_ptr());
+                        if $signed {
+                            yq = _mm256_sign_epi8(yq, codes);
+                        }
+                        let v = dot_u8_i8(abs, yq);
+                        if j % 2 == 0 {
+                            prev[t] = v;
+                        } else {
+                            half[t][j / 2] = _mm256_hadd_epi32(prev[t], v);
+                        }
+                    }
+                } else {
+                    for t in 0..N {
+                        if j % 2 == 0 {
+                            prev[t] = _mm256_setzero_si256();
+                        } else {
+                            half[t][j / 2] = _mm256_hadd_epi32(prev[t], _mm256_setzero_si256());
+                        }
+                    }
                 }
-            }};
-        }
-        let mut i = 0;
-        while i + 2 <= nb {
-            step!(i, 0);
-            step!(i + 1, 1);
-            i += 2;
-        }
-        if i < nb {
-            step!(i, 0);
+            }
+            let $dv = _mm256_cvtph_ps(_mm_loadu_si128(dbits.as_ptr().cast()));
+            let $mv = _mm256_cvtph_ps(_mm_loadu_si128(mbits.as_ptr().cast()));
+            let off: Option<__m256> = $off;
+            for t in 0..N {
+                let q0 = _mm256_hadd_epi32(half[t][0], half[t][1]);
+                let q1 = _mm256_hadd_epi32(half[t][2], half[t][3]);
+                let sum = _mm256_add_epi32(
+                    _mm256_permute2x128_si256(q0, q1, 0x20),
+                    _mm256_permute2x128_si256(q0, q1, 0x31),
+                );
+                let (dy, sy) = if cnt == 8 {
+                    (
+                        _mm256_loadu_ps(a[t].q8_d.as_ptr().add(g0)),
+                        _mm256_loadu_ps(a[t].q8_s.as_ptr().add(g0)),
+                    )
+                } else {
+                    let (mut d8, mut s8) = ([0f32; 8], [0f32; 8]);
+                    d8[..cnt].copy_from_slice(&a[t].q8_d[g0..g0 + cnt]);
+                    s8[..cnt].copy_from_slice(&a[t].q8_s[g0..g0 + cnt]);
+                    (_mm256_loadu_ps(d8.as_ptr()), _mm256_loadu_ps(s8.as_ptr()))
+                };
+                let scale = _mm256_mul_ps($dv, dy);
+                acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), acc[t]);
+                if let Some(o) = off {
+                    acc[t] = _mm256_fmadd_ps(o, sy, acc[t]);
+                }
+            }
+            g0 += 8;
         }
         let mut out = [0f32; N];
         for t in 0..N {
-            let o = _mm_add_ps(off[t][0], off[t][1]);
-            out[t] =
-                hsum_ps(_mm256_add_ps(acc[t][0], acc[t][1])) + _mm_cvtss_f32(_mm_movehdup_ps(o));
+            out[t] = hsum_ps(acc[t]);
         }
         out
     }};
@@ -369,14 +405,30 @@ macro_rules! legacy_dot {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q4_0<const N: usize>(w: &[BlockQ4_0], a: [&[ActBlockQ8]; N]) -> [f32; N] {
-    legacy_dot!(w, a, |b| nibbles32(&b.qs), h2f_with_offset(b.d, -8.0))
+unsafe fn dot_q4_0<const N: usize>(w: &[BlockQ4_0], a: [&PreparedActs; N]) -> [f32; N] {
+    legacy_dot!(
+        w,
+        a,
+        false,
+        |b| nibbles32(&b.qs),
+        b.d.to_bits(),
+        0,
+        |dv, _mv| Some(_mm256_mul_ps(dv, _mm256_set1_ps(-8.0)))
+    )
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q4_1<const N: usize>(w: &[BlockQ4_1], a: [&[ActBlockQ8]; N]) -> [f32; N] {
-    legacy_dot!(w, a, |b| nibbles32(&b.qs), h2f_pair(b))
+unsafe fn dot_q4_1<const N: usize>(w: &[BlockQ4_1], a: [&PreparedActs; N]) -> [f32; N] {
+    legacy_dot!(
+        w,
+        a,
+        false,
+        |b| nibbles32(&b.qs),
+        b.d.to_bits(),
+        b.m.to_bits(),
+        |_dv, mv| Some(mv)
+    )
 }
 
 #[inline]
@@ -391,54 +443,45 @@ unsafe fn q5_codes(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q5_0<const N: usize>(w: &[BlockQ5_0], a: [&[ActBlockQ8]; N]) -> [f32; N] {
-    legacy_dot!(w, a, |b| q5_codes(&b.qs, b.qh), h2f_with_offset(b.d, -16.0))
+unsafe fn dot_q5_0<const N: usize>(w: &[BlockQ5_0], a: [&PreparedActs; N]) -> [f32; N] {
+    legacy_dot!(
+        w,
+        a,
+        false,
+        |b| q5_codes(&b.qs, b.qh),
+        b.d.to_bits(),
+        0,
+        |dv, _mv| Some(_mm256_mul_ps(dv, _mm256_set1_ps(-16.0)))
+    )
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q5_1<const N: usize>(w: &[BlockQ5_1], a: [&[ActBlockQ8]; N]) -> [f32; N] {
-    legacy_dot!(w, a, |b| q5_codes(&b.qs, b.qh), h2f_pair(b))
+unsafe fn dot_q5_1<const N: usize>(w: &[BlockQ5_1], a: [&PreparedActs; N]) -> [f32; N] {
+    legacy_dot!(
+        w,
+        a,
+        false,
+        |b| q5_codes(&b.qs, b.qh),
+        b.d.to_bits(),
+        b.m.to_bits(),
+        |_dv, mv| Some(mv)
+    )
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q8_0<const N: usize>(w: &[BlockQ8_0], a: [&[ActBlockQ8]; N]) -> [f32; N] {
-    let nb = w.len();
-    for y in a {
-        assert_eq!(y.len(), nb, "activation blocks");
-    }
-    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+unsafe fn dot_q8_0<const N: usize>(w: &[BlockQ8_0], a: [&PreparedActs; N]) -> [f32; N] {
     // Signed × signed via |w| × (sign(w) · y); |w| <= 128 and |y| <= 127 keep pairs in i16.
-    macro_rules! step {
-        ($i:expr, $k:expr) => {{
-            let b: &BlockQ8_0 = w.get_unchecked($i);
-            let wq = load256(b.qs.as_ptr());
-            let wa = _mm256_sign_epi8(wq, wq);
-            let d = h2f(b.d);
-            for t in 0..N {
-                let y: &ActBlockQ8 = a[t].get_unchecked($i);
-                let yq = load256(y.qs.as_ptr());
-                let p = dot_u8_i8(wa, _mm256_sign_epi8(yq, wq));
-                let dd = _mm256_set1_ps(d * y.d);
-                acc[t][$k] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(p), acc[t][$k]);
-            }
-        }};
-    }
-    let mut i = 0;
-    while i + 2 <= nb {
-        step!(i, 0);
-        step!(i + 1, 1);
-        i += 2;
-    }
-    if i < nb {
-        step!(i, 0);
-    }
-    let mut out = [0f32; N];
-    for t in 0..N {
-        out[t] = hsum_ps(_mm256_add_ps(acc[t][0], acc[t][1]));
-    }
-    out
+    legacy_dot!(
+        w,
+        a,
+        true,
+        |b| load256(b.qs.as_ptr()),
+        b.d.to_bits(),
+        0,
+        |_dv, _mv| None
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
