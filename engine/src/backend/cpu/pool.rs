@@ -184,7 +184,7 @@ fn worker(s: &Shared, w: usize) {
                 break;
             }
             k = k.wrapping_add(1);
-            if k % 1024 != 0 || start.elapsed() < SPIN {
+            if !k.is_multiple_of(1024) || start.elapsed() < SPIN {
                 std::hint::spin_loop();
                 continue;
             }
