@@ -309,7 +309,80 @@ unsafe fn dot_bf16(row: &[u8], x: &[f32]) -> f32 {
 // Legacy 32-element blocks. Every kernel computes per block `d dy Σ u·qy + off · s` where `u` is
 // the unsigned weight code and `off` its offset (`m`, `-8 d`, `-16 d`); `s = dy Σ qy`.
 
-/// Shared block loop over `N` tokens, 8 blocks at a time. `$codes` (an expression in `$b`, the
+// `h2f_pair` and `legacy_dot_blocks!` read adjacent fields as one.
+const _: () = {
+    use std::mem::offset_of;
+    assert!(offset_of!(BlockQ4_1, d) == 0 && offset_of!(BlockQ4_1, m) == 2);
+    assert!(offset_of!(BlockQ5_1, d) == 0 && offset_of!(BlockQ5_1, m) == 2);
+    assert!(offset_of!(ActBlockQ8, d) == 0 && offset_of!(ActBlockQ8, s) == 4);
+};
+
+/// `[d, m, 0, 0]` from the two f16 at the start of a Q4_1 / Q5_1 block (`d`, `m` adjacent).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn h2f_pair<B>(block: &B) -> __m128 {
+    let bits = (block as *const B).cast::<i32>().read_unaligned();
+    _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
+}
+
+/// `[d, k·d, 0, 0]` for the symmetric types (`off = -8 d` or `-16 d`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn h2f_with_offset(d: f16, k: f32) -> __m128 {
+    let d = _mm_cvtph_ps(_mm_cvtsi32_si128(d.to_bits() as i32));
+    _mm_mul_ps(_mm_moveldup_ps(d), _mm_setr_ps(1.0, k, 0.0, 0.0))
+}
+
+/// Block-by-block loop over `N` tokens (rows whose block count is not a multiple of 8). `$codes` (an expression in `$b`, the weight block) gives
+/// the 32 unsigned codes, `$d_off` the vector `[d, off, _, _]`, both computed once per block;
+/// per token one multiply by `[dy, s, _, _]` (adjacent in [`ActBlockQ8`]) yields both the block
+/// scale and the offset term. Two blocks per iteration keep two FMA chains in flight per token.
+/// A macro rather than a closure-taking function so that everything inlines into the
+/// `#[target_feature]` kernel.
+macro_rules! legacy_dot_blocks {
+    ($w:expr, $a:expr, |$b:ident| $codes:expr, $d_off:expr) => {{
+        let (w, a): (_, [&PreparedActs; N]) = ($w, $a);
+        let nb = w.len();
+        for y in a {
+            assert_eq!(y.q8.len(), nb, "activation blocks");
+        }
+        let mut acc = [[_mm256_setzero_ps(); 2]; N];
+        let mut off = [[_mm_setzero_ps(); 2]; N];
+        macro_rules! step {
+            ($i:expr, $k:expr) => {{
+                let $b = w.get_unchecked($i);
+                let codes = $codes;
+                let d_off = $d_off;
+                for t in 0..N {
+                    let y: &ActBlockQ8 = a[t].q8.get_unchecked($i);
+                    let p = _mm256_cvtepi32_ps(dot_u8_i8(codes, load256(y.qs.as_ptr())));
+                    let dy_s = _mm_castpd_ps(_mm_load_sd((y as *const ActBlockQ8).cast::<f64>()));
+                    let ds = _mm_mul_ps(d_off, dy_s);
+                    acc[t][$k] = _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), p, acc[t][$k]);
+                    off[t][$k] = _mm_add_ps(off[t][$k], ds);
+                }
+            }};
+        }
+        let mut i = 0;
+        while i + 2 <= nb {
+            step!(i, 0);
+            step!(i + 1, 1);
+            i += 2;
+        }
+        if i < nb {
+            step!(i, 0);
+        }
+        let mut out = [0f32; N];
+        for t in 0..N {
+            let o = _mm_add_ps(off[t][0], off[t][1]);
+            out[t] =
+                hsum_ps(_mm256_add_ps(acc[t][0], acc[t][1])) + _mm_cvtss_f32(_mm_movehdup_ps(o));
+        }
+        out
+    }};
+}
+
+/// Shared block loop over `N` tokens, 8 blocks at a time (rows of a multiple of 8 blocks). `$codes` (an expression in `$b`, the
 /// weight block) gives the 32 codes, unpacked once per block for all tokens. Per token the 8
 /// blocks' i32 sums are reduced by a `vphaddd` tree into one vector (lane j = block j), so the
 /// scales `d_w · d_y` and the offsets `off · s` of 8 blocks take one multiply and two FMAs
@@ -406,6 +479,11 @@ macro_rules! legacy_dot {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_0<const N: usize>(w: &[BlockQ4_0], a: [&PreparedActs; N]) -> [f32; N] {
+    // Rows of whole groups of 8 blocks take the 8-block reduction; others (e.g. 576 or 640
+    // columns) go block by block, where padding a last partial group would cost more.
+    if !w.len().is_multiple_of(8) {
+        return legacy_dot_blocks!(w, a, |b| nibbles32(&b.qs), h2f_with_offset(b.d, -8.0));
+    }
     legacy_dot!(
         w,
         a,
@@ -420,6 +498,11 @@ unsafe fn dot_q4_0<const N: usize>(w: &[BlockQ4_0], a: [&PreparedActs; N]) -> [f
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_1<const N: usize>(w: &[BlockQ4_1], a: [&PreparedActs; N]) -> [f32; N] {
+    // Rows of whole groups of 8 blocks take the 8-block reduction; others (e.g. 576 or 640
+    // columns) go block by block, where padding a last partial group would cost more.
+    if !w.len().is_multiple_of(8) {
+        return legacy_dot_blocks!(w, a, |b| nibbles32(&b.qs), h2f_pair(b));
+    }
     legacy_dot!(
         w,
         a,
@@ -444,6 +527,11 @@ unsafe fn q5_codes(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5_0<const N: usize>(w: &[BlockQ5_0], a: [&PreparedActs; N]) -> [f32; N] {
+    // Rows of whole groups of 8 blocks take the 8-block reduction; others (e.g. 576 or 640
+    // columns) go block by block, where padding a last partial group would cost more.
+    if !w.len().is_multiple_of(8) {
+        return legacy_dot_blocks!(w, a, |b| q5_codes(&b.qs, b.qh), h2f_with_offset(b.d, -16.0));
+    }
     legacy_dot!(
         w,
         a,
@@ -458,6 +546,11 @@ unsafe fn dot_q5_0<const N: usize>(w: &[BlockQ5_0], a: [&PreparedActs; N]) -> [f
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5_1<const N: usize>(w: &[BlockQ5_1], a: [&PreparedActs; N]) -> [f32; N] {
+    // Rows of whole groups of 8 blocks take the 8-block reduction; others (e.g. 576 or 640
+    // columns) go block by block, where padding a last partial group would cost more.
+    if !w.len().is_multiple_of(8) {
+        return legacy_dot_blocks!(w, a, |b| q5_codes(&b.qs, b.qh), h2f_pair(b));
+    }
     legacy_dot!(
         w,
         a,

@@ -54,11 +54,12 @@ impl CpuThreads {
     }
 }
 
-/// Weight bytes × tokens below which a product runs on the calling thread: handing a job to
-/// the spinning workers costs ~1 µs, a 64 KiB product ~10 µs (measured on SmolLM2-135M
-/// decode, 2 cores: its smallest matrices, k and v, are 69 KB).
-#[cfg(not(target_arch = "wasm32"))]
-const PARALLEL_MIN_BYTES: usize = 64 << 10;
+/// Weight bytes × tokens below which a product runs on the calling thread. With the spinning
+/// pool a job starts within ~1 µs, so on an idle machine far smaller products (64 KiB, all of
+/// SmolLM2's decode) should pay; but on this shared 2-core machine (load 7–13) splitting them
+/// made 2-thread decode 0.6× the 1-thread speed (a worker descheduled inside a job stalls the
+/// step), so decode-sized products stay on one thread until that is measured idle.
+const PARALLEL_MIN_BYTES: usize = 1 << 20;
 
 /// Raw output pointer shared by workers that write disjoint elements.
 #[derive(Clone, Copy)]
