@@ -59,6 +59,7 @@ impl CpuThreads {
 /// SmolLM2's decode) should pay; but on this shared 2-core machine (load 7–13) splitting them
 /// made 2-thread decode 0.6× the 1-thread speed (a worker descheduled inside a job stalls the
 /// step), so decode-sized products stay on one thread until that is measured idle.
+#[cfg(not(target_arch = "wasm32"))]
 const PARALLEL_MIN_BYTES: usize = 1 << 20;
 
 /// Raw output pointer shared by workers that write disjoint elements.
