@@ -11,6 +11,7 @@
 //! - `synth-model --shape NAME --type TYPE --out PATH`: a GGUF shaped like a real model with
 //!   random valid weights (`synth.rs`).
 
+mod embed;
 mod serve;
 mod synth;
 
@@ -468,7 +469,7 @@ fn main() {
             args.get(1).map_or("gguf_parse", String::as_str),
             args.get(2).and_then(|s| s.parse().ok()).unwrap_or(60),
         ),
-        _ => Err("usage: cargo xtask <fetch-models|test|bench|fuzz [target] [seconds]|serve [--port N] [--no-build] [--test-hooks]|browser-tests|synth-model --shape NAME --type TYPE --out PATH>".into()),
+        _ => Err("usage: cargo xtask <fetch-models|test|bench|fuzz [target] [seconds]|serve [--port N] [--no-build] [--test-hooks] [--embed-origins URL,URL]|browser-tests|synth-model --shape NAME --type TYPE --out PATH>".into()),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e}");
