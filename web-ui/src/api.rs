@@ -100,10 +100,15 @@ struct Empty {}
 pub enum Request {
     Hello,
     /// Make `model` ready: download it into this browser if needed, then load it.
-    Connect { model: String, backend: String },
+    Connect {
+        model: String,
+        backend: String,
+    },
     ModelsList,
     Chat(ChatRequest),
-    Abort { target: u64 },
+    Abort {
+        target: u64,
+    },
 }
 
 /// Parse one message from a host page: `Ok((id, request))`, or the error to answer with the
@@ -118,8 +123,8 @@ pub fn parse(text: &str) -> Result<(u64, Request), (u64, ApiError)> {
             )),
         ));
     }
-    let v: Value = serde_json::from_str(text)
-        .map_err(|e| (0, ApiError::bad(format!("not JSON: {e}"))))?;
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| (0, ApiError::bad(format!("not JSON: {e}"))))?;
     let Value::Object(mut obj) = v else {
         return Err((0, ApiError::bad("a message is a JSON object")));
     };
@@ -379,10 +384,22 @@ mod tests {
         assert_eq!(code("not json"), (0, "bad_request"));
         assert_eq!(code("[1,2]"), (0, "bad_request"));
         assert_eq!(code(r#"{"slm":1,"type":"hello"}"#), (0, "bad_request"));
-        assert_eq!(code(r#"{"slm":1,"id":0,"type":"hello"}"#), (0, "bad_request"));
-        assert_eq!(code(r#"{"slm":1,"id":1.5,"type":"hello"}"#), (0, "bad_request"));
-        assert_eq!(code(r#"{"slm":2,"id":7,"type":"hello"}"#), (7, "bad_request"));
-        assert_eq!(code(r#"{"slm":1,"id":7,"type":"eval"}"#), (7, "bad_request"));
+        assert_eq!(
+            code(r#"{"slm":1,"id":0,"type":"hello"}"#),
+            (0, "bad_request")
+        );
+        assert_eq!(
+            code(r#"{"slm":1,"id":1.5,"type":"hello"}"#),
+            (0, "bad_request")
+        );
+        assert_eq!(
+            code(r#"{"slm":2,"id":7,"type":"hello"}"#),
+            (7, "bad_request")
+        );
+        assert_eq!(
+            code(r#"{"slm":1,"id":7,"type":"eval"}"#),
+            (7, "bad_request")
+        );
         assert_eq!(
             code(r#"{"slm":1,"id":7,"type":"hello","extra":1}"#),
             (7, "bad_request")
@@ -412,11 +429,15 @@ mod tests {
             (9, "bad_request")
         );
         assert_eq!(
-            code(&chat(r#""messages":[{"role":"user","content":"x"}],"max_tokens":0"#)),
+            code(&chat(
+                r#""messages":[{"role":"user","content":"x"}],"max_tokens":0"#
+            )),
             (9, "bad_request")
         );
         assert_eq!(
-            code(&chat(r#""messages":[{"role":"user","content":"x"}],"top_p":0"#)),
+            code(&chat(
+                r#""messages":[{"role":"user","content":"x"}],"top_p":0"#
+            )),
             (9, "bad_request")
         );
         let long = "a".repeat(MAX_CONTENT_BYTES + 1);

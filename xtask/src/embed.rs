@@ -87,8 +87,14 @@ mod tests {
 
     #[test]
     fn origins_are_checked() {
-        assert_eq!(check_origin("http://localhost:8105/").unwrap(), "http://localhost:8105");
-        assert_eq!(check_origin("https://wiki.example.com").unwrap(), "https://wiki.example.com");
+        assert_eq!(
+            check_origin("http://localhost:8105/").unwrap(),
+            "http://localhost:8105"
+        );
+        assert_eq!(
+            check_origin("https://wiki.example.com").unwrap(),
+            "https://wiki.example.com"
+        );
         assert_eq!(check_origin("*").unwrap(), "*");
         for bad in [
             "wiki.example.com",
@@ -108,7 +114,10 @@ mod tests {
         );
         assert!(origins_from_json(r#"{"allowed_origins":["https://a.example/x"]}"#).is_err());
         assert!(origins_from_json("").unwrap().is_empty());
-        let csp = frame_csp("default-src 'self'; frame-ancestors 'none'", &["https://a".into()]);
+        let csp = frame_csp(
+            "default-src 'self'; frame-ancestors 'none'",
+            &["https://a".into()],
+        );
         assert_eq!(csp, "default-src 'self'; frame-ancestors 'self' https://a");
     }
 }

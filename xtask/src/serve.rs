@@ -337,7 +337,13 @@ impl Server {
         }
         if path == "/embed.json" {
             let body = crate::embed::embed_json(&self.embed_origins);
-            return self.respond(&mut stream, 200, "application/json", body.as_bytes(), &crate::embed::PUBLIC);
+            return self.respond(
+                &mut stream,
+                200,
+                "application/json",
+                body.as_bytes(),
+                &crate::embed::PUBLIC,
+            );
         }
         let hub_path = if self.hooks { hub_file(path) } else { None };
         let path = hub_path.as_deref().unwrap_or(path);
@@ -365,7 +371,11 @@ impl Server {
         // The widget: embed.js is loaded by host pages (cross-origin), embed.html may be framed
         // by the allowed origins only.
         match path {
-            "/embed.js" => extra.extend(crate::embed::PUBLIC.iter().map(|(k, v)| (*k, v.to_string()))),
+            "/embed.js" => extra.extend(
+                crate::embed::PUBLIC
+                    .iter()
+                    .map(|(k, v)| (*k, v.to_string())),
+            ),
             "/embed.html" => extra.push((
                 "Content-Security-Policy",
                 crate::embed::frame_csp(&self.csp, &self.embed_origins),

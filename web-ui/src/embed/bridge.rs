@@ -182,7 +182,10 @@ fn dispatch(allowed: &Allowed, origin: String, source: JsValue, data: JsValue) {
         );
     }
     let Some(text) = text else {
-        return reply.error(0, &ApiError::new("bad_request", "a message is a JSON string"));
+        return reply.error(
+            0,
+            &ApiError::new("bad_request", "a message is a JSON string"),
+        );
     };
     let (id, req) = match api::parse(&text) {
         Ok(r) => r,
@@ -394,7 +397,12 @@ async fn connect(id: u64, model: &str, backend: &str, reply: &Reply) -> Result<V
         with(|s| s.model = None);
         let r = reply.clone();
         let info = engine_client::load(model, backend, N_CTX, false, move |phase, f| {
-            r.post(&api::progress_msg(id, &format!("loading: {phase}"), f * 100.0, 100.0))
+            r.post(&api::progress_msg(
+                id,
+                &format!("loading: {phase}"),
+                f * 100.0,
+                100.0,
+            ))
         })
         .await
         .map_err(|e| ApiError::new(api::worker_error_code(&e.kind), e.message))?;
