@@ -1144,6 +1144,7 @@ async function widgetFlow() {
     const expect = process.env.SLM_E2E_EXPECT_PREFIX;
     if (expect) assert.ok(r.reply.trim().startsWith(expect), `reply starts with slm's ${JSON.stringify(expect)}`);
     else assert.match(r.reply.toLowerCase(), /blue/);
+    if (process.env.SLM_E2E_WIDGET_SCREENSHOT) await b.page.screenshot({ path: process.env.SLM_E2E_WIDGET_SCREENSHOT });
 
     // Stop, on a host page that is not cross-origin isolated.
     await f.getByTestId('prompt-input').fill('Write a long story about a lighthouse keeper and a storm.');
@@ -1410,6 +1411,13 @@ async function embedRefusedFlow() {
     }, new URL('embed.html?mode=chat', BASE).href);
     await b.page.frameLocator('iframe[src*="embed.html"]').getByTestId('embed-title').waitFor({ timeout: 30_000 });
     log('the same frame renders on the allowed origin');
+    // This Chromium's default profile blocks third-party storage: the widget says so (and links
+    // the chat in its own tab) instead of failing at the download.
+    await b.page.goto(`${HOST}/widget.html`);
+    await b.page.getByTestId('slm-launcher').click();
+    const blocked = await b.page.frameLocator('iframe[src*="embed.html"]').getByTestId('embed-storage-blocked').innerText({ timeout: 30_000 });
+    log('storage blocked:', JSON.stringify(blocked.split('\n')[0]));
+    assert.match(blocked, /blocks storage/);
   } finally {
     await b.close();
   }

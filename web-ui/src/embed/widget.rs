@@ -87,8 +87,23 @@ pub fn Widget(opts: EmbedOptions, embedder: RwSignal<Embedder>) -> impl IntoView
         async move { pick(wanted).await }
     });
     let stored = RwSignal::new(false);
+    // Where the browser blocks an embedded frame's storage (third-party cookies and storage
+    // blocked), the model cannot be kept: say so, and offer the chat in its own tab.
+    let storage_blocked = RwSignal::new(None::<String>);
+    leptos::task::spawn_local(async move {
+        if let Err(e) = crate::idb::Db::open().await {
+            storage_blocked.set(Some(e.to_string()));
+        }
+    });
+    let own_tab = {
+        let mut q = vec!["mode=chat".to_string()];
+        if let Some(m) = &opts.model {
+            q.push(format!("model={m}"));
+        }
+        format!("embed.html?{}", q.join("&"))
+    };
     Effect::new(move |_| {
-        if embedder.get() != Embedder::Allowed {
+        if embedder.get() != Embedder::Allowed || storage_blocked.get().is_some() {
             return;
         }
         match entry.get() {
@@ -138,6 +153,15 @@ pub fn Widget(opts: EmbedOptions, embedder: RwSignal<Embedder>) -> impl IntoView
                     <div class="embed-refused" data-testid="embed-not-allowed" role="alert">
                         <p><strong>"Not allowed here."</strong></p>
                         <p>{format!("This chat is not enabled for {origin}. The site's administrator can add it to the app's embed.json.")}</p>
+                    </div>
+                }.into_any(),
+                Embedder::Allowed if storage_blocked.get().is_some() => view! {
+                    <div class="embed-refused" data-testid="embed-storage-blocked" role="alert">
+                        <p><strong>"This browser blocks storage for chats embedded in other sites."</strong></p>
+                        <p>"The model has to be stored in the browser before it can answer (third-party cookies and site data are blocked here). "
+                           <a href=own_tab.clone() target="_blank" rel="noopener">"Open the chat in its own tab"</a>
+                           ", or allow site data for this chat's site in the browser's settings."</p>
+                        <p class="embed-note">{move || storage_blocked.get().unwrap_or_default()}</p>
                     </div>
                 }.into_any(),
                 Embedder::Allowed => view! {
