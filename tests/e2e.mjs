@@ -1093,8 +1093,9 @@ async function waitFrameLoaded(page, f) {
   const seen = new Set();
   const t0 = Date.now();
   while (Date.now() - t0 < LONG) {
-    const p = f.getByTestId('download-progress');
-    if (await p.count()) seen.add(Number(await p.getAttribute('value')));
+    // The bar may go away between the two calls (the download ended): never wait for it.
+    const v = await f.getByTestId('download-progress').getAttribute('value', { timeout: 200 }).catch(() => null);
+    if (v !== null) seen.add(Number(v));
     if (await f.getByTestId('prompt-input').isEnabled().catch(() => false)) break;
     if (await f.getByTestId('error-banner').first().isVisible().catch(() => false)) {
       throw new Error('widget error banner: ' + await f.getByTestId('error-banner').first().innerText());
