@@ -4,7 +4,7 @@
 // SLM_URL. Each scenario uses a fresh browser profile.
 import { chromium } from 'playwright-core';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -137,9 +137,28 @@ async function idbState(page) {
   });
 }
 
-/// The conversations saved in localStorage.
+/// The conversations saved in IndexedDB (store `chats`), newest first, once the app's queued
+/// writes have landed.
 async function savedChats(page) {
-  return page.evaluate(() => JSON.parse(localStorage.getItem('slm.conversations') || '[]'));
+  await page.waitForFunction(() => !(globalThis.__slm_chat_writes > 0));
+  return page.evaluate(async () => {
+    if (!(await indexedDB.databases()).some((d) => d.name === 'slm')) return [];
+    return new Promise((res, rej) => {
+      const rq = indexedDB.open('slm');
+      rq.onerror = () => rej(rq.error);
+      rq.onsuccess = () => {
+        const db = rq.result;
+        if (!db.objectStoreNames.contains('chats')) { db.close(); res([]); return; }
+        const r = db.transaction('chats', 'readonly').objectStore('chats').getAll();
+        r.onsuccess = () => {
+          db.close();
+          res(r.result.map((t) => JSON.parse(t))
+            .sort((a, b) => (b.updated - a.updated) || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0)));
+        };
+        r.onerror = () => rej(r.error);
+      };
+    });
+  });
 }
 
 /// Wait until `testid`'s first element's text matches `re`; returns the text.
@@ -160,6 +179,7 @@ async function waitText(page, testid, re, timeout = LONG) {
 async function mainFlow() {
   log('main flow: download → reload → load from IndexedDB → chat (WebGPU flag on, backend auto)');
   const b = await launch({ webgpu: true });
+  const mark0 = (await serverLog()).length;
   try {
     await open(b.page);
     const selected = await b.page.getByTestId('model-select').inputValue();
@@ -185,6 +205,8 @@ async function mainFlow() {
     await b.page.getByTestId('backend-select').selectOption(backend);
     await b.page.waitForFunction(() => document.querySelector('[data-testid=download-button]')?.textContent.includes('Load'));
     await downloadAndLoad(b.page);
+    // The highlighter is loaded when a code block is shown, never with the app.
+    assert.deepEqual((await serverLog()).slice(mark0).filter((l) => l.includes('highlight')), [], 'no highlighter in the first load');
     const modelReqs = b.requests.filter((u) => u.includes(MODEL_FILE));
     const serverModelReqs = (await serverLog()).slice(mark).filter((l) => l.includes(MODEL_FILE));
     assert.deepEqual(modelReqs, [], 'no browser request for the model after reload');
@@ -205,7 +227,9 @@ async function mainFlow() {
     const expect = process.env.SLM_E2E_EXPECT_PREFIX;
     if (expect) assert.ok(r.reply.trim().startsWith(expect), `reply starts with slm's ${JSON.stringify(expect)}`);
     assert.deepEqual(b.requests, [], 'no browser request while chatting');
-    assert.deepEqual((await serverLog()).slice(mark2), [], 'no server request while chatting');
+    // The one exception: the browser's own update check of the service worker script (a GET of
+    // the app's sw.js, carrying nothing), which it makes on its own schedule after a navigation.
+    assert.deepEqual((await serverLog()).slice(mark2).filter((l) => !l.startsWith('GET /sw.js ')), [], 'no server request while chatting');
     assert.equal(await b.page.getByTestId('assistant-message').count(), 1, 'one assistant message per reply');
     if (process.env.SLM_E2E_SCREENSHOT) await b.page.screenshot({ path: process.env.SLM_E2E_SCREENSHOT, fullPage: true });
   } finally {
@@ -428,10 +452,25 @@ async function conversationFlow() {
     await b.page.getByTestId('regenerate-button').click();
     await b.page.getByTestId('send-button').waitFor({ timeout: LONG });
     await b.page.waitForFunction(() => document.querySelectorAll('[data-testid=assistant-message]').length === 3);
+    // Context size: bounded by the model, clamped, a change reloads the model with it, and it is
+    // kept with the conversation (the reload below brings it back).
+    const ctxIn = b.page.getByTestId('context-size');
+    assert.equal(await ctxIn.inputValue(), String(nCtx));
+    assert.equal(await ctxIn.getAttribute('max'), '8192', "SmolLM2-135M's trained context (its KV cache fits the budget)");
+    await ctxIn.fill('100');
+    await ctxIn.dispatchEvent('change');
+    assert.equal(await ctxIn.inputValue(), '256', 'clamped to the smallest size');
+    await ctxIn.fill('512');
+    await ctxIn.dispatchEvent('change');
+    await waitText(b.page, 'context-size-hint', /now running with 512 tokens/, 60_000);
+    await waitLoaded(b.page);
+    await ask(b.page, 'Ahoy?');
+    assert.equal((await used())[1], 512, 'the model runs with the new context size');
     const saved = await savedChats(b.page);
     assert.equal(saved.length, 1);
+    assert.equal(saved[0].settings.n_ctx, 512, 'context size stored with the conversation');
     assert.equal(saved[0].system, PIRATE, 'the edited system prompt is stored');
-    assert.deepEqual(saved[0].messages.map((m) => m.role), ['user', 'assistant', 'user', 'assistant', 'user', 'assistant']);
+    assert.deepEqual(saved[0].messages.map((m) => m.role), ['user', 'assistant', 'user', 'assistant', 'user', 'assistant', 'user', 'assistant']);
 
     // Reload: the conversation is back, the model loads from storage, the chat goes on.
     const texts = await b.page.getByTestId('assistant-message').allInnerTexts();
@@ -445,13 +484,14 @@ async function conversationFlow() {
     await settings(b.page, { temperature: 0, maxTokens: 16 });
     const r4 = await ask(b.page, 'Where is your ship?');
     assert.ok(r4.reply.trim().length > 0);
-    assert.equal((await savedChats(b.page))[0].messages.length, 8);
+    assert.equal((await used())[1], 512, "loaded with the conversation's context size");
+    assert.equal((await savedChats(b.page))[0].messages.length, 10);
 
     // New chat empties the view and keeps the saved one; Delete removes it.
     await b.page.getByTestId('new-chat').click();
     assert.equal(await b.page.getByTestId('assistant-message').count(), 0);
     await b.page.getByTestId('conv-delete').first().click();
-    assert.deepEqual(await savedChats(b.page), [], 'deleted from local storage');
+    assert.deepEqual(await savedChats(b.page), [], 'deleted from storage');
     await b.page.reload();
     await b.page.getByTestId('model-select').waitFor();
     assert.equal(await b.page.getByTestId('user-message').count(), 0, 'nothing comes back after delete');
@@ -879,10 +919,20 @@ async function uiFlow() {
     await page.getByTestId('model-select').waitFor();
     const think = page.locator('[data-testid=assistant-message] details.think');
     await think.waitFor({ state: 'attached' });
+    // Conversations an earlier version kept in localStorage moved to IndexedDB, once.
+    assert.equal(await page.evaluate(() => localStorage.getItem('slm.conversations')), null, 'localStorage key removed after the move');
+    assert.deepEqual((await savedChats(page)).map((c) => c.id), ['think'], 'moved into IndexedDB');
     assert.equal(await think.evaluate((d) => d.open), false, 'think section collapsed');
     assert.equal(await think.locator('summary').innerText(), 'Reasoning');
     assert.equal(await page.locator('[data-testid=assistant-message] b').count(), 0, 'no markup injected');
     assert.equal(await page.locator('[data-testid=assistant-message] strong').innerText(), 'reasons');
+    // The code block is syntax-highlighted (highlight.js, imported now that a block is shown).
+    const code = page.locator('[data-testid=assistant-message] pre code.hljs');
+    await code.waitFor({ state: 'attached' });
+    assert.equal(await code.locator('.hljs-keyword').first().innerText(), 'fn', 'rust keyword highlighted');
+    assert.notEqual(await code.locator('.hljs-keyword').first().evaluate((e) => getComputedStyle(e).color),
+      await code.evaluate((e) => getComputedStyle(e).color), 'keywords have their own colour');
+    assert.ok(b.requests.some((u) => u.endsWith('/vendor/highlight.min.js')), 'highlighter fetched from the app');
     // A code block's Copy button copies the code.
     await page.getByTestId('code-copy').click();
     await page.waitForFunction(() => navigator.clipboard.readText().then((c) => c === 'fn main() {}\n'));
@@ -902,7 +952,7 @@ async function uiFlow() {
     await reply1.getByTestId('copy-button').click();
     const stored1 = (await savedChats(page))[0].messages[1].content;
     await page.waitForFunction((t) => navigator.clipboard.readText().then((c) => c === t), stored1);
-    assert.ok(r1.stats.includes('decode'), 'per-reply stats');
+    assert.match(r1.stats, /^TTFT \d+ ms · prefill [\d.]+ tok\/s · decode [\d.]+ tok\/s · \d+ tokens \(max_tokens\) · CPU$/, 'per-reply stats: TTFT, speeds, tokens, backend');
     assert.match(await page.getByTestId('status-speed').innerText(), /tok\/s/);
 
     // Edit-and-resend: the later turns are dropped, the edited question is answered.
@@ -924,6 +974,7 @@ async function uiFlow() {
     // Esc stops the reply; the streaming reply is an aria-live region. Shift+Enter is a newline.
     await settings(page, { temperature: 0, maxTokens: 400 });
     await page.getByTestId('settings-close').click();
+    await page.setViewportSize({ width: 1280, height: 420 });
     await page.getByTestId('prompt-input').fill('Write a long story');
     await page.getByTestId('prompt-input').press('Shift+Enter');
     await page.getByTestId('prompt-input').pressSequentially('about a lighthouse.');
@@ -932,9 +983,20 @@ async function uiFlow() {
     await page.getByTestId('stop-button').waitFor({ timeout: 10_000 });
     assert.equal(await page.locator('.msg.assistant.streaming[aria-live=polite]').count(), 1, 'streaming reply is aria-live');
     await page.waitForFunction(() => (document.querySelectorAll('[data-testid=assistant-message]')[1]?.textContent || '').length > 10, null, { timeout: LONG });
+    // Auto-scroll follows the reply at the bottom, and stops once the reader scrolls up.
+    const list = page.getByTestId('messages');
+    await page.waitForFunction(() => { const e = document.querySelector('[data-testid=messages]'); return e.scrollHeight > e.clientHeight + 150; }, null, { timeout: LONG });
+    assert.ok(await page.getByTestId('stop-button').isVisible(), 'still streaming');
+    const gap = () => list.evaluate((e) => e.scrollHeight - e.scrollTop - e.clientHeight);
+    assert.ok(await gap() < 48, `follows the bottom while streaming (${await gap()} px from it)`);
+    await list.evaluate((e) => { e.scrollTop = 0; });
+    const grown = await list.evaluate((e) => e.scrollHeight);
+    await page.waitForFunction((h) => document.querySelector('[data-testid=messages]').scrollHeight > h + 20, grown, { timeout: LONG });
+    assert.equal(await list.evaluate((e) => e.scrollTop), 0, 'scrolled up: the view stays where the reader put it');
     await page.keyboard.press('Escape');
     await page.getByTestId('send-button').waitFor({ timeout: 5_000 });
     assert.match(await page.getByTestId('reply-stats').last().innerText(), /cancelled/);
+    await page.setViewportSize({ width: 1280, height: 800 });
 
     // Conversations: newest first, search, switch, rename, delete + undo.
     await settings(page, { temperature: 0, maxTokens: 4 });
@@ -958,6 +1020,7 @@ async function uiFlow() {
     assert.equal((await savedChats(page)).find((c) => c.title.includes('grass')).settings.temperature, 0.5, 'stored with it');
     await page.getByTestId('settings-reset').click();
     assert.equal(await page.getByTestId('temperature').inputValue(), '0.7', 'reset to the defaults');
+    assert.equal(await page.getByTestId('context-size').inputValue(), '2048', 'context size reset too');
     await page.getByTestId('settings-close').click();
     await page.getByTestId('conv-item').filter({ hasText: 'grass' }).getByTestId('conv-rename').click();
     await page.getByTestId('conv-rename-input').fill('Colours');
@@ -1019,6 +1082,168 @@ async function uiFlow() {
     if (shots) await page.screenshot({ path: join(shots, 'desktop-light.png') });
   } finally {
     await b.close();
+  }
+}
+
+async function modelsFlow() {
+  log('first run: capability check and a recommended model, one click to chat; the model manager judges each card before any download; delete from a card');
+  const b = await launch({ webgpu: false });
+  try {
+    // A catalog with the app's own model, a 1.5 GB one (too slow for this CPU to recommend, as
+    // the probe shows) and a 5 GB one (beyond the CPU engine's 4 GiB wasm memory).
+    await b.page.route('**/models.json', async (route) => {
+      const r = await route.fetch();
+      const cat = await r.json();
+      const own = cat.models.find((m) => m.default);
+      const big = (id, label) => ({ ...own, id, name: id, url: `https://huggingface.co/x/${id}.gguf`, size: null, size_label: label, sha256: null, default: false, backends: ['cpu'] });
+      cat.models = [own, big('mid-1500mb', 'about 1.5 GB'), big('huge-5gb', 'about 5.0 GB')];
+      await route.fulfill({ response: r, json: cat });
+    });
+    await open(b.page);
+    const first = b.page.getByTestId('first-run');
+    await first.waitFor({ timeout: 30_000 });
+    const caps = {};
+    for (const k of ['cap-webgpu', 'cap-isolation', 'cap-storage', 'cap-speed']) caps[k] = await first.getByTestId(k).innerText();
+    log('capabilities:', JSON.stringify(caps));
+    assert.match(caps['cap-webgpu'], /not available/);
+    assert.match(caps['cap-isolation'], /Cross-origin isolated: yes · \d+ cores/);
+    assert.match(caps['cap-storage'], /free for this site/);
+    const rate = Number((caps['cap-speed'].match(/([\d.]+) ([KMG]B)\/s/) || []).slice(1, 2)[0]);
+    assert.ok(rate > 0, 'the CPU probe ran: ' + caps['cap-speed']);
+    const rec = first.getByTestId('first-run-model');
+    log('advice:', await rec.innerText());
+    assert.equal(await rec.getAttribute('data-model-id'), 'smollm2-135m-instruct-q4_1', 'the fast model is recommended, not the 1.5 GB one');
+    const t0 = Date.now();
+    await first.getByTestId('first-run-start').click();
+    await waitLoaded(b.page);
+    log(`downloaded and loaded in ${((Date.now() - t0) / 1e3).toFixed(1)} s`);
+    assert.equal(await b.page.getByTestId('first-run').count(), 0, 'the check is gone once started');
+    await settings(b.page, { temperature: 0, maxTokens: 32 });
+    const r = await ask(b.page, QUESTION);
+    log('reply:', JSON.stringify(r.reply), r.stats);
+    assert.match(r.reply.toLowerCase(), /blue/);
+
+    // The manager: every card judged on this device.
+    await b.page.getByTestId('models-open').click();
+    const mgr = b.page.getByTestId('model-manager');
+    await mgr.getByTestId('model-card').first().waitFor({ timeout: 30_000 });
+    const card = (id) => mgr.locator(`[data-testid=model-card][data-model-id="${id}"]`);
+    const own = card('smollm2-135m-instruct-q4_1');
+    assert.equal(await own.getAttribute('data-verdict'), 'Fits');
+    assert.match(await own.innerText(), /Stored on this device/);
+    const expected = await own.getByTestId('expected-speed').innerText();
+    const exp = Number(expected.match(/about (\d+) tokens\/s/)[1]);
+    const measured = Number(r.stats.match(/decode ([\d.]+) tok\/s/)[1]);
+    log(`expected ${exp} tok/s before download vs measured decode ${measured} tok/s (ratio ${(measured / exp).toFixed(2)})`);
+    assert.ok(measured / exp > 0.33 && measured / exp < 3, 'the estimate is within 3× of the real speed');
+    assert.equal(await card('mid-1500mb').getAttribute('data-verdict'), 'Fits');
+    assert.equal(await card('huge-5gb').getAttribute('data-verdict'), 'TooLarge');
+    assert.match(await card('huge-5gb').getByTestId('fit-why').innerText(), /4 GiB of wasm memory/);
+    assert.ok(await card('huge-5gb').getByTestId('card-use').isDisabled(), 'a model that cannot fit is not offered');
+    assert.deepEqual(await axeViolations(b.page), [], 'axe: model manager');
+
+    // Delete from the card: storage is emptied, the card offers the download again.
+    await own.getByTestId('card-delete').click();
+    await b.page.waitForFunction(() => !document.querySelector('[data-testid=model-card][data-model-id="smollm2-135m-instruct-q4_1"] [data-testid=card-delete]'), null, { timeout: 10_000 });
+    assert.match(await card('smollm2-135m-instruct-q4_1').getByTestId('card-use').innerText(), /Download and use/);
+    assert.equal((await idbState(b.page)).chunks, 0, 'no chunks left');
+    await mgr.getByTestId('models-close').click();
+    assert.equal(await b.page.getByTestId('model-manager').count(), 0);
+    const extra = b.requests.filter((u) => !u.startsWith(BASE) && !u.startsWith('data:') && !u.startsWith('blob:'));
+    assert.deepEqual(extra, [], 'nothing but the app and its model was requested');
+  } finally {
+    await b.close();
+  }
+}
+
+/// Reload with the network off (playwright's setOffline), load the stored model and chat; the
+/// server sees no request meanwhile, and a request the service worker does not answer fails.
+async function chatOffline(b, logUrl) {
+  const mark = logUrl ? (await (await fetch(logUrl)).text()).split('\n').filter(Boolean).length : 0;
+  await b.ctx.setOffline(true);
+  await b.page.reload();
+  await b.page.getByTestId('model-select').waitFor();
+  assert.equal(await b.page.evaluate(() => crossOriginIsolated), true, 'offline page is cross-origin isolated');
+  assert.equal(await b.page.evaluate(() => fetch('__offline_probe').then(() => 'ok', () => 'failed')), 'failed', 'the network is off');
+  await b.page.getByTestId('backend-select').selectOption('cpu');
+  await b.page.waitForFunction(() => document.querySelector('[data-testid=download-button]')?.textContent.includes('Load'));
+  await downloadAndLoad(b.page);
+  await settings(b.page, { temperature: 0, maxTokens: 16 });
+  const r = await ask(b.page, QUESTION);
+  log('offline reply:', JSON.stringify(r.reply));
+  assert.match(r.reply.toLowerCase(), /blue/, 'answered offline from the stored model');
+  if (logUrl) {
+    // The browser's own update check of the service worker script is not covered by
+    // setOffline (it comes from the browser process): every other request is.
+    const after = (await (await fetch(logUrl)).text()).split('\n').filter(Boolean).slice(mark)
+      .filter((l) => !l.startsWith('GET /sw.js '));
+    assert.deepEqual(after, [], 'no request reached the server while offline');
+  }
+  await b.ctx.setOffline(false);
+}
+
+/// Wait until the page (which may reload itself once) is cross-origin isolated.
+async function waitIsolated(page) {
+  const t0 = Date.now();
+  while (Date.now() - t0 < 30_000) {
+    const ok = await page.evaluate(() => crossOriginIsolated && !!navigator.serviceWorker.controller).catch(() => false);
+    if (ok) return;
+    await page.waitForTimeout(200);
+  }
+  throw new Error('the page never became cross-origin isolated');
+}
+
+async function offlineFlow() {
+  log('offline: after one visit (service worker installed) the app reloads with the network off and chats from the stored model');
+  const b = await launch({ webgpu: false });
+  try {
+    await open(b.page);
+    assert.equal(await b.page.evaluate(() => document.querySelector('link[rel=manifest]')?.getAttribute('href')), 'manifest.webmanifest');
+    const manifest = await b.page.evaluate(() => fetch('manifest.webmanifest').then((r) => r.json()));
+    assert.equal(manifest.display, 'standalone', 'installable: a standalone web app manifest');
+    await b.page.getByTestId('backend-select').selectOption('cpu');
+    await downloadAndLoad(b.page);
+    await b.page.evaluate(() => navigator.serviceWorker.ready);
+    const cached = await b.page.evaluate(async () => (await (await caches.open('slm-shell-v1')).keys()).map((r) => new URL(r.url).pathname));
+    log('cached:', cached.join(' '));
+    for (const f of ['/', '/web-ui_bg.wasm', '/web-ui.js', '/worker.js', '/style.css', '/models.json']) assert.ok(cached.includes(f), `shell file ${f} cached`);
+    assert.ok(!cached.some((p) => p.includes('.gguf')), 'no model bytes in the service worker cache');
+    await chatOffline(b, new URL('__log', BASE));
+  } finally {
+    await b.close();
+  }
+}
+
+async function distFlow() {
+  log('cargo xtask dist --out DIR, served by python3 -m http.server (no COOP/COEP headers): isolated through its service worker, downloads, chats, then offline');
+  const out = mkdtempSync(join(tmpdir(), 'slm-dist-'));
+  const repo = join(dirname(fileURLToPath(import.meta.url)), '..');
+  execFileSync('cargo', ['xtask', 'dist', '--no-build', '--out', out], { cwd: repo, stdio: 'inherit' });
+  for (const f of ['index.html', 'sw.js', 'manifest.webmanifest', '_headers', 'nginx.conf', `models/${MODEL_FILE}`]) {
+    assert.ok(statSync(join(out, f)).size > 0, `dist has ${f}`);
+  }
+  const port = 8190 + Math.floor(Math.random() * 50);
+  const py = spawn('python3', ['-m', 'http.server', String(port), '--bind', '127.0.0.1', '--directory', out], { stdio: 'ignore' });
+  const url = `http://127.0.0.1:${port}/`;
+  const b = await launch({ webgpu: false });
+  try {
+    for (let i = 0; i < 50; i++) { if (await fetch(url).then(() => true, () => false)) break; await new Promise((r) => setTimeout(r, 100)); }
+    const resp = await b.page.goto(url);
+    assert.equal(resp.headers()['cross-origin-embedder-policy'], undefined, 'the host sends no isolation headers');
+    await waitIsolated(b.page);
+    await b.page.getByTestId('model-select').waitFor();
+    assert.equal(await b.page.evaluate(() => typeof SharedArrayBuffer), 'function', 'SharedArrayBuffer available');
+    await b.page.getByTestId('backend-select').selectOption('cpu');
+    await downloadAndLoad(b.page);
+    await settings(b.page, { temperature: 0, maxTokens: 16 });
+    const r = await ask(b.page, QUESTION);
+    assert.match(r.reply.toLowerCase(), /blue/);
+    await b.page.evaluate(() => navigator.serviceWorker.ready);
+    await chatOffline(b, null);
+  } finally {
+    await b.close();
+    py.kill();
+    rmSync(out, { recursive: true, force: true });
   }
 }
 
@@ -1439,6 +1664,9 @@ const flows = {
   gemma3: { run: gemma3Flow },
   quota: { run: quotaFlow },
   ui: { run: uiFlow },
+  models: { run: modelsFlow },
+  offline: { run: offlineFlow },
+  dist: { run: distFlow },
   gpulost: { run: gpuLostFlow, gpu: true },
   widget: { run: widgetFlow },
   api: { run: apiFlow },

@@ -24,6 +24,8 @@ pub struct LoadedInfo {
     /// The WebGPU adapter's name (empty on the CPU).
     pub adapter: String,
     pub n_ctx: usize,
+    pub n_ctx_train: usize,
+    pub kv_bytes_per_token: u64,
     pub arch: String,
     pub load_ms: f64,
     /// Why the built-in chat format replaced the file's template (the user chose the fallback).
@@ -37,11 +39,14 @@ pub struct WorkerError {
     pub message: String,
 }
 
+/// What sees a request's progress and tokens.
+type OnEvent = Rc<dyn Fn(&FromWorker)>;
+
 /// A request waiting for its answer.
 struct Pending {
     resolve: Function,
     /// Sees the request's progress and tokens as they arrive.
-    on_event: Option<Rc<dyn Fn(&FromWorker)>>,
+    on_event: Option<OnEvent>,
     /// The answer, once it came.
     answer: Option<FromWorker>,
 }
@@ -182,7 +187,7 @@ fn worker_gone() -> WorkerError {
 async fn request(
     id: RequestId,
     msg: ToWorker,
-    on_event: Option<Rc<dyn Fn(&FromWorker)>>,
+    on_event: Option<OnEvent>,
 ) -> Result<FromWorker, WorkerError> {
     let ready = CLIENT.with(|c| c.borrow_mut().as_mut().and_then(|c| c.ready.take()));
     if let Some(r) = ready {
@@ -258,6 +263,8 @@ pub async fn load(
             reason,
             adapter,
             n_ctx,
+            n_ctx_train,
+            kv_bytes_per_token,
             arch,
             load_ms,
             template_fallback,
@@ -267,6 +274,8 @@ pub async fn load(
             reason,
             adapter,
             n_ctx,
+            n_ctx_train,
+            kv_bytes_per_token,
             arch,
             load_ms,
             template_fallback,
@@ -293,6 +302,20 @@ pub async fn generate(
     });
     match request(id, ToWorker::Generate { turns, settings }, Some(on_event)).await? {
         FromWorker::Done(s) => Ok(s),
+        other => Err(WorkerError {
+            kind: "protocol".into(),
+            message: format!("unexpected answer {other:?}"),
+        }),
+    }
+}
+
+/// The CPU speed probe (about `budget_ms`): weight bytes per second through the decode kernel
+/// on one thread.
+pub async fn probe(budget_ms: f64) -> Result<f64, WorkerError> {
+    match request(RequestId::next(), ToWorker::Probe { budget_ms }, None).await? {
+        FromWorker::Probed {
+            cpu_bytes_per_s, ..
+        } => Ok(cpu_bytes_per_s),
         other => Err(WorkerError {
             kind: "protocol".into(),
             message: format!("unexpected answer {other:?}"),

@@ -3,8 +3,11 @@
 //! worker calls [`worker::worker_main`] instead.
 
 mod api;
+mod capabilities;
 mod catalog;
+mod chat_store;
 mod components;
+mod device;
 mod download;
 mod embed;
 mod engine_client;

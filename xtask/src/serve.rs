@@ -129,25 +129,30 @@ pub fn build_web() -> Result {
         // The CPU engine's simd128 kernels.
         .env("RUSTFLAGS", "-C target-feature=+simd128"))?;
     let dist = root().join("dist");
-    let models = dist.join("models");
-    std::fs::create_dir_all(&models).map_err(|e| format!("{}: {e}", models.display()))?;
-    let src = models_dir().join(DEFAULT_MODEL);
-    let dst = models.join(DEFAULT_MODEL);
-    let same = std::fs::metadata(&dst).ok().map(|m| m.len())
-        == std::fs::metadata(&src).ok().map(|m| m.len());
-    if !same {
-        // A hard link when possible (same disk), else a copy.
-        let _ = std::fs::remove_file(&dst);
-        if std::fs::hard_link(&src, &dst).is_err() {
-            std::fs::copy(&src, &dst).map_err(|e| format!("copy {}: {e}", src.display()))?;
-        }
-    }
+    place_default_model(&dist)?;
     if let Ok(wasm) = std::fs::read(dist.join("web-ui_bg.wasm")) {
         eprintln!(
             "wasm: {} bytes ({} gzipped)",
             wasm.len(),
             gzip_len(&dist.join("web-ui_bg.wasm")).unwrap_or(0)
         );
+    }
+    Ok(())
+}
+
+/// Put the default model under `dir/models/` (a hard link when possible, else a copy).
+pub fn place_default_model(dir: &Path) -> Result {
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).map_err(|e| format!("{}: {e}", models.display()))?;
+    let src = models_dir().join(DEFAULT_MODEL);
+    let dst = models.join(DEFAULT_MODEL);
+    let same = std::fs::metadata(&dst).ok().map(|m| m.len())
+        == std::fs::metadata(&src).ok().map(|m| m.len());
+    if !same {
+        let _ = std::fs::remove_file(&dst);
+        if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).map_err(|e| format!("copy {}: {e}", src.display()))?;
+        }
     }
     Ok(())
 }
@@ -246,20 +251,26 @@ fn model_hosts(dir: &Path) -> Vec<String> {
     hosts
 }
 
+/// The Content-Security-Policy for the app in `dir`: only the app's own scripts, and network
+/// access to the app's origin and the catalog's model hosts.
+pub fn csp(dir: &Path) -> String {
+    let connect = std::iter::once("'self'".to_string())
+        .chain(model_hosts(dir))
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; \
+         style-src 'self'; img-src 'self' data:; connect-src {connect}; object-src 'none'; \
+         base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+}
+
 impl Server {
     pub fn new(dir: PathBuf, hooks: bool) -> Result<Self> {
         if !dir.join("index.html").exists() {
             return Err(format!("{} has no index.html: build first", dir.display()));
         }
-        let connect = std::iter::once("'self'".to_string())
-            .chain(model_hosts(&dir))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let csp = format!(
-            "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; \
-             style-src 'self'; img-src 'self' data:; connect-src {connect}; object-src 'none'; \
-             base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-        );
+        let csp = csp(&dir);
         let listed = std::fs::read_to_string(dir.join("embed.json")).unwrap_or_default();
         let embed_origins = crate::embed::origins_from_json(&listed)?;
         Ok(Server {
@@ -598,6 +609,7 @@ fn content_type(p: &Path) -> &'static str {
         "wasm" => "application/wasm",
         "css" => "text/css; charset=utf-8",
         "json" => "application/json",
+        "webmanifest" => "application/manifest+json",
         "svg" => "image/svg+xml",
         "png" => "image/png",
         "ico" => "image/x-icon",

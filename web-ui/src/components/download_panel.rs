@@ -9,10 +9,7 @@ use web_sys::AbortController;
 use crate::catalog::{fmt_bytes, CatalogEntry};
 use crate::download::{self, Progress};
 use crate::engine_client;
-use crate::state::{BackendPref, Engine, ErrorBanner, SelectedModel, StoreVersion};
-
-/// Context size the engine is loaded with (KV cache memory grows with it).
-pub const N_CTX: usize = 2048;
+use crate::state::{BackendPref, Engine, ErrorBanner, SelectedModel, Settings, StoreVersion};
 
 /// Download progress and the actions around storing and loading a model.
 #[derive(Clone, Copy)]
@@ -22,6 +19,8 @@ pub struct DownloadState {
     pub engine: Engine,
     pub banner: ErrorBanner,
     pub pref: BackendPref,
+    /// The open conversation's settings: its context size is what a load asks for.
+    pub settings: Settings,
 }
 
 impl DownloadState {
@@ -41,7 +40,8 @@ impl DownloadState {
         self.engine.loaded.set(None);
         let pref = self.pref.0.get_untracked();
         let progress = self.engine.load_progress;
-        let r = engine_client::load(id, &pref, N_CTX, template_fallback, move |phase, f| {
+        let n_ctx = self.settings.0.with_untracked(|s| s.n_ctx);
+        let r = engine_client::load(id, &pref, n_ctx, template_fallback, move |phase, f| {
             progress.set(Some((phase.to_string(), f)))
         })
         .await;
@@ -109,6 +109,51 @@ thread_local! {
     static ABORT: RefCell<Option<AbortController>> = const { RefCell::new(None) };
 }
 
+/// Download (or resume) a catalog entry into IndexedDB, then load it: one action shared by the
+/// sidebar's Download button, the model manager's cards and the first-run check.
+#[derive(Clone, Copy)]
+pub struct Downloader {
+    pub run: Action<CatalogEntry, ()>,
+}
+
+impl Downloader {
+    /// Create it over `dl` and provide it as context.
+    pub fn provide(dl: DownloadState) {
+        let banner = dl.banner;
+        let run = Action::new_local(move |entry: &CatalogEntry| {
+            let entry = entry.clone();
+            async move {
+                banner.clear();
+                let Some(ctrl) = AbortController::new().ok() else {
+                    banner.show("This browser cannot run downloads (no AbortController).");
+                    return;
+                };
+                ABORT.with(|a| *a.borrow_mut() = Some(ctrl.clone()));
+                let r =
+                    download::download(&entry, &ctrl.signal(), &|p| dl.progress.set(Some(p))).await;
+                ABORT.with(|a| *a.borrow_mut() = None);
+                dl.bump();
+                match r {
+                    Ok(_) => {
+                        dl.load(&entry.id).await;
+                    }
+                    Err(e) => banner.show(e.to_string()),
+                }
+            }
+        });
+        provide_context(Downloader { run });
+    }
+
+    /// Stop the running download; what was stored is kept and resumes with HTTP Range.
+    pub fn pause() {
+        ABORT.with(|a| {
+            if let Some(c) = a.borrow().as_ref() {
+                c.abort();
+            }
+        })
+    }
+}
+
 fn fmt_secs(s: f64) -> String {
     if !s.is_finite() || s <= 0.0 {
         "—".into()
@@ -123,7 +168,6 @@ fn fmt_secs(s: f64) -> String {
 pub fn DownloadPanel() -> impl IntoView {
     let selected = expect_context::<SelectedModel>().0;
     let dl = expect_context::<DownloadState>();
-    let banner = dl.banner;
     let engine = dl.engine;
     let pref = dl.pref;
 
@@ -143,34 +187,8 @@ pub fn DownloadPanel() -> impl IntoView {
         }
     });
 
-    let run = Action::new_local(move |entry: &CatalogEntry| {
-        let entry = entry.clone();
-        async move {
-            banner.clear();
-            let ctrl = AbortController::new().ok();
-            let Some(ctrl) = ctrl else {
-                banner.show("This browser cannot run downloads (no AbortController).");
-                return;
-            };
-            ABORT.with(|a| *a.borrow_mut() = Some(ctrl.clone()));
-            let r = download::download(&entry, &ctrl.signal(), &|p| dl.progress.set(Some(p))).await;
-            ABORT.with(|a| *a.borrow_mut() = None);
-            dl.bump();
-            match r {
-                Ok(_) => {
-                    dl.load(&entry.id).await;
-                }
-                Err(e) => banner.show(e.to_string()),
-            }
-        }
-    });
-    let cancel = move |_| {
-        ABORT.with(|a| {
-            if let Some(c) = a.borrow().as_ref() {
-                c.abort();
-            }
-        })
-    };
+    let Downloader { run } = expect_context::<Downloader>();
+    let cancel = move |_| Downloader::pause();
     let busy = move || run.pending().get();
     let label = move || {
         if busy() {

@@ -23,7 +23,6 @@ use super::origins::{self, Allowed};
 use super::{Embedder, Mode};
 use crate::api::{self, ApiError, ChatRequest, Request};
 use crate::catalog::{fetch_catalog, CatalogEntry};
-use crate::components::download_panel::N_CTX;
 use crate::download;
 use crate::engine_client::{self, RequestId};
 use crate::error::AppError;
@@ -396,14 +395,20 @@ async fn connect(id: u64, model: &str, backend: &str, reply: &Reply) -> Result<V
     if loaded.as_deref() != Some(model) {
         with(|s| s.model = None);
         let r = reply.clone();
-        let info = engine_client::load(model, backend, N_CTX, false, move |phase, f| {
-            r.post(&api::progress_msg(
-                id,
-                &format!("loading: {phase}"),
-                f * 100.0,
-                100.0,
-            ))
-        })
+        let info = engine_client::load(
+            model,
+            backend,
+            crate::protocol::GenSettings::default().n_ctx,
+            false,
+            move |phase, f| {
+                r.post(&api::progress_msg(
+                    id,
+                    &format!("loading: {phase}"),
+                    f * 100.0,
+                    100.0,
+                ))
+            },
+        )
         .await
         .map_err(|e| ApiError::new(api::worker_error_code(&e.kind), e.message))?;
         with(|s| {

@@ -54,7 +54,8 @@ pub fn Widget(opts: EmbedOptions, embedder: RwSignal<Embedder>) -> impl IntoView
         extra: RwSignal::new(Vec::new()),
     });
     provide_context(banner);
-    provide_context(Settings(RwSignal::new(settings)));
+    let settings = Settings(RwSignal::new(settings));
+    provide_context(settings);
     provide_context(engine);
     provide_context(chat);
     let store = StoreVersion(RwSignal::new(0));
@@ -67,6 +68,7 @@ pub fn Widget(opts: EmbedOptions, embedder: RwSignal<Embedder>) -> impl IntoView
         engine,
         banner,
         pref,
+        settings,
     };
     provide_context(dl);
 
