@@ -11,7 +11,7 @@ use leptos::prelude::*;
 use super::{EmbedOptions, Embedder};
 use crate::catalog::{fetch_catalog, CatalogEntry};
 use crate::components::chat::ChatPanel;
-use crate::components::download_panel::{DownloadPanel, DownloadState};
+use crate::components::download_panel::{DownloadPanel, DownloadState, Downloader};
 use crate::engine_client;
 use crate::protocol::{FromWorker, GenSettings};
 use crate::state::{
@@ -71,6 +71,7 @@ pub fn Widget(opts: EmbedOptions, embedder: RwSignal<Embedder>) -> impl IntoView
         settings,
     };
     provide_context(dl);
+    Downloader::provide(dl);
 
     let on_unsolicited: Rc<dyn Fn(&FromWorker)> = Rc::new(move |m: &FromWorker| {
         if let FromWorker::GpuLost { message } = m {
