@@ -28,11 +28,15 @@ async function serverLog() {
   return (await r.text()).split('\n').filter(Boolean);
 }
 
-async function launch({ webgpu }) {
+async function launch({ webgpu, thirdPartyStorage }) {
   const dir = mkdtempSync(join(tmpdir(), 'slm-e2e-'));
   const args = ['--no-sandbox', '--disable-background-networking', '--disable-component-update',
     '--disable-sync', '--no-first-run', '--headless=new'];
   if (webgpu) args.push('--enable-unsafe-webgpu');
+  // This Chromium blocks third-party cookies by default and with them an embedded frame's
+  // IndexedDB; the widget flows run as Chrome's default settings do (third-party storage
+  // allowed, partitioned by the top-level site).
+  if (thirdPartyStorage) args.push('--disable-features=TrackingProtection3pcd');
   const ctx = await chromium.launchPersistentContext(dir, { executablePath: CHROME, headless: true, args });
   const requests = [];
   ctx.on('request', (r) => requests.push(r.url()));
@@ -1244,6 +1248,407 @@ async function distFlow() {
 }
 
 // gpu: needs WebGPU (SwiftShader, slow): run only when named in SLM_E2E_ONLY.
+// ---- The embeddable widget and the host-page API (issue 11) ----
+// Host pages are served by this script from a second origin, http://localhost:SLM_HOST_PORT,
+// without COOP/COEP; the app server allows that origin to embed it (`--embed-origins`), while
+// http://127.0.0.1:SLM_HOST_PORT (same server, another origin) stays refused.
+const HOST_PORT = Number(process.env.SLM_HOST_PORT || 8105);
+const HOST = `http://localhost:${HOST_PORT}`;
+const REFUSED_HOST = `http://127.0.0.1:${HOST_PORT}`;
+const APP_ORIGIN = new URL(BASE).origin;
+const MODEL_ID = 'smollm2-135m-instruct-q4_1';
+const HOST_CONTENT = '<h1 id="wiki-title">Team handbook</h1><p id="wiki-text">Holidays are booked in the HR tool.</p>';
+const hostLog = [];
+let hostServer = null;
+
+function hostPage(body) {
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Intranet</title></head>` +
+    `<body><main id="content">${HOST_CONTENT}</main>${body}</body></html>`;
+}
+const HOST_PAGES = {
+  '/widget.html': () => hostPage(`<script src="${BASE}embed.js" data-model="${MODEL_ID}" data-title="Ask the handbook" data-temperature="0" data-max-tokens="160" async></script>`),
+  '/inline.html': () => hostPage(`<slm-chat model="${MODEL_ID}" title="Inline" temperature="0" max-tokens="16" style="display:block;height:520px"></slm-chat><script src="${BASE}embed.js" async></script>`),
+  '/api.html': () => hostPage(`<script src="${BASE}embed.js"></script>`),
+  '/blank.html': () => hostPage(''),
+};
+
+async function startHost() {
+  if (hostServer) return;
+  const http = await import('node:http');
+  hostServer = http.createServer((req, res) => {
+    hostLog.push(`${req.method} ${req.headers.host}${req.url}`);
+    const page = HOST_PAGES[req.url.split('?')[0]];
+    if (!page) { res.writeHead(404); res.end('not found'); return; }
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-cache' });
+    res.end(page());
+  });
+  await new Promise((res, rej) => { hostServer.once('error', rej); hostServer.listen(HOST_PORT, res); });
+  hostServer.unref();
+}
+
+/// Every request the browser made went to the app or the host page (nothing anywhere else).
+function onlyAppAndHost(requests) {
+  const other = requests.filter((u) => !u.startsWith(APP_ORIGIN + '/') && !u.startsWith(HOST + '/') && !u.startsWith(REFUSED_HOST + '/'));
+  assert.deepEqual(other, [], 'no request to any other origin');
+}
+
+/// Ask in the widget's frame `f` (a FrameLocator); returns the reply, its stats and how many
+/// distinct lengths were seen while it streamed.
+async function askIn(page, f, text) {
+  const before = await f.getByTestId('assistant-message').count();
+  await f.getByTestId('prompt-input').fill(text);
+  await f.getByTestId('send-button').click();
+  await f.getByTestId('stop-button').waitFor({ timeout: 10_000 });
+  const lengths = new Set();
+  const t0 = Date.now();
+  while (Date.now() - t0 < LONG) {
+    if (await f.getByTestId('assistant-message').count() > before) lengths.add((await f.getByTestId('assistant-message').nth(before).innerText()).length);
+    if (!(await f.getByTestId('stop-button').isVisible().catch(() => false))) break;
+    await page.waitForTimeout(50);
+  }
+  await f.getByTestId('send-button').waitFor({ timeout: LONG });
+  return {
+    reply: await f.getByTestId('assistant-message').nth(before).innerText(),
+    stats: await f.getByTestId('reply-stats').last().innerText(),
+    distinct: lengths.size,
+  };
+}
+
+async function waitFrameLoaded(page, f) {
+  const seen = new Set();
+  const t0 = Date.now();
+  while (Date.now() - t0 < LONG) {
+    // The bar may go away between the two calls (the download ended): never wait for it.
+    const v = await f.getByTestId('download-progress').getAttribute('value', { timeout: 200 }).catch(() => null);
+    if (v !== null) seen.add(Number(v));
+    if (await f.getByTestId('prompt-input').isEnabled().catch(() => false)) break;
+    if (await f.getByTestId('error-banner').first().isVisible().catch(() => false)) {
+      throw new Error('widget error banner: ' + await f.getByTestId('error-banner').first().innerText());
+    }
+    await page.waitForTimeout(100);
+  }
+  assert.ok(await f.getByTestId('prompt-input').isEnabled(), 'the widget is ready');
+  return [...seen].sort((a, b) => a - b);
+}
+
+/// The host page's own markup, and what embed.js added to <body>.
+async function hostDom(page) {
+  return page.evaluate(() => ({
+    content: document.getElementById('content').innerHTML,
+    added: [...document.body.children].filter((c) => c.id !== 'content' && c.tagName !== 'SCRIPT' && c.tagName !== 'SLM-CHAT')
+      .map((c) => c.tagName + [...c.attributes].map((a) => `[${a.name}]`).join('')),
+    head: document.head.children.length,
+  }));
+}
+
+async function widgetFlow() {
+  log(`widget flow: ${HOST}/widget.html (no COOP/COEP) embeds the app of ${APP_ORIGIN}`);
+  await startHost();
+  const b = await launch({ webgpu: false, thirdPartyStorage: true });
+  try {
+    const resp = await b.page.goto(`${HOST}/widget.html`);
+    assert.equal(resp.headers()['cross-origin-embedder-policy'], undefined, 'host page without COEP');
+    assert.equal(await b.page.evaluate(() => crossOriginIsolated), false, 'host page is not cross-origin isolated');
+    const headBefore = await b.page.evaluate(() => document.head.children.length);
+    await b.page.getByTestId('slm-launcher').click();
+    const f = b.page.frameLocator('iframe[src*="embed.html"]');
+    await f.getByTestId('embed-storage-note').waitFor({ timeout: 30_000 });
+    log('first-run note:', JSON.stringify((await f.getByTestId('embed-first-run').innerText()).slice(0, 160)));
+    assert.equal(await f.getByTestId('embed-title').innerText(), 'Ask the handbook');
+    assert.equal(await b.page.evaluate(() => document.querySelector('[data-slm-launcher]').shadowRoot.querySelector('iframe').contentDocument), null,
+      'the host page cannot reach into the widget');
+    await f.getByTestId('download-button').click();
+    const seen = await waitFrameLoaded(b.page, f);
+    log('widget download progress values:', seen.length, 'max', Math.max(...seen));
+    assert.ok(seen.length >= 2 && Math.max(...seen) >= 99.9, 'the panel showed the download progress to 100%');
+    assert.ok(b.requests.some((u) => u.startsWith(APP_ORIGIN) && u.includes(MODEL_FILE)), 'the model came from the app origin');
+    onlyAppAndHost(b.requests);
+
+    const r = await askIn(b.page, f, QUESTION);
+    log('widget reply:', JSON.stringify(r.reply), '|', r.stats, '| streamed updates:', r.distinct);
+    assert.ok(r.distinct >= 2, 'the reply streamed');
+    const expect = process.env.SLM_E2E_EXPECT_PREFIX;
+    if (expect) assert.ok(r.reply.trim().startsWith(expect), `reply starts with slm's ${JSON.stringify(expect)}`);
+    else assert.match(r.reply.toLowerCase(), /blue/);
+    if (process.env.SLM_E2E_WIDGET_SCREENSHOT) await b.page.screenshot({ path: process.env.SLM_E2E_WIDGET_SCREENSHOT });
+
+    // Stop, on a host page that is not cross-origin isolated.
+    await f.getByTestId('prompt-input').fill('Write a long story about a lighthouse keeper and a storm.');
+    await f.getByTestId('send-button').click();
+    await f.getByTestId('stop-button').waitFor({ timeout: 10_000 });
+    const streaming = f.getByTestId('assistant-message').nth(1);
+    const t0 = Date.now();
+    while ((await streaming.innerText().catch(() => '')).length < 20) {
+      assert.ok(Date.now() - t0 < 60_000, 'the story streams');
+      await b.page.waitForTimeout(20);
+    }
+    const tStop = Date.now();
+    await f.getByTestId('stop-button').click();
+    await f.getByTestId('send-button').waitFor({ timeout: 5_000 });
+    const stopStats = await f.getByTestId('reply-stats').last().innerText();
+    log(`widget stop after ${Date.now() - tStop} ms: ${stopStats}`);
+    assert.match(stopStats, /\(cancelled\)/, 'Stop ended the reply');
+
+    // The host page: only the launcher was added.
+    const dom = await hostDom(b.page);
+    assert.equal(dom.content, HOST_CONTENT, "the host page's content is untouched");
+    assert.deepEqual(dom.added, ['DIV[data-slm-launcher]'], 'embed.js added the launcher only');
+    assert.equal(dom.head, headBefore, 'nothing added to <head>');
+
+    // Reload: the model comes from this site's storage; the chat makes no request at all.
+    const appMark = (await serverLog()).length;
+    b.requests.length = 0;
+    hostLog.length = 0;
+    await b.page.reload();
+    await b.page.getByTestId('slm-launcher').click();
+    await waitFrameLoaded(b.page, f);
+    assert.deepEqual(b.requests.filter((u) => u.includes(MODEL_FILE)), [], 'no request for the model after reload');
+    assert.deepEqual((await serverLog()).slice(appMark).filter((l) => l.includes(MODEL_FILE)), []);
+    onlyAppAndHost(b.requests);
+    log('reload: requests while opening the widget:', b.requests.length, '(app files only)');
+    const mark = (await serverLog()).length;
+    b.requests.length = 0;
+    hostLog.length = 0;
+    const x = await askIn(b.page, f, XSS_PROMPT);
+    log('widget reply to the HTML prompt:', JSON.stringify(x.reply));
+    assert.deepEqual(b.requests, [], 'no browser request while chatting in the widget');
+    assert.deepEqual((await serverLog()).slice(mark), [], 'no app-server request while chatting');
+    assert.deepEqual(hostLog, [], 'no host-server request while chatting');
+    assert.match(x.reply, /<img[^>]*onerror=/, 'the model wrote an <img … onerror=…> tag');
+    assert.equal(await f.getByTestId('messages').locator('img, script, iframe').count(), 0, 'the reply is shown as text');
+    await b.page.waitForTimeout(300);
+    assert.deepEqual(b.dialogs, [], 'no script ran');
+
+    // The inline element on another page of the same site: the stored model, no download.
+    await b.page.goto(`${HOST}/inline.html`);
+    const g = b.page.frameLocator('slm-chat iframe');
+    await waitFrameLoaded(b.page, g);
+    const i = await askIn(b.page, g, QUESTION);
+    log('inline <slm-chat> reply:', JSON.stringify(i.reply), '|', i.stats);
+    assert.ok(i.reply.trim().length > 0 && /\(max_tokens\)/.test(i.stats), 'the inline chat answers (max-tokens=16)');
+    onlyAppAndHost(b.requests);
+  } finally {
+    await b.close();
+  }
+}
+
+/// What `slm generate --json` reports for `messages` (the engine's own token counts).
+function slmGenerate(messages, maxTokens) {
+  const bin = process.env.SLM_BIN || join(dirname(fileURLToPath(import.meta.url)), '..', 'target', 'release', 'slm');
+  try { statSync(bin); } catch { return null; }
+  const out = execFileSync(bin, ['generate', '--model', join(MODELS_DIR, MODEL_FILE), '--temperature', '0', '--max-tokens', String(maxTokens),
+    '--json', '--messages', JSON.stringify(messages)], { encoding: 'utf8' });
+  const lines = out.trim().split('\n').map((l) => JSON.parse(l));
+  return { text: lines.filter((l) => 'text' in l).map((l) => l.text).join(''), summary: lines.at(-1) };
+}
+
+async function apiFlow() {
+  log(`api flow: SLM.connect from ${HOST}/api.html`);
+  await startHost();
+  const b = await launch({ webgpu: false, thirdPartyStorage: true });
+  try {
+    await b.page.goto(`${HOST}/api.html`);
+    const connected = await b.page.evaluate(async (model) => {
+      const progress = [];
+      window.slm = await SLM.connect({ model, backend: 'cpu', onProgress: (p) => progress.push(p) });
+      return { progress, backend: window.slm.backend, model: window.slm.model };
+    }, MODEL_ID);
+    const dl = connected.progress.filter((p) => p.phase === 'downloading');
+    log('connect:', connected.backend, connected.model, '| progress events:', connected.progress.length,
+      '| last download event:', JSON.stringify(dl.at(-1)), '| phases:', [...new Set(connected.progress.map((p) => p.phase))].join(', '));
+    assert.ok(dl.length >= 2 && dl.at(-1).loaded === dl.at(-1).total && dl.at(-1).total > 0, 'download progress reached the total');
+    assert.ok(connected.progress.some((p) => p.phase.startsWith('loading')), 'load progress reported');
+    assert.equal(connected.backend, 'cpu');
+
+    const model = MODEL_ID;
+    const models = await b.page.evaluate(() => slm.models.list());
+    const mine = models.data.find((m) => m.id === model);
+    log('models.list:', models.data.length, 'models;', JSON.stringify(mine));
+    assert.ok(mine && mine.stored === true, 'the connected model is listed as stored');
+    assert.ok(models.data.some((m) => m.stored === false), 'catalog models not stored are listed too');
+
+    const messages = [{ role: 'system', content: 'You are a helpful assistant.' }, { role: 'user', content: QUESTION }];
+    const mark = (await serverLog()).length;
+    b.requests.length = 0;
+    hostLog.length = 0;
+    const plain = await b.page.evaluate((messages) => slm.chat.completions.create({ messages, temperature: 0, max_tokens: 24 }), messages);
+    log('plain:', JSON.stringify(plain.choices[0].message.content), plain.choices[0].finish_reason, JSON.stringify(plain.usage));
+    const expect = process.env.SLM_E2E_EXPECT_PREFIX;
+    if (expect) assert.ok(plain.choices[0].message.content.trim().startsWith(expect), `starts with slm's ${JSON.stringify(expect)}`);
+    assert.equal(plain.object, 'chat.completion');
+    assert.equal(plain.choices[0].finish_reason, 'length');
+    const native = slmGenerate(messages, 24);
+    if (native) {
+      log('slm generate --json:', JSON.stringify(native.summary));
+      assert.equal(plain.usage.prompt_tokens, native.summary.n_prompt, 'prompt_tokens as the engine counts them');
+      assert.equal(plain.usage.completion_tokens, native.summary.n_generated, 'completion_tokens as the engine counts them');
+    } else {
+      assert.equal(plain.usage.completion_tokens, 24);
+    }
+
+    const streamed = await b.page.evaluate(async (messages) => {
+      const stream = await slm.chat.completions.create({ messages, temperature: 0, max_tokens: 24, stream: true });
+      const parts = [];
+      let last = null;
+      for await (const chunk of stream) {
+        parts.push(chunk.choices[0].delta.content || '');
+        last = chunk;
+      }
+      return { parts, last };
+    }, messages);
+    log('stream:', streamed.parts.length, 'chunks; finish', streamed.last.choices[0].finish_reason, JSON.stringify(streamed.last.usage));
+    assert.ok(streamed.parts.length >= 3, 'several chunks');
+    assert.equal(streamed.parts.join(''), plain.choices[0].message.content, 'streamed text = plain text');
+    assert.equal(streamed.last.choices[0].finish_reason, 'length');
+    assert.deepEqual(streamed.last.usage, plain.usage);
+
+    // Abort a stream mid-way; the next request works.
+    const aborted = await b.page.evaluate(async () => {
+      const ctrl = new AbortController();
+      const stream = await slm.chat.completions.create({ messages: [{ role: 'user', content: 'Write a long story about a lighthouse keeper.' }],
+        temperature: 0, max_tokens: 400, stream: true, signal: ctrl.signal });
+      let text = '';
+      try {
+        for await (const c of stream) {
+          text += c.choices[0].delta.content || '';
+          if (text.length > 30) ctrl.abort();
+        }
+        return { text, error: null };
+      } catch (e) {
+        return { text, error: { name: e.name, code: e.code, isSLM: e instanceof SLM.Error } };
+      }
+    });
+    log('aborted stream:', JSON.stringify(aborted));
+    assert.equal(aborted.error && aborted.error.code, 'aborted', 'the stream ends with aborted');
+    assert.ok(aborted.error.isSLM);
+    assert.ok(aborted.text.length < 600, 'stopped long before max_tokens');
+
+    // Three requests together, the third aborted while queued: each answered for itself.
+    const together = await b.page.evaluate(async (messages) => {
+      const ctrl = new AbortController();
+      const a = slm.chat.completions.create({ messages, temperature: 0, max_tokens: 24 });
+      const b2 = slm.chat.completions.create({ messages: [{ role: 'user', content: 'What is 2 + 2?' }], temperature: 0, max_tokens: 12 });
+      const c = slm.chat.completions.create({ messages: [{ role: 'user', content: 'Name a fruit.' }], max_tokens: 12, signal: ctrl.signal });
+      ctrl.abort();
+      const s = await Promise.allSettled([a, b2, c]);
+      return s.map((x) => (x.status === 'fulfilled' ? { text: x.value.choices[0].message.content } : { code: x.reason.code }));
+    }, messages);
+    log('together:', JSON.stringify(together));
+    assert.equal(together[0].text, plain.choices[0].message.content, 'the first gets its own answer');
+    assert.ok(together[1].text && together[1].text !== together[0].text, 'the second gets its own answer');
+    assert.equal(together[2].code, 'aborted', 'the aborted one is aborted');
+    assert.deepEqual(b.requests, [], 'no browser request while using the API');
+    assert.deepEqual((await serverLog()).slice(mark), [], 'no app-server request while using the API');
+    assert.deepEqual(hostLog, [], 'no host-server request');
+
+    // Typed errors: a bad request through the API, an unknown model, raw malformed messages.
+    const bad = await b.page.evaluate(async () => {
+      const out = {};
+      try { await slm.chat.completions.create({ messages: [{ role: 'tool', content: 'x' }] }); } catch (e) { out.role = e.code; }
+      try { await slm.chat.completions.create({ messages: [{ role: 'user', content: 'x' }], temperature: 9 }); } catch (e) { out.temperature = e.code; }
+      try { await SLM.connect({ model: 'no-such-model' }); } catch (e) { out.model = e.code; }
+      const frame = document.querySelector('[data-slm-api]').shadowRoot.querySelector('iframe');
+      const replies = [];
+      const on = (e) => { if (e.source === frame.contentWindow) replies.push(JSON.parse(e.data)); };
+      window.addEventListener('message', on);
+      const app = new URL(frame.src).origin;
+      frame.contentWindow.postMessage({ not: 'a string' }, app);
+      frame.contentWindow.postMessage('{"slm":1,"id":77,"type":"chat","messages":[]}', app);
+      frame.contentWindow.postMessage('{"slm":1,"id":78,"type":"eval","code":"alert(1)"}', app);
+      frame.contentWindow.postMessage('x'.repeat(600000), app);
+      await new Promise((r) => setTimeout(r, 500));
+      window.removeEventListener('message', on);
+      out.raw = replies.map((m) => `${m.id}:${m.type}:${m.error && m.error.code}`);
+      return out;
+    });
+    log('errors:', JSON.stringify(bad));
+    assert.deepEqual({ role: bad.role, temperature: bad.temperature, model: bad.model }, { role: 'bad_request', temperature: 'bad_request', model: 'model_not_found' });
+    assert.deepEqual(bad.raw, ['0:error:bad_request', '77:error:bad_request', '78:error:bad_request', '0:error:bad_request']);
+
+    // A message from a wrong origin (a frame of 127.0.0.1 inside the allowed page, next to an
+    // API frame) is refused.
+    await b.page.evaluate(async ({ api, evil }) => {
+      const f = document.createElement('iframe');
+      f.src = api;
+      const ready = new Promise((r) => window.addEventListener('message', (e) => { if (e.source === f.contentWindow) r(); }));
+      document.body.append(f);
+      await ready;
+      const g = document.createElement('iframe');
+      g.src = evil;
+      await new Promise((r) => { g.onload = r; document.body.append(g); });
+    }, { api: new URL('embed.html?mode=api', BASE).href, evil: `${REFUSED_HOST}/blank.html` });
+    const evil = b.page.frames().find((fr) => fr.url().startsWith(REFUSED_HOST));
+    const refused = await evil.evaluate(async (app) => {
+      const replies = [];
+      window.addEventListener('message', (e) => replies.push(`${e.origin} ${e.data}`));
+      for (let i = 0; i < parent.frames.length; i++) {
+        try { parent.frames[i].postMessage('{"slm":1,"id":5,"type":"models.list"}', app); } catch { /* not the app */ }
+      }
+      await new Promise((r) => setTimeout(r, 500));
+      return replies;
+    }, APP_ORIGIN);
+    log('wrong-origin message answered with:', JSON.stringify(refused));
+    assert.ok(refused.length >= 1 && refused.every((r) => r.includes('"code":"not_allowed"')), 'a wrong origin gets not_allowed and nothing else');
+    await b.page.waitForTimeout(200);
+    assert.deepEqual(b.dialogs, [], 'nothing was evaluated');
+  } finally {
+    await b.close();
+  }
+}
+
+async function embedRefusedFlow() {
+  log(`embed refused: ${REFUSED_HOST} is not on the allowed list`);
+  await startHost();
+  const r = await fetch(new URL('embed.html', BASE));
+  const csp = r.headers.get('content-security-policy');
+  log('embed.html CSP frame-ancestors:', /frame-ancestors [^;]*/.exec(csp)[0]);
+  assert.ok(csp.includes(`frame-ancestors 'self' ${HOST}`), 'frame-ancestors lists the allowed host');
+  assert.ok(!csp.includes(REFUSED_HOST), 'and not the refused one');
+  const app = await (await fetch(new URL('/', BASE))).text();
+  assert.ok(app.length > 0);
+  const appCsp = (await fetch(new URL('/', BASE))).headers.get('content-security-policy');
+  assert.match(appCsp, /frame-ancestors 'none'/, "the app's own page still cannot be framed");
+  const b = await launch({ webgpu: false });
+  try {
+    await b.page.goto(`${REFUSED_HOST}/widget.html`);
+    await b.page.getByTestId('slm-launcher').click();
+    const msg = await b.page.getByTestId('slm-not-allowed').innerText();
+    log('panel:', JSON.stringify(msg));
+    assert.match(msg, /Not allowed here/);
+    await b.page.goto(`${REFUSED_HOST}/api.html`);
+    const code = await b.page.evaluate(() => SLM.connect({ model: 'smollm2-135m-instruct-q4_1' }).then(() => 'connected', (e) => e.code));
+    log('SLM.connect on a refused origin:', code);
+    assert.equal(code, 'not_allowed');
+    // Framing embed.html directly (without embed.js's check): the browser refuses it.
+    await b.page.evaluate((src) => {
+      const f = document.createElement('iframe');
+      f.src = src;
+      document.body.append(f);
+    }, new URL('embed.html?mode=chat', BASE).href);
+    await b.page.waitForTimeout(3000);
+    const mounted = await b.page.frameLocator('iframe[src*="embed.html"]').getByTestId('embed-title').count();
+    assert.equal(mounted, 0, 'the browser did not render the widget for a refused origin');
+    // On the allowed origin the same frame renders.
+    await b.page.goto(`${HOST}/blank.html`);
+    await b.page.evaluate((src) => {
+      const f = document.createElement('iframe');
+      f.src = src;
+      document.body.append(f);
+    }, new URL('embed.html?mode=chat', BASE).href);
+    await b.page.frameLocator('iframe[src*="embed.html"]').getByTestId('embed-title').waitFor({ timeout: 30_000 });
+    log('the same frame renders on the allowed origin');
+    // This Chromium's default profile blocks third-party storage: the widget says so (and links
+    // the chat in its own tab) instead of failing at the download.
+    await b.page.goto(`${HOST}/widget.html`);
+    await b.page.getByTestId('slm-launcher').click();
+    const blocked = await b.page.frameLocator('iframe[src*="embed.html"]').getByTestId('embed-storage-blocked').innerText({ timeout: 30_000 });
+    log('storage blocked:', JSON.stringify(blocked.split('\n')[0]));
+    assert.match(blocked, /blocks storage/);
+  } finally {
+    await b.close();
+  }
+}
+
 const flows = {
   main: { run: mainFlow },
   resume: { run: resumeFlow },
@@ -1263,6 +1668,9 @@ const flows = {
   offline: { run: offlineFlow },
   dist: { run: distFlow },
   gpulost: { run: gpuLostFlow, gpu: true },
+  widget: { run: widgetFlow },
+  api: { run: apiFlow },
+  embedrefused: { run: embedRefusedFlow },
 };
 const wanted = only ? only.split(',').map((n) => n.trim()).filter(Boolean) : null;
 for (const n of wanted || []) if (!flows[n]) { log(`unknown flow ${n}; flows: ${Object.keys(flows).join(', ')}`); process.exit(2); }

@@ -12,6 +12,7 @@
 //!   random valid weights (`synth.rs`).
 
 mod dist;
+mod embed;
 mod serve;
 mod synth;
 
@@ -470,7 +471,7 @@ fn main() {
             args.get(1).map_or("gguf_parse", String::as_str),
             args.get(2).and_then(|s| s.parse().ok()).unwrap_or(60),
         ),
-        _ => Err("usage: cargo xtask <fetch-models|test|bench|fuzz [target] [seconds]|serve [--port N] [--no-build] [--test-hooks]|dist [--out DIR] [--no-build]|browser-tests|synth-model --shape NAME --type TYPE --out PATH>".into()),
+        _ => Err("usage: cargo xtask <fetch-models|test|bench|fuzz [target] [seconds]|serve [--port N] [--no-build] [--test-hooks] [--embed-origins URL,URL]|dist [--out DIR] [--no-build]|browser-tests|synth-model --shape NAME --type TYPE --out PATH>".into()),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e}");

@@ -166,13 +166,15 @@ fn gzip_len(p: &Path) -> Option<u64> {
     Some(o.stdout.len() as u64)
 }
 
-/// `cargo xtask serve [--port N] [--no-build] [--test-hooks]`: build, then serve on 127.0.0.1
-/// until interrupted. `--test-hooks` serves as the browser tests see it (request log at
+/// `cargo xtask serve [--port N] [--no-build] [--test-hooks] [--embed-origins URL,URL]`: build,
+/// then serve on 127.0.0.1 until interrupted. `--embed-origins` adds host origins allowed to embed
+/// the widget (to those of `public/embed.json`). `--test-hooks` serves as the browser tests see it (request log at
 /// `/__log`, `?cut=N`, `?slow=N`, `?isolation=off`, a Hub stand-in), for running `node tests/e2e.mjs` by hand with
 /// `SLM_URL`.
 pub fn serve(args: &[String]) -> Result {
     let mut port: u16 = 8080;
     let mut hooks = false;
+    let mut embed: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -184,13 +186,17 @@ pub fn serve(args: &[String]) -> Result {
             }
             "--no-build" => {}
             "--test-hooks" => hooks = true,
-            other => return Err(format!("serve: unknown argument `{other}` (usage: cargo xtask serve [--port N] [--no-build] [--test-hooks])")),
+            "--embed-origins" => {
+                let list = it.next().ok_or("--embed-origins needs URL,URL (origins such as https://wiki.example.com)")?;
+                embed.extend(list.split(',').filter(|o| !o.trim().is_empty()).map(String::from));
+            }
+            other => return Err(format!("serve: unknown argument `{other}` (usage: cargo xtask serve [--port N] [--no-build] [--test-hooks] [--embed-origins URL,URL])")),
         }
     }
     if !args.iter().any(|a| a == "--no-build") {
         build_web()?;
     }
-    let server = Server::new(root().join("dist"), hooks)?;
+    let server = Server::new(root().join("dist"), hooks)?.with_embed_origins(&embed)?;
     let listener = TcpListener::bind(("127.0.0.1", port))
         .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
     eprintln!(
@@ -211,6 +217,9 @@ pub struct Server {
     /// embedding page that is not cross-origin isolated would be).
     hooks: bool,
     log: Arc<Mutex<Vec<String>>>,
+    /// Host origins allowed to embed the widget (`embed.json` plus `--embed-origins`): the CSP
+    /// `frame-ancestors` of `embed.html`, and the list `/embed.json` serves.
+    embed_origins: Vec<String>,
 }
 
 /// Hosts in the catalog's model URLs, for `connect-src`.
@@ -262,12 +271,26 @@ impl Server {
             return Err(format!("{} has no index.html: build first", dir.display()));
         }
         let csp = csp(&dir);
+        let listed = std::fs::read_to_string(dir.join("embed.json")).unwrap_or_default();
+        let embed_origins = crate::embed::origins_from_json(&listed)?;
         Ok(Server {
             dir,
             csp,
             hooks,
             log: Arc::new(Mutex::new(Vec::new())),
+            embed_origins,
         })
+    }
+
+    /// Also allow `extra` host origins to embed the widget (each checked).
+    pub fn with_embed_origins(mut self, extra: &[String]) -> Result<Self> {
+        for o in extra {
+            let o = crate::embed::check_origin(o)?;
+            if !self.embed_origins.contains(&o) {
+                self.embed_origins.push(o);
+            }
+        }
+        Ok(self)
     }
 
     /// Accept connections forever, one thread each.
@@ -323,6 +346,16 @@ impl Server {
                 return self.respond(&mut stream, 200, "application/json", body.as_bytes(), &[]);
             }
         }
+        if path == "/embed.json" {
+            let body = crate::embed::embed_json(&self.embed_origins);
+            return self.respond(
+                &mut stream,
+                200,
+                "application/json",
+                body.as_bytes(),
+                &crate::embed::PUBLIC,
+            );
+        }
         let hub_path = if self.hooks { hub_file(path) } else { None };
         let path = hub_path.as_deref().unwrap_or(path);
         let Some(file) = self.resolve(path) else {
@@ -346,6 +379,20 @@ impl Server {
             }
         };
         let mut extra: Vec<(&str, String)> = vec![("Accept-Ranges", "bytes".into())];
+        // The widget: embed.js is loaded by host pages (cross-origin), embed.html may be framed
+        // by the allowed origins only.
+        match path {
+            "/embed.js" => extra.extend(
+                crate::embed::PUBLIC
+                    .iter()
+                    .map(|(k, v)| (*k, v.to_string())),
+            ),
+            "/embed.html" => extra.push((
+                "Content-Security-Policy",
+                crate::embed::frame_csp(&self.csp, &self.embed_origins),
+            )),
+            _ => {}
+        }
         if status == 206 {
             extra.push(("Content-Range", format!("bytes {start}-{}/{len}", end - 1)));
         }
@@ -469,12 +516,23 @@ impl Server {
         } else {
             ""
         };
+        // `extra` may replace the default CORP and CSP (the widget's files).
+        let has = |k: &str| extra.iter().any(|(n, _)| n.eq_ignore_ascii_case(k));
+        let corp = if has("Cross-Origin-Resource-Policy") {
+            String::new()
+        } else {
+            "Cross-Origin-Resource-Policy: same-origin\r\n".to_string()
+        };
+        let csp = if has("Content-Security-Policy") {
+            String::new()
+        } else {
+            format!("Content-Security-Policy: {}\r\n", self.csp)
+        };
         let mut h = format!(
             "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\n\
-             {isolation}Cross-Origin-Resource-Policy: same-origin\r\nContent-Security-Policy: {}\r\n\
+             {isolation}{corp}{csp}\
              X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\nCache-Control: no-cache\r\n\
-             Connection: close\r\n",
-            self.csp
+             Connection: close\r\n"
         );
         for (k, v) in extra {
             h.push_str(&format!("{k}: {v}\r\n"));
@@ -569,18 +627,26 @@ pub fn browser_tests() -> Result {
     build_web()?;
     let expect = expected_reply_prefix("SmolLM2-135M-Instruct.Q4_1.gguf")?;
     let expect_gemma3 = expected_reply_prefix("gemma-3-270m-q4_k_m.gguf")?;
-    let server = Server::new(root().join("dist"), true)?;
+    // The widget flows serve host pages from a second origin (`http://localhost:HOST_PORT`, no
+    // COOP/COEP), which the app allows to embed it; `http://127.0.0.1:HOST_PORT` stays refused.
+    let host_port = TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let server = Server::new(root().join("dist"), true)?
+        .with_embed_origins(&[format!("http://localhost:{host_port}")])?;
     let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     std::thread::spawn(move || server.run(listener));
     let url = format!("http://127.0.0.1:{port}/");
     // Every flow that needs no WebGPU, on the wasm SIMD CPU engine (main flow with the WebGPU
     // flag on, others without): main, resume, checksum, xss, regenerate, stop, conversation,
-    // hub, cancel, import, gemma3 (no WebGPU: auto takes the CPU), quota.
+    // hub, cancel, import, gemma3 (no WebGPU: auto takes the CPU), quota, widget, api.
     run(Command::new("node")
         .current_dir(web_tests_dir())
         .arg("e2e.mjs")
         .env("SLM_URL", &url)
+        .env("SLM_HOST_PORT", host_port.to_string())
         .env("SLM_MODELS_DIR", models_dir())
         .env("SLM_E2E_EXPECT_PREFIX", &expect)
         .env("SLM_E2E_EXPECT_PREFIX_GEMMA3", &expect_gemma3)

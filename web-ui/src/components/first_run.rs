@@ -12,11 +12,16 @@ use gloo::storage::{LocalStorage, Storage};
 
 const KEY: &str = "slm.first_run";
 
+/// Renders nothing where the page provides no device check (the embedded widget, whose model
+/// the host page chose).
 #[component]
 pub fn FirstRun() -> impl IntoView {
     let done = RwSignal::new(LocalStorage::get::<String>(KEY).is_ok());
-    let DeviceCheck(facts) = expect_context::<DeviceCheck>();
-    let StoredList(stored) = expect_context::<StoredList>();
+    let (Some(DeviceCheck(facts)), Some(StoredList(stored))) =
+        (use_context::<DeviceCheck>(), use_context::<StoredList>())
+    else {
+        return ().into_any();
+    };
     let known = expect_context::<KnownModels>();
     let selected = expect_context::<SelectedModel>().0;
     let Downloader { run } = expect_context::<Downloader>();
@@ -66,4 +71,5 @@ pub fn FirstRun() -> impl IntoView {
             </Transition>
         </Show>
     }
+    .into_any()
 }
