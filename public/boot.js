@@ -14,6 +14,7 @@ let started = false;
 const start = () => { if (!started) { started = true; init({ module_or_path: './web-ui_bg.wasm' }); } };
 if ('serviceWorker' in navigator && window.isSecureContext) {
   const reg = navigator.serviceWorker.register('./sw.js');
+  reg.then(watchUpdates, () => {});
   if (!crossOriginIsolated && !isolationOff && !sessionStorage.getItem('slm.coi-reloaded')) {
     const reload = () => { sessionStorage.setItem('slm.coi-reloaded', '1'); location.reload(); };
     reg.then(() => {
@@ -45,3 +46,37 @@ globalThis.slmHighlight = async (root) => {
   }
   return blocks.length;
 };
+
+// A new version deployed while this page is open: the browser finds a changed sw.js (on its own
+// update checks, or `registration.update()`), installs it, and this notice says that the new
+// version applies at the next visit (or now, with Reload). Not shown at the first install.
+function watchUpdates(reg) {
+  reg.addEventListener('updatefound', () => {
+    // A worker already controls the page (or is active): this is an update, not the first install.
+    const w = reg.installing;
+    if (!w || !(navigator.serviceWorker.controller || reg.active)) return;
+    w.addEventListener('statechange', () => {
+      if ((w.state === 'installed' || w.state === 'activated') && !document.querySelector('[data-testid=update-notice]')) showUpdateNotice();
+    });
+  });
+}
+
+function showUpdateNotice() {
+  const n = document.createElement('div');
+  n.className = 'update-notice';
+  n.setAttribute('role', 'status');
+  n.dataset.testid = 'update-notice';
+  const text = document.createElement('span');
+  text.textContent = 'A new version of the app is ready: it applies the next time you open it.';
+  const reload = document.createElement('button');
+  reload.textContent = 'Reload now';
+  reload.dataset.testid = 'update-reload';
+  reload.addEventListener('click', () => location.reload());
+  const close = document.createElement('button');
+  close.className = 'dismiss';
+  close.textContent = '×';
+  close.setAttribute('aria-label', 'Dismiss');
+  close.addEventListener('click', () => n.remove());
+  n.append(text, reload, close);
+  document.body.append(n);
+}

@@ -1194,7 +1194,7 @@ async function waitIsolated(page) {
 }
 
 async function offlineFlow() {
-  log('offline: after one visit (service worker installed) the app reloads with the network off and chats from the stored model');
+  log('offline: after one visit (service worker installed) the app reloads with the network off and chats from the stored model; a new deploy shows the update notice');
   const b = await launch({ webgpu: false });
   try {
     await open(b.page);
@@ -1208,6 +1208,17 @@ async function offlineFlow() {
     log('cached:', cached.join(' '));
     for (const f of ['/', '/web-ui_bg.wasm', '/web-ui.js', '/worker.js', '/style.css', '/models.json']) assert.ok(cached.includes(f), `shell file ${f} cached`);
     assert.ok(!cached.some((p) => p.includes('.gguf')), 'no model bytes in the service worker cache');
+    assert.equal(await b.page.getByTestId('update-notice').count(), 0, 'no update notice at the first install');
+    // A new version is deployed while the page is open: the update check finds it and a small
+    // notice says it applies at the next visit.
+    await fetch(new URL('__deploy', BASE));
+    await b.page.evaluate(async () => (await navigator.serviceWorker.getRegistration()).update());
+    const notice = b.page.getByTestId('update-notice');
+    await notice.waitFor({ timeout: 20_000 });
+    log('update notice:', await notice.innerText());
+    assert.match(await notice.innerText(), /new version of the app is ready/);
+    await notice.getByRole('button', { name: 'Dismiss' }).click();
+    assert.equal(await notice.count(), 0);
     await chatOffline(b, new URL('__log', BASE));
   } finally {
     await b.close();

@@ -214,9 +214,13 @@ pub struct Server {
     csp: String,
     /// Test mode: record request lines (served at `/__log`), honour `?cut=N` (drop a download
     /// after N bytes), `?slow=N` (N bytes/s) and `?isolation=off` (serve that response without COOP/COEP, as an
-    /// embedding page that is not cross-origin isolated would be).
+    /// embedding page that is not cross-origin isolated would be), and `/__deploy` (a new
+    /// version of `sw.js` from then on).
     hooks: bool,
     log: Arc<Mutex<Vec<String>>>,
+    /// Test mode: deploys simulated by `/__deploy` (each changes the bytes of `sw.js`, as a new
+    /// build does, so the browser's update check finds a new service worker).
+    deploys: Arc<std::sync::atomic::AtomicU64>,
     /// Host origins allowed to embed the widget (`embed.json` plus `--embed-origins`): the CSP
     /// `frame-ancestors` of `embed.html`, and the list `/embed.json` serves.
     embed_origins: Vec<String>,
@@ -278,6 +282,7 @@ impl Server {
             csp,
             hooks,
             log: Arc::new(Mutex::new(Vec::new())),
+            deploys: Arc::default(),
             embed_origins,
         })
     }
@@ -339,6 +344,25 @@ impl Server {
         if self.hooks && path == "/__log" {
             let body = self.log.lock().map(|l| l.join("\n")).unwrap_or_default();
             return self.respond(&mut stream, 200, "text/plain", body.as_bytes(), &[]);
+        }
+        if self.hooks && path == "/__deploy" {
+            use std::sync::atomic::Ordering;
+            let n = self.deploys.fetch_add(1, Ordering::SeqCst) + 1;
+            return self.respond(
+                &mut stream,
+                200,
+                "text/plain",
+                n.to_string().as_bytes(),
+                &[],
+            );
+        }
+        if self.hooks && path == "/sw.js" {
+            let n = self.deploys.load(std::sync::atomic::Ordering::SeqCst);
+            if n > 0 {
+                let mut body = std::fs::read(self.dir.join("sw.js"))?;
+                body.extend_from_slice(format!("\n// test deploy {n}\n").as_bytes());
+                return self.respond(&mut stream, 200, "text/javascript", &body, &[]);
+            }
         }
         if self.hooks {
             if let Some(listing) = self.hub_listing(path) {
