@@ -154,7 +154,8 @@ impl Downloader {
     }
 }
 
-fn fmt_secs(s: f64) -> String {
+/// Seconds as "12 s" / "3 min" ("—" when unknown).
+pub fn fmt_secs(s: f64) -> String {
     if !s.is_finite() || s <= 0.0 {
         "—".into()
     } else if s < 90.0 {

@@ -7,7 +7,7 @@ use leptos::prelude::*;
 
 use crate::capabilities;
 use crate::catalog::{fmt_bytes, CatalogEntry, StoredModel};
-use crate::components::download_panel::{DownloadState, Downloader};
+use crate::components::download_panel::{fmt_secs, DownloadState, Downloader};
 use crate::components::environment::gpu_line;
 use crate::device::{fit, DeviceFacts, Verdict};
 use crate::download;
@@ -180,7 +180,7 @@ pub fn ModelCard(
                 view! {
                     <div class="progress" data-testid="card-progress">
                         <progress max="100" value=format!("{pct:.1}")></progress>
-                        <span class="progress-text">{format!("{} of {} · {}/s", fmt_bytes(p.bytes as f64), fmt_bytes(p.total as f64), fmt_bytes(p.speed))}</span>
+                        <span class="progress-text">{format!("{} of {} · {}/s · {} left", fmt_bytes(p.bytes as f64), fmt_bytes(p.total as f64), fmt_bytes(p.speed), fmt_secs(p.eta_s))}</span>
                     </div>
                 }
             })).flatten()}
