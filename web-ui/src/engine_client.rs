@@ -189,7 +189,10 @@ async fn request(
     msg: ToWorker,
     on_event: Option<OnEvent>,
 ) -> Result<FromWorker, WorkerError> {
-    let ready = CLIENT.with(|c| c.borrow_mut().as_mut().and_then(|c| c.ready.take()));
+    // Every request waits for the worker's `Ready`: one posted while the worker's module is
+    // still starting would reach no handler and be lost (a JS promise may be awaited any
+    // number of times).
+    let ready = CLIENT.with(|c| c.borrow().as_ref().and_then(|c| c.ready.clone()));
     if let Some(r) = ready {
         let _ = await_promise(r).await;
     }
