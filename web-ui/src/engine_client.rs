@@ -341,13 +341,22 @@ fn post_only(msg: ToWorker) {
         id: RequestId::next().0,
         msg,
     };
-    if let Ok(v) = serde::Serialize::serialize(&env, &ser) {
+    let Ok(v) = serde::Serialize::serialize(&env, &ser) else {
+        return;
+    };
+    // After the worker's `Ready`, like every request (in order: promise reactions run first in,
+    // first out).
+    let ready = CLIENT.with(|c| c.borrow().as_ref().and_then(|c| c.ready.clone()));
+    wasm_bindgen_futures::spawn_local(async move {
+        if let Some(r) = ready {
+            let _ = await_promise(r).await;
+        }
         CLIENT.with(|c| {
             if let Some(c) = c.borrow().as_ref() {
                 let _ = c.worker.post_message(&v);
             }
         });
-    }
+    });
 }
 
 /// Forget the KV cache (new chat).
