@@ -2,12 +2,10 @@
 //! the header (model picker, status chip, theme, settings drawer), the sidebar (conversations,
 //! then the model and device panels), and the conversation.
 
-use std::rc::Rc;
-
 use leptos::prelude::*;
 
 use crate::components::chat::ChatPanel;
-use crate::components::download_panel::{DownloadPanel, DownloadState, Downloader};
+use crate::components::download_panel::{provide_chat_contexts, DownloadPanel, DownloadState};
 use crate::components::environment::EnvironmentInfo;
 use crate::components::model_manager::{self, ModelManager, ModelsButton};
 use crate::components::model_picker::{AddModel, ModelFacts, ModelPicker};
@@ -16,11 +14,8 @@ use crate::components::sidebar::{ConversationList, SidebarOpen, UndoToast};
 use crate::components::stored_models::StoredModels;
 use crate::components::theme::ThemeToggle;
 use crate::engine_client;
-use crate::protocol::{FromWorker, GenSettings};
-use crate::state::{
-    BackendPref, Chat, Engine, ErrorBanner, Generating, KnownModels, SelectedModel, Settings,
-    StoreVersion,
-};
+use crate::protocol::GenSettings;
+use crate::state::{Chat, Engine, ErrorBanner, Settings};
 
 #[component]
 pub fn App() -> impl IntoView {
@@ -35,43 +30,9 @@ pub fn App() -> impl IntoView {
     // A reload reopens the most recent saved conversation (read from IndexedDB).
     chat.load(settings, banner);
     let sidebar = SidebarOpen(RwSignal::new(false));
-    provide_context(Generating(RwSignal::new(false)));
     provide_context(sidebar);
-    provide_context(SelectedModel(RwSignal::new(None)));
-    provide_context(KnownModels {
-        catalog: RwSignal::new(Vec::new()),
-        extra: RwSignal::new(Vec::new()),
-    });
-    provide_context(banner);
-    provide_context(settings);
-    provide_context(engine);
-    provide_context(chat);
-    let store = StoreVersion(RwSignal::new(0));
-    let pref = BackendPref(RwSignal::new("auto".to_string()));
-    provide_context(store);
-    provide_context(pref);
-    let dl = DownloadState {
-        progress: RwSignal::new(None),
-        store,
-        engine,
-        banner,
-        pref,
-        settings,
-    };
-    provide_context(dl);
-    Downloader::provide(dl);
+    provide_chat_contexts(engine, banner, chat, settings);
     model_manager::provide();
-
-    // Messages no request asked for. A lost GPU is handled by the chat panel once no reply is
-    // being generated.
-    let on_unsolicited: Rc<dyn Fn(&FromWorker)> = Rc::new(move |m: &FromWorker| {
-        if let FromWorker::GpuLost { message } = m {
-            engine.gpu_lost.set(Some(message.clone()))
-        }
-    });
-    if let Err(e) = engine_client::start(on_unsolicited) {
-        banner.show(format!("The engine worker could not start: {e}"));
-    }
     engine_client::install_test_hooks();
 
     view! {

@@ -9,7 +9,10 @@ use web_sys::AbortController;
 use crate::catalog::{fmt_bytes, CatalogEntry};
 use crate::download::{self, Progress};
 use crate::engine_client;
-use crate::state::{BackendPref, Engine, ErrorBanner, SelectedModel, Settings, StoreVersion};
+use crate::state::{
+    BackendPref, Chat, Engine, ErrorBanner, Generating, KnownModels, SelectedModel, Settings,
+    StoreVersion,
+};
 
 /// Download progress and the actions around storing and loading a model.
 #[derive(Clone, Copy)]
@@ -256,4 +259,50 @@ pub fn DownloadPanel() -> impl IntoView {
             })}
         </section>
     }
+}
+
+/// The contexts every page that chats needs (the app and the embedded widget): the engine's
+/// state, the banner, the conversation and its settings, the catalog, the download state and
+/// its [`Downloader`]; then starts the engine worker, whose unsolicited `GpuLost` goes to
+/// `engine.gpu_lost`. Returns the download state.
+pub fn provide_chat_contexts(
+    engine: Engine,
+    banner: ErrorBanner,
+    chat: Chat,
+    settings: Settings,
+) -> DownloadState {
+    provide_context(Generating(RwSignal::new(false)));
+    provide_context(SelectedModel(RwSignal::new(None)));
+    provide_context(KnownModels {
+        catalog: RwSignal::new(Vec::new()),
+        extra: RwSignal::new(Vec::new()),
+    });
+    provide_context(banner);
+    provide_context(settings);
+    provide_context(engine);
+    provide_context(chat);
+    let store = StoreVersion(RwSignal::new(0));
+    let pref = BackendPref(RwSignal::new("auto".to_string()));
+    provide_context(store);
+    provide_context(pref);
+    let dl = DownloadState {
+        progress: RwSignal::new(None),
+        store,
+        engine,
+        banner,
+        pref,
+        settings,
+    };
+    provide_context(dl);
+    Downloader::provide(dl);
+    let on_unsolicited: std::rc::Rc<dyn Fn(&crate::protocol::FromWorker)> =
+        std::rc::Rc::new(move |m: &crate::protocol::FromWorker| {
+            if let crate::protocol::FromWorker::GpuLost { message } = m {
+                engine.gpu_lost.set(Some(message.clone()))
+            }
+        });
+    if let Err(e) = engine_client::start(on_unsolicited) {
+        banner.show(format!("The engine worker could not start: {e}"));
+    }
+    dl
 }

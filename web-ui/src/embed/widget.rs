@@ -4,20 +4,14 @@
 //! chat panel. A model already stored for this site is loaded at once. The conversation stays in
 //! this frame (the app's origin); the host page sees none of it.
 
-use std::rc::Rc;
-
 use leptos::prelude::*;
 
 use super::{EmbedOptions, Embedder};
 use crate::catalog::{fetch_catalog, CatalogEntry};
 use crate::components::chat::ChatPanel;
-use crate::components::download_panel::{DownloadPanel, DownloadState, Downloader};
-use crate::engine_client;
-use crate::protocol::{FromWorker, GenSettings};
-use crate::state::{
-    BackendPref, Chat, Conversation, Engine, ErrorBanner, Generating, KnownModels, SelectedModel,
-    Settings, StoreVersion,
-};
+use crate::components::download_panel::{provide_chat_contexts, DownloadPanel};
+use crate::protocol::GenSettings;
+use crate::state::{Chat, Conversation, Engine, ErrorBanner, SelectedModel, Settings};
 
 #[component]
 pub fn Widget(opts: EmbedOptions, embedder: RwSignal<Embedder>) -> impl IntoView {
@@ -46,41 +40,9 @@ pub fn Widget(opts: EmbedOptions, embedder: RwSignal<Embedder>) -> impl IntoView
         last_stats: RwSignal::new(None),
         deleted: RwSignal::new(None),
     };
-    let selected = SelectedModel(RwSignal::new(None));
-    provide_context(Generating(RwSignal::new(false)));
-    provide_context(selected);
-    provide_context(KnownModels {
-        catalog: RwSignal::new(Vec::new()),
-        extra: RwSignal::new(Vec::new()),
-    });
-    provide_context(banner);
     let settings = Settings(RwSignal::new(settings));
-    provide_context(settings);
-    provide_context(engine);
-    provide_context(chat);
-    let store = StoreVersion(RwSignal::new(0));
-    let pref = BackendPref(RwSignal::new("auto".to_string()));
-    provide_context(store);
-    provide_context(pref);
-    let dl = DownloadState {
-        progress: RwSignal::new(None),
-        store,
-        engine,
-        banner,
-        pref,
-        settings,
-    };
-    provide_context(dl);
-    Downloader::provide(dl);
-
-    let on_unsolicited: Rc<dyn Fn(&FromWorker)> = Rc::new(move |m: &FromWorker| {
-        if let FromWorker::GpuLost { message } = m {
-            engine.gpu_lost.set(Some(message.clone()))
-        }
-    });
-    if let Err(e) = engine_client::start(on_unsolicited) {
-        banner.show(format!("The engine worker could not start: {e}"));
-    }
+    let dl = provide_chat_contexts(engine, banner, chat, settings);
+    let selected = expect_context::<SelectedModel>();
 
     // The model: the one the host asked for, else the catalog's default. Stored already (for
     // this site): load it now.
