@@ -213,7 +213,7 @@ fn FirstRun(stored: RwSignal<bool>) -> impl IntoView {
                 <p class="embed-storage" data-testid="embed-storage-note">
                     "The model is downloaded once and kept in this browser for this site only: "
                     "browsers keep each site's embedded storage apart, so every site that embeds this chat "
-                    "(and the app's own page) stores its own copy. After that, answers are computed on this "
+                    "stores its own copy. After that, answers are computed on this "
                     "device and nothing you type leaves it."
                 </p>
             </Show>
