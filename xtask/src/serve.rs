@@ -688,6 +688,30 @@ pub fn browser_tests() -> Result {
         .env("SLM_E2E_BACKEND", "gpu"))
 }
 
+/// `cargo xtask bench --browser`: each model at each thread count through `tests/bench.mjs`
+/// (headless Chromium, the app's worker, a fresh profile each), against a test-mode server.
+pub fn bench_browser(models: &[PathBuf], threads: &[String], build: bool) -> Result {
+    if build {
+        build_web()?;
+    }
+    let server = Server::new(root().join("dist"), true)?;
+    let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    std::thread::spawn(move || server.run(listener));
+    for m in models {
+        let m = std::fs::canonicalize(m).map_err(|e| format!("{}: {e}", m.display()))?;
+        for t in threads {
+            run(Command::new("node")
+                .current_dir(web_tests_dir())
+                .arg("bench.mjs")
+                .env("SLM_URL", format!("http://127.0.0.1:{port}/"))
+                .env("SLM_BENCH_MODEL", &m)
+                .env("SLM_BENCH_THREADS", t))?;
+        }
+    }
+    Ok(())
+}
+
 /// Characters of the native greedy reply the browser's reply must start with. The sky question
 /// meets its first near-tie at character 42 (" shade" 21.51 vs "," 21.26 after "…a deep"), where
 /// wasm simd128 and AVX2 summation order may legitimately pick differently.
