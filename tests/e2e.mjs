@@ -606,6 +606,17 @@ async function importFlow() {
     const r = await ask(b.page, QUESTION);
     log('reply:', JSON.stringify(r.reply));
     assert.match(r.reply.toLowerCase(), /blue/);
+    // The benchmark hook (`cargo xtask bench --browser`) on the loaded model: figures, a bounded
+    // request refused, and the chat still answers the same afterwards.
+    const bench = await b.page.evaluate(() => window.__slm_test.bench(16, 8, 1));
+    log('bench hook (pp16/tg8):', JSON.stringify(bench));
+    assert.ok(bench.backend === 'cpu' && bench.threads >= 1 && bench.prefill_tok_s > 0 && bench.decode_tok_s > 0);
+    const refused = await b.page.evaluate(() => window.__slm_test.bench(1e9, 8, 1).then(() => 'ran', (e) => String(e)));
+    assert.match(refused, /bench/, 'an out-of-context benchmark is refused');
+    await b.page.getByTestId('regenerate-button').click();
+    await b.page.getByTestId('stop-button').waitFor({ timeout: 10_000 });
+    await b.page.getByTestId('send-button').waitFor({ timeout: LONG });
+    assert.equal(await b.page.getByTestId('assistant-message').last().innerText(), r.reply, 'the same reply after the benchmark');
 
     // Next visit: the file is in the list and loads from storage.
     await b.page.reload();
