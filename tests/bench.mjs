@@ -6,7 +6,8 @@
 // from the load to the end of the benchmark; baseline_mem_mib is the same sum just before the
 // load (Chromium and the app without a model).
 import { chromium } from 'playwright-core';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { browserPssMib } from './pss.mjs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 
@@ -19,31 +20,6 @@ const N_GEN = Number(process.env.SLM_BENCH_GEN || 128);
 const REPS = Number(process.env.SLM_BENCH_REPS || 3);
 const LONG = 900_000;
 if (!MODEL) { console.error('SLM_BENCH_MODEL=PATH is required'); process.exit(2); }
-
-/// Summed PSS (MiB) of the process whose command line holds `marker` and its descendants.
-function browserPssMib(marker) {
-  const parent = new Map();
-  let root = null;
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      parent.set(Number(d), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
-      if (root === null && readFileSync(`/proc/${d}/cmdline`, 'utf8').includes(marker)) root = Number(d);
-    } catch { /* gone */ }
-  }
-  if (root === null) return 0;
-  const inTree = (pid) => { for (let p = pid; p > 1; p = parent.get(p)) if (p === root) return true; return false; };
-  let kb = 0;
-  for (const pid of parent.keys()) {
-    if (!inTree(pid)) continue;
-    try {
-      const m = /^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
-      if (m) kb += Number(m[1]);
-    } catch { /* gone */ }
-  }
-  return kb / 1024;
-}
 
 async function waitReady(page) {
   const t0 = Date.now();

@@ -16,9 +16,10 @@ use common::*;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use engine::backend::{self, cpu::CpuModel, BackendChoice};
-use engine::gguf::{FileSource, GgufFile};
+use engine::gguf::{ChunkedSource, FileSource, GgufFile};
 use engine::model::{ForwardPass, Logits};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -60,6 +61,57 @@ fn tiny_families_gpu() {
         return;
     }
     check_all("gpu", on_backend(BackendChoice::Gpu));
+}
+
+/// The browser's load path: the file as IndexedDB-sized chunks, each released once its tensor
+/// bytes are copied out ([`ChunkedSource::release_after_reading`]). Every family must read each
+/// tensor byte once (a second read fails), give the same logits as a load from the file, and
+/// leave only the chunks without tensor data (the header) held.
+#[test]
+fn tiny_families_load_from_released_chunks() {
+    let dir = tiny_dir();
+    let Ok(list) = std::fs::read_dir(&dir) else {
+        assert!(
+            std::env::var("SLM_SKIP_TINY").is_ok_and(|v| v == "1"),
+            "no tiny models at {} (set SLM_TINY_DIR, or SLM_SKIP_TINY=1 to skip)",
+            dir.display()
+        );
+        return;
+    };
+    let mut n = 0;
+    for path in list.map(|e| e.unwrap().path()) {
+        if path.extension().is_none_or(|x| x != "gguf") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let g = GgufFile::parse(bytes.as_slice()).unwrap();
+        let (mut whole, _) =
+            backend::load(&g, bytes.as_slice(), BackendChoice::Cpu, 64, 1).unwrap();
+        // Small chunks, so tensors straddle them and several share one.
+        let chunk = (bytes.len() / 50).max(4096);
+        let src = ChunkedSource::new(bytes.chunks(chunk).map(Arc::from));
+        let g = GgufFile::parse(&src).unwrap();
+        src.release_after_reading(g.tensors.iter().map(|t| (g.data_offset + t.offset, t.size)));
+        let (mut part, _) = backend::load(&g, &src, BackendChoice::Cpu, 64, 1)
+            .unwrap_or_else(|e| panic!("{name}: load from released chunks: {e}"));
+        let held = src.held_bytes();
+        eprintln!(
+            "{name}: {held} of {} bytes held after the load",
+            bytes.len()
+        );
+        assert!(
+            held <= g.data_offset + chunk as u64,
+            "{name}: {held} bytes still held (header {} + one chunk {chunk})",
+            g.data_offset
+        );
+        let tokens = [1u32, 5, 9, 2];
+        let a = whole.forward(&tokens, 0, Logits::All).unwrap().to_vec();
+        let b = part.forward(&tokens, 0, Logits::All).unwrap().to_vec();
+        assert_eq!(a, b, "{name}: same logits");
+        n += 1;
+    }
+    assert!(n >= 8, "{n} tiny models in {}", dir.display());
 }
 
 /// The f32 interpreter of the graph (dequantized weights, f32 activations, f16 KV cache as

@@ -419,6 +419,11 @@ async fn load(
             crate::js::adapter_label_js(&dev.info().name, &get(&get(&r, "adapter"), "info"));
         recorded = Some((adapter, get(&r, "device")));
     };
+    // Going to the CPU for sure: drop each stored chunk as soon as its weights are copied out,
+    // so the file is never held twice (a GPU attempt may fall back and read everything again).
+    if choice == BackendChoice::Cpu || unavailable.is_some() {
+        src.release_after_reading(g.tensors.iter().map(|t| (g.data_offset + t.offset, t.size)));
+    }
     let hooks = GpuHooks {
         unavailable,
         on_device: Some(&mut on_device),

@@ -432,17 +432,19 @@ fn fuzz(target: &str, seconds: u32) -> Result {
         ]))
 }
 
-/// `cargo xtask bench [--browser] [--model PATH] [--threads N] [--no-build]`: llama-bench's
-/// pp128/tg128 of the test models (or `--model`) at 1 and 2 threads (or `--threads`), natively
-/// (`slm bench`) or in headless Chromium through the app's worker (`tests/bench.mjs`); one JSON
-/// line each.
+/// `cargo xtask bench [--browser [--wllama]] [--model PATH] [--threads N] [--no-build]`:
+/// llama-bench's pp128/tg128 of the test models (or `--model`) at 1 and 2 threads (or
+/// `--threads`), natively (`slm bench`) or in headless Chromium through the app's worker
+/// (`tests/bench.mjs`; `--wllama`: and wllama on the same file, with the ratios); one JSON line
+/// each.
 fn bench(args: &[String]) -> Result {
-    let (mut browser, mut build) = (false, true);
+    let (mut browser, mut build, mut wllama) = (false, true, false);
     let (mut models, mut threads): (Vec<PathBuf>, Vec<String>) = (Vec::new(), Vec::new());
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--browser" => browser = true,
+            "--wllama" => wllama = true,
             "--no-build" => build = false,
             "--model" => models.push(PathBuf::from(it.next().ok_or("--model needs a path")?)),
             "--threads" => {
@@ -455,7 +457,7 @@ fn bench(args: &[String]) -> Result {
             }
             other => {
                 return Err(format!(
-                    "bench: unknown argument `{other}` (usage: cargo xtask bench [--browser] [--model PATH] [--threads N] [--no-build])"
+                    "bench: unknown argument `{other}` (usage: cargo xtask bench [--browser [--wllama]] [--model PATH] [--threads N] [--no-build])"
                 ))
             }
         }
@@ -468,7 +470,7 @@ fn bench(args: &[String]) -> Result {
         threads = vec!["1".into(), "2".into()];
     }
     if browser {
-        return serve::bench_browser(&models, &threads, build);
+        return serve::bench_browser(&models, &threads, build, wllama);
     }
     for m in &models {
         for t in &threads {
@@ -495,7 +497,7 @@ fn main() {
             args.get(1).map_or("gguf_parse", String::as_str),
             args.get(2).and_then(|s| s.parse().ok()).unwrap_or(60),
         ),
-        _ => Err("usage: cargo xtask <fetch-models|test|bench [--browser] [--model PATH] [--threads N]|fuzz [target] [seconds]|serve [--port N] [--no-build] [--test-hooks] [--embed-origins URL,URL]|dist [--out DIR] [--no-build]|browser-tests|synth-model --shape NAME --type TYPE --out PATH>".into()),
+        _ => Err("usage: cargo xtask <fetch-models|test|bench [--browser [--wllama]] [--model PATH] [--threads N]|fuzz [target] [seconds]|serve [--port N] [--no-build] [--test-hooks] [--embed-origins URL,URL]|dist [--out DIR] [--no-build]|browser-tests|synth-model --shape NAME --type TYPE --out PATH>".into()),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e}");
