@@ -82,7 +82,7 @@ try {
   await page.waitForTimeout(1000);
   const baseline = browserPssMib(dir);
   let peak = 0;
-  const sampler = setInterval(() => { peak = Math.max(peak, browserPssMib(dir)); }, 100);
+  const sampler = setInterval(() => { peak = Math.max(peak, browserPssMib(dir)); }, 500);
   const r = await page.evaluate(([t, g, n]) => window.bench(t, g, n), [THREADS, N_GEN, REPS]);
   clearInterval(sampler);
   peak = Math.max(peak, browserPssMib(dir));

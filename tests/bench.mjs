@@ -2,7 +2,7 @@
 // headless Chromium through the app's real worker (the file is imported into IndexedDB like a
 // user's, then loaded from there on the CPU engine), printing one JSON line:
 // {"model", "threads", "prefill_tok_s", "decode_tok_s", "load_s", "peak_mem_mib", ...}.
-// peak_mem_mib is the peak of the summed PSS of the browser's processes (sampled every 100 ms)
+// peak_mem_mib is the peak of the summed PSS of the browser's processes (sampled every 500 ms)
 // from the load to the end of the benchmark; baseline_mem_mib is the same sum just before the
 // load (Chromium and the app without a model).
 import { chromium } from 'playwright-core';
@@ -54,7 +54,7 @@ try {
   await page.waitForTimeout(1000);
   const baseline = browserPssMib(dir);
   let peak = 0;
-  const sampler = setInterval(() => { peak = Math.max(peak, browserPssMib(dir)); }, 100);
+  const sampler = setInterval(() => { peak = Math.max(peak, browserPssMib(dir)); }, 500);
   const t0 = Date.now();
   await page.getByTestId('stored-models').locator('li', { hasText: basename(MODEL) }).getByTestId('stored-load').click();
   await waitReady(page);

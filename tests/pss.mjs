@@ -1,16 +1,19 @@
 // Memory of a headless Chromium run, for the benchmarks (bench.mjs, bench-wllama.mjs).
 import { readdirSync, readFileSync } from 'node:fs';
 
-/// Summed PSS (MiB) of the process whose command line holds `marker` and its descendants.
+/// Summed PSS (MiB) of the process whose command line holds `marker` and its descendants. Each
+/// call walks /proc and the kernel walks each process's mappings: sample it sparingly (the
+/// benchmarks do every 500 ms), it costs CPU the measured browser shares.
+const roots = new Map();
 export function browserPssMib(marker) {
   const parent = new Map();
-  let root = null;
+  let root = roots.get(marker) ?? null;
   for (const d of readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue;
     try {
       const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
       parent.set(Number(d), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
-      if (root === null && readFileSync(`/proc/${d}/cmdline`, 'utf8').includes(marker)) root = Number(d);
+      if (root === null && readFileSync(`/proc/${d}/cmdline`, 'utf8').includes(marker)) { root = Number(d); roots.set(marker, root); }
     } catch { /* gone */ }
   }
   if (root === null) return 0;
