@@ -18,6 +18,12 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> wq: array<u32>;
+
+override DTYPE: u32 = T_Q4_0;
+
+fn wword(i: u32) -> u32 {
+    return wq[i];
+}
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 

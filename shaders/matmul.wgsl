@@ -42,6 +42,12 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> wq: array<u32>;
+
+override DTYPE: u32 = T_Q4_0;
+
+fn wword(i: u32) -> u32 {
+    return wq[i];
+}
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;

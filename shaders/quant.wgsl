@@ -1,4 +1,4 @@
-// quant.wgsl: GGUF block decoders over a weight buffer `wq: array<u32>` declared by the kernel.
+// quant.wgsl: GGUF block decoders over a weight buffer read through `wword` (declared by the kernel).
 //
 // Weights stay in their GGUF block layout, byte-packed; WGSL storage is u32-addressed, so every
 // field is read by byte offset from u32 words (little endian). All f16 fields and all block
@@ -27,15 +27,17 @@
 // bytes is unpacked at once with a shift and a per-byte mask (`bits16`), then the bytes are
 // scaled one by one (`byte16`).
 
-override DTYPE: u32 = T_Q4_0;
+// The including kernel declares the weight type `DTYPE` (an `override` constant, or a private
+// variable where one dispatch reads weights of several types) and `fn wword(i: u32) -> u32`,
+// word i of the weight buffer being decoded.
 
 fn wbyte(off: u32) -> u32 {
-    return (wq[off >> 2u] >> ((off & 3u) << 3u)) & 0xffu;
+    return (wword(off >> 2u) >> ((off & 3u) << 3u)) & 0xffu;
 }
 
 // u16 at an even byte offset.
 fn wu16(off: u32) -> u32 {
-    return (wq[off >> 2u] >> ((off & 2u) << 3u)) & 0xffffu;
+    return (wword(off >> 2u) >> ((off & 2u) << 3u)) & 0xffffu;
 }
 
 fn wf16(off: u32) -> f32 {
@@ -46,9 +48,9 @@ fn wf16(off: u32) -> f32 {
 fn wu32(off: u32) -> u32 {
     let i = off >> 2u;
     if ((off & 2u) == 0u) {
-        return wq[i];
+        return wword(i);
     }
-    return (wq[i] >> 16u) | (wq[i + 1u] << 16u);
+    return (wword(i) >> 16u) | (wword(i + 1u) << 16u);
 }
 
 // 16 bytes at an even byte offset, as 4 words.
@@ -115,7 +117,7 @@ fn load_piece(row_off: u32, pc: u32, cols: u32, v: ptr<function, array<f32, 16>>
         case T_F32: {
             let base = row_off / 4u + pc * 16u;
             for (var i = 0u; i < 16u; i++) {
-                if (pc * 16u + i < cols) { (*v)[i] = bitcast<f32>(wq[base + i]); } else { (*v)[i] = 0.0; }
+                if (pc * 16u + i < cols) { (*v)[i] = bitcast<f32>(wword(base + i)); } else { (*v)[i] = 0.0; }
             }
         }
         case T_F16, T_BF16: {

@@ -7,7 +7,7 @@
 
 use engine::backend::cpu::ops as cpu;
 use engine::backend::gpu::{
-    block_on, Gpu, GpuOptions, GpuSampling, GpuWeight, KvType, GPU_WEIGHT_TYPES,
+    block_on, ops::RopeArgs, Gpu, GpuOptions, GpuSampling, GpuWeight, KvType, GPU_WEIGHT_TYPES,
 };
 use engine::model::RopeLayout;
 use engine::quant::{self, GgmlDType};
@@ -779,6 +779,289 @@ fn matmul_with_folded_rms_norm() {
                             "{mode} {dtype} n_tok {n_tok}: y[{t},{r}] = {gv}, want {want} (tol {tol})"
                         );
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Pair kernels: the product's own error (as [`MATMUL_RTOL`]) carried through the epilogue.
+/// GLU: |d(act(g)·u)| ≤ max|act'|·|u|·e_g + |act(g)|·e_u with max|act'| < GLU_SLOPE for SiLU
+/// and GELU-tanh.
+const GLU_SLOPE: f32 = 1.2;
+
+/// Rows of W·x' in f64 (x' = RMSNorm(x) ⊙ g when `norm`), and Σ|w·x'| per row: (n_tok, rows).
+fn products(
+    wf: &[f32],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n_tok: usize,
+    norm: Option<(&[f32], f32)>,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut xn = x.to_vec();
+    if let Some((g, eps)) = norm {
+        cpu::rms_norm_rows(&mut xn, x, g, n_tok, eps);
+    }
+    let (mut y, mut mag) = (vec![0.0; n_tok * rows], vec![0.0; n_tok * rows]);
+    for t in 0..n_tok {
+        let xr = &xn[t * cols..(t + 1) * cols];
+        for r in 0..rows {
+            let wr = &wf[r * cols..(r + 1) * cols];
+            let s: f64 = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
+            y[t * rows + r] = s as f32;
+            mag[t * rows + r] = wr.iter().zip(xr).map(|(a, b)| (a * b).abs()).sum();
+        }
+    }
+    (y, mag)
+}
+
+/// Gate and up products with the GLU in their epilogue (matmul_pair.wgsl, GLU mode) against
+/// the scalar references (dequantize, f64 products, `cpu::swiglu` / `cpu::geglu`): 67 rows,
+/// decode and an 11-token prefill (a partial tile), with and without the folded RMSNorm, gate
+/// and up of the same and of different types, every device setup.
+#[test]
+fn glu_fused_into_the_gate_up_product() {
+    use GgmlDType::*;
+    for (mode, mut gpu) in gpus() {
+        for (gi, (dg, du)) in [
+            (Q4_1, Q4_1),
+            (Q5_0, Q8_0),
+            (Q4K, Q6K),
+            (F16, F32),
+            (Q3K, Q2K),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let cols = if dg.block_size() == 256 || du.block_size() == 256 {
+                512
+            } else if dg.block_size() == 1 && du.block_size() == 1 {
+                100
+            } else {
+                96
+            };
+            let rows = 67;
+            for (n_tok, normed, act) in [
+                (1, true, 0u32),
+                (11, false, 1),
+                (1, false, 1),
+                (11, true, 0),
+            ] {
+                let mut rng = Rng(1300 + 10 * gi as u64 + n_tok as u64 + act as u64);
+                let gb = random_matrix(dg, rows, cols, &mut rng);
+                let ub = random_matrix(du, rows, cols, &mut rng);
+                let x: Vec<f32> = rng.vec(n_tok * cols).iter().map(|v| v * 3.0).collect();
+                let nw: Vec<f32> = rng.vec(cols).iter().map(|v| 1.0 + 0.5 * v).collect();
+                let norm = normed.then_some((&nw[..], 1e-5f32));
+                let gw = GpuWeight::upload(&gpu.ctx, "gate", dg, rows, cols, &gb).unwrap();
+                let uw = GpuWeight::upload(&gpu.ctx, "up", du, rows, cols, &ub).unwrap();
+                let got = block_on(gpu.glu_pair(&gw, &uw, &x, n_tok, norm, act)).unwrap();
+                let (g, gm) = products(&dequant(dg, &gb, rows, cols), rows, cols, &x, n_tok, norm);
+                let (u, um) = products(&dequant(du, &ub, rows, cols), rows, cols, &x, n_tok, norm);
+                let mut want = g.clone();
+                if act == 0 {
+                    cpu::swiglu(&mut want, &u);
+                } else {
+                    cpu::geglu(&mut want, &u);
+                }
+                for i in 0..want.len() {
+                    let (eg, eu) = (MATMUL_RTOL * gm[i] + ABS_TOL, MATMUL_RTOL * um[i] + ABS_TOL);
+                    let a = (want[i] / u[i]).abs();
+                    let tol = GLU_SLOPE * u[i].abs() * eg + a * eu + ABS_TOL;
+                    assert!(
+                        (got[i] - want[i]).abs() <= tol,
+                        "{mode} {dg}/{du} n_tok {n_tok} norm {normed} act {act}: [{i}] {} vs {} (tol {tol})",
+                        got[i],
+                        want[i]
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Q, K, V products with RoPE and the KV store in their epilogue (matmul_pair.wgsl, QKV mode)
+/// against the scalar references (dequantize, f64 products, biases, `cpu::rope_scaled`): 6
+/// query heads over 2 KV heads of 24, decode at position 97 and an 11-token prefill, both pair
+/// layouts, partial rotation with frequency factors, a scaled and a NoPE layer, with and
+/// without the folded norm and biases, Q/K/V of different types, every device setup.
+#[test]
+fn qkv_product_fused_with_rope_and_the_kv_store() {
+    use GgmlDType::*;
+    for (mode, mut gpu) in gpus() {
+        let (n_head, n_head_kv, head_dim) = (6, 2, 24);
+        let (qd, kvd) = (n_head * head_dim, n_head_kv * head_dim);
+        let kv_f16 = gpu.pipes.kv_type() == KvType::F16;
+        let cases = [
+            // (types, n_tok, pos0, n_rot, layout, freq, mscale, rotate, norm, bias)
+            (
+                [Q4_1, Q4_1, Q4_1],
+                1,
+                97,
+                24,
+                RopeLayout::Adjacent,
+                false,
+                1.0,
+                true,
+                true,
+                false,
+            ),
+            (
+                [Q5_0, Q4_0, Q8_0],
+                11,
+                5,
+                24,
+                RopeLayout::Neox,
+                false,
+                1.0,
+                true,
+                false,
+                true,
+            ),
+            (
+                [Q4K, Q5K, Q6K],
+                1,
+                40,
+                16,
+                RopeLayout::Adjacent,
+                true,
+                1.0,
+                true,
+                true,
+                true,
+            ),
+            (
+                [Q8_0, Q8_0, Q5_1],
+                11,
+                0,
+                16,
+                RopeLayout::Neox,
+                true,
+                1.2,
+                true,
+                true,
+                false,
+            ),
+            (
+                [F16, BF16, F32],
+                1,
+                12,
+                24,
+                RopeLayout::Neox,
+                false,
+                1.0,
+                false,
+                true,
+                true,
+            ),
+        ];
+        for (ci, (dt, n_tok, pos0, n_rot, layout, ff, mscale, rotate, normed, biased)) in
+            cases.into_iter().enumerate()
+        {
+            let cols = if dt.iter().any(|d| d.block_size() == 256) {
+                512
+            } else if dt.iter().all(|d| d.block_size() == 1) {
+                100
+            } else {
+                96
+            };
+            let mut rng = Rng(1500 + ci as u64);
+            let rows = [qd, kvd, kvd];
+            let bytes: Vec<Vec<u8>> = (0..3)
+                .map(|i| random_matrix(dt[i], rows[i], cols, &mut rng))
+                .collect();
+            let x: Vec<f32> = rng.vec(n_tok * cols).iter().map(|v| v * 3.0).collect();
+            let nw: Vec<f32> = rng.vec(cols).iter().map(|v| 1.0 + 0.5 * v).collect();
+            let bias = biased.then(|| rng.vec(qd + 2 * kvd));
+            let freq: Vec<f32> = (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.5).collect();
+            let freq = ff.then_some(&freq[..]);
+            let norm = normed.then_some((&nw[..], 1e-5f32));
+            let ws: Vec<GpuWeight> = (0..3)
+                .map(|i| GpuWeight::upload(&gpu.ctx, "w", dt[i], rows[i], cols, &bytes[i]).unwrap())
+                .collect();
+            let r = RopeArgs {
+                n_head,
+                n_head_kv,
+                head_dim,
+                n_rot,
+                pos0,
+                base: 10000.0,
+                pos_scale: 0.5,
+                layout,
+                freq,
+                mscale,
+                rotate,
+            };
+            let (gq, gk, gv) = block_on(gpu.qkv_rope_kv(
+                &ws[0],
+                &ws[1],
+                &ws[2],
+                &x,
+                n_tok,
+                norm,
+                bias.as_deref(),
+                &r,
+            ))
+            .unwrap();
+            // Reference: products (+ bias), then RoPE of q and k per token.
+            let mut want = Vec::new();
+            let mut mags = Vec::new();
+            let mut boff = 0;
+            for i in 0..3 {
+                let (mut y, m) = products(
+                    &dequant(dt[i], &bytes[i], rows[i], cols),
+                    rows[i],
+                    cols,
+                    &x,
+                    n_tok,
+                    norm,
+                );
+                if let Some(b) = &bias {
+                    for t in 0..n_tok {
+                        for j in 0..rows[i] {
+                            y[t * rows[i] + j] += b[boff + j];
+                        }
+                    }
+                }
+                boff += rows[i];
+                if i < 2 && rotate {
+                    let heads = rows[i] / head_dim;
+                    for t in 0..n_tok {
+                        cpu::rope_scaled(
+                            &mut y[t * rows[i]..(t + 1) * rows[i]],
+                            heads,
+                            head_dim,
+                            n_rot,
+                            pos0 + t,
+                            10000.0,
+                            0.5,
+                            mscale,
+                            layout,
+                            freq,
+                        );
+                    }
+                }
+                want.push(y);
+                mags.push(m);
+            }
+            let what = format!("{mode} case {ci} {dt:?} n_tok {n_tok} {layout:?}");
+            for (name, got, i, cached) in [
+                ("q", &gq, 0, false),
+                ("k", &gk, 1, true),
+                ("v", &gv, 2, true),
+            ] {
+                let rtol = if cached && kv_f16 { F16_RTOL } else { 0.0 };
+                let max_mag = mags[i].iter().cloned().fold(0.0, f32::max);
+                for (j, (g, e)) in got.iter().zip(&want[i]).enumerate() {
+                    // A rotated value mixes two products: either's error, plus RoPE's own.
+                    let tol = 2.0 * mscale * (MATMUL_RTOL * max_mag + ABS_TOL)
+                        + ROPE_TOL
+                        + rtol * e.abs();
+                    assert!(
+                        (g - e).abs() <= tol,
+                        "{what} {name}[{j}]: {g} vs {e} (tol {tol})"
+                    );
                 }
             }
         }

@@ -79,6 +79,30 @@ enum Step {
         inst: Inst,
         act: Glu,
     },
+    /// Two weight rows per unit with a pairwise epilogue ([`Op::PairVec`]): gate and up with
+    /// the GLU (`qkv` None), or Q, K, V with RoPE and the KV store of layer `qkv`.
+    Pair {
+        inst: Inst,
+        /// (ggml type id, row bytes) of w0, w1, w2.
+        w: [(u32, u32); 3],
+        cols: u32,
+        x_width: u32,
+        /// GLU: n_ff.
+        units: u32,
+        act: Glu,
+        norm: bool,
+        qkv: Option<PairQkv>,
+    },
+}
+
+/// The attention-input side of a [`Step::Pair`].
+#[derive(Clone, Copy)]
+struct PairQkv {
+    layer: usize,
+    bias: bool,
+    has_freq: bool,
+    /// Offset of the RoPE factors in the step's vector buffer.
+    freq_off: u32,
 }
 
 /// Where a backend-neutral load puts weights on the GPU: matrices uploaded in their block
@@ -87,6 +111,9 @@ struct GpuStore<'a> {
     gpu: &'a Gpu,
     mats: Vec<GpuWeight>,
     vecs: Vec<wgpu::Buffer>,
+    /// CPU copies of the vectors (norm weights, biases, RoPE factors: a few KiB per layer), to
+    /// pack the fused attention-input step's vector buffer at load.
+    host_vecs: Vec<Vec<f32>>,
 }
 
 impl WeightStore for GpuStore<'_> {
@@ -110,6 +137,7 @@ impl WeightStore for GpuStore<'_> {
             wgpu::BufferUsages::STORAGE,
         )?;
         self.vecs.push(b);
+        self.host_vecs.push(v);
         Ok(Vector(self.vecs.len() - 1))
     }
 }
@@ -130,16 +158,29 @@ struct Buffers {
     k_cache: Vec<wgpu::Buffer>,
     v_cache: Vec<wgpu::Buffer>,
     staging_logits: wgpu::Buffer,
-    staging_token: wgpu::Buffer,
+    /// Two, so a pipelined decode can have a step in flight while the previous id is read.
+    staging_token: [wgpu::Buffer; 2],
     /// Bound where an optional input is absent.
     dummy: wgpu::Buffer,
+    /// Bound where an unused read-write binding is (the KV cache of a GLU pair step).
+    dummy_rw: wgpu::Buffer,
 }
 
 /// What a forward call ends with.
 #[derive(Clone, Copy)]
 enum Tail {
     Logits(Logits),
-    Sample(GpuSampling),
+    /// Sample on the GPU; the id is copied to staging buffer `.1`.
+    Sample(GpuSampling, usize),
+}
+
+/// Where a decode step's token id comes from.
+#[derive(Clone, Copy, PartialEq)]
+enum Input<'a> {
+    /// Written from the host.
+    Host(&'a [u32]),
+    /// The id the previous step sampled, still in its GPU buffer (pipelined decode).
+    Sampled,
 }
 
 /// A model of any registered family with its KV cache on the GPU.
@@ -155,9 +196,16 @@ pub struct GpuModel {
     sample: Inst,
     /// Keeps the weights alive (bind groups reference them).
     weights: Vec<GpuWeight>,
-    /// Keeps the norm weights, biases and RoPE factors alive.
-    _vectors: Vec<wgpu::Buffer>,
+    /// Keeps the norm weights, biases and RoPE factors alive (as loaded, and packed for the
+    /// fused steps).
+    _vectors: (Vec<wgpu::Buffer>, Vec<wgpu::Buffer>),
     logits: Vec<f32>,
+    /// Pipelined decode steps submitted and not yet read: (staging buffer, submission).
+    in_flight: std::collections::VecDeque<(usize, wgpu::SubmissionIndex)>,
+    /// Staging buffer of the next decode step.
+    next_staging: usize,
+    /// Whether the `sampled` buffer holds the id of the last step (a decode step sampled it).
+    sampled_current: bool,
     last_dispatches: usize,
     /// Bytes of weights one decode step reads.
     bytes_per_token: u64,
@@ -209,6 +257,9 @@ struct Compiler<'a> {
     bufs: &'a Buffers,
     mats: &'a [GpuWeight],
     vecs: &'a [wgpu::Buffer],
+    host_vecs: &'a [Vec<f32>],
+    /// Vector buffers packed at load for fused steps (kept alive by the model).
+    packed: Vec<wgpu::Buffer>,
     cfg: &'a ModelConfig,
     /// Current buffer (0 or 1) of each activation.
     cur: [usize; Act::ALL.len()],
@@ -409,14 +460,222 @@ impl Compiler<'_> {
                 Step::Glu { inst, act }
             }
         };
-        // A folded norm ends where its output or its source is written again.
+        self.end_fold(std::slice::from_ref(op));
+        Ok(Some(step))
+    }
+
+    /// A folded norm ends where its output or its source is written again.
+    fn end_fold(&mut self, ops: &[GraphOp]) {
         if let Some((out, src, _)) = self.folded {
-            let w = op.writes();
-            if w.contains(&out) || w.contains(&src) {
+            if ops.iter().any(|op| {
+                let w = op.writes();
+                w.contains(&out) || w.contains(&src)
+            }) {
                 self.folded = None;
             }
         }
-        Ok(Some(step))
+    }
+}
+
+/// Whether `a` is read by an op of `rest` before it is written again (a value a fused step
+/// does not materialise must not be).
+fn read_later<'g>(a: Act, rest: impl Iterator<Item = &'g GraphOp>) -> bool {
+    for op in rest {
+        if op.reads().contains(&a) {
+            return true;
+        }
+        if op.writes().contains(&a) {
+            return false;
+        }
+    }
+    false
+}
+
+/// A plain product `out = W·x`: (w, bias, x, out) when `op` is a [`GraphOp::Linear`] with the
+/// [`Epilogue::STORE`] epilogue.
+fn plain_linear(op: &GraphOp) -> Option<(Mat, Option<Vector>, Act, Act)> {
+    match *op {
+        GraphOp::Linear {
+            w,
+            bias,
+            x,
+            out,
+            epi,
+        } if epi == Epilogue::STORE => Some((w, bias, x, out)),
+        _ => None,
+    }
+}
+
+impl Compiler<'_> {
+    /// A fused step for the ops at the start of `ops` (`rest`: `ops` then the head), and how
+    /// many ops it covers, or `None` when no fusion applies:
+    /// - `Linear(gate) → Gate, Linear(up) → Up, Glu` (same input, no bias, no epilogue): one
+    ///   pair product with the GLU in its epilogue;
+    /// - `Linear(q) → Q, Linear(k) → K, Linear(v) → V, RopeStore` (same input, optional
+    ///   biases): one pair product with RoPE and the KV store in its epilogue.
+    ///
+    /// Each weight must be in one buffer, and the unmaterialised activations (Up; K, V) must not
+    /// be read later. The weights stay in their own buffers: nothing is concatenated.
+    fn fuse<'g>(
+        &mut self,
+        ops: &[GraphOp],
+        rest: impl Iterator<Item = &'g GraphOp> + Clone,
+    ) -> Result<Option<(Step, usize)>> {
+        let (cfg, mats) = (self.cfg, self.mats);
+        let lin = |i: usize| ops.get(i).and_then(plain_linear);
+        let single = |m: Mat| mats[m.0].chunks.len() == 1;
+        let Some((w0, b0, x, out0)) = lin(0) else {
+            return Ok(None);
+        };
+        let Some((w1, b1, x1, out1)) = lin(1) else {
+            return Ok(None);
+        };
+        let cols = mats[w0.0].cols;
+        if x1 != x || !single(w0) || !single(w1) || mats[w1.0].cols != cols {
+            return Ok(None);
+        }
+        let (src, norm) = match self.folded {
+            Some((normed, src, nw)) if normed == x => (src, Some(nw)),
+            _ => (x, None),
+        };
+        let wdesc = |m: Mat| -> Result<(u32, u32)> {
+            Ok((
+                mats[m.0].dtype.ggml_id(),
+                u32_of("gpu load", mats[m.0].row_bytes)?,
+            ))
+        };
+        let cols32 = u32_of("gpu load", cols)?;
+        let x_width = u32_of("gpu load", src.width(cfg))?;
+        // Gate, up, GLU.
+        if let (Act::Gate, Act::Up, Some(GraphOp::Glu(act))) = (out0, out1, ops.get(2)) {
+            if b0.is_some()
+                || b1.is_some()
+                || mats[w0.0].rows != mats[w1.0].rows
+                || read_later(Act::Up, rest.clone().skip(3))
+            {
+                return Ok(None);
+            }
+            let (xb, yb) = (self.buf(src).clone(), self.buf(Act::Gate).clone());
+            let vb = norm.map_or(&self.bufs.dummy, |n| &self.vecs[n.0]).clone();
+            let (g, u) = (
+                mats[w0.0].chunks[0].buffer.clone(),
+                mats[w1.0].chunks[0].buffer.clone(),
+            );
+            let rw = self.bufs.dummy_rw.clone();
+            let inst = self.inst(Op::PairVec, &[&g, &u, &g, &xb, &vb, &yb, &rw, &rw]);
+            let (d0, d1) = (wdesc(w0)?, wdesc(w1)?);
+            return Ok(Some((
+                Step::Pair {
+                    inst,
+                    w: [d0, d1, d0],
+                    cols: cols32,
+                    x_width,
+                    units: u32_of("gpu load", mats[w0.0].rows)?,
+                    act: *act,
+                    norm: norm.is_some(),
+                    qkv: None,
+                },
+                3,
+            )));
+        }
+        // Q, K, V, RoPE + KV store.
+        let Some((w2, b2, x2, out2)) = lin(2) else {
+            return Ok(None);
+        };
+        let Some(&GraphOp::RopeStore { layer, freqs }) = ops.get(3) else {
+            return Ok(None);
+        };
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        if (out0, out1, out2) != (Act::Q, Act::K, Act::V)
+            || x2 != x
+            || !single(w2)
+            || mats[w2.0].cols != cols
+            || (mats[w0.0].rows, mats[w1.0].rows, mats[w2.0].rows) != (qd, kvd, kvd)
+            || !cfg.head_dim.is_multiple_of(2)
+            || read_later(Act::K, rest.clone().skip(4))
+            || read_later(Act::V, rest.clone().skip(4))
+        {
+            return Ok(None);
+        }
+        // The step's vectors: [norm weight (cols) | Q, K, V biases | RoPE factors].
+        let hv = self.host_vecs;
+        let mut packed = norm.map_or(vec![0.0; cols], |n| hv[n.0].clone());
+        let bias = b0.is_some() || b1.is_some() || b2.is_some();
+        if bias {
+            for (b, n) in [(b0, qd), (b1, kvd), (b2, kvd)] {
+                match b {
+                    Some(b) => packed.extend_from_slice(&hv[b.0]),
+                    None => packed.extend(std::iter::repeat_n(0.0, n)),
+                }
+            }
+        }
+        let freq_off = u32_of("gpu load", packed.len())?;
+        if let Some(f) = freqs {
+            packed.extend_from_slice(&hv[f.0]);
+        }
+        let vb = self.ctx.buffer_init(
+            "pair vectors",
+            bytemuck::cast_slice(&packed),
+            wgpu::BufferUsages::STORAGE,
+        )?;
+        let (xb, qb) = (self.buf(src).clone(), self.buf(Act::Q).clone());
+        let (kc, vc) = (
+            self.bufs.k_cache[layer].clone(),
+            self.bufs.v_cache[layer].clone(),
+        );
+        let ws = [w0, w1, w2].map(|m| mats[m.0].chunks[0].buffer.clone());
+        let inst = self.inst(
+            Op::PairVec,
+            &[&ws[0], &ws[1], &ws[2], &xb, &vb, &qb, &kc, &vc],
+        );
+        self.packed.push(vb);
+        Ok(Some((
+            Step::Pair {
+                inst,
+                w: [wdesc(w0)?, wdesc(w1)?, wdesc(w2)?],
+                cols: cols32,
+                x_width,
+                units: 0,
+                act: Glu::Silu,
+                norm: norm.is_some(),
+                qkv: Some(PairQkv {
+                    layer,
+                    bias,
+                    has_freq: freqs.is_some(),
+                    freq_off,
+                }),
+            },
+            4,
+        )))
+    }
+}
+
+/// RoPE parameters of layer `layer` for `n` rows at positions `pos ..`.
+fn rope_params(c: &ModelConfig, layer: usize, n: u32, pos: u32, has_freq: bool) -> RopeParams {
+    let spec = c.layers[layer];
+    let (base, pos_scale, mscale, rotate) = match spec.rope {
+        Some(r) => (r.base, r.pos_scale, r.mscale, 1),
+        None => (1.0, 1.0, 1.0, 0),
+    };
+    RopeParams {
+        n_head: c.n_head as u32,
+        n_head_kv: c.n_head_kv as u32,
+        head_dim: c.head_dim as u32,
+        n_rot: c.n_rot as u32,
+        pos0: pos,
+        n_tok: n,
+        neox: match c.rope_layout {
+            RopeLayout::Adjacent => 0,
+            RopeLayout::Neox => 1,
+        },
+        has_freq: has_freq as u32,
+        q_stride: c.q_dim() as u32,
+        kv_dim: c.kv_dim() as u32,
+        base,
+        pos_scale,
+        mscale,
+        rotate,
+        _pad: [0; 2],
     }
 }
 
@@ -493,9 +752,10 @@ impl GpuModel {
             gpu: &gpu,
             mats: Vec::new(),
             vecs: Vec::new(),
+            host_vecs: Vec::new(),
         };
         let (cfg, graph) = arch::build(file, &SourceRef(src), n_ctx, &mut store)?;
-        let (mats, vecs) = (store.mats, store.vecs);
+        let (mats, vecs, host_vecs) = (store.mats, store.vecs, store.host_vecs);
         let bytes_per_token = graph.weight_bytes_per_token(|m| {
             let w = &mats[m.0];
             ((w.rows * w.row_bytes) as u64, w.row_bytes as u64)
@@ -520,6 +780,13 @@ impl GpuModel {
         let chunk = ctx.info.attn_decode_chunk;
         let scratch = AttnParams::scratch_len(nb, n_ctx, cfg.n_head, cfg.head_dim, chunk);
         let kv = |label: &str| ctx.buffer(label, kv_bytes, st);
+        let token_staging = || {
+            ctx.buffer(
+                "staging token",
+                8,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            )
+        };
         let bufs = Buffers {
             tokens: ctx.buffer(
                 "tokens",
@@ -540,12 +807,9 @@ impl GpuModel {
                 (nb * n_vocab * 4) as u64,
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             )?,
-            staging_token: ctx.buffer(
-                "staging token",
-                8,
-                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            )?,
+            staging_token: [token_staging()?, token_staging()?],
             dummy: ctx.buffer_init("dummy", &1f32.to_le_bytes(), wgpu::BufferUsages::STORAGE)?,
+            dummy_rw: ctx.buffer("dummy rw", 16, wgpu::BufferUsages::STORAGE)?,
         };
 
         // Pipelines for every (op, dtype) this model uses.
@@ -559,6 +823,8 @@ impl GpuModel {
             }
         }
         for op in [
+            Op::PairVec,
+            Op::PairMat,
             Op::RmsNorm,
             Op::Rope,
             Op::Attention,
@@ -581,15 +847,26 @@ impl GpuModel {
             bufs: &bufs,
             mats: &mats,
             vecs: &vecs,
+            host_vecs: &host_vecs,
+            packed: Vec::new(),
             cfg: &cfg,
             cur: [0; Act::ALL.len()],
             next_slot: 0,
             folded: None,
         };
         let mut layers = Vec::with_capacity(graph.layers.len());
-        for (i, op) in graph.layers.iter().enumerate() {
+        let mut i = 0;
+        while i < graph.layers.len() {
+            let ops = &graph.layers[i..];
+            if let Some((step, used)) = c.fuse(ops, ops.iter().chain(&graph.head))? {
+                c.end_fold(&ops[..used]);
+                layers.push(step);
+                i += used;
+                continue;
+            }
             let rest = graph.layers[i + 1..].iter().chain(&graph.head);
-            layers.extend(c.step(op, rest)?);
+            layers.extend(c.step(&graph.layers[i], rest)?);
+            i += 1;
         }
         let mut head = Vec::with_capacity(graph.head.len());
         for (i, op) in graph.head.iter().enumerate() {
@@ -611,6 +888,7 @@ impl GpuModel {
         let sampled = bufs.sampled.clone();
         let sample = c.inst(Op::Sample, &[&logits_buf, &sampled]);
         debug_assert!(c.next_slot <= n_slots);
+        let packed = std::mem::take(&mut c.packed);
         gpu.ctx.check()?;
 
         Ok(Self {
@@ -624,8 +902,11 @@ impl GpuModel {
             head,
             sample,
             weights: mats,
-            _vectors: vecs,
+            _vectors: (vecs, packed),
             logits: Vec::new(),
+            in_flight: Default::default(),
+            next_staging: 0,
+            sampled_current: false,
             last_dispatches: 0,
             bytes_per_token,
         })
@@ -685,14 +966,10 @@ impl GpuModel {
     }
 
     /// Record one batch (`tokens` at positions `pos ..`) into one command buffer.
-    fn encode(&mut self, tokens: &[u32], pos: usize, tail: Tail) -> Result<wgpu::CommandBuffer> {
+    fn encode(&mut self, input: Input<'_>, pos: usize, tail: Tail) -> Result<wgpu::CommandBuffer> {
+        self.sampled_current = matches!(tail, Tail::Sample(..));
         let c = &self.cfg;
-        let n = tokens.len() as u32;
         let pos = u32_of("gpu forward", pos)?;
-        self.gpu
-            .ctx
-            .queue
-            .write_buffer(&self.bufs.tokens, 0, bytemuck::cast_slice(tokens));
         let mut enc = self
             .gpu
             .ctx
@@ -700,6 +977,20 @@ impl GpuModel {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("slm forward"),
             });
+        let n = match input {
+            Input::Host(tokens) => {
+                self.gpu
+                    .ctx
+                    .queue
+                    .write_buffer(&self.bufs.tokens, 0, bytemuck::cast_slice(tokens));
+                tokens.len() as u32
+            }
+            Input::Sampled => {
+                enc.copy_buffer_to_buffer(&self.bufs.sampled, 0, &self.bufs.tokens, 0, 4);
+                1
+            }
+        };
+
         let mut r = Rec {
             pass: enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("slm layers"),
@@ -723,7 +1014,7 @@ impl GpuModel {
             r.step(s, n_out, first, pos)?;
         }
         let n_vocab = c.n_vocab as u32;
-        if let Tail::Sample(s) = tail {
+        if let Tail::Sample(s, _) = tail {
             let p = s.params(n_vocab, 0);
             r.go(Op::Sample, GgmlDType::F32, &self.sample, &p, 1)?;
         }
@@ -732,9 +1023,13 @@ impl GpuModel {
         drop(r);
         self.arena.upload(&self.gpu.ctx, used);
         match tail {
-            Tail::Sample(_) => {
-                enc.copy_buffer_to_buffer(&self.bufs.sampled, 0, &self.bufs.staging_token, 0, 4)
-            }
+            Tail::Sample(_, slot) => enc.copy_buffer_to_buffer(
+                &self.bufs.sampled,
+                0,
+                &self.bufs.staging_token[slot],
+                0,
+                4,
+            ),
             Tail::Logits(_) => {
                 let bytes = (n_out * n_vocab * 4) as u64;
                 let logits = self.bufs.acts[Act::Logits as usize][0]
@@ -872,32 +1167,53 @@ impl Rec<'_> {
                 layer,
                 has_freq,
             } => {
-                let spec = c.layers[*layer];
-                let (base, pos_scale, mscale, rotate) = match spec.rope {
-                    Some(r) => (r.base, r.pos_scale, r.mscale, 1),
-                    None => (1.0, 1.0, 1.0, 0),
-                };
-                let p = RopeParams {
-                    n_head: c.n_head as u32,
-                    n_head_kv: c.n_head_kv as u32,
-                    head_dim: c.head_dim as u32,
-                    n_rot: c.n_rot as u32,
-                    pos0: pos,
-                    n_tok: n,
-                    neox: match c.rope_layout {
-                        RopeLayout::Adjacent => 0,
-                        RopeLayout::Neox => 1,
-                    },
-                    has_freq: *has_freq as u32,
-                    q_stride: c.q_dim() as u32,
-                    kv_dim: c.kv_dim() as u32,
-                    base,
-                    pos_scale,
-                    mscale,
-                    rotate,
-                    _pad: [0; 2],
-                };
+                let p = rope_params(c, *layer, n, pos, *has_freq);
                 self.go(Op::Rope, GgmlDType::F32, inst, &p, p.workgroups())?;
+            }
+            Step::Pair {
+                inst,
+                w,
+                cols,
+                x_width,
+                units,
+                act,
+                norm,
+                qkv,
+            } => {
+                let (op, tile) = if n == 1 {
+                    (Op::PairVec, 1)
+                } else {
+                    (Op::PairMat, MATMUL_TILE)
+                };
+                let eps = norm.then_some(c.rms_eps);
+                let x = (first * x_width, *x_width);
+                let p = match qkv {
+                    None => PairParams::glu(
+                        *units,
+                        *cols,
+                        n,
+                        x,
+                        (first * units, *units),
+                        [w[0], w[1]],
+                        match act {
+                            Glu::Silu => 0,
+                            Glu::GeluTanh => 1,
+                        },
+                        eps,
+                        (tile, self.tpr),
+                    ),
+                    Some(q) => PairParams::qkv(
+                        &rope_params(c, q.layer, n, pos, q.has_freq),
+                        *cols,
+                        x,
+                        *w,
+                        eps,
+                        q.bias,
+                        q.freq_off,
+                        (tile, self.tpr),
+                    ),
+                };
+                self.go(op, GgmlDType::F32, inst, &p, p.total_wg)?;
             }
             Step::Attend { inst, layer } => {
                 let spec = c.layers[*layer];
@@ -960,6 +1276,7 @@ impl GpuModel {
         which: Logits,
     ) -> Result<&[f32]> {
         self.check_tokens(tokens, pos)?;
+        self.drain().await?;
         let n_vocab = self.cfg.n_vocab;
         self.logits.clear();
         let n_batches = tokens.len().div_ceil(self.n_batch);
@@ -968,7 +1285,7 @@ impl GpuModel {
             let bpos = pos + bi * self.n_batch;
             // Intermediate batches of a Logits::Last call only fill the KV cache; their
             // (one-row) logits are read back and dropped.
-            let cmd = self.encode(batch, bpos, Tail::Logits(which))?;
+            let cmd = self.encode(Input::Host(batch), bpos, Tail::Logits(which))?;
             let rows = if which == Logits::All { batch.len() } else { 1 };
             let start = self.logits.len();
             self.logits.resize(start + rows * n_vocab, 0.0);
@@ -995,21 +1312,104 @@ impl GpuModel {
         pos: usize,
         s: &GpuSampling,
     ) -> Result<u32> {
+        self.decode_submit(Some(token), pos, s).await?;
+        self.decode_collect_async().await
+    }
+
+    /// Pipelined decode: encode and submit the decode-and-sample step of `token` at `pos`
+    /// without waiting for it. `token` `None` takes the id the previous step sampled straight
+    /// from its GPU buffer, so step n+1 can be submitted before step n's id is read back;
+    /// [`GpuModel::decode_collect_async`] reads the ids in submission order. At most two steps
+    /// are in flight (the caller keeps one ahead); a step with a host token, a forward call,
+    /// drains (reads and drops) what is still in flight first.
+    ///
+    /// Errors: as [`GpuModel::decode_sample_async`]; [`Error::InvalidParam`] for `None` when
+    /// no decode step ran just before, or with two steps already in flight.
+    pub async fn decode_submit(
+        &mut self,
+        token: Option<u32>,
+        pos: usize,
+        s: &GpuSampling,
+    ) -> Result<()> {
         s.validate()?;
-        self.check_tokens(&[token], pos)?;
-        let cmd = self.encode(&[token], pos, Tail::Sample(*s))?;
+        let input = match token {
+            Some(ref t) => {
+                self.check_tokens(std::slice::from_ref(t), pos)?;
+                self.drain().await?;
+                Input::Host(std::slice::from_ref(t))
+            }
+            None => {
+                // The id on the device is within the vocabulary: the sampler wrote it.
+                self.check_tokens(&[0], pos)?;
+                if !self.sampled_current || self.in_flight.len() >= 2 {
+                    return Err(Error::InvalidParam {
+                        name: "token",
+                        what: "no decode step to continue from (or two already in flight)".into(),
+                    });
+                }
+                Input::Sampled
+            }
+        };
+        let slot = self.next_staging;
+        self.next_staging ^= 1;
+        let cmd = self.encode(input, pos, Tail::Sample(*s, slot))?;
+        let done = self.gpu.ctx.submit(cmd)?;
+        self.in_flight.push_back((slot, done));
+        Ok(())
+    }
+
+    /// The id sampled by the oldest step [`GpuModel::decode_submit`] submitted (waits for it:
+    /// 4 bytes read back). Errors: [`Error::InvalidParam`] when none is in flight; GPU errors.
+    pub async fn decode_collect_async(&mut self) -> Result<u32> {
+        let Some((slot, done)) = self.in_flight.pop_front() else {
+            return Err(Error::InvalidParam {
+                name: "decode_collect",
+                what: "no decode step in flight".into(),
+            });
+        };
         let mut out = [0u8; 4];
         self.gpu
             .ctx
-            .submit_and_read(cmd, &self.bufs.staging_token, &mut out)
+            .read_after(done, &self.bufs.staging_token[slot], &mut out)
             .await?;
         Ok(u32::from_le_bytes(out))
+    }
+
+    /// Read and drop the steps still in flight (a speculative step after a stop).
+    pub async fn drain(&mut self) -> Result<()> {
+        while !self.in_flight.is_empty() {
+            self.decode_collect_async().await?;
+        }
+        Ok(())
+    }
+
+    /// Decode steps submitted and not yet collected.
+    pub fn steps_in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// Blocking [`GpuModel::decode_sample_async`] (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn decode_sample(&mut self, token: u32, pos: usize, s: &GpuSampling) -> Result<u32> {
         super::block_on(self.decode_sample_async(token, pos, s))
+    }
+
+    /// Blocking [`GpuModel::decode_submit`] (native only; the submission itself never waits
+    /// unless it drains an earlier step).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn decode_submit_blocking(
+        &mut self,
+        token: Option<u32>,
+        pos: usize,
+        s: &GpuSampling,
+    ) -> Result<()> {
+        super::block_on(self.decode_submit(token, pos, s))
+    }
+
+    /// Blocking [`GpuModel::decode_collect_async`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn decode_collect(&mut self) -> Result<u32> {
+        super::block_on(self.decode_collect_async())
     }
 }
 

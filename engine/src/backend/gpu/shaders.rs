@@ -35,6 +35,7 @@ pub const REDUCE_SG: &str = include_str!("../../../../shaders/reduce_sg.wgsl");
 pub const ATTN_IO: &str = include_str!("../../../../shaders/attn_io.wgsl");
 /// Kernel files.
 pub const MATMUL: &str = include_str!("../../../../shaders/matmul.wgsl");
+pub const MATMUL_PAIR: &str = include_str!("../../../../shaders/matmul_pair.wgsl");
 pub const GET_ROWS: &str = include_str!("../../../../shaders/get_rows.wgsl");
 pub const RMS_NORM: &str = include_str!("../../../../shaders/rms_norm.wgsl");
 pub const ROPE: &str = include_str!("../../../../shaders/rope.wgsl");
@@ -85,6 +86,11 @@ pub enum Op {
     MatVec,
     /// Quantized matrix × n vectors (prefill): matmul.wgsl with TILE_N = 8.
     MatMul,
+    /// Two weight rows per unit with a pairwise epilogue (gate/up + GLU; Q/K/V + RoPE + KV
+    /// store), decode: matmul_pair.wgsl with TILE_N = 1. Weight types are parameters.
+    PairVec,
+    /// [`Op::PairVec`] for prefill: TILE_N = 8.
+    PairMat,
     /// Embedding lookup from a quantized table.
     GetRows,
     RmsNorm,
@@ -144,13 +150,15 @@ pub struct PipelineKey {
 
 /// Size in bytes of the uniform parameter block every kernel binds at binding 0 (each kernel's
 /// `Params` struct fits in it).
-pub const PARAMS_BYTES: u64 = 64;
+pub const PARAMS_BYTES: u64 = 128;
 
 impl Op {
     /// Every op.
-    pub const ALL: [Op; 11] = [
+    pub const ALL: [Op; 13] = [
         Op::MatVec,
         Op::MatMul,
+        Op::PairVec,
+        Op::PairMat,
         Op::GetRows,
         Op::RmsNorm,
         Op::Rope,
@@ -165,6 +173,7 @@ impl Op {
     fn kernel(self) -> &'static str {
         match self {
             Op::MatVec | Op::MatMul => MATMUL,
+            Op::PairVec | Op::PairMat => MATMUL_PAIR,
             Op::GetRows => GET_ROWS,
             Op::RmsNorm => RMS_NORM,
             Op::Rope => ROPE,
@@ -189,6 +198,7 @@ impl Op {
     fn module_op(self) -> Op {
         match self {
             Op::AttnCombine => Op::AttnDecode,
+            Op::PairMat => Op::PairVec,
             o => o,
         }
     }
@@ -197,11 +207,20 @@ impl Op {
     pub fn uses_kv(self) -> bool {
         matches!(
             self,
-            Op::Rope | Op::Attention | Op::AttnDecode | Op::AttnCombine
+            Op::Rope | Op::Attention | Op::AttnDecode | Op::AttnCombine | Op::PairVec | Op::PairMat
         )
     }
 
     fn reads_weights(self) -> bool {
+        matches!(
+            self,
+            Op::MatVec | Op::MatMul | Op::GetRows | Op::PairVec | Op::PairMat
+        )
+    }
+
+    /// Whether the kernel is specialised to one weight type (`override DTYPE`); the pair
+    /// kernels read several types in one dispatch and take them as parameters.
+    fn dtype_constant(self) -> bool {
         matches!(self, Op::MatVec | Op::MatMul | Op::GetRows)
     }
 
@@ -218,6 +237,8 @@ impl Op {
         match self {
             // wq, x, y, bias, norm weight
             Op::MatVec | Op::MatMul => &[false, false, true, false, false],
+            // w0, w1, w2, x, vecs (norm weight | biases | RoPE factors), y, k_cache, v_cache
+            Op::PairVec | Op::PairMat => &[false, false, false, false, false, true, true, true],
             // wq, tokens, out
             Op::GetRows => &[false, false, true],
             // x, w, out
@@ -237,6 +258,7 @@ impl Op {
     fn layout_op(self) -> Op {
         match self {
             Op::MatMul => Op::MatVec,
+            Op::PairMat => Op::PairVec,
             Op::Add => Op::Glu,
             Op::AttnDecode | Op::AttnCombine => Op::Attention,
             o => o,
@@ -274,12 +296,12 @@ pub fn source(op: Op, variant: Variant, kv: KvType) -> String {
 /// Pipeline-overridable constants of a key; `tpr`: matmul invocations per row.
 fn overrides(key: PipelineKey, tpr: u32) -> Vec<(&'static str, f64)> {
     let mut c = Vec::new();
-    if key.op.reads_weights() {
+    if key.op.dtype_constant() {
         c.push(("DTYPE", key.dtype.ggml_id() as f64));
     }
     match key.op {
-        Op::MatVec => c.extend([("TILE_N", 1.0), ("TPR", tpr as f64)]),
-        Op::MatMul => c.extend([("TILE_N", 8.0), ("TPR", tpr as f64)]),
+        Op::MatVec | Op::PairVec => c.extend([("TILE_N", 1.0), ("TPR", tpr as f64)]),
+        Op::MatMul | Op::PairMat => c.extend([("TILE_N", 8.0), ("TPR", tpr as f64)]),
         _ => {}
     }
     c
