@@ -107,12 +107,12 @@ impl PreparedActs {
         self.x.extend_from_slice(x);
         let format = ActFormat::for_dtype(dtype);
         self.format = match format {
-            Some(ActFormat::Q8) if x.len() % QK == 0 => {
+            Some(ActFormat::Q8) if x.len().is_multiple_of(QK) => {
                 self.q8.resize(x.len() / QK, bytemuck::Zeroable::zeroed());
                 acts::quantize_q8(x, &mut self.q8);
                 format
             }
-            Some(ActFormat::Q8K) if x.len() % QK_K == 0 => {
+            Some(ActFormat::Q8K) if x.len().is_multiple_of(QK_K) => {
                 self.q8k
                     .resize(x.len() / QK_K, bytemuck::Zeroable::zeroed());
                 acts::quantize_q8k(x, &mut self.q8k);
