@@ -4,7 +4,7 @@
 // SLM_URL. Each scenario uses a fresh browser profile.
 import { chromium } from 'playwright-core';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,11 +28,15 @@ async function serverLog() {
   return (await r.text()).split('\n').filter(Boolean);
 }
 
-async function launch({ webgpu }) {
+async function launch({ webgpu, thirdPartyStorage }) {
   const dir = mkdtempSync(join(tmpdir(), 'slm-e2e-'));
   const args = ['--no-sandbox', '--disable-background-networking', '--disable-component-update',
     '--disable-sync', '--no-first-run', '--headless=new'];
   if (webgpu) args.push('--enable-unsafe-webgpu');
+  // This Chromium blocks third-party cookies by default and with them an embedded frame's
+  // IndexedDB; the widget flows run as Chrome's default settings do (third-party storage
+  // allowed, partitioned by the top-level site).
+  if (thirdPartyStorage) args.push('--disable-features=TrackingProtection3pcd');
   const ctx = await chromium.launchPersistentContext(dir, { executablePath: CHROME, headless: true, args });
   const requests = [];
   ctx.on('request', (r) => requests.push(r.url()));
@@ -133,9 +137,28 @@ async function idbState(page) {
   });
 }
 
-/// The conversations saved in localStorage.
+/// The conversations saved in IndexedDB (store `chats`), newest first, once the app's queued
+/// writes have landed.
 async function savedChats(page) {
-  return page.evaluate(() => JSON.parse(localStorage.getItem('slm.conversations') || '[]'));
+  await page.waitForFunction(() => !(globalThis.__slm_chat_writes > 0));
+  return page.evaluate(async () => {
+    if (!(await indexedDB.databases()).some((d) => d.name === 'slm')) return [];
+    return new Promise((res, rej) => {
+      const rq = indexedDB.open('slm');
+      rq.onerror = () => rej(rq.error);
+      rq.onsuccess = () => {
+        const db = rq.result;
+        if (!db.objectStoreNames.contains('chats')) { db.close(); res([]); return; }
+        const r = db.transaction('chats', 'readonly').objectStore('chats').getAll();
+        r.onsuccess = () => {
+          db.close();
+          res(r.result.map((t) => JSON.parse(t))
+            .sort((a, b) => (b.updated - a.updated) || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0)));
+        };
+        r.onerror = () => rej(r.error);
+      };
+    });
+  });
 }
 
 /// Wait until `testid`'s first element's text matches `re`; returns the text.
@@ -156,6 +179,7 @@ async function waitText(page, testid, re, timeout = LONG) {
 async function mainFlow() {
   log('main flow: download → reload → load from IndexedDB → chat (WebGPU flag on, backend auto)');
   const b = await launch({ webgpu: true });
+  const mark0 = (await serverLog()).length;
   try {
     await open(b.page);
     const selected = await b.page.getByTestId('model-select').inputValue();
@@ -181,6 +205,8 @@ async function mainFlow() {
     await b.page.getByTestId('backend-select').selectOption(backend);
     await b.page.waitForFunction(() => document.querySelector('[data-testid=download-button]')?.textContent.includes('Load'));
     await downloadAndLoad(b.page);
+    // The highlighter is loaded when a code block is shown, never with the app.
+    assert.deepEqual((await serverLog()).slice(mark0).filter((l) => l.includes('highlight')), [], 'no highlighter in the first load');
     const modelReqs = b.requests.filter((u) => u.includes(MODEL_FILE));
     const serverModelReqs = (await serverLog()).slice(mark).filter((l) => l.includes(MODEL_FILE));
     assert.deepEqual(modelReqs, [], 'no browser request for the model after reload');
@@ -201,7 +227,9 @@ async function mainFlow() {
     const expect = process.env.SLM_E2E_EXPECT_PREFIX;
     if (expect) assert.ok(r.reply.trim().startsWith(expect), `reply starts with slm's ${JSON.stringify(expect)}`);
     assert.deepEqual(b.requests, [], 'no browser request while chatting');
-    assert.deepEqual((await serverLog()).slice(mark2), [], 'no server request while chatting');
+    // The one exception: the browser's own update check of the service worker script (a GET of
+    // the app's sw.js, carrying nothing), which it makes on its own schedule after a navigation.
+    assert.deepEqual((await serverLog()).slice(mark2).filter((l) => !l.startsWith('GET /sw.js ')), [], 'no server request while chatting');
     assert.equal(await b.page.getByTestId('assistant-message').count(), 1, 'one assistant message per reply');
     if (process.env.SLM_E2E_SCREENSHOT) await b.page.screenshot({ path: process.env.SLM_E2E_SCREENSHOT, fullPage: true });
   } finally {
@@ -424,10 +452,25 @@ async function conversationFlow() {
     await b.page.getByTestId('regenerate-button').click();
     await b.page.getByTestId('send-button').waitFor({ timeout: LONG });
     await b.page.waitForFunction(() => document.querySelectorAll('[data-testid=assistant-message]').length === 3);
+    // Context size: bounded by the model, clamped, a change reloads the model with it, and it is
+    // kept with the conversation (the reload below brings it back).
+    const ctxIn = b.page.getByTestId('context-size');
+    assert.equal(await ctxIn.inputValue(), String(nCtx));
+    assert.equal(await ctxIn.getAttribute('max'), '8192', "SmolLM2-135M's trained context (its KV cache fits the budget)");
+    await ctxIn.fill('100');
+    await ctxIn.dispatchEvent('change');
+    assert.equal(await ctxIn.inputValue(), '256', 'clamped to the smallest size');
+    await ctxIn.fill('512');
+    await ctxIn.dispatchEvent('change');
+    await waitText(b.page, 'context-size-hint', /now running with 512 tokens/, 60_000);
+    await waitLoaded(b.page);
+    await ask(b.page, 'Ahoy?');
+    assert.equal((await used())[1], 512, 'the model runs with the new context size');
     const saved = await savedChats(b.page);
     assert.equal(saved.length, 1);
+    assert.equal(saved[0].settings.n_ctx, 512, 'context size stored with the conversation');
     assert.equal(saved[0].system, PIRATE, 'the edited system prompt is stored');
-    assert.deepEqual(saved[0].messages.map((m) => m.role), ['user', 'assistant', 'user', 'assistant', 'user', 'assistant']);
+    assert.deepEqual(saved[0].messages.map((m) => m.role), ['user', 'assistant', 'user', 'assistant', 'user', 'assistant', 'user', 'assistant']);
 
     // Reload: the conversation is back, the model loads from storage, the chat goes on.
     const texts = await b.page.getByTestId('assistant-message').allInnerTexts();
@@ -441,13 +484,14 @@ async function conversationFlow() {
     await settings(b.page, { temperature: 0, maxTokens: 16 });
     const r4 = await ask(b.page, 'Where is your ship?');
     assert.ok(r4.reply.trim().length > 0);
-    assert.equal((await savedChats(b.page))[0].messages.length, 8);
+    assert.equal((await used())[1], 512, "loaded with the conversation's context size");
+    assert.equal((await savedChats(b.page))[0].messages.length, 10);
 
     // New chat empties the view and keeps the saved one; Delete removes it.
     await b.page.getByTestId('new-chat').click();
     assert.equal(await b.page.getByTestId('assistant-message').count(), 0);
     await b.page.getByTestId('conv-delete').first().click();
-    assert.deepEqual(await savedChats(b.page), [], 'deleted from local storage');
+    assert.deepEqual(await savedChats(b.page), [], 'deleted from storage');
     await b.page.reload();
     await b.page.getByTestId('model-select').waitFor();
     assert.equal(await b.page.getByTestId('user-message').count(), 0, 'nothing comes back after delete');
@@ -875,10 +919,20 @@ async function uiFlow() {
     await page.getByTestId('model-select').waitFor();
     const think = page.locator('[data-testid=assistant-message] details.think');
     await think.waitFor({ state: 'attached' });
+    // Conversations an earlier version kept in localStorage moved to IndexedDB, once.
+    assert.equal(await page.evaluate(() => localStorage.getItem('slm.conversations')), null, 'localStorage key removed after the move');
+    assert.deepEqual((await savedChats(page)).map((c) => c.id), ['think'], 'moved into IndexedDB');
     assert.equal(await think.evaluate((d) => d.open), false, 'think section collapsed');
     assert.equal(await think.locator('summary').innerText(), 'Reasoning');
     assert.equal(await page.locator('[data-testid=assistant-message] b').count(), 0, 'no markup injected');
     assert.equal(await page.locator('[data-testid=assistant-message] strong').innerText(), 'reasons');
+    // The code block is syntax-highlighted (highlight.js, imported now that a block is shown).
+    const code = page.locator('[data-testid=assistant-message] pre code.hljs');
+    await code.waitFor({ state: 'attached' });
+    assert.equal(await code.locator('.hljs-keyword').first().innerText(), 'fn', 'rust keyword highlighted');
+    assert.notEqual(await code.locator('.hljs-keyword').first().evaluate((e) => getComputedStyle(e).color),
+      await code.evaluate((e) => getComputedStyle(e).color), 'keywords have their own colour');
+    assert.ok(b.requests.some((u) => u.endsWith('/vendor/highlight.min.js')), 'highlighter fetched from the app');
     // A code block's Copy button copies the code.
     await page.getByTestId('code-copy').click();
     await page.waitForFunction(() => navigator.clipboard.readText().then((c) => c === 'fn main() {}\n'));
@@ -898,7 +952,7 @@ async function uiFlow() {
     await reply1.getByTestId('copy-button').click();
     const stored1 = (await savedChats(page))[0].messages[1].content;
     await page.waitForFunction((t) => navigator.clipboard.readText().then((c) => c === t), stored1);
-    assert.ok(r1.stats.includes('decode'), 'per-reply stats');
+    assert.match(r1.stats, /^TTFT \d+ ms · prefill [\d.]+ tok\/s · decode [\d.]+ tok\/s · \d+ tokens \(max_tokens\) · CPU$/, 'per-reply stats: TTFT, speeds, tokens, backend');
     assert.match(await page.getByTestId('status-speed').innerText(), /tok\/s/);
 
     // Edit-and-resend: the later turns are dropped, the edited question is answered.
@@ -920,6 +974,7 @@ async function uiFlow() {
     // Esc stops the reply; the streaming reply is an aria-live region. Shift+Enter is a newline.
     await settings(page, { temperature: 0, maxTokens: 400 });
     await page.getByTestId('settings-close').click();
+    await page.setViewportSize({ width: 1280, height: 420 });
     await page.getByTestId('prompt-input').fill('Write a long story');
     await page.getByTestId('prompt-input').press('Shift+Enter');
     await page.getByTestId('prompt-input').pressSequentially('about a lighthouse.');
@@ -928,9 +983,20 @@ async function uiFlow() {
     await page.getByTestId('stop-button').waitFor({ timeout: 10_000 });
     assert.equal(await page.locator('.msg.assistant.streaming[aria-live=polite]').count(), 1, 'streaming reply is aria-live');
     await page.waitForFunction(() => (document.querySelectorAll('[data-testid=assistant-message]')[1]?.textContent || '').length > 10, null, { timeout: LONG });
+    // Auto-scroll follows the reply at the bottom, and stops once the reader scrolls up.
+    const list = page.getByTestId('messages');
+    await page.waitForFunction(() => { const e = document.querySelector('[data-testid=messages]'); return e.scrollHeight > e.clientHeight + 150; }, null, { timeout: LONG });
+    assert.ok(await page.getByTestId('stop-button').isVisible(), 'still streaming');
+    const gap = () => list.evaluate((e) => e.scrollHeight - e.scrollTop - e.clientHeight);
+    assert.ok(await gap() < 48, `follows the bottom while streaming (${await gap()} px from it)`);
+    await list.evaluate((e) => { e.scrollTop = 0; });
+    const grown = await list.evaluate((e) => e.scrollHeight);
+    await page.waitForFunction((h) => document.querySelector('[data-testid=messages]').scrollHeight > h + 20, grown, { timeout: LONG });
+    assert.equal(await list.evaluate((e) => e.scrollTop), 0, 'scrolled up: the view stays where the reader put it');
     await page.keyboard.press('Escape');
     await page.getByTestId('send-button').waitFor({ timeout: 5_000 });
     assert.match(await page.getByTestId('reply-stats').last().innerText(), /cancelled/);
+    await page.setViewportSize({ width: 1280, height: 800 });
 
     // Conversations: newest first, search, switch, rename, delete + undo.
     await settings(page, { temperature: 0, maxTokens: 4 });
@@ -954,6 +1020,7 @@ async function uiFlow() {
     assert.equal((await savedChats(page)).find((c) => c.title.includes('grass')).settings.temperature, 0.5, 'stored with it');
     await page.getByTestId('settings-reset').click();
     assert.equal(await page.getByTestId('temperature').inputValue(), '0.7', 'reset to the defaults');
+    assert.equal(await page.getByTestId('context-size').inputValue(), '2048', 'context size reset too');
     await page.getByTestId('settings-close').click();
     await page.getByTestId('conv-item').filter({ hasText: 'grass' }).getByTestId('conv-rename').click();
     await page.getByTestId('conv-rename-input').fill('Colours');
@@ -1018,7 +1085,581 @@ async function uiFlow() {
   }
 }
 
+async function modelsFlow() {
+  log('first run: capability check and a recommended model, one click to chat; the model manager judges each card before any download; delete from a card');
+  const b = await launch({ webgpu: false });
+  try {
+    // A catalog with the app's own model, a 1.5 GB one (too slow for this CPU to recommend, as
+    // the probe shows) and a 5 GB one (beyond the CPU engine's 4 GiB wasm memory).
+    await b.page.route('**/models.json', async (route) => {
+      const r = await route.fetch();
+      const cat = await r.json();
+      const own = cat.models.find((m) => m.default);
+      const big = (id, label) => ({ ...own, id, name: id, url: `https://huggingface.co/x/${id}.gguf`, size: null, size_label: label, sha256: null, default: false, backends: ['cpu'] });
+      cat.models = [own, big('mid-1500mb', 'about 1.5 GB'), big('huge-5gb', 'about 5.0 GB')];
+      await route.fulfill({ response: r, json: cat });
+    });
+    await open(b.page);
+    const first = b.page.getByTestId('first-run');
+    await first.waitFor({ timeout: 30_000 });
+    const caps = {};
+    for (const k of ['cap-webgpu', 'cap-isolation', 'cap-storage', 'cap-speed']) caps[k] = await first.getByTestId(k).innerText();
+    log('capabilities:', JSON.stringify(caps));
+    assert.match(caps['cap-webgpu'], /not available/);
+    assert.match(caps['cap-isolation'], /Cross-origin isolated: yes · \d+ cores/);
+    assert.match(caps['cap-storage'], /free for this site/);
+    const rate = Number((caps['cap-speed'].match(/([\d.]+) ([KMG]B)\/s/) || []).slice(1, 2)[0]);
+    assert.ok(rate > 0, 'the CPU probe ran: ' + caps['cap-speed']);
+    const rec = first.getByTestId('first-run-model');
+    log('advice:', await rec.innerText());
+    assert.equal(await rec.getAttribute('data-model-id'), 'smollm2-135m-instruct-q4_1', 'the fast model is recommended, not the 1.5 GB one');
+    const t0 = Date.now();
+    await first.getByTestId('first-run-start').click();
+    await waitLoaded(b.page);
+    log(`downloaded and loaded in ${((Date.now() - t0) / 1e3).toFixed(1)} s`);
+    assert.equal(await b.page.getByTestId('first-run').count(), 0, 'the check is gone once started');
+    await settings(b.page, { temperature: 0, maxTokens: 32 });
+    const r = await ask(b.page, QUESTION);
+    log('reply:', JSON.stringify(r.reply), r.stats);
+    assert.match(r.reply.toLowerCase(), /blue/);
+
+    // The manager: every card judged on this device.
+    await b.page.getByTestId('models-open').click();
+    const mgr = b.page.getByTestId('model-manager');
+    await mgr.getByTestId('model-card').first().waitFor({ timeout: 30_000 });
+    const card = (id) => mgr.locator(`[data-testid=model-card][data-model-id="${id}"]`);
+    const own = card('smollm2-135m-instruct-q4_1');
+    assert.equal(await own.getAttribute('data-verdict'), 'Fits');
+    assert.match(await own.innerText(), /Stored on this device/);
+    const expected = await own.getByTestId('expected-speed').innerText();
+    const exp = Number(expected.match(/about (\d+) tokens\/s/)[1]);
+    const measured = Number(r.stats.match(/decode ([\d.]+) tok\/s/)[1]);
+    log(`expected ${exp} tok/s before download vs measured decode ${measured} tok/s (ratio ${(measured / exp).toFixed(2)})`);
+    assert.ok(measured / exp > 0.33 && measured / exp < 3, 'the estimate is within 3× of the real speed');
+    assert.equal(await card('mid-1500mb').getAttribute('data-verdict'), 'Fits');
+    assert.equal(await card('huge-5gb').getAttribute('data-verdict'), 'TooLarge');
+    assert.match(await card('huge-5gb').getByTestId('fit-why').innerText(), /4 GiB of wasm memory/);
+    assert.ok(await card('huge-5gb').getByTestId('card-use').isDisabled(), 'a model that cannot fit is not offered');
+    assert.deepEqual(await axeViolations(b.page), [], 'axe: model manager');
+
+    // Delete from the card: storage is emptied, the card offers the download again.
+    await own.getByTestId('card-delete').click();
+    await b.page.waitForFunction(() => !document.querySelector('[data-testid=model-card][data-model-id="smollm2-135m-instruct-q4_1"] [data-testid=card-delete]'), null, { timeout: 10_000 });
+    assert.match(await card('smollm2-135m-instruct-q4_1').getByTestId('card-use').innerText(), /Download and use/);
+    assert.equal((await idbState(b.page)).chunks, 0, 'no chunks left');
+    await mgr.getByTestId('models-close').click();
+    assert.equal(await b.page.getByTestId('model-manager').count(), 0);
+    const extra = b.requests.filter((u) => !u.startsWith(BASE) && !u.startsWith('data:') && !u.startsWith('blob:'));
+    assert.deepEqual(extra, [], 'nothing but the app and its model was requested');
+  } finally {
+    await b.close();
+  }
+}
+
+/// Reload with the network off (playwright's setOffline), load the stored model and chat; the
+/// server sees no request meanwhile, and a request the service worker does not answer fails.
+async function chatOffline(b, logUrl) {
+  const mark = logUrl ? (await (await fetch(logUrl)).text()).split('\n').filter(Boolean).length : 0;
+  await b.ctx.setOffline(true);
+  await b.page.reload();
+  await b.page.getByTestId('model-select').waitFor();
+  assert.equal(await b.page.evaluate(() => crossOriginIsolated), true, 'offline page is cross-origin isolated');
+  assert.equal(await b.page.evaluate(() => fetch('__offline_probe').then(() => 'ok', () => 'failed')), 'failed', 'the network is off');
+  await b.page.getByTestId('backend-select').selectOption('cpu');
+  await b.page.waitForFunction(() => document.querySelector('[data-testid=download-button]')?.textContent.includes('Load'));
+  await downloadAndLoad(b.page);
+  await settings(b.page, { temperature: 0, maxTokens: 16 });
+  const r = await ask(b.page, QUESTION);
+  log('offline reply:', JSON.stringify(r.reply));
+  assert.match(r.reply.toLowerCase(), /blue/, 'answered offline from the stored model');
+  if (logUrl) {
+    // The browser's own update check of the service worker script is not covered by
+    // setOffline (it comes from the browser process): every other request is.
+    const after = (await (await fetch(logUrl)).text()).split('\n').filter(Boolean).slice(mark)
+      .filter((l) => !l.startsWith('GET /sw.js '));
+    assert.deepEqual(after, [], 'no request reached the server while offline');
+  }
+  await b.ctx.setOffline(false);
+}
+
+/// Wait until the page (which may reload itself once) is cross-origin isolated.
+async function waitIsolated(page) {
+  const t0 = Date.now();
+  while (Date.now() - t0 < 30_000) {
+    const ok = await page.evaluate(() => crossOriginIsolated && !!navigator.serviceWorker.controller).catch(() => false);
+    if (ok) return;
+    await page.waitForTimeout(200);
+  }
+  throw new Error('the page never became cross-origin isolated');
+}
+
+async function offlineFlow() {
+  log('offline: after one visit (service worker installed) the app reloads with the network off and chats from the stored model; a new deploy shows the update notice');
+  const b = await launch({ webgpu: false });
+  try {
+    await open(b.page);
+    assert.equal(await b.page.evaluate(() => document.querySelector('link[rel=manifest]')?.getAttribute('href')), 'manifest.webmanifest');
+    const manifest = await b.page.evaluate(() => fetch('manifest.webmanifest').then((r) => r.json()));
+    assert.equal(manifest.display, 'standalone', 'installable: a standalone web app manifest');
+    await b.page.getByTestId('backend-select').selectOption('cpu');
+    await downloadAndLoad(b.page);
+    await b.page.evaluate(() => navigator.serviceWorker.ready);
+    const cached = await b.page.evaluate(async () => (await (await caches.open('slm-shell-v1')).keys()).map((r) => new URL(r.url).pathname));
+    log('cached:', cached.join(' '));
+    for (const f of ['/', '/web-ui_bg.wasm', '/web-ui.js', '/worker.js', '/style.css', '/models.json']) assert.ok(cached.includes(f), `shell file ${f} cached`);
+    assert.ok(!cached.some((p) => p.includes('.gguf')), 'no model bytes in the service worker cache');
+    assert.equal(await b.page.getByTestId('update-notice').count(), 0, 'no update notice at the first install');
+    // A new version is deployed while the page is open: the update check finds it and a small
+    // notice says it applies at the next visit.
+    await fetch(new URL('__deploy', BASE));
+    await b.page.evaluate(async () => (await navigator.serviceWorker.getRegistration()).update());
+    const notice = b.page.getByTestId('update-notice');
+    await notice.waitFor({ timeout: 20_000 });
+    log('update notice:', await notice.innerText());
+    assert.match(await notice.innerText(), /new version of the app is ready/);
+    await notice.getByRole('button', { name: 'Dismiss' }).click();
+    assert.equal(await notice.count(), 0);
+    await chatOffline(b, new URL('__log', BASE));
+  } finally {
+    await b.close();
+  }
+}
+
+async function distFlow() {
+  log('cargo xtask dist --out DIR, served by python3 -m http.server (no COOP/COEP headers): isolated through its service worker, downloads, chats, then offline');
+  const out = mkdtempSync(join(tmpdir(), 'slm-dist-'));
+  const repo = join(dirname(fileURLToPath(import.meta.url)), '..');
+  execFileSync('cargo', ['xtask', 'dist', '--no-build', '--out', out], { cwd: repo, stdio: 'inherit' });
+  for (const f of ['index.html', 'sw.js', 'manifest.webmanifest', '_headers', 'nginx.conf', `models/${MODEL_FILE}`]) {
+    assert.ok(statSync(join(out, f)).size > 0, `dist has ${f}`);
+  }
+  const port = 8190 + Math.floor(Math.random() * 50);
+  const py = spawn('python3', ['-m', 'http.server', String(port), '--bind', '127.0.0.1', '--directory', out], { stdio: 'ignore' });
+  const url = `http://127.0.0.1:${port}/`;
+  const b = await launch({ webgpu: false });
+  try {
+    for (let i = 0; i < 50; i++) { if (await fetch(url).then(() => true, () => false)) break; await new Promise((r) => setTimeout(r, 100)); }
+    const resp = await b.page.goto(url);
+    assert.equal(resp.headers()['cross-origin-embedder-policy'], undefined, 'the host sends no isolation headers');
+    await waitIsolated(b.page);
+    await b.page.getByTestId('model-select').waitFor();
+    assert.equal(await b.page.evaluate(() => typeof SharedArrayBuffer), 'function', 'SharedArrayBuffer available');
+    await b.page.getByTestId('backend-select').selectOption('cpu');
+    await downloadAndLoad(b.page);
+    await settings(b.page, { temperature: 0, maxTokens: 16 });
+    const r = await ask(b.page, QUESTION);
+    assert.match(r.reply.toLowerCase(), /blue/);
+    await b.page.evaluate(() => navigator.serviceWorker.ready);
+    await chatOffline(b, null);
+  } finally {
+    await b.close();
+    py.kill();
+    rmSync(out, { recursive: true, force: true });
+  }
+}
+
 // gpu: needs WebGPU (SwiftShader, slow): run only when named in SLM_E2E_ONLY.
+// ---- The embeddable widget and the host-page API (issue 11) ----
+// Host pages are served by this script from a second origin, http://localhost:SLM_HOST_PORT,
+// without COOP/COEP; the app server allows that origin to embed it (`--embed-origins`), while
+// http://127.0.0.1:SLM_HOST_PORT (same server, another origin) stays refused.
+const HOST_PORT = Number(process.env.SLM_HOST_PORT || 8105);
+const HOST = `http://localhost:${HOST_PORT}`;
+const REFUSED_HOST = `http://127.0.0.1:${HOST_PORT}`;
+const APP_ORIGIN = new URL(BASE).origin;
+const MODEL_ID = 'smollm2-135m-instruct-q4_1';
+const HOST_CONTENT = '<h1 id="wiki-title">Team handbook</h1><p id="wiki-text">Holidays are booked in the HR tool.</p>';
+const hostLog = [];
+let hostServer = null;
+
+function hostPage(body) {
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Intranet</title></head>` +
+    `<body><main id="content">${HOST_CONTENT}</main>${body}</body></html>`;
+}
+const HOST_PAGES = {
+  '/widget.html': () => hostPage(`<script src="${BASE}embed.js" data-model="${MODEL_ID}" data-title="Ask the handbook" data-temperature="0" data-max-tokens="160" async></script>`),
+  '/inline.html': () => hostPage(`<slm-chat model="${MODEL_ID}" title="Inline" temperature="0" max-tokens="16" style="display:block;height:520px"></slm-chat><script src="${BASE}embed.js" async></script>`),
+  '/api.html': () => hostPage(`<script src="${BASE}embed.js"></script>`),
+  '/blank.html': () => hostPage(''),
+};
+
+async function startHost() {
+  if (hostServer) return;
+  const http = await import('node:http');
+  hostServer = http.createServer((req, res) => {
+    hostLog.push(`${req.method} ${req.headers.host}${req.url}`);
+    const page = HOST_PAGES[req.url.split('?')[0]];
+    if (!page) { res.writeHead(404); res.end('not found'); return; }
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-cache' });
+    res.end(page());
+  });
+  await new Promise((res, rej) => { hostServer.once('error', rej); hostServer.listen(HOST_PORT, res); });
+  hostServer.unref();
+}
+
+/// Every request the browser made went to the app or the host page (nothing anywhere else).
+function onlyAppAndHost(requests) {
+  const other = requests.filter((u) => !u.startsWith(APP_ORIGIN + '/') && !u.startsWith(HOST + '/') && !u.startsWith(REFUSED_HOST + '/'));
+  assert.deepEqual(other, [], 'no request to any other origin');
+}
+
+/// Ask in the widget's frame `f` (a FrameLocator); returns the reply, its stats and how many
+/// distinct lengths were seen while it streamed.
+async function askIn(page, f, text) {
+  const before = await f.getByTestId('assistant-message').count();
+  await f.getByTestId('prompt-input').fill(text);
+  await f.getByTestId('send-button').click();
+  await f.getByTestId('stop-button').waitFor({ timeout: 10_000 });
+  const lengths = new Set();
+  const t0 = Date.now();
+  while (Date.now() - t0 < LONG) {
+    if (await f.getByTestId('assistant-message').count() > before) lengths.add((await f.getByTestId('assistant-message').nth(before).innerText()).length);
+    if (!(await f.getByTestId('stop-button').isVisible().catch(() => false))) break;
+    await page.waitForTimeout(50);
+  }
+  await f.getByTestId('send-button').waitFor({ timeout: LONG });
+  return {
+    reply: await f.getByTestId('assistant-message').nth(before).innerText(),
+    stats: await f.getByTestId('reply-stats').last().innerText(),
+    distinct: lengths.size,
+  };
+}
+
+async function waitFrameLoaded(page, f) {
+  const seen = new Set();
+  const t0 = Date.now();
+  while (Date.now() - t0 < LONG) {
+    // The bar may go away between the two calls (the download ended): never wait for it.
+    const v = await f.getByTestId('download-progress').getAttribute('value', { timeout: 200 }).catch(() => null);
+    if (v !== null) seen.add(Number(v));
+    if (await f.getByTestId('prompt-input').isEnabled().catch(() => false)) break;
+    if (await f.getByTestId('error-banner').first().isVisible().catch(() => false)) {
+      throw new Error('widget error banner: ' + await f.getByTestId('error-banner').first().innerText());
+    }
+    await page.waitForTimeout(100);
+  }
+  assert.ok(await f.getByTestId('prompt-input').isEnabled(), 'the widget is ready');
+  return [...seen].sort((a, b) => a - b);
+}
+
+/// The host page's own markup, and what embed.js added to <body>.
+async function hostDom(page) {
+  return page.evaluate(() => ({
+    content: document.getElementById('content').innerHTML,
+    added: [...document.body.children].filter((c) => c.id !== 'content' && c.tagName !== 'SCRIPT' && c.tagName !== 'SLM-CHAT')
+      .map((c) => c.tagName + [...c.attributes].map((a) => `[${a.name}]`).join('')),
+    head: document.head.children.length,
+  }));
+}
+
+async function widgetFlow() {
+  log(`widget flow: ${HOST}/widget.html (no COOP/COEP) embeds the app of ${APP_ORIGIN}`);
+  await startHost();
+  const b = await launch({ webgpu: false, thirdPartyStorage: true });
+  try {
+    const resp = await b.page.goto(`${HOST}/widget.html`);
+    assert.equal(resp.headers()['cross-origin-embedder-policy'], undefined, 'host page without COEP');
+    assert.equal(await b.page.evaluate(() => crossOriginIsolated), false, 'host page is not cross-origin isolated');
+    const headBefore = await b.page.evaluate(() => document.head.children.length);
+    await b.page.getByTestId('slm-launcher').click();
+    const f = b.page.frameLocator('iframe[src*="embed.html"]');
+    await f.getByTestId('embed-storage-note').waitFor({ timeout: 30_000 });
+    log('first-run note:', JSON.stringify((await f.getByTestId('embed-first-run').innerText()).slice(0, 160)));
+    assert.equal(await f.getByTestId('embed-title').innerText(), 'Ask the handbook');
+    assert.equal(await b.page.evaluate(() => document.querySelector('[data-slm-launcher]').shadowRoot.querySelector('iframe').contentDocument), null,
+      'the host page cannot reach into the widget');
+    await f.getByTestId('download-button').click();
+    const seen = await waitFrameLoaded(b.page, f);
+    log('widget download progress values:', seen.length, 'max', Math.max(...seen));
+    assert.ok(seen.length >= 2 && Math.max(...seen) >= 99.9, 'the panel showed the download progress to 100%');
+    assert.ok(b.requests.some((u) => u.startsWith(APP_ORIGIN) && u.includes(MODEL_FILE)), 'the model came from the app origin');
+    onlyAppAndHost(b.requests);
+
+    const r = await askIn(b.page, f, QUESTION);
+    log('widget reply:', JSON.stringify(r.reply), '|', r.stats, '| streamed updates:', r.distinct);
+    assert.ok(r.distinct >= 2, 'the reply streamed');
+    const expect = process.env.SLM_E2E_EXPECT_PREFIX;
+    if (expect) assert.ok(r.reply.trim().startsWith(expect), `reply starts with slm's ${JSON.stringify(expect)}`);
+    else assert.match(r.reply.toLowerCase(), /blue/);
+    if (process.env.SLM_E2E_WIDGET_SCREENSHOT) await b.page.screenshot({ path: process.env.SLM_E2E_WIDGET_SCREENSHOT });
+
+    // Stop, on a host page that is not cross-origin isolated.
+    await f.getByTestId('prompt-input').fill('Write a long story about a lighthouse keeper and a storm.');
+    await f.getByTestId('send-button').click();
+    await f.getByTestId('stop-button').waitFor({ timeout: 10_000 });
+    const streaming = f.getByTestId('assistant-message').nth(1);
+    const t0 = Date.now();
+    while ((await streaming.innerText().catch(() => '')).length < 20) {
+      assert.ok(Date.now() - t0 < 60_000, 'the story streams');
+      await b.page.waitForTimeout(20);
+    }
+    const tStop = Date.now();
+    await f.getByTestId('stop-button').click();
+    await f.getByTestId('send-button').waitFor({ timeout: 5_000 });
+    const stopStats = await f.getByTestId('reply-stats').last().innerText();
+    log(`widget stop after ${Date.now() - tStop} ms: ${stopStats}`);
+    assert.match(stopStats, /\(cancelled\)/, 'Stop ended the reply');
+
+    // The host page: only the launcher was added.
+    const dom = await hostDom(b.page);
+    assert.equal(dom.content, HOST_CONTENT, "the host page's content is untouched");
+    assert.deepEqual(dom.added, ['DIV[data-slm-launcher]'], 'embed.js added the launcher only');
+    assert.equal(dom.head, headBefore, 'nothing added to <head>');
+
+    // Reload: the model comes from this site's storage; the chat makes no request at all.
+    const appMark = (await serverLog()).length;
+    b.requests.length = 0;
+    hostLog.length = 0;
+    await b.page.reload();
+    await b.page.getByTestId('slm-launcher').click();
+    await waitFrameLoaded(b.page, f);
+    assert.deepEqual(b.requests.filter((u) => u.includes(MODEL_FILE)), [], 'no request for the model after reload');
+    assert.deepEqual((await serverLog()).slice(appMark).filter((l) => l.includes(MODEL_FILE)), []);
+    onlyAppAndHost(b.requests);
+    log('reload: requests while opening the widget:', b.requests.length, '(app files only)');
+    const mark = (await serverLog()).length;
+    b.requests.length = 0;
+    hostLog.length = 0;
+    const x = await askIn(b.page, f, XSS_PROMPT);
+    log('widget reply to the HTML prompt:', JSON.stringify(x.reply));
+    assert.deepEqual(b.requests, [], 'no browser request while chatting in the widget');
+    assert.deepEqual((await serverLog()).slice(mark), [], 'no app-server request while chatting');
+    assert.deepEqual(hostLog, [], 'no host-server request while chatting');
+    assert.match(x.reply, /<img[^>]*onerror=/, 'the model wrote an <img … onerror=…> tag');
+    assert.equal(await f.getByTestId('messages').locator('img, script, iframe').count(), 0, 'the reply is shown as text');
+    await b.page.waitForTimeout(300);
+    assert.deepEqual(b.dialogs, [], 'no script ran');
+
+    // The inline element on another page of the same site: the stored model, no download.
+    await b.page.goto(`${HOST}/inline.html`);
+    const g = b.page.frameLocator('slm-chat iframe');
+    await waitFrameLoaded(b.page, g);
+    const i = await askIn(b.page, g, QUESTION);
+    log('inline <slm-chat> reply:', JSON.stringify(i.reply), '|', i.stats);
+    assert.ok(i.reply.trim().length > 0 && /\(max_tokens\)/.test(i.stats), 'the inline chat answers (max-tokens=16)');
+    onlyAppAndHost(b.requests);
+  } finally {
+    await b.close();
+  }
+}
+
+/// What `slm generate --json` reports for `messages` (the engine's own token counts).
+function slmGenerate(messages, maxTokens) {
+  const bin = process.env.SLM_BIN || join(dirname(fileURLToPath(import.meta.url)), '..', 'target', 'release', 'slm');
+  try { statSync(bin); } catch { return null; }
+  const out = execFileSync(bin, ['generate', '--model', join(MODELS_DIR, MODEL_FILE), '--temperature', '0', '--max-tokens', String(maxTokens),
+    '--json', '--messages', JSON.stringify(messages)], { encoding: 'utf8' });
+  const lines = out.trim().split('\n').map((l) => JSON.parse(l));
+  return { text: lines.filter((l) => 'text' in l).map((l) => l.text).join(''), summary: lines.at(-1) };
+}
+
+async function apiFlow() {
+  log(`api flow: SLM.connect from ${HOST}/api.html`);
+  await startHost();
+  const b = await launch({ webgpu: false, thirdPartyStorage: true });
+  try {
+    await b.page.goto(`${HOST}/api.html`);
+    const connected = await b.page.evaluate(async (model) => {
+      const progress = [];
+      window.slm = await SLM.connect({ model, backend: 'cpu', onProgress: (p) => progress.push(p) });
+      return { progress, backend: window.slm.backend, model: window.slm.model };
+    }, MODEL_ID);
+    const dl = connected.progress.filter((p) => p.phase === 'downloading');
+    log('connect:', connected.backend, connected.model, '| progress events:', connected.progress.length,
+      '| last download event:', JSON.stringify(dl.at(-1)), '| phases:', [...new Set(connected.progress.map((p) => p.phase))].join(', '));
+    assert.ok(dl.length >= 2 && dl.at(-1).loaded === dl.at(-1).total && dl.at(-1).total > 0, 'download progress reached the total');
+    assert.ok(connected.progress.some((p) => p.phase.startsWith('loading')), 'load progress reported');
+    assert.equal(connected.backend, 'cpu');
+
+    const model = MODEL_ID;
+    const models = await b.page.evaluate(() => slm.models.list());
+    const mine = models.data.find((m) => m.id === model);
+    log('models.list:', models.data.length, 'models;', JSON.stringify(mine));
+    assert.ok(mine && mine.stored === true, 'the connected model is listed as stored');
+    assert.ok(models.data.some((m) => m.stored === false), 'catalog models not stored are listed too');
+
+    const messages = [{ role: 'system', content: 'You are a helpful assistant.' }, { role: 'user', content: QUESTION }];
+    const mark = (await serverLog()).length;
+    b.requests.length = 0;
+    hostLog.length = 0;
+    const plain = await b.page.evaluate((messages) => slm.chat.completions.create({ messages, temperature: 0, max_tokens: 24 }), messages);
+    log('plain:', JSON.stringify(plain.choices[0].message.content), plain.choices[0].finish_reason, JSON.stringify(plain.usage));
+    const expect = process.env.SLM_E2E_EXPECT_PREFIX;
+    if (expect) assert.ok(plain.choices[0].message.content.trim().startsWith(expect), `starts with slm's ${JSON.stringify(expect)}`);
+    assert.equal(plain.object, 'chat.completion');
+    assert.equal(plain.choices[0].finish_reason, 'length');
+    const native = slmGenerate(messages, 24);
+    if (native) {
+      log('slm generate --json:', JSON.stringify(native.summary));
+      assert.equal(plain.usage.prompt_tokens, native.summary.n_prompt, 'prompt_tokens as the engine counts them');
+      assert.equal(plain.usage.completion_tokens, native.summary.n_generated, 'completion_tokens as the engine counts them');
+    } else {
+      assert.equal(plain.usage.completion_tokens, 24);
+    }
+
+    const streamed = await b.page.evaluate(async (messages) => {
+      const stream = await slm.chat.completions.create({ messages, temperature: 0, max_tokens: 24, stream: true });
+      const parts = [];
+      let last = null;
+      for await (const chunk of stream) {
+        parts.push(chunk.choices[0].delta.content || '');
+        last = chunk;
+      }
+      return { parts, last };
+    }, messages);
+    log('stream:', streamed.parts.length, 'chunks; finish', streamed.last.choices[0].finish_reason, JSON.stringify(streamed.last.usage));
+    assert.ok(streamed.parts.length >= 3, 'several chunks');
+    assert.equal(streamed.parts.join(''), plain.choices[0].message.content, 'streamed text = plain text');
+    assert.equal(streamed.last.choices[0].finish_reason, 'length');
+    assert.deepEqual(streamed.last.usage, plain.usage);
+
+    // Abort a stream mid-way; the next request works.
+    const aborted = await b.page.evaluate(async () => {
+      const ctrl = new AbortController();
+      const stream = await slm.chat.completions.create({ messages: [{ role: 'user', content: 'Write a long story about a lighthouse keeper.' }],
+        temperature: 0, max_tokens: 400, stream: true, signal: ctrl.signal });
+      let text = '';
+      try {
+        for await (const c of stream) {
+          text += c.choices[0].delta.content || '';
+          if (text.length > 30) ctrl.abort();
+        }
+        return { text, error: null };
+      } catch (e) {
+        return { text, error: { name: e.name, code: e.code, isSLM: e instanceof SLM.Error } };
+      }
+    });
+    log('aborted stream:', JSON.stringify(aborted));
+    assert.equal(aborted.error && aborted.error.code, 'aborted', 'the stream ends with aborted');
+    assert.ok(aborted.error.isSLM);
+    assert.ok(aborted.text.length < 600, 'stopped long before max_tokens');
+
+    // Three requests together, the third aborted while queued: each answered for itself.
+    const together = await b.page.evaluate(async (messages) => {
+      const ctrl = new AbortController();
+      const a = slm.chat.completions.create({ messages, temperature: 0, max_tokens: 24 });
+      const b2 = slm.chat.completions.create({ messages: [{ role: 'user', content: 'What is 2 + 2?' }], temperature: 0, max_tokens: 12 });
+      const c = slm.chat.completions.create({ messages: [{ role: 'user', content: 'Name a fruit.' }], max_tokens: 12, signal: ctrl.signal });
+      ctrl.abort();
+      const s = await Promise.allSettled([a, b2, c]);
+      return s.map((x) => (x.status === 'fulfilled' ? { text: x.value.choices[0].message.content } : { code: x.reason.code }));
+    }, messages);
+    log('together:', JSON.stringify(together));
+    assert.equal(together[0].text, plain.choices[0].message.content, 'the first gets its own answer');
+    assert.ok(together[1].text && together[1].text !== together[0].text, 'the second gets its own answer');
+    assert.equal(together[2].code, 'aborted', 'the aborted one is aborted');
+    assert.deepEqual(b.requests, [], 'no browser request while using the API');
+    assert.deepEqual((await serverLog()).slice(mark), [], 'no app-server request while using the API');
+    assert.deepEqual(hostLog, [], 'no host-server request');
+
+    // Typed errors: a bad request through the API, an unknown model, raw malformed messages.
+    const bad = await b.page.evaluate(async () => {
+      const out = {};
+      try { await slm.chat.completions.create({ messages: [{ role: 'tool', content: 'x' }] }); } catch (e) { out.role = e.code; }
+      try { await slm.chat.completions.create({ messages: [{ role: 'user', content: 'x' }], temperature: 9 }); } catch (e) { out.temperature = e.code; }
+      try { await SLM.connect({ model: 'no-such-model' }); } catch (e) { out.model = e.code; }
+      const frame = document.querySelector('[data-slm-api]').shadowRoot.querySelector('iframe');
+      const replies = [];
+      const on = (e) => { if (e.source === frame.contentWindow) replies.push(JSON.parse(e.data)); };
+      window.addEventListener('message', on);
+      const app = new URL(frame.src).origin;
+      frame.contentWindow.postMessage({ not: 'a string' }, app);
+      frame.contentWindow.postMessage('{"slm":1,"id":77,"type":"chat","messages":[]}', app);
+      frame.contentWindow.postMessage('{"slm":1,"id":78,"type":"eval","code":"alert(1)"}', app);
+      frame.contentWindow.postMessage('x'.repeat(600000), app);
+      await new Promise((r) => setTimeout(r, 500));
+      window.removeEventListener('message', on);
+      out.raw = replies.map((m) => `${m.id}:${m.type}:${m.error && m.error.code}`);
+      return out;
+    });
+    log('errors:', JSON.stringify(bad));
+    assert.deepEqual({ role: bad.role, temperature: bad.temperature, model: bad.model }, { role: 'bad_request', temperature: 'bad_request', model: 'model_not_found' });
+    assert.deepEqual(bad.raw, ['0:error:bad_request', '77:error:bad_request', '78:error:bad_request', '0:error:bad_request']);
+
+    // A message from a wrong origin (a frame of 127.0.0.1 inside the allowed page, next to an
+    // API frame) is refused.
+    await b.page.evaluate(async ({ api, evil }) => {
+      const f = document.createElement('iframe');
+      f.src = api;
+      const ready = new Promise((r) => window.addEventListener('message', (e) => { if (e.source === f.contentWindow) r(); }));
+      document.body.append(f);
+      await ready;
+      const g = document.createElement('iframe');
+      g.src = evil;
+      await new Promise((r) => { g.onload = r; document.body.append(g); });
+    }, { api: new URL('embed.html?mode=api', BASE).href, evil: `${REFUSED_HOST}/blank.html` });
+    const evil = b.page.frames().find((fr) => fr.url().startsWith(REFUSED_HOST));
+    const refused = await evil.evaluate(async (app) => {
+      const replies = [];
+      window.addEventListener('message', (e) => replies.push(`${e.origin} ${e.data}`));
+      for (let i = 0; i < parent.frames.length; i++) {
+        try { parent.frames[i].postMessage('{"slm":1,"id":5,"type":"models.list"}', app); } catch { /* not the app */ }
+      }
+      await new Promise((r) => setTimeout(r, 500));
+      return replies;
+    }, APP_ORIGIN);
+    log('wrong-origin message answered with:', JSON.stringify(refused));
+    assert.ok(refused.length >= 1 && refused.every((r) => r.includes('"code":"not_allowed"')), 'a wrong origin gets not_allowed and nothing else');
+    await b.page.waitForTimeout(200);
+    assert.deepEqual(b.dialogs, [], 'nothing was evaluated');
+  } finally {
+    await b.close();
+  }
+}
+
+async function embedRefusedFlow() {
+  log(`embed refused: ${REFUSED_HOST} is not on the allowed list`);
+  await startHost();
+  const r = await fetch(new URL('embed.html', BASE));
+  const csp = r.headers.get('content-security-policy');
+  log('embed.html CSP frame-ancestors:', /frame-ancestors [^;]*/.exec(csp)[0]);
+  assert.ok(csp.includes(`frame-ancestors 'self' ${HOST}`), 'frame-ancestors lists the allowed host');
+  assert.ok(!csp.includes(REFUSED_HOST), 'and not the refused one');
+  const app = await (await fetch(new URL('/', BASE))).text();
+  assert.ok(app.length > 0);
+  const appCsp = (await fetch(new URL('/', BASE))).headers.get('content-security-policy');
+  assert.match(appCsp, /frame-ancestors 'none'/, "the app's own page still cannot be framed");
+  const b = await launch({ webgpu: false });
+  try {
+    await b.page.goto(`${REFUSED_HOST}/widget.html`);
+    await b.page.getByTestId('slm-launcher').click();
+    const msg = await b.page.getByTestId('slm-not-allowed').innerText();
+    log('panel:', JSON.stringify(msg));
+    assert.match(msg, /Not allowed here/);
+    await b.page.goto(`${REFUSED_HOST}/api.html`);
+    const code = await b.page.evaluate(() => SLM.connect({ model: 'smollm2-135m-instruct-q4_1' }).then(() => 'connected', (e) => e.code));
+    log('SLM.connect on a refused origin:', code);
+    assert.equal(code, 'not_allowed');
+    // Framing embed.html directly (without embed.js's check): the browser refuses it.
+    await b.page.evaluate((src) => {
+      const f = document.createElement('iframe');
+      f.src = src;
+      document.body.append(f);
+    }, new URL('embed.html?mode=chat', BASE).href);
+    await b.page.waitForTimeout(3000);
+    const mounted = await b.page.frameLocator('iframe[src*="embed.html"]').getByTestId('embed-title').count();
+    assert.equal(mounted, 0, 'the browser did not render the widget for a refused origin');
+    // On the allowed origin the same frame renders.
+    await b.page.goto(`${HOST}/blank.html`);
+    await b.page.evaluate((src) => {
+      const f = document.createElement('iframe');
+      f.src = src;
+      document.body.append(f);
+    }, new URL('embed.html?mode=chat', BASE).href);
+    await b.page.frameLocator('iframe[src*="embed.html"]').getByTestId('embed-title').waitFor({ timeout: 30_000 });
+    log('the same frame renders on the allowed origin');
+    // This Chromium's default profile blocks third-party storage: the widget says so (and links
+    // the chat in its own tab) instead of failing at the download.
+    await b.page.goto(`${HOST}/widget.html`);
+    await b.page.getByTestId('slm-launcher').click();
+    const blocked = await b.page.frameLocator('iframe[src*="embed.html"]').getByTestId('embed-storage-blocked').innerText({ timeout: 30_000 });
+    log('storage blocked:', JSON.stringify(blocked.split('\n')[0]));
+    assert.match(blocked, /blocks storage/);
+  } finally {
+    await b.close();
+  }
+}
+
 const flows = {
   main: { run: mainFlow },
   resume: { run: resumeFlow },
@@ -1034,7 +1675,13 @@ const flows = {
   gemma3: { run: gemma3Flow },
   quota: { run: quotaFlow },
   ui: { run: uiFlow },
+  models: { run: modelsFlow },
+  offline: { run: offlineFlow },
+  dist: { run: distFlow },
   gpulost: { run: gpuLostFlow, gpu: true },
+  widget: { run: widgetFlow },
+  api: { run: apiFlow },
+  embedrefused: { run: embedRefusedFlow },
 };
 const wanted = only ? only.split(',').map((n) => n.trim()).filter(Boolean) : null;
 for (const n of wanted || []) if (!flows[n]) { log(`unknown flow ${n}; flows: ${Object.keys(flows).join(', ')}`); process.exit(2); }

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod gguf;
 pub mod memory;
 pub mod model;
+pub mod probe;
 pub mod quant;
 pub mod sampler;
 pub mod tensor;

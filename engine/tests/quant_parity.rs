@@ -280,6 +280,69 @@ parity_tests! {
     parity_q6_k => Q6K,
 }
 
+/// [`quant::vec_dot_tile`] (the prefill product: each block unpacked once per tile of tokens)
+/// against [`quant::vec_dot`] token by token: equal bit for bit, for tiles of every size and a
+/// remainder, so a prompt gives the same logits however it is split into batches. The
+/// single-token kernels themselves are checked against the scalar reference above.
+fn check_tile(t: GgmlDType) {
+    let mut rng = Rng(0x6E33 ^ t.ggml_id() as u64);
+    let mut checked = 0;
+    for &n in lengths(t) {
+        let buf = random_row(&mut rng, t, n);
+        let row: &[u8] = bytemuck::cast_slice(&buf);
+        for n_tok in [1usize, 2, 3, 4, 5, 7, 9] {
+            let dists = [Dist::Normal, Dist::Outliers, Dist::SparseZeros, Dist::Large];
+            let acts: Vec<PreparedActs> = (0..n_tok)
+                .map(|k| {
+                    let mut a = PreparedActs::new();
+                    a.prepare(t, &random_x(&mut rng, n, dists[k % 4]));
+                    a
+                })
+                .collect();
+            let mut tile = vec![f32::NAN; n_tok];
+            quant::vec_dot_tile(t, row, &acts, &mut tile);
+            for (k, a) in acts.iter().enumerate() {
+                let one = quant::vec_dot(t, row, a);
+                assert_eq!(
+                    tile[k].to_bits(),
+                    one.to_bits(),
+                    "{t} n={n} tokens={n_tok} token {k}: tile {} vs vec_dot {one} ({})",
+                    tile[k],
+                    quant::fast_path()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0);
+}
+
+macro_rules! tile_tests {
+    ($($name:ident => $t:ident),* $(,)?) => {$(
+        #[cfg_attr(not(target_arch = "wasm32"), test)]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test)]
+        fn $name() {
+            check_tile(GgmlDType::$t);
+        }
+    )*};
+}
+
+tile_tests! {
+    tile_f32 => F32,
+    tile_f16 => F16,
+    tile_bf16 => BF16,
+    tile_q4_0 => Q4_0,
+    tile_q4_1 => Q4_1,
+    tile_q5_0 => Q5_0,
+    tile_q5_1 => Q5_1,
+    tile_q8_0 => Q8_0,
+    tile_q2_k => Q2K,
+    tile_q3_k => Q3K,
+    tile_q4_k => Q4K,
+    tile_q5_k => Q5K,
+    tile_q6_k => Q6K,
+}
+
 /// Edge values: Q8_0 weights of -128 against activations of ±max (the i16 pair-sum limit of
 /// the u8×i8 multiply-add), and the all-ones / all-max codes of the other types.
 #[cfg_attr(not(target_arch = "wasm32"), test)]
@@ -367,6 +430,24 @@ fn quant_dot_speed() {
         let mut acts = PreparedActs::new();
         acts.prepare(t, &x);
         let mut line = format!("{:5} cols {cols:5}:", t.to_string());
+        // Prefill: 4 tokens per row through the tile kernel, ns per row and token.
+        {
+            let tile: Vec<PreparedActs> = (0..quant::TILE).map(|_| acts.clone()).collect();
+            let mut out = vec![0f32; quant::TILE];
+            let mut best = f64::MAX;
+            for _ in 0..2000 {
+                let t0 = Instant::now();
+                for r in bytes[..hot_rows * row_bytes].chunks_exact(row_bytes) {
+                    quant::vec_dot_tile(t, r, &tile, &mut out);
+                    std::hint::black_box(&out);
+                }
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+            line += &format!(
+                "  tile: hot {:7.1} ns/row/token",
+                best / (hot_rows * quant::TILE) as f64 * 1e9
+            );
+        }
         let paths: [(&str, DotFn); 2] = [
             ("fast", quant::vec_dot),
             ("portable", quant::vec_dot_portable),

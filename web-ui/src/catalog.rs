@@ -45,6 +45,26 @@ impl CatalogEntry {
         }
     }
 
+    /// Bytes: the exact size, else the approximate one of `size_label` ("about 386 MB",
+    /// "about 1.8 GB"; decimal units as [`fmt_bytes`] writes them).
+    pub fn approx_bytes(&self) -> Option<u64> {
+        if let Some(n) = self.size {
+            return Some(n);
+        }
+        let label = self.size_label.as_deref()?;
+        let mut it = label.trim_start_matches("about").split_whitespace();
+        let v: f64 = it.next()?.parse().ok()?;
+        let unit = match it.next()? {
+            "KB" => 1e3,
+            "MB" => 1e6,
+            "GB" => 1e9,
+            "TB" => 1e12,
+            _ => return None,
+        };
+        let n = v * unit;
+        (n.is_finite() && n > 0.0).then_some(n as u64)
+    }
+
     /// An entry for a model added by URL (optionally with its expected sha256).
     pub fn from_url(url: &str, sha256: Option<String>) -> CatalogEntry {
         let file = url

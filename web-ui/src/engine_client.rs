@@ -24,6 +24,8 @@ pub struct LoadedInfo {
     /// The WebGPU adapter's name (empty on the CPU).
     pub adapter: String,
     pub n_ctx: usize,
+    pub n_ctx_train: usize,
+    pub kv_bytes_per_token: u64,
     pub arch: String,
     pub load_ms: f64,
     /// Why the built-in chat format replaced the file's template (the user chose the fallback).
@@ -37,11 +39,14 @@ pub struct WorkerError {
     pub message: String,
 }
 
+/// What sees a request's progress and tokens.
+type OnEvent = Rc<dyn Fn(&FromWorker)>;
+
 /// A request waiting for its answer.
 struct Pending {
     resolve: Function,
     /// Sees the request's progress and tokens as they arrive.
-    on_event: Option<Rc<dyn Fn(&FromWorker)>>,
+    on_event: Option<OnEvent>,
     /// The answer, once it came.
     answer: Option<FromWorker>,
 }
@@ -182,9 +187,12 @@ fn worker_gone() -> WorkerError {
 async fn request(
     id: RequestId,
     msg: ToWorker,
-    on_event: Option<Rc<dyn Fn(&FromWorker)>>,
+    on_event: Option<OnEvent>,
 ) -> Result<FromWorker, WorkerError> {
-    let ready = CLIENT.with(|c| c.borrow_mut().as_mut().and_then(|c| c.ready.take()));
+    // Every request waits for the worker's `Ready`: one posted while the worker's module is
+    // still starting would reach no handler and be lost (a JS promise may be awaited any
+    // number of times).
+    let ready = CLIENT.with(|c| c.borrow().as_ref().and_then(|c| c.ready.clone()));
     if let Some(r) = ready {
         let _ = await_promise(r).await;
     }
@@ -258,6 +266,8 @@ pub async fn load(
             reason,
             adapter,
             n_ctx,
+            n_ctx_train,
+            kv_bytes_per_token,
             arch,
             load_ms,
             template_fallback,
@@ -267,6 +277,8 @@ pub async fn load(
             reason,
             adapter,
             n_ctx,
+            n_ctx_train,
+            kv_bytes_per_token,
             arch,
             load_ms,
             template_fallback,
@@ -300,6 +312,20 @@ pub async fn generate(
     }
 }
 
+/// The CPU speed probe (about `budget_ms`): weight bytes per second through the decode kernel
+/// on one thread.
+pub async fn probe(budget_ms: f64) -> Result<f64, WorkerError> {
+    match request(RequestId::next(), ToWorker::Probe { budget_ms }, None).await? {
+        FromWorker::Probed {
+            cpu_bytes_per_s, ..
+        } => Ok(cpu_bytes_per_s),
+        other => Err(WorkerError {
+            kind: "protocol".into(),
+            message: format!("unexpected answer {other:?}"),
+        }),
+    }
+}
+
 /// Stop generation `request` (`None`: whichever runs): a running one ends at the next token
 /// with its text so far; a queued one fails with kind `aborted`.
 pub fn stop(request: Option<RequestId>) {
@@ -315,13 +341,22 @@ fn post_only(msg: ToWorker) {
         id: RequestId::next().0,
         msg,
     };
-    if let Ok(v) = serde::Serialize::serialize(&env, &ser) {
+    let Ok(v) = serde::Serialize::serialize(&env, &ser) else {
+        return;
+    };
+    // After the worker's `Ready`, like every request (in order: promise reactions run first in,
+    // first out).
+    let ready = CLIENT.with(|c| c.borrow().as_ref().and_then(|c| c.ready.clone()));
+    wasm_bindgen_futures::spawn_local(async move {
+        if let Some(r) = ready {
+            let _ = await_promise(r).await;
+        }
         CLIENT.with(|c| {
             if let Some(c) = c.borrow().as_ref() {
                 let _ = c.worker.post_message(&v);
             }
         });
-    }
+    });
 }
 
 /// Forget the KV cache (new chat).

@@ -203,6 +203,28 @@ impl Db {
         committed(&tx).await
     }
 
+    /// Store each `(key, value)` as JSON text in one transaction (all or none).
+    pub async fn put_json_many<T: serde::Serialize>(
+        &self,
+        store: &str,
+        items: &[(String, T)],
+    ) -> R<()> {
+        let tx = self.tx(&[store], IdbTransactionMode::Readwrite)?;
+        let os = tx.object_store(store)?;
+        for (k, v) in items {
+            let s = serde_json::to_string(v).map_err(|e| plain(&e.to_string()))?;
+            os.put_with_key(&JsValue::from_str(&s), &JsValue::from_str(k))?;
+        }
+        committed(&tx).await
+    }
+
+    /// Delete the record under `key` (nothing when there is none).
+    pub async fn delete(&self, store: &str, key: &str) -> R<()> {
+        let tx = self.tx(&[store], IdbTransactionMode::Readwrite)?;
+        tx.object_store(store)?.delete(&JsValue::from_str(key))?;
+        committed(&tx).await
+    }
+
     /// Write one model chunk and its updated model record in one transaction, so a record never
     /// claims a chunk that is not stored.
     pub async fn put_chunk<T: serde::Serialize>(

@@ -2,9 +2,14 @@
 //! in the engine's Web Worker (`public/worker.js`) there is no `window`, so `main` returns and the
 //! worker calls [`worker::worker_main`] instead.
 
+mod api;
+mod capabilities;
 mod catalog;
+mod chat_store;
 mod components;
+mod device;
 mod download;
+mod embed;
 mod engine_client;
 mod error;
 mod hub;
@@ -19,6 +24,10 @@ mod worker;
 fn main() {
     console_error_panic_hook::set_once();
     if web_sys::window().is_some() {
-        leptos::mount::mount_to_body(components::app::App);
+        if embed::is_embed_page() {
+            leptos::mount::mount_to_body(embed::EmbedApp);
+        } else {
+            leptos::mount::mount_to_body(components::app::App);
+        }
     }
 }

@@ -17,6 +17,41 @@ pub struct GenSettings {
     pub top_p: f32,
     pub max_tokens: usize,
     pub seed: u64,
+    /// Context size (tokens) the model runs with for this conversation: a change reloads the
+    /// model. Capped by the model's trained context and [`max_context`].
+    #[serde(default = "default_n_ctx")]
+    pub n_ctx: usize,
+}
+
+/// The context size a conversation starts with.
+pub const DEFAULT_N_CTX: usize = 2048;
+/// The smallest context size offered.
+pub const MIN_N_CTX: usize = 256;
+/// Memory the KV cache may take: the wasm32 engine has a 4 GiB address space that the weights,
+/// the file's chunks while loading and the scratch buffers share.
+pub const KV_BUDGET_BYTES: u64 = 1 << 30;
+
+fn default_n_ctx() -> usize {
+    DEFAULT_N_CTX
+}
+
+/// The largest context a model allows here: its trained context, and what fits
+/// [`KV_BUDGET_BYTES`] at `kv_bytes_per_token` (0 when unknown: no memory bound), rounded down
+/// to a multiple of 256 and at least [`MIN_N_CTX`].
+pub fn max_context(n_ctx_train: usize, kv_bytes_per_token: u64) -> usize {
+    let by_memory = KV_BUDGET_BYTES
+        .checked_div(kv_bytes_per_token)
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let train = if n_ctx_train == 0 {
+        usize::MAX
+    } else {
+        n_ctx_train
+    };
+    let m = train.min(by_memory);
+    if m == usize::MAX {
+        return DEFAULT_N_CTX;
+    }
+    (m / 256 * 256).max(MIN_N_CTX).min(train)
 }
 
 impl Default for GenSettings {
@@ -27,6 +62,7 @@ impl Default for GenSettings {
             top_p: 0.95,
             max_tokens: 256,
             seed: 0,
+            n_ctx: DEFAULT_N_CTX,
         }
     }
 }
@@ -60,6 +96,9 @@ pub enum ToWorker {
     },
     /// Drop the KV cache (new chat); queued behind the requests before it. No answer.
     Reset,
+    /// Measure how fast this machine's CPU path streams quantized weights (for the expected
+    /// speed before a download); runs about `budget_ms` (clamped to 10..=2000). Answer: `Probed`.
+    Probe { budget_ms: f64 },
     /// Test hook (`window.__slm_test.loseGpu()`): destroy the WebGPU device the loaded model
     /// runs on, as a driver reset would. Does nothing when no GPU device exists.
     LoseGpu,
@@ -86,7 +125,10 @@ impl FromWorker {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            FromWorker::Loaded { .. } | FromWorker::Done(_) | FromWorker::Error { .. }
+            FromWorker::Loaded { .. }
+                | FromWorker::Done(_)
+                | FromWorker::Probed { .. }
+                | FromWorker::Error { .. }
         )
     }
 }
@@ -108,11 +150,22 @@ pub enum FromWorker {
         #[serde(default)]
         adapter: String,
         n_ctx: usize,
+        /// The context length the model was trained with.
+        #[serde(default)]
+        n_ctx_train: usize,
+        /// KV-cache bytes one context position takes (f32 keys and values, every layer).
+        #[serde(default)]
+        kv_bytes_per_token: u64,
         arch: String,
         load_ms: f64,
         /// Set when the built-in chat format replaced the file's failing template: why.
         #[serde(default)]
         template_fallback: Option<String>,
+    },
+    /// The answer to `Probe`: weight bytes per second through the decode kernel, one thread.
+    Probed {
+        cpu_bytes_per_s: f64,
+        elapsed_ms: f64,
     },
     /// New reply text (may be empty while a character is incomplete).
     Token { text: String },
@@ -140,4 +193,36 @@ pub struct ReplyStats {
     /// Tokens the context holds after this reply, and its capacity.
     pub ctx_used: usize,
     pub n_ctx: usize,
+    /// `cpu` or `gpu`: the backend that computed the reply (empty in replies saved before it
+    /// was recorded).
+    #[serde(default)]
+    pub backend: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_bounds() {
+        // SmolLM2-135M: 30 layers, 3 KV heads of 64: 46 080 bytes a position (f32 K and V).
+        assert_eq!(max_context(8192, 46_080), 8192);
+        // Bounded by memory: 1 GiB / 256 KiB = 4096.
+        assert_eq!(max_context(131_072, 256 << 10), 4096);
+        // Rounded down to 256, never below the minimum, never above the trained context.
+        // 1 GiB / 300 000 = 3579 → 3328.
+        assert_eq!(max_context(131_072, 300_000), 3328);
+        assert_eq!(max_context(131_072, 1 << 30), MIN_N_CTX);
+        assert_eq!(max_context(100, 1), 100);
+        assert_eq!(max_context(0, 0), DEFAULT_N_CTX);
+    }
+
+    #[test]
+    fn settings_saved_before_the_context_setting_get_the_default() {
+        let s: GenSettings = serde_json::from_str(
+            r#"{"temperature":0.5,"top_k":40,"top_p":0.9,"max_tokens":64,"seed":1}"#,
+        )
+        .unwrap();
+        assert_eq!(s.n_ctx, DEFAULT_N_CTX);
+    }
 }

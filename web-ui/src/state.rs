@@ -1,7 +1,6 @@
 //! App state shared through Leptos contexts, one newtype per concern, and the conversation
-//! model persisted in `localStorage`.
+//! model persisted in IndexedDB ([`crate::chat_store`]).
 
-use gloo::storage::{LocalStorage, Storage};
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -152,18 +151,51 @@ pub struct Chat {
     pub deleted: RwSignal<Option<(usize, Conversation)>>,
 }
 
-const CHATS_KEY: &str = "slm.conversations";
-
 impl Chat {
-    /// The saved conversations, newest first.
-    pub fn load_saved() -> Vec<Conversation> {
-        let mut v: Vec<Conversation> = LocalStorage::get(CHATS_KEY).unwrap_or_default();
-        v.sort_by(|a, b| b.updated.total_cmp(&a.updated));
-        v
+    /// A new chat and no saved conversations yet ([`Chat::load`] reads them).
+    pub fn new() -> Self {
+        Chat {
+            conv: RwSignal::new(Conversation::new()),
+            streaming: RwSignal::new(None),
+            saved: RwSignal::new(Vec::new()),
+            last_stats: RwSignal::new(None),
+            deleted: RwSignal::new(None),
+        }
     }
 
-    fn store(&self) {
-        let _ = LocalStorage::set(CHATS_KEY, self.saved.get_untracked());
+    /// Read the saved conversations from IndexedDB (moving those of earlier versions out of
+    /// `localStorage` first) and reopen the most recent one with its settings, unless a chat
+    /// was already started. Storage failures go to the banner.
+    pub fn load(&self, settings: Settings, banner: ErrorBanner) {
+        crate::chat_store::on_error(move |m| banner.show(m));
+        let chat = *self;
+        leptos::task::spawn_local(async move {
+            match crate::chat_store::load_all().await {
+                Ok(list) => {
+                    chat.saved.update(|v| {
+                        // Anything saved while loading stays (it is newer).
+                        for c in list {
+                            if !v.iter().any(|x| x.id == c.id) {
+                                v.push(c);
+                            }
+                        }
+                        crate::chat_store::sort_newest_first(v);
+                    });
+                    let fresh = chat.conv.with_untracked(|c| c.messages.is_empty());
+                    if let Some(first) = chat.saved.with_untracked(|v| v.first().cloned()) {
+                        if fresh {
+                            if let Some(s) = first.settings.clone() {
+                                settings.0.set(s);
+                            }
+                            chat.conv.set(first);
+                        }
+                    }
+                }
+                Err(e) => banner.show(format!(
+                    "Saved conversations could not be read from this browser's storage: {e}"
+                )),
+            }
+        });
     }
 
     /// Save the open conversation (if it has messages and changed) at the top of the list and
@@ -189,24 +221,24 @@ impl Chat {
             v.retain(|x| x.id != c.id);
             v.insert(0, c.clone());
         });
-        self.store();
+        crate::chat_store::put(&c);
     }
 
     /// Keep the open conversation's settings in its saved copy (its place in the list stays).
     pub fn store_settings(&self) {
         let c = self.conv.get_untracked();
-        let mut changed = false;
+        let mut changed = None;
         self.saved.update_untracked(|v| {
             if let Some(x) = v
                 .iter_mut()
                 .find(|x| x.id == c.id && x.settings != c.settings)
             {
                 x.settings = c.settings.clone();
-                changed = true;
+                changed = Some(x.clone());
             }
         });
-        if changed {
-            self.store();
+        if let Some(x) = changed {
+            crate::chat_store::put(&x);
         }
     }
 
@@ -229,7 +261,7 @@ impl Chat {
                 removed = Some((i, v.remove(i)));
             }
         });
-        self.store();
+        crate::chat_store::delete(id);
         if self.conv.get_untracked().id == id {
             self.conv.set(Conversation::new());
             self.last_stats.set(None);
@@ -240,11 +272,11 @@ impl Chat {
     pub fn undo_delete(&self) {
         if let Some((i, c)) = self.deleted.get_untracked() {
             self.deleted.set(None);
+            crate::chat_store::put(&c);
             self.saved.update(|v| {
                 let i = i.min(v.len());
                 v.insert(i, c);
             });
-            self.store();
         }
     }
 
@@ -252,12 +284,12 @@ impl Chat {
     pub fn import(&self, list: Vec<Conversation>) {
         self.saved.update(|v| {
             for c in list {
+                crate::chat_store::put(&c);
                 v.retain(|x| x.id != c.id);
                 v.push(c);
             }
-            v.sort_by(|a, b| b.updated.total_cmp(&a.updated));
+            crate::chat_store::sort_newest_first(v);
         });
-        self.store();
     }
 
     pub fn rename(&self, id: &str, title: &str) {
@@ -268,11 +300,11 @@ impl Chat {
         self.saved.update(|v| {
             if let Some(c) = v.iter_mut().find(|x| x.id == id) {
                 c.title = title.to_string();
+                crate::chat_store::put(c);
             }
         });
         if self.conv.get_untracked().id == id {
             self.conv.update(|c| c.title = title.to_string());
         }
-        self.store();
     }
 }

@@ -190,6 +190,18 @@ async fn answer(msg: ToWorker) {
                 l.cached.clear();
             }
         }),
+        ToWorker::Probe { budget_ms } => {
+            let budget = if budget_ms.is_finite() {
+                budget_ms.clamp(10.0, 2000.0)
+            } else {
+                200.0
+            };
+            let p = engine::probe::cpu_weight_throughput(&PerfClock, budget);
+            post(&FromWorker::Probed {
+                cpu_bytes_per_s: p.bytes_per_s,
+                elapsed_ms: p.elapsed_ms,
+            });
+        }
         // Never queued.
         ToWorker::Stop { .. } | ToWorker::LoseGpu => {}
     }
@@ -351,6 +363,12 @@ async fn load(
     };
     drop(src);
     let (name, n_ctx) = (model.name(), model.n_ctx());
+    let cfg = model.config();
+    let n_ctx_train = cfg.n_ctx_train;
+    let kv_bytes_per_token = (cfg.n_layer as u64)
+        .saturating_mul(cfg.n_head_kv as u64)
+        .saturating_mul(cfg.head_dim as u64)
+        .saturating_mul(2 * 4);
     LOADED.with(|l| {
         *l.borrow_mut() = Some(Loaded {
             model,
@@ -368,6 +386,8 @@ async fn load(
         reason,
         adapter,
         n_ctx,
+        n_ctx_train,
+        kv_bytes_per_token,
         arch,
         load_ms: now_ms() - t0,
         template_fallback: template_note,
@@ -480,12 +500,19 @@ async fn run(l: &mut Loaded, turns: &[Turn], s: &GenSettings) -> Result<ReplySta
         n_prefilled: st.n_prefilled,
         n_generated: st.n_generated,
         stop_reason: st.stop_reason.as_str().into(),
-        ttft_ms: st.ttft_ms,
-        prefill_tok_s: st.prefill_tok_s(),
-        decode_tok_s: st.decode_tok_s(),
+        ttft_ms: round2(st.ttft_ms),
+        prefill_tok_s: round2(st.prefill_tok_s()),
+        decode_tok_s: round2(st.decode_tok_s()),
         ctx_used: cached.len(),
         n_ctx: model.n_ctx(),
+        backend: model.name().into(),
     })
+}
+
+/// `x` to two decimals: enough for a stats line, and stored and exported conversations read back
+/// exactly even with serde_json's default (not always exact) float parsing.
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }
 
 /// Run `tokens` at positions `pos..` and return the last position's logits (n_vocab); the GPU

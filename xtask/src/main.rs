@@ -11,6 +11,8 @@
 //! - `synth-model --shape NAME --type TYPE --out PATH`: a GGUF shaped like a real model with
 //!   random valid weights (`synth.rs`).
 
+mod dist;
+mod embed;
 mod serve;
 mod synth;
 
@@ -462,13 +464,14 @@ fn main() {
         Some("test") => test(),
         Some("bench") => bench(),
         Some("serve") => serve::serve(&args[1..]),
+        Some("dist") => dist::dist(&args[1..]),
         Some("browser-tests") => serve::browser_tests(),
         Some("synth-model") => synth::synth_model(&args[1..]),
         Some("fuzz") => fuzz(
             args.get(1).map_or("gguf_parse", String::as_str),
             args.get(2).and_then(|s| s.parse().ok()).unwrap_or(60),
         ),
-        _ => Err("usage: cargo xtask <fetch-models|test|bench|fuzz [target] [seconds]|serve [--port N] [--no-build] [--test-hooks]|browser-tests|synth-model --shape NAME --type TYPE --out PATH>".into()),
+        _ => Err("usage: cargo xtask <fetch-models|test|bench|fuzz [target] [seconds]|serve [--port N] [--no-build] [--test-hooks] [--embed-origins URL,URL]|dist [--out DIR] [--no-build]|browser-tests|synth-model --shape NAME --type TYPE --out PATH>".into()),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e}");

@@ -129,25 +129,30 @@ pub fn build_web() -> Result {
         // The CPU engine's simd128 kernels.
         .env("RUSTFLAGS", "-C target-feature=+simd128"))?;
     let dist = root().join("dist");
-    let models = dist.join("models");
-    std::fs::create_dir_all(&models).map_err(|e| format!("{}: {e}", models.display()))?;
-    let src = models_dir().join(DEFAULT_MODEL);
-    let dst = models.join(DEFAULT_MODEL);
-    let same = std::fs::metadata(&dst).ok().map(|m| m.len())
-        == std::fs::metadata(&src).ok().map(|m| m.len());
-    if !same {
-        // A hard link when possible (same disk), else a copy.
-        let _ = std::fs::remove_file(&dst);
-        if std::fs::hard_link(&src, &dst).is_err() {
-            std::fs::copy(&src, &dst).map_err(|e| format!("copy {}: {e}", src.display()))?;
-        }
-    }
+    place_default_model(&dist)?;
     if let Ok(wasm) = std::fs::read(dist.join("web-ui_bg.wasm")) {
         eprintln!(
             "wasm: {} bytes ({} gzipped)",
             wasm.len(),
             gzip_len(&dist.join("web-ui_bg.wasm")).unwrap_or(0)
         );
+    }
+    Ok(())
+}
+
+/// Put the default model under `dir/models/` (a hard link when possible, else a copy).
+pub fn place_default_model(dir: &Path) -> Result {
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).map_err(|e| format!("{}: {e}", models.display()))?;
+    let src = models_dir().join(DEFAULT_MODEL);
+    let dst = models.join(DEFAULT_MODEL);
+    let same = std::fs::metadata(&dst).ok().map(|m| m.len())
+        == std::fs::metadata(&src).ok().map(|m| m.len());
+    if !same {
+        let _ = std::fs::remove_file(&dst);
+        if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).map_err(|e| format!("copy {}: {e}", src.display()))?;
+        }
     }
     Ok(())
 }
@@ -161,13 +166,15 @@ fn gzip_len(p: &Path) -> Option<u64> {
     Some(o.stdout.len() as u64)
 }
 
-/// `cargo xtask serve [--port N] [--no-build] [--test-hooks]`: build, then serve on 127.0.0.1
-/// until interrupted. `--test-hooks` serves as the browser tests see it (request log at
+/// `cargo xtask serve [--port N] [--no-build] [--test-hooks] [--embed-origins URL,URL]`: build,
+/// then serve on 127.0.0.1 until interrupted. `--embed-origins` adds host origins allowed to embed
+/// the widget (to those of `public/embed.json`). `--test-hooks` serves as the browser tests see it (request log at
 /// `/__log`, `?cut=N`, `?slow=N`, `?isolation=off`, a Hub stand-in), for running `node tests/e2e.mjs` by hand with
 /// `SLM_URL`.
 pub fn serve(args: &[String]) -> Result {
     let mut port: u16 = 8080;
     let mut hooks = false;
+    let mut embed: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -179,13 +186,17 @@ pub fn serve(args: &[String]) -> Result {
             }
             "--no-build" => {}
             "--test-hooks" => hooks = true,
-            other => return Err(format!("serve: unknown argument `{other}` (usage: cargo xtask serve [--port N] [--no-build] [--test-hooks])")),
+            "--embed-origins" => {
+                let list = it.next().ok_or("--embed-origins needs URL,URL (origins such as https://wiki.example.com)")?;
+                embed.extend(list.split(',').filter(|o| !o.trim().is_empty()).map(String::from));
+            }
+            other => return Err(format!("serve: unknown argument `{other}` (usage: cargo xtask serve [--port N] [--no-build] [--test-hooks] [--embed-origins URL,URL])")),
         }
     }
     if !args.iter().any(|a| a == "--no-build") {
         build_web()?;
     }
-    let server = Server::new(root().join("dist"), hooks)?;
+    let server = Server::new(root().join("dist"), hooks)?.with_embed_origins(&embed)?;
     let listener = TcpListener::bind(("127.0.0.1", port))
         .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
     eprintln!(
@@ -203,9 +214,16 @@ pub struct Server {
     csp: String,
     /// Test mode: record request lines (served at `/__log`), honour `?cut=N` (drop a download
     /// after N bytes), `?slow=N` (N bytes/s) and `?isolation=off` (serve that response without COOP/COEP, as an
-    /// embedding page that is not cross-origin isolated would be).
+    /// embedding page that is not cross-origin isolated would be), and `/__deploy` (a new
+    /// version of `sw.js` from then on).
     hooks: bool,
     log: Arc<Mutex<Vec<String>>>,
+    /// Test mode: deploys simulated by `/__deploy` (each changes the bytes of `sw.js`, as a new
+    /// build does, so the browser's update check finds a new service worker).
+    deploys: Arc<std::sync::atomic::AtomicU64>,
+    /// Host origins allowed to embed the widget (`embed.json` plus `--embed-origins`): the CSP
+    /// `frame-ancestors` of `embed.html`, and the list `/embed.json` serves.
+    embed_origins: Vec<String>,
 }
 
 /// Hosts in the catalog's model URLs, for `connect-src`.
@@ -237,26 +255,47 @@ fn model_hosts(dir: &Path) -> Vec<String> {
     hosts
 }
 
+/// The Content-Security-Policy for the app in `dir`: only the app's own scripts, and network
+/// access to the app's origin and the catalog's model hosts.
+pub fn csp(dir: &Path) -> String {
+    let connect = std::iter::once("'self'".to_string())
+        .chain(model_hosts(dir))
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; \
+         style-src 'self'; img-src 'self' data:; connect-src {connect}; object-src 'none'; \
+         base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+}
+
 impl Server {
     pub fn new(dir: PathBuf, hooks: bool) -> Result<Self> {
         if !dir.join("index.html").exists() {
             return Err(format!("{} has no index.html: build first", dir.display()));
         }
-        let connect = std::iter::once("'self'".to_string())
-            .chain(model_hosts(&dir))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let csp = format!(
-            "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; \
-             style-src 'self'; img-src 'self' data:; connect-src {connect}; object-src 'none'; \
-             base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-        );
+        let csp = csp(&dir);
+        let listed = std::fs::read_to_string(dir.join("embed.json")).unwrap_or_default();
+        let embed_origins = crate::embed::origins_from_json(&listed)?;
         Ok(Server {
             dir,
             csp,
             hooks,
             log: Arc::new(Mutex::new(Vec::new())),
+            deploys: Arc::default(),
+            embed_origins,
         })
+    }
+
+    /// Also allow `extra` host origins to embed the widget (each checked).
+    pub fn with_embed_origins(mut self, extra: &[String]) -> Result<Self> {
+        for o in extra {
+            let o = crate::embed::check_origin(o)?;
+            if !self.embed_origins.contains(&o) {
+                self.embed_origins.push(o);
+            }
+        }
+        Ok(self)
     }
 
     /// Accept connections forever, one thread each.
@@ -306,11 +345,40 @@ impl Server {
             let body = self.log.lock().map(|l| l.join("\n")).unwrap_or_default();
             return self.respond(&mut stream, 200, "text/plain", body.as_bytes(), &[]);
         }
+        if self.hooks && path == "/__deploy" {
+            use std::sync::atomic::Ordering;
+            let n = self.deploys.fetch_add(1, Ordering::SeqCst) + 1;
+            return self.respond(
+                &mut stream,
+                200,
+                "text/plain",
+                n.to_string().as_bytes(),
+                &[],
+            );
+        }
+        if self.hooks && path == "/sw.js" {
+            let n = self.deploys.load(std::sync::atomic::Ordering::SeqCst);
+            if n > 0 {
+                let mut body = std::fs::read(self.dir.join("sw.js"))?;
+                body.extend_from_slice(format!("\n// test deploy {n}\n").as_bytes());
+                return self.respond(&mut stream, 200, "text/javascript", &body, &[]);
+            }
+        }
         if self.hooks {
             if let Some(listing) = self.hub_listing(path) {
                 let body = listing?;
                 return self.respond(&mut stream, 200, "application/json", body.as_bytes(), &[]);
             }
+        }
+        if path == "/embed.json" {
+            let body = crate::embed::embed_json(&self.embed_origins);
+            return self.respond(
+                &mut stream,
+                200,
+                "application/json",
+                body.as_bytes(),
+                &crate::embed::PUBLIC,
+            );
         }
         let hub_path = if self.hooks { hub_file(path) } else { None };
         let path = hub_path.as_deref().unwrap_or(path);
@@ -335,6 +403,20 @@ impl Server {
             }
         };
         let mut extra: Vec<(&str, String)> = vec![("Accept-Ranges", "bytes".into())];
+        // The widget: embed.js is loaded by host pages (cross-origin), embed.html may be framed
+        // by the allowed origins only.
+        match path {
+            "/embed.js" => extra.extend(
+                crate::embed::PUBLIC
+                    .iter()
+                    .map(|(k, v)| (*k, v.to_string())),
+            ),
+            "/embed.html" => extra.push((
+                "Content-Security-Policy",
+                crate::embed::frame_csp(&self.csp, &self.embed_origins),
+            )),
+            _ => {}
+        }
         if status == 206 {
             extra.push(("Content-Range", format!("bytes {start}-{}/{len}", end - 1)));
         }
@@ -458,12 +540,23 @@ impl Server {
         } else {
             ""
         };
+        // `extra` may replace the default CORP and CSP (the widget's files).
+        let has = |k: &str| extra.iter().any(|(n, _)| n.eq_ignore_ascii_case(k));
+        let corp = if has("Cross-Origin-Resource-Policy") {
+            String::new()
+        } else {
+            "Cross-Origin-Resource-Policy: same-origin\r\n".to_string()
+        };
+        let csp = if has("Content-Security-Policy") {
+            String::new()
+        } else {
+            format!("Content-Security-Policy: {}\r\n", self.csp)
+        };
         let mut h = format!(
             "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\n\
-             {isolation}Cross-Origin-Resource-Policy: same-origin\r\nContent-Security-Policy: {}\r\n\
+             {isolation}{corp}{csp}\
              X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\nCache-Control: no-cache\r\n\
-             Connection: close\r\n",
-            self.csp
+             Connection: close\r\n"
         );
         for (k, v) in extra {
             h.push_str(&format!("{k}: {v}\r\n"));
@@ -540,6 +633,7 @@ fn content_type(p: &Path) -> &'static str {
         "wasm" => "application/wasm",
         "css" => "text/css; charset=utf-8",
         "json" => "application/json",
+        "webmanifest" => "application/manifest+json",
         "svg" => "image/svg+xml",
         "png" => "image/png",
         "ico" => "image/x-icon",
@@ -557,18 +651,26 @@ pub fn browser_tests() -> Result {
     build_web()?;
     let expect = expected_reply_prefix("SmolLM2-135M-Instruct.Q4_1.gguf")?;
     let expect_gemma3 = expected_reply_prefix("gemma-3-270m-q4_k_m.gguf")?;
-    let server = Server::new(root().join("dist"), true)?;
+    // The widget flows serve host pages from a second origin (`http://localhost:HOST_PORT`, no
+    // COOP/COEP), which the app allows to embed it; `http://127.0.0.1:HOST_PORT` stays refused.
+    let host_port = TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let server = Server::new(root().join("dist"), true)?
+        .with_embed_origins(&[format!("http://localhost:{host_port}")])?;
     let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     std::thread::spawn(move || server.run(listener));
     let url = format!("http://127.0.0.1:{port}/");
     // Every flow that needs no WebGPU, on the wasm SIMD CPU engine (main flow with the WebGPU
     // flag on, others without): main, resume, checksum, xss, regenerate, stop, conversation,
-    // hub, cancel, import, gemma3 (no WebGPU: auto takes the CPU), quota.
+    // hub, cancel, import, gemma3 (no WebGPU: auto takes the CPU), quota, widget, api.
     run(Command::new("node")
         .current_dir(web_tests_dir())
         .arg("e2e.mjs")
         .env("SLM_URL", &url)
+        .env("SLM_HOST_PORT", host_port.to_string())
         .env("SLM_MODELS_DIR", models_dir())
         .env("SLM_E2E_EXPECT_PREFIX", &expect)
         .env("SLM_E2E_EXPECT_PREFIX_GEMMA3", &expect_gemma3)

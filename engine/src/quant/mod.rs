@@ -46,6 +46,9 @@ pub fn vec_dot_ref(dtype: GgmlDType, row: &[u8], x: &[f32]) -> f32 {
     reference::vec_dot_ref(dtype, row, x)
 }
 
+/// Tokens per tile of [`vec_dot_tile`].
+pub const TILE: usize = 4;
+
 /// How activations are stored for the dot products against one weight dtype. Weight dtypes with
 /// the same format can share one [`PreparedActs`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,6 +93,9 @@ pub struct PreparedActs {
     format: Option<ActFormat>,
     x: Vec<f32>,
     q8: Vec<ActBlockQ8>,
+    /// `q8[b].d` and `q8[b].s` as arrays, so a kernel loads 8 blocks' scales at once.
+    q8_d: Vec<f32>,
+    q8_s: Vec<f32>,
     q8k: Vec<BlockQ8K>,
 }
 
@@ -110,6 +116,10 @@ impl PreparedActs {
             Some(ActFormat::Q8) if x.len().is_multiple_of(QK) => {
                 self.q8.resize(x.len() / QK, bytemuck::Zeroable::zeroed());
                 acts::quantize_q8(x, &mut self.q8);
+                self.q8_d.clear();
+                self.q8_d.extend(self.q8.iter().map(|b| b.d));
+                self.q8_s.clear();
+                self.q8_s.extend(self.q8.iter().map(|b| b.s));
                 format
             }
             Some(ActFormat::Q8K) if x.len().is_multiple_of(QK_K) => {
@@ -267,6 +277,44 @@ pub fn vec_dot(dtype: GgmlDType, row: &[u8], acts: &PreparedActs) -> f32 {
         return v;
     }
     portable(dtype, row, acts)
+}
+
+/// Dot products of one weight row with several tokens (prefill): `out[t] = vec_dot(dtype, row,
+/// &acts[t])` for every `t`, bit for bit, so results never depend on how a prompt is split
+/// into batches. Where this machine has a tile kernel (AVX2, simd128) tokens go in tiles of
+/// [`TILE`]:
+/// each weight block is unpacked once, in registers, and applied to every token of the tile.
+///
+/// Panics when `out.len() != acts.len()` or a row does not hold `acts[t].len` elements of
+/// `dtype` (as [`vec_dot`]).
+pub fn vec_dot_tile(dtype: GgmlDType, row: &[u8], acts: &[PreparedActs], out: &mut [f32]) {
+    assert_eq!(out.len(), acts.len(), "vec_dot_tile output length");
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() && acts.iter().all(|a| check(dtype, row, a)) {
+        for (a, o) in acts.chunks(TILE).zip(out.chunks_mut(TILE)) {
+            // SAFETY: AVX2, FMA and F16C were detected at run time; arguments were checked.
+            if !unsafe { x86::vec_dot_tile(dtype, row, a, o) } {
+                for (a, o) in a.iter().zip(o.iter_mut()) {
+                    *o = vec_dot(dtype, row, a);
+                }
+            }
+        }
+        return;
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if acts.iter().all(|a| check(dtype, row, a)) {
+        for (a, o) in acts.chunks(TILE).zip(out.chunks_mut(TILE)) {
+            if !simd128::vec_dot_tile(dtype, row, a, o) {
+                for (a, o) in a.iter().zip(o.iter_mut()) {
+                    *o = vec_dot(dtype, row, a);
+                }
+            }
+        }
+        return;
+    }
+    for (a, o) in acts.iter().zip(out.iter_mut()) {
+        *o = vec_dot(dtype, row, a);
+    }
 }
 
 /// The portable integer path of [`vec_dot`], callable on any machine (the oracle for the SIMD

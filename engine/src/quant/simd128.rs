@@ -31,19 +31,55 @@ pub(crate) fn supports(dtype: GgmlDType) -> bool {
 /// simd128 dot product, or `None` when there is no kernel for `dtype`. Arguments were checked by
 /// the caller (format and row length).
 pub(crate) fn vec_dot(dtype: GgmlDType, row: &[u8], acts: &PreparedActs) -> Option<f32> {
-    let (x, q8, q8k) = (&acts.x[..], &acts.q8[..], &acts.q8k[..]);
-    Some(match dtype {
-        GgmlDType::F32 => dot_f32(row, x),
-        GgmlDType::Q4_0 => dot_q4_0(super::row_blocks(row), q8),
-        GgmlDType::Q4_1 => dot_q4_1(super::row_blocks(row), q8),
-        GgmlDType::Q5_0 => dot_q5_0(super::row_blocks(row), q8),
-        GgmlDType::Q5_1 => dot_q5_1(super::row_blocks(row), q8),
-        GgmlDType::Q8_0 => dot_q8_0(super::row_blocks(row), q8),
-        GgmlDType::Q4K => dot_q4k(super::row_blocks(row), q8k),
-        GgmlDType::Q5K => dot_q5k(super::row_blocks(row), q8k),
-        GgmlDType::Q6K => dot_q6k(super::row_blocks(row), q8k),
-        _ => return None,
-    })
+    let mut out = [0f32];
+    vec_dot_tile(dtype, row, std::slice::from_ref(acts), &mut out).then_some(out[0])
+}
+
+/// Dot products of one weight row with up to [`TILE`](super::TILE) tokens, each block's codes
+/// unpacked once for all of them; every token's arithmetic is that of a single-token call (bit
+/// for bit). `false` when there is no kernel for `dtype`. Arguments were checked by the caller
+/// (formats, row length, `out.len() == acts.len()`, 1..=TILE tokens).
+pub(crate) fn vec_dot_tile(
+    dtype: GgmlDType,
+    row: &[u8],
+    acts: &[PreparedActs],
+    out: &mut [f32],
+) -> bool {
+    macro_rules! tile {
+        ($f:ident, $field:ident) => {
+            match acts.len() {
+                1 => tile!(@n 1, $f, $field),
+                2 => tile!(@n 2, $f, $field),
+                3 => tile!(@n 3, $f, $field),
+                4 => tile!(@n 4, $f, $field),
+                n => unreachable!("tile of {n} tokens"),
+            }
+        };
+        (@n $n:literal, $f:ident, $field:ident) => {{
+            let r: [f32; $n] = $f::<$n>(
+                super::row_blocks(row),
+                std::array::from_fn(|t| &acts[t].$field[..]),
+            );
+            out.copy_from_slice(&r);
+        }};
+    }
+    match dtype {
+        GgmlDType::F32 => {
+            for (o, a) in out.iter_mut().zip(acts) {
+                *o = dot_f32(row, &a.x);
+            }
+        }
+        GgmlDType::Q4_0 => tile!(dot_q4_0, q8),
+        GgmlDType::Q4_1 => tile!(dot_q4_1, q8),
+        GgmlDType::Q5_0 => tile!(dot_q5_0, q8),
+        GgmlDType::Q5_1 => tile!(dot_q5_1, q8),
+        GgmlDType::Q8_0 => tile!(dot_q8_0, q8),
+        GgmlDType::Q4K => tile!(dot_q4k, q8k),
+        GgmlDType::Q5K => tile!(dot_q5k, q8k),
+        GgmlDType::Q6K => tile!(dot_q6k, q8k),
+        _ => return false,
+    }
+    true
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -130,27 +166,30 @@ fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
 // and offset `off` (`m`, `-8 d`, `-16 d`).
 
 #[inline(always)]
-fn legacy_loop<B>(
+fn legacy_loop<B, const N: usize>(
     w: &[B],
-    a: &[ActBlockQ8],
+    a: [&[ActBlockQ8]; N],
     codes: impl Fn(&B) -> (v128, v128),
     d_off: impl Fn(&B) -> (f32, f32),
-) -> f32 {
-    let mut acc = f32x4_splat(0.0);
-    let mut off_sum = 0f32;
-    for (b, y) in w.iter().zip(a) {
+) -> [f32; N] {
+    let mut acc = [f32x4_splat(0.0); N];
+    let mut off_sum = [0f32; N];
+    for (i, b) in w.iter().enumerate() {
         let (u0, u1) = codes(b);
-        // Codes < 32: four products of at most 31·127 fit i16.
-        let s16 = i16x8_add(
-            mul16(u0, load16(&y.qs[..16])),
-            mul16(u1, load16(&y.qs[16..])),
-        );
-        let s = f32x4_convert_i32x4(i32x4_extadd_pairwise_i16x8(s16));
         let (d, off) = d_off(b);
-        acc = f32x4_add(acc, f32x4_mul(s, f32x4_splat(d * y.d)));
-        off_sum += off * y.s;
+        for t in 0..N {
+            let y = &a[t][i];
+            // Codes < 32: four products of at most 31·127 fit i16.
+            let s16 = i16x8_add(
+                mul16(u0, load16(&y.qs[..16])),
+                mul16(u1, load16(&y.qs[16..])),
+            );
+            let s = f32x4_convert_i32x4(i32x4_extadd_pairwise_i16x8(s16));
+            acc[t] = f32x4_add(acc[t], f32x4_mul(s, f32x4_splat(d * y.d)));
+            off_sum[t] += off * y.s;
+        }
     }
-    hsum_f32(acc) + off_sum
+    std::array::from_fn(|t| hsum_f32(acc[t]) + off_sum[t])
 }
 
 /// Low nibbles (elements 0..16) and high nibbles (16..32) of a legacy block.
@@ -171,7 +210,7 @@ fn q5_codes(qs: &[u8; 16], qh: [u8; 4]) -> (v128, v128) {
     )
 }
 
-fn dot_q4_0(w: &[BlockQ4_0], a: &[ActBlockQ8]) -> f32 {
+fn dot_q4_0<const N: usize>(w: &[BlockQ4_0], a: [&[ActBlockQ8]; N]) -> [f32; N] {
     legacy_loop(
         w,
         a,
@@ -183,11 +222,11 @@ fn dot_q4_0(w: &[BlockQ4_0], a: &[ActBlockQ8]) -> f32 {
     )
 }
 
-fn dot_q4_1(w: &[BlockQ4_1], a: &[ActBlockQ8]) -> f32 {
+fn dot_q4_1<const N: usize>(w: &[BlockQ4_1], a: [&[ActBlockQ8]; N]) -> [f32; N] {
     legacy_loop(w, a, |b| nibbles(&b.qs), |b| (h2f(b.d), h2f(b.m)))
 }
 
-fn dot_q5_0(w: &[BlockQ5_0], a: &[ActBlockQ8]) -> f32 {
+fn dot_q5_0<const N: usize>(w: &[BlockQ5_0], a: [&[ActBlockQ8]; N]) -> [f32; N] {
     legacy_loop(
         w,
         a,
@@ -199,20 +238,25 @@ fn dot_q5_0(w: &[BlockQ5_0], a: &[ActBlockQ8]) -> f32 {
     )
 }
 
-fn dot_q5_1(w: &[BlockQ5_1], a: &[ActBlockQ8]) -> f32 {
+fn dot_q5_1<const N: usize>(w: &[BlockQ5_1], a: [&[ActBlockQ8]; N]) -> [f32; N] {
     legacy_loop(w, a, |b| q5_codes(&b.qs, b.qh), |b| (h2f(b.d), h2f(b.m)))
 }
 
-fn dot_q8_0(w: &[BlockQ8_0], a: &[ActBlockQ8]) -> f32 {
-    let mut acc = f32x4_splat(0.0);
-    for (b, y) in w.iter().zip(a) {
-        // Products reach 128·127, so only pairs are summed in i16.
-        let s0 = i32x4_extadd_pairwise_i16x8(mul16(load16(&b.qs[..16]), load16(&y.qs[..16])));
-        let s1 = i32x4_extadd_pairwise_i16x8(mul16(load16(&b.qs[16..]), load16(&y.qs[16..])));
-        let s = f32x4_convert_i32x4(i32x4_add(s0, s1));
-        acc = f32x4_add(acc, f32x4_mul(s, f32x4_splat(h2f(b.d) * y.d)));
+fn dot_q8_0<const N: usize>(w: &[BlockQ8_0], a: [&[ActBlockQ8]; N]) -> [f32; N] {
+    let mut acc = [f32x4_splat(0.0); N];
+    for (i, b) in w.iter().enumerate() {
+        let (w0, w1) = (load16(&b.qs[..16]), load16(&b.qs[16..]));
+        let d = h2f(b.d);
+        for t in 0..N {
+            let y = &a[t][i];
+            // Products reach 128·127, so only pairs are summed in i16.
+            let s0 = i32x4_extadd_pairwise_i16x8(mul16(w0, load16(&y.qs[..16])));
+            let s1 = i32x4_extadd_pairwise_i16x8(mul16(w1, load16(&y.qs[16..])));
+            let s = f32x4_convert_i32x4(i32x4_add(s0, s1));
+            acc[t] = f32x4_add(acc[t], f32x4_mul(s, f32x4_splat(d * y.d)));
+        }
     }
-    hsum_f32(acc)
+    std::array::from_fn(|t| hsum_f32(acc[t]))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -231,40 +275,47 @@ fn k4_min_sum(mn: &[u8; 8], bsums: &[i16; 16]) -> i32 {
 /// Shared Q4_K / Q5_K loop; `codes(b, i)` gives the 4 × 16 codes of sub-blocks `2i` (first two)
 /// and `2i + 1` (last two), each < 32.
 #[inline(always)]
-fn k4_loop<B>(
+fn k4_loop<B, const N: usize>(
     w: &[B],
-    a: &[BlockQ8K],
+    a: [&[BlockQ8K]; N],
     parts: impl Fn(&B) -> (f16, f16, &[u8; 12]),
     codes: impl Fn(&B, usize) -> [v128; 4],
-) -> f32 {
-    let mut acc = f32x4_splat(0.0);
-    let mut min_sum = 0f32;
-    for (b, y) in w.iter().zip(a) {
+) -> [f32; N] {
+    let mut acc = [f32x4_splat(0.0); N];
+    let mut min_sum = [0f32; N];
+    for (k, b) in w.iter().enumerate() {
         let (d, dmin, scales) = parts(b);
+        let (d, dmin) = (h2f(d), h2f(dmin));
         let (sc, mn) = unpack_k4_scales(scales);
-        let mut isum = i32x4_splat(0);
+        let mut isum = [i32x4_splat(0); N];
         for i in 0..4 {
             let [l0, l1, h0, h1] = codes(b, i);
-            let yq = &y.qs[64 * i..64 * i + 64];
-            let s_lo = i16x8_add(mul16(l0, load16(&yq[..16])), mul16(l1, load16(&yq[16..32])));
-            let s_hi = i16x8_add(mul16(h0, load16(&yq[32..48])), mul16(h1, load16(&yq[48..])));
-            isum = i32x4_add(isum, i32x4_dot_i16x8(s_lo, i16x8_splat(sc[2 * i] as i16)));
-            isum = i32x4_add(
-                isum,
-                i32x4_dot_i16x8(s_hi, i16x8_splat(sc[2 * i + 1] as i16)),
+            let (sc0, sc1) = (
+                i16x8_splat(sc[2 * i] as i16),
+                i16x8_splat(sc[2 * i + 1] as i16),
             );
+            for t in 0..N {
+                let yq = &a[t][k].qs[64 * i..64 * i + 64];
+                let s_lo = i16x8_add(mul16(l0, load16(&yq[..16])), mul16(l1, load16(&yq[16..32])));
+                let s_hi = i16x8_add(mul16(h0, load16(&yq[32..48])), mul16(h1, load16(&yq[48..])));
+                isum[t] = i32x4_add(isum[t], i32x4_dot_i16x8(s_lo, sc0));
+                isum[t] = i32x4_add(isum[t], i32x4_dot_i16x8(s_hi, sc1));
+            }
         }
-        let dy = y.d;
-        acc = f32x4_add(
-            acc,
-            f32x4_mul(f32x4_convert_i32x4(isum), f32x4_splat(h2f(d) * dy)),
-        );
-        min_sum += h2f(dmin) * dy * k4_min_sum(&mn, &y.bsums) as f32;
+        for t in 0..N {
+            let y = &a[t][k];
+            let dy = y.d;
+            acc[t] = f32x4_add(
+                acc[t],
+                f32x4_mul(f32x4_convert_i32x4(isum[t]), f32x4_splat(d * dy)),
+            );
+            min_sum[t] += dmin * dy * k4_min_sum(&mn, &y.bsums) as f32;
+        }
     }
-    hsum_f32(acc) - min_sum
+    std::array::from_fn(|t| hsum_f32(acc[t]) - min_sum[t])
 }
 
-fn dot_q4k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+fn dot_q4k<const N: usize>(w: &[BlockQ4K], a: [&[BlockQ8K]; N]) -> [f32; N] {
     let low4 = u8x16_splat(0x0F);
     k4_loop(
         w,
@@ -283,7 +334,7 @@ fn dot_q4k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
     )
 }
 
-fn dot_q5k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
+fn dot_q5k<const N: usize>(w: &[BlockQ5K], a: [&[BlockQ8K]; N]) -> [f32; N] {
     let low4 = u8x16_splat(0x0F);
     let bit4 = u8x16_splat(0x10);
     k4_loop(
@@ -307,17 +358,19 @@ fn dot_q5k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
     )
 }
 
-fn dot_q6k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+fn dot_q6k<const N: usize>(w: &[BlockQ6K], a: [&[BlockQ8K]; N]) -> [f32; N] {
     let low4 = u8x16_splat(0x0F);
     let low2 = u8x16_splat(0x03);
-    let mut acc = f32x4_splat(0.0);
-    for (b, y) in w.iter().zip(a) {
+    let mut acc = [f32x4_splat(0.0); N];
+    for (i, b) in w.iter().enumerate() {
         // Codes u = q + 32 in 0..64: Σ q·qy = Σ u·qy - 32 Σ qy.
-        let mut bias = 0i32;
-        for (&sc, &bs) in b.scales.iter().zip(&y.bsums) {
-            bias += sc as i32 * bs as i32;
-        }
-        let mut isum = i32x4(-32 * bias, 0, 0, 0);
+        let mut isum: [v128; N] = std::array::from_fn(|t| {
+            let mut bias = 0i32;
+            for (&sc, &bs) in b.scales.iter().zip(&a[t][i].bsums) {
+                bias += sc as i32 * bs as i32;
+            }
+            i32x4(-32 * bias, 0, 0, 0)
+        });
         for n in 0..2 {
             for h in 0..2 {
                 let ql0 = load16(&b.ql[64 * n + 16 * h..]);
@@ -337,17 +390,22 @@ fn dot_q6k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
                 ];
                 for (k, &u) in codes.iter().enumerate() {
                     let e = 128 * n + 32 * k + 16 * h;
-                    // Codes < 64: a pair of products fits i16.
-                    let s16 = mul16(u, load16(&y.qs[e..e + 16]));
                     let sc = i16x8_splat(b.scales[e / 16] as i16);
-                    isum = i32x4_add(isum, i32x4_dot_i16x8(s16, sc));
+                    for t in 0..N {
+                        // Codes < 64: a pair of products fits i16.
+                        let s16 = mul16(u, load16(&a[t][i].qs[e..e + 16]));
+                        isum[t] = i32x4_add(isum[t], i32x4_dot_i16x8(s16, sc));
+                    }
                 }
             }
         }
-        acc = f32x4_add(
-            acc,
-            f32x4_mul(f32x4_convert_i32x4(isum), f32x4_splat(h2f(b.d) * y.d)),
-        );
+        let d = h2f(b.d);
+        for t in 0..N {
+            acc[t] = f32x4_add(
+                acc[t],
+                f32x4_mul(f32x4_convert_i32x4(isum[t]), f32x4_splat(d * a[t][i].d)),
+            );
+        }
     }
-    hsum_f32(acc)
+    std::array::from_fn(|t| hsum_f32(acc[t]))
 }

@@ -2,24 +2,20 @@
 //! the header (model picker, status chip, theme, settings drawer), the sidebar (conversations,
 //! then the model and device panels), and the conversation.
 
-use std::rc::Rc;
-
 use leptos::prelude::*;
 
 use crate::components::chat::ChatPanel;
-use crate::components::download_panel::{DownloadPanel, DownloadState};
+use crate::components::download_panel::{provide_chat_contexts, DownloadPanel, DownloadState};
 use crate::components::environment::EnvironmentInfo;
+use crate::components::model_manager::{self, ModelManager, ModelsButton};
 use crate::components::model_picker::{AddModel, ModelFacts, ModelPicker};
 use crate::components::settings::SettingsDrawer;
 use crate::components::sidebar::{ConversationList, SidebarOpen, UndoToast};
 use crate::components::stored_models::StoredModels;
 use crate::components::theme::ThemeToggle;
 use crate::engine_client;
-use crate::protocol::{FromWorker, GenSettings};
-use crate::state::{
-    BackendPref, Chat, Conversation, Engine, ErrorBanner, Generating, KnownModels, SelectedModel,
-    Settings, StoreVersion,
-};
+use crate::protocol::GenSettings;
+use crate::state::{Chat, Engine, ErrorBanner, Settings};
 
 #[component]
 pub fn App() -> impl IntoView {
@@ -29,49 +25,14 @@ pub fn App() -> impl IntoView {
         load_progress: RwSignal::new(None),
         gpu_lost: RwSignal::new(None),
     };
-    // A reload reopens the most recent saved conversation.
-    let saved = Chat::load_saved();
-    let chat = Chat {
-        conv: RwSignal::new(saved.first().cloned().unwrap_or_else(Conversation::new)),
-        streaming: RwSignal::new(None),
-        saved: RwSignal::new(saved),
-        last_stats: RwSignal::new(None),
-        deleted: RwSignal::new(None),
-    };
+    let chat = Chat::new();
+    let settings = Settings(RwSignal::new(GenSettings::default()));
+    // A reload reopens the most recent saved conversation (read from IndexedDB).
+    chat.load(settings, banner);
     let sidebar = SidebarOpen(RwSignal::new(false));
-    provide_context(Generating(RwSignal::new(false)));
     provide_context(sidebar);
-    provide_context(SelectedModel(RwSignal::new(None)));
-    provide_context(KnownModels {
-        catalog: RwSignal::new(Vec::new()),
-        extra: RwSignal::new(Vec::new()),
-    });
-    provide_context(banner);
-    provide_context(Settings(RwSignal::new(GenSettings::default())));
-    provide_context(engine);
-    provide_context(chat);
-    let store = StoreVersion(RwSignal::new(0));
-    let pref = BackendPref(RwSignal::new("auto".to_string()));
-    provide_context(store);
-    provide_context(pref);
-    provide_context(DownloadState {
-        progress: RwSignal::new(None),
-        store,
-        engine,
-        banner,
-        pref,
-    });
-
-    // Messages no request asked for. A lost GPU is handled by the chat panel once no reply is
-    // being generated.
-    let on_unsolicited: Rc<dyn Fn(&FromWorker)> = Rc::new(move |m: &FromWorker| {
-        if let FromWorker::GpuLost { message } = m {
-            engine.gpu_lost.set(Some(message.clone()))
-        }
-    });
-    if let Err(e) = engine_client::start(on_unsolicited) {
-        banner.show(format!("The engine worker could not start: {e}"));
-    }
+    provide_chat_contexts(engine, banner, chat, settings);
+    model_manager::provide();
     engine_client::install_test_hooks();
 
     view! {
@@ -82,6 +43,7 @@ pub fn App() -> impl IntoView {
                     on:click=move |_| sidebar.0.update(|o| *o = !*o)>"☰"</button>
                 <h1 class="brand" title="Private chat with small language models, computed in this browser">"slm"</h1>
                 <ModelPicker/>
+                <ModelsButton/>
                 <StatusChip/>
                 <ThemeToggle/>
                 <SettingsDrawer/>
@@ -108,6 +70,7 @@ pub fn App() -> impl IntoView {
                 <div class="backdrop" data-testid="sidebar-backdrop" aria-hidden="true" on:click=move |_| sidebar.0.set(false)></div>
                 <ChatPanel/>
             </div>
+            <ModelManager/>
             <UndoToast/>
         </div>
     }

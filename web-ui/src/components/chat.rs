@@ -7,6 +7,7 @@ use leptos::prelude::*;
 use wasm_bindgen::JsCast;
 
 use crate::components::download_panel::DownloadState;
+use crate::components::first_run::FirstRun;
 use crate::components::message::{copy_text, MessageView};
 use crate::engine_client::{self, RequestId};
 use crate::protocol::{ReplyStats, Turn};
@@ -220,20 +221,32 @@ pub fn ChatPanel() -> impl IntoView {
     on_cleanup(move || esc.remove());
 
     // Follow the streaming reply while the reader is at the bottom; scrolling up stops that.
+    // A scroll up that happened since the last automatic scroll counts even when its scroll
+    // event has not been handled yet (tokens can arrive first).
     let list = NodeRef::<Div>::new();
     let stick = RwSignal::new(true);
+    let last_auto = StoredValue::new(0i32);
     Effect::new(move |_| {
         chat.streaming.track();
         chat.conv.track();
-        if stick.get_untracked() {
-            if let Some(el) = list.get_untracked() {
+        if let Some(el) = list.get_untracked() {
+            let gap = el.scroll_height() - el.scroll_top() - el.client_height();
+            if el.scroll_top() + 8 < last_auto.get_value() && gap >= 48 {
+                stick.set(false);
+            }
+            if stick.get_untracked() {
                 el.set_scroll_top(el.scroll_height());
+                last_auto.set_value(el.scroll_top());
             }
         }
     });
     let on_scroll = move |_| {
         if let Some(el) = list.get_untracked() {
-            stick.set(el.scroll_height() - el.scroll_top() - el.client_height() < 48);
+            let at_bottom = el.scroll_height() - el.scroll_top() - el.client_height() < 48;
+            if at_bottom {
+                last_auto.set_value(el.scroll_top());
+            }
+            stick.set(at_bottom);
         }
     };
 
@@ -270,7 +283,8 @@ pub fn ChatPanel() -> impl IntoView {
                 <Show when=move || chat.conv.with(|c| c.messages.is_empty()) && chat.streaming.with(|s| s.is_none())>
                     <div class="empty-state">
                         <p class="big">"Private chat, computed in this browser."</p>
-                        <p class="hint">{move || if ready() { "Ask something below. Nothing you type leaves this device." } else { "Pick a model at the top, then download or load it under “Model and device” (☰ on small screens)." }}</p>
+                        <p class="hint">{move || if ready() { "Ask something below. Nothing you type leaves this device." } else { "Pick a model at the top, then download or load it under “Model and device” (☰ on small screens), or open “Models” to see what fits this device." }}</p>
+                        <Show when=move || !ready()><FirstRun/></Show>
                     </div>
                 </Show>
                 <For each=move || chat.conv.get().messages.into_iter().enumerate() key=message_key

@@ -9,10 +9,10 @@ use web_sys::AbortController;
 use crate::catalog::{fmt_bytes, CatalogEntry};
 use crate::download::{self, Progress};
 use crate::engine_client;
-use crate::state::{BackendPref, Engine, ErrorBanner, SelectedModel, StoreVersion};
-
-/// Context size the engine is loaded with (KV cache memory grows with it).
-pub const N_CTX: usize = 2048;
+use crate::state::{
+    BackendPref, Chat, Engine, ErrorBanner, Generating, KnownModels, SelectedModel, Settings,
+    StoreVersion,
+};
 
 /// Download progress and the actions around storing and loading a model.
 #[derive(Clone, Copy)]
@@ -22,6 +22,8 @@ pub struct DownloadState {
     pub engine: Engine,
     pub banner: ErrorBanner,
     pub pref: BackendPref,
+    /// The open conversation's settings: its context size is what a load asks for.
+    pub settings: Settings,
 }
 
 impl DownloadState {
@@ -41,7 +43,8 @@ impl DownloadState {
         self.engine.loaded.set(None);
         let pref = self.pref.0.get_untracked();
         let progress = self.engine.load_progress;
-        let r = engine_client::load(id, &pref, N_CTX, template_fallback, move |phase, f| {
+        let n_ctx = self.settings.0.with_untracked(|s| s.n_ctx);
+        let r = engine_client::load(id, &pref, n_ctx, template_fallback, move |phase, f| {
             progress.set(Some((phase.to_string(), f)))
         })
         .await;
@@ -109,7 +112,53 @@ thread_local! {
     static ABORT: RefCell<Option<AbortController>> = const { RefCell::new(None) };
 }
 
-fn fmt_secs(s: f64) -> String {
+/// Download (or resume) a catalog entry into IndexedDB, then load it: one action shared by the
+/// sidebar's Download button, the model manager's cards and the first-run check.
+#[derive(Clone, Copy)]
+pub struct Downloader {
+    pub run: Action<CatalogEntry, ()>,
+}
+
+impl Downloader {
+    /// Create it over `dl` and provide it as context.
+    pub fn provide(dl: DownloadState) {
+        let banner = dl.banner;
+        let run = Action::new_local(move |entry: &CatalogEntry| {
+            let entry = entry.clone();
+            async move {
+                banner.clear();
+                let Some(ctrl) = AbortController::new().ok() else {
+                    banner.show("This browser cannot run downloads (no AbortController).");
+                    return;
+                };
+                ABORT.with(|a| *a.borrow_mut() = Some(ctrl.clone()));
+                let r =
+                    download::download(&entry, &ctrl.signal(), &|p| dl.progress.set(Some(p))).await;
+                ABORT.with(|a| *a.borrow_mut() = None);
+                dl.bump();
+                match r {
+                    Ok(_) => {
+                        dl.load(&entry.id).await;
+                    }
+                    Err(e) => banner.show(e.to_string()),
+                }
+            }
+        });
+        provide_context(Downloader { run });
+    }
+
+    /// Stop the running download; what was stored is kept and resumes with HTTP Range.
+    pub fn pause() {
+        ABORT.with(|a| {
+            if let Some(c) = a.borrow().as_ref() {
+                c.abort();
+            }
+        })
+    }
+}
+
+/// Seconds as "12 s" / "3 min" ("—" when unknown).
+pub fn fmt_secs(s: f64) -> String {
     if !s.is_finite() || s <= 0.0 {
         "—".into()
     } else if s < 90.0 {
@@ -123,7 +172,6 @@ fn fmt_secs(s: f64) -> String {
 pub fn DownloadPanel() -> impl IntoView {
     let selected = expect_context::<SelectedModel>().0;
     let dl = expect_context::<DownloadState>();
-    let banner = dl.banner;
     let engine = dl.engine;
     let pref = dl.pref;
 
@@ -143,34 +191,8 @@ pub fn DownloadPanel() -> impl IntoView {
         }
     });
 
-    let run = Action::new_local(move |entry: &CatalogEntry| {
-        let entry = entry.clone();
-        async move {
-            banner.clear();
-            let ctrl = AbortController::new().ok();
-            let Some(ctrl) = ctrl else {
-                banner.show("This browser cannot run downloads (no AbortController).");
-                return;
-            };
-            ABORT.with(|a| *a.borrow_mut() = Some(ctrl.clone()));
-            let r = download::download(&entry, &ctrl.signal(), &|p| dl.progress.set(Some(p))).await;
-            ABORT.with(|a| *a.borrow_mut() = None);
-            dl.bump();
-            match r {
-                Ok(_) => {
-                    dl.load(&entry.id).await;
-                }
-                Err(e) => banner.show(e.to_string()),
-            }
-        }
-    });
-    let cancel = move |_| {
-        ABORT.with(|a| {
-            if let Some(c) = a.borrow().as_ref() {
-                c.abort();
-            }
-        })
-    };
+    let Downloader { run } = expect_context::<Downloader>();
+    let cancel = move |_| Downloader::pause();
     let busy = move || run.pending().get();
     let label = move || {
         if busy() {
@@ -237,4 +259,50 @@ pub fn DownloadPanel() -> impl IntoView {
             })}
         </section>
     }
+}
+
+/// The contexts every page that chats needs (the app and the embedded widget): the engine's
+/// state, the banner, the conversation and its settings, the catalog, the download state and
+/// its [`Downloader`]; then starts the engine worker, whose unsolicited `GpuLost` goes to
+/// `engine.gpu_lost`. Returns the download state.
+pub fn provide_chat_contexts(
+    engine: Engine,
+    banner: ErrorBanner,
+    chat: Chat,
+    settings: Settings,
+) -> DownloadState {
+    provide_context(Generating(RwSignal::new(false)));
+    provide_context(SelectedModel(RwSignal::new(None)));
+    provide_context(KnownModels {
+        catalog: RwSignal::new(Vec::new()),
+        extra: RwSignal::new(Vec::new()),
+    });
+    provide_context(banner);
+    provide_context(settings);
+    provide_context(engine);
+    provide_context(chat);
+    let store = StoreVersion(RwSignal::new(0));
+    let pref = BackendPref(RwSignal::new("auto".to_string()));
+    provide_context(store);
+    provide_context(pref);
+    let dl = DownloadState {
+        progress: RwSignal::new(None),
+        store,
+        engine,
+        banner,
+        pref,
+        settings,
+    };
+    provide_context(dl);
+    Downloader::provide(dl);
+    let on_unsolicited: std::rc::Rc<dyn Fn(&crate::protocol::FromWorker)> =
+        std::rc::Rc::new(move |m: &crate::protocol::FromWorker| {
+            if let crate::protocol::FromWorker::GpuLost { message } = m {
+                engine.gpu_lost.set(Some(message.clone()))
+            }
+        });
+    if let Err(e) = engine_client::start(on_unsolicited) {
+        banner.show(format!("The engine worker could not start: {e}"));
+    }
+    dl
 }

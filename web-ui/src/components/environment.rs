@@ -1,13 +1,13 @@
 //! What the browser offers before a download: storage quota and WebGPU (adapter and key limits),
 //! or the CPU fallback.
 
-use js_sys::{Function, Promise};
 use leptos::prelude::*;
-use wasm_bindgen::JsCast;
 
+use crate::capabilities::gpu_facts;
 use crate::catalog::fmt_bytes;
+use crate::device::GpuFacts;
 use crate::download::{storage_estimate, storage_persisted};
-use crate::js::{await_promise, get, global_get};
+use crate::js::global_get;
 use crate::state::StoreVersion;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -18,47 +18,24 @@ struct EnvFacts {
     isolated: bool,
 }
 
-async fn webgpu_info() -> Result<String, String> {
-    let gpu = get(&global_get("navigator"), "gpu");
-    if gpu.is_undefined() {
-        return Err("this browser exposes no WebGPU".into());
-    }
-    let f: Function = get(&gpu, "requestAdapter")
-        .dyn_into()
-        .map_err(|_| "no requestAdapter".to_string())?;
-    let p: Promise = f
-        .call0(&gpu)
-        .map_err(|e| crate::js::err_text(&e))?
-        .dyn_into()
-        .map_err(|_| "bad requestAdapter".to_string())?;
-    let adapter = await_promise(p)
-        .await
-        .map_err(|e| crate::js::err_text(&e))?;
-    if adapter.is_null() || adapter.is_undefined() {
-        return Err("no WebGPU adapter".into());
-    }
-    let info = get(&adapter, "info");
-    let s = |o: &wasm_bindgen::JsValue, k: &str| get(o, k).as_string().unwrap_or_default();
-    let limits = get(&adapter, "limits");
-    let n = |k: &str| get(&limits, k).as_f64().unwrap_or(0.0);
-    let fallback = get(&info, "isFallbackAdapter")
-        .as_bool()
-        .or_else(|| get(&adapter, "isFallbackAdapter").as_bool())
-        .unwrap_or(false);
-    Ok(format!(
-        "{} {} {}{} · max storage binding {} · max buffer {} · workgroup storage {} KiB",
-        s(&info, "vendor"),
-        s(&info, "architecture"),
-        s(&info, "description"),
-        if fallback {
+/// The adapter in one line: name, and the limits that decide what runs.
+pub fn gpu_line(g: &GpuFacts) -> String {
+    format!(
+        "{}{} · f16 {} · max storage binding {} · max buffer {}",
+        g.name,
+        if g.fallback {
             " (software fallback adapter)"
         } else {
             ""
         },
-        fmt_bytes(n("maxStorageBufferBindingSize")),
-        fmt_bytes(n("maxBufferSize")),
-        n("maxComputeWorkgroupStorageSize") / 1024.0,
-    ))
+        if g.f16 { "yes" } else { "no" },
+        fmt_bytes(g.max_binding),
+        fmt_bytes(g.max_buffer),
+    )
+}
+
+async fn webgpu_info() -> Result<String, String> {
+    gpu_facts().await.map(|g| gpu_line(&g))
 }
 
 #[component]

@@ -1,6 +1,8 @@
 //! One chat message: user text as text (with Edit: change the question and send it again),
 //! assistant replies as sanitized Markdown (a reasoning model's `<think>` section collapsed)
-//! with their time to first token and speeds on hover; Copy on every message.
+//! with their time to first token and speeds on hover; Copy on every message. A finished
+//! reply's code blocks are syntax-highlighted by `slmHighlight` (`public/boot.js`: highlight.js,
+//! imported the first time a code block is shown).
 
 use leptos::prelude::*;
 use wasm_bindgen::JsCast;
@@ -21,6 +23,14 @@ pub async fn copy_text(text: String) -> bool {
             Err(_) => false,
         },
         Err(_) => false,
+    }
+}
+
+/// Highlight the code blocks under `el` (page only; nothing happens where `slmHighlight` is
+/// missing).
+fn highlight(el: &web_sys::HtmlDivElement) {
+    if let Ok(f) = global_get("slmHighlight").dyn_into::<js_sys::Function>() {
+        let _ = f.call1(&wasm_bindgen::JsValue::NULL, el);
     }
 }
 
@@ -65,16 +75,29 @@ pub fn MessageView(
     if role == "assistant" {
         let html = reply_html(&content, streaming);
         let stats = stats.map(|s| {
+            let backend = match s.backend.as_str() {
+                "gpu" => " · WebGPU",
+                "cpu" => " · CPU",
+                _ => "",
+            };
             format!(
-                "TTFT {:.0} ms · prefill {:.1} tok/s · decode {:.1} tok/s · {} tokens ({})",
+                "TTFT {:.0} ms · prefill {:.1} tok/s · decode {:.1} tok/s · {} tokens ({}){backend}",
                 s.ttft_ms, s.prefill_tok_s, s.decode_tok_s, s.n_generated, s.stop_reason
             )
         });
+        let body = NodeRef::<leptos::html::Div>::new();
+        if !streaming && html.contains("<pre>") {
+            Effect::new(move |_| {
+                if let Some(el) = body.get() {
+                    highlight(&el);
+                }
+            });
+        }
         view! {
             <article class="msg assistant" class:streaming=streaming aria-label="Reply"
                 aria-live=if streaming { Some("polite") } else { None }
                 aria-busy=if streaming { Some("true") } else { None }>
-                <div class="body" data-testid="assistant-message" inner_html=html></div>
+                <div class="body" data-testid="assistant-message" node_ref=body inner_html=html></div>
                 <div class="msg-meta">
                     {(!streaming).then(|| view! { <CopyButton text=content.clone()/> })}
                     {stats.map(|s| view! { <span class="stats" data-testid="reply-stats">{s}</span> })}

@@ -158,4 +158,31 @@ mod tests {
         );
         assert!(parse_export("{}").is_err());
     }
+
+    /// Reply stats survive export → import bit for bit (the browser flow compares them; serde_json
+    /// without `float_roundtrip` reads 946.5800000000745 back as …744).
+    #[test]
+    fn reply_stats_round_trip_exactly() {
+        let ttft = 946.5800000000745_f64;
+        let c = Conversation {
+            id: "c2".into(),
+            title: "t".into(),
+            system: String::new(),
+            messages: vec![Message {
+                role: "assistant".into(),
+                content: "x".into(),
+                stats: Some(crate::protocol::ReplyStats {
+                    ttft_ms: ttft,
+                    prefill_tok_s: 25.36193596109173,
+                    ..Default::default()
+                }),
+            }],
+            updated: 1795943838523.0,
+            settings: None,
+        };
+        let back = parse_export(&serde_json::to_string(&vec![c.clone()]).unwrap()).unwrap();
+        assert_eq!(back, vec![c]);
+        let s = back[0].messages[0].stats.as_ref().unwrap();
+        assert_eq!(s.ttft_ms.to_bits(), ttft.to_bits());
+    }
 }

@@ -1,16 +1,22 @@
 //! Quantized matrix products on the CPU: weights stay in GGUF block layout, activations are
-//! quantized once per token ([`PreparedActs`]) and each weight row is streamed once per batch
-//! (prefill reuses it across all tokens while it is in L1).
+//! quantized once per token ([`PreparedActs`]) and each weight row is streamed once per batch.
+//! With several tokens (prefill) each weight block is unpacked once per tile of tokens
+//! ([`quant::vec_dot_tile`]), with results identical to the one-token [`quant::vec_dot`].
 
+#[cfg(not(target_arch = "wasm32"))]
+use super::pool::Pool;
 use crate::quant::{self, PreparedActs};
 use crate::tensor::QMatrix;
 
-/// The CPU worker threads. Natively a dedicated rayon pool (none for one thread, so decode pays
-/// no synchronisation); in wasm always the calling thread.
+/// Tokens per [`quant::vec_dot_tile`] call (a stack buffer of results per row).
+const TILE_CHUNK: usize = 64;
+
+/// The CPU worker threads. Natively a [`Pool`] of spinning workers (none for one thread, so
+/// decode pays no synchronisation); in wasm always the calling thread.
 pub struct CpuThreads {
     n: usize,
     #[cfg(not(target_arch = "wasm32"))]
-    pool: Option<rayon::ThreadPool>,
+    pool: Option<Pool>,
 }
 
 impl std::fmt::Debug for CpuThreads {
@@ -31,12 +37,8 @@ impl CpuThreads {
             } else {
                 n
             };
-            let pool = if n > 1 {
-                rayon::ThreadPoolBuilder::new().num_threads(n).build().ok()
-            } else {
-                None
-            };
-            let n = if pool.is_some() { n } else { 1 };
+            let pool = if n > 1 { Pool::new(n) } else { None };
+            let n = pool.as_ref().map_or(1, Pool::threads);
             Self { n, pool }
         }
         #[cfg(target_arch = "wasm32")]
@@ -52,8 +54,11 @@ impl CpuThreads {
     }
 }
 
-/// Weight bytes × tokens below which a product runs on the calling thread: waking the pool
-/// costs more than it saves on small matrices (measured on SmolLM2-135M decode, 2 cores).
+/// Weight bytes × tokens below which a product runs on the calling thread. With the spinning
+/// pool a job starts within ~1 µs, so on an idle machine far smaller products (64 KiB, all of
+/// SmolLM2's decode) should pay; but on this shared 2-core machine (load 7–13) splitting them
+/// made 2-thread decode 0.6× the 1-thread speed (a worker descheduled inside a job stalls the
+/// step), so decode-sized products stay on one thread until that is measured idle.
 #[cfg(not(target_arch = "wasm32"))]
 const PARALLEL_MIN_BYTES: usize = 1 << 20;
 
@@ -73,12 +78,23 @@ pub fn matmul(w: &QMatrix, acts: &[PreparedActs], out: &mut [f32], threads: &Cpu
     let ptr = OutPtr(out.as_mut_ptr());
     let work = move |r0: usize, r1: usize| {
         let p = ptr;
+        let mut buf = [0f32; TILE_CHUNK];
         for r in r0..r1 {
             let row = w.row(r);
-            for (t, a) in acts.iter().enumerate() {
-                let v = quant::vec_dot(w.dtype, row, a);
-                // SAFETY: t * rows + r < out.len() and (t, r) pairs are disjoint across workers.
-                unsafe { *p.0.add(t * rows + r) = v };
+            if n_tokens == 1 {
+                // SAFETY: r < out.len() and rows are disjoint across workers.
+                unsafe { *p.0.add(r) = quant::vec_dot(w.dtype, row, &acts[0]) };
+                continue;
+            }
+            for (c, chunk) in acts.chunks(TILE_CHUNK).enumerate() {
+                let o = &mut buf[..chunk.len()];
+                quant::vec_dot_tile(w.dtype, row, chunk, o);
+                for (i, &v) in o.iter().enumerate() {
+                    let t = c * TILE_CHUNK + i;
+                    // SAFETY: t * rows + r < out.len() and (t, r) pairs are disjoint across
+                    // workers.
+                    unsafe { *p.0.add(t * rows + r) = v };
+                }
             }
         }
     };
@@ -88,15 +104,11 @@ pub fn matmul(w: &QMatrix, acts: &[PreparedActs], out: &mut [f32], threads: &Cpu
         .as_ref()
         .filter(|_| rows * w.row_bytes * n_tokens >= PARALLEL_MIN_BYTES)
     {
-        use rayon::prelude::*;
-        // Several chunks per thread balance uneven cores; multiples of 8 rows keep cache lines
-        // of `out` mostly owned by one worker. Range iterators split by `join`, whose jobs live
-        // on the stack: no heap allocation per call.
+        // Several chunks per thread balance uneven cores (a busy machine); multiples of 8 rows
+        // keep cache lines of `out` mostly owned by one worker.
         let chunk = (rows / (threads.n * 4)).max(8).next_multiple_of(8);
-        pool.install(|| {
-            (0..rows.div_ceil(chunk))
-                .into_par_iter()
-                .for_each(|c| work(c * chunk, ((c + 1) * chunk).min(rows)));
+        pool.run(rows.div_ceil(chunk), &|c| {
+            work(c * chunk, ((c + 1) * chunk).min(rows))
         });
         return;
     }

@@ -1,0 +1,265 @@
+//! A small fork–join pool for the CPU backend's matrix products (native only).
+//!
+//! A decode step runs ~200 products of a few tens of microseconds each, with short
+//! single-threaded ops between them. Waking sleeping threads for every product costs about as
+//! much as the product itself (rayon's workers go to sleep within microseconds), so 2-thread
+//! decode used to equal 1-thread decode. Here the workers spin on a job counter for
+//! [`SPIN`] after each job (as ggml's thread pool does) and only then park, so back-to-back
+//! products start within a cache-line transfer; an idle model costs nothing after that.
+//!
+//! A job is `f(i)` for `i in 0..n`: the caller and the workers that join in time take indices
+//! from one atomic counter, and [`Pool::run`] returns once all are done. Once every index is
+//! taken the job is closed, so on a busy machine the caller never waits for a worker the OS has
+//! not scheduled yet (only for one that is inside an index). Nothing is allocated per job.
+
+use std::cell::UnsafeCell;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before it parks.
+const SPIN: Duration = Duration::from_micros(200);
+
+/// The job of the current epoch: a lifetime-erased `&(dyn Fn(usize) + Sync)` and its count.
+type Job = (*const (dyn Fn(usize) + Sync), usize);
+
+struct Shared {
+    /// Written by [`Pool::run`] while no worker holds a place in a job (the previous one is
+    /// closed and its count is 0), published by the Release store of `ctl`; read by a worker
+    /// only after it joined the current job.
+    job: UnsafeCell<Job>,
+    /// Bits 32..64: the job's epoch (incremented per job); bit 31: [`CLOSED`] (no worker may
+    /// join any more); bits 0..31: workers that joined and have not finished.
+    ctl: AtomicU64,
+    /// Next index to run.
+    next: AtomicUsize,
+    /// A worker's job panicked.
+    panicked: AtomicBool,
+    stop: AtomicBool,
+    /// Per worker: parked (or about to park), so `run` must unpark it.
+    sleeping: Vec<AtomicBool>,
+}
+
+/// `ctl` bit set once every index of a job was taken: a worker that wakes up later does not
+/// join it, so the caller never waits for a thread the OS has not scheduled yet.
+const CLOSED: u64 = 1 << 31;
+const COUNT: u64 = CLOSED - 1;
+
+// SAFETY: `job` is written only by `run` while no worker may read it (see the field) and read
+// only by workers that joined the job, before they leave it; the closure it points to is `Sync`
+// and outlives the job (`run` returns only when no worker is in it).
+unsafe impl Sync for Shared {}
+unsafe impl Send for Shared {}
+
+/// `n` threads in all: the caller of [`run`](Self::run) and `n - 1` workers.
+pub(crate) struct Pool {
+    shared: Arc<Shared>,
+    workers: Vec<(JoinHandle<()>, Thread)>,
+}
+
+impl Pool {
+    /// A pool with `n - 1` worker threads (`n ≥ 2`), or `None` when a thread cannot be spawned.
+    pub(crate) fn new(n: usize) -> Option<Self> {
+        let n_workers = n.checked_sub(1).filter(|&w| w > 0)?;
+        let noop: &'static (dyn Fn(usize) + Sync) = &|_| {};
+        let shared = Arc::new(Shared {
+            job: UnsafeCell::new((noop as *const _, 0)),
+            ctl: AtomicU64::new(CLOSED),
+            next: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            sleeping: (0..n_workers).map(|_| AtomicBool::new(false)).collect(),
+        });
+        let mut pool = Pool {
+            shared: shared.clone(),
+            workers: Vec::with_capacity(n_workers),
+        };
+        for w in 0..n_workers {
+            let s = shared.clone();
+            let h = thread::Builder::new()
+                .name(format!("slm-cpu-{w}"))
+                .spawn(move || worker(&s, w))
+                .ok()?; // `pool`'s Drop stops the ones already started.
+            let t = h.thread().clone();
+            pool.workers.push((h, t));
+        }
+        Some(pool)
+    }
+
+    /// Threads in all (workers + the caller).
+    pub(crate) fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Opens a new epoch (closed, or open for workers to join) and wakes parked workers.
+    fn publish(&self, closed: bool) {
+        let s = &*self.shared;
+        let epoch = (s.ctl.load(Ordering::Relaxed) >> 32) + 1;
+        let flag = if closed { CLOSED } else { 0 };
+        s.ctl.store((epoch << 32) | flag, Ordering::SeqCst);
+        for (i, (_, t)) in self.workers.iter().enumerate() {
+            if s.sleeping[i].load(Ordering::SeqCst) {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Runs `f(i)` for every `i in 0..n` on the caller and the workers that join in time;
+    /// returns when all are done. A panic in `f` is re-raised here (after every thread has left
+    /// `f`).
+    pub(crate) fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        let s = &*self.shared;
+        // SAFETY: the previous job is closed with no worker in it (`run` waited for that), so
+        // no worker reads `job` now. The lifetime is erased because `f` outlives this call and
+        // no worker touches it once the job's count is back to 0 below.
+        unsafe {
+            let f: *const (dyn Fn(usize) + Sync + '_) = f;
+            let f = std::mem::transmute::<
+                *const (dyn Fn(usize) + Sync + '_),
+                *const (dyn Fn(usize) + Sync + 'static),
+            >(f);
+            *s.job.get() = (f, n);
+        }
+        s.next.store(0, Ordering::Relaxed);
+        self.publish(false);
+        let mine = catch_unwind(AssertUnwindSafe(|| take_indices(s, f, n)));
+        // Every index is taken: close the job and wait for the workers inside it.
+        s.ctl.fetch_or(CLOSED, Ordering::AcqRel);
+        let mut spins = 0u32;
+        while s.ctl.load(Ordering::Acquire) & COUNT != 0 {
+            spins += 1;
+            if spins < 256 {
+                std::hint::spin_loop();
+            } else {
+                // A worker was descheduled mid-index (a busy machine): let it run.
+                thread::yield_now();
+            }
+        }
+        if let Err(p) = mine {
+            resume_unwind(p);
+        }
+        if s.panicked.swap(false, Ordering::Relaxed) {
+            panic!("a CPU worker thread panicked");
+        }
+    }
+}
+
+fn take_indices(s: &Shared, f: &(dyn Fn(usize) + Sync), n: usize) {
+    loop {
+        let i = s.next.fetch_add(1, Ordering::Relaxed);
+        if i >= n {
+            return;
+        }
+        f(i);
+    }
+}
+
+/// Joins the job of `epoch` unless it is closed or already replaced.
+fn join(s: &Shared, epoch: u64) -> bool {
+    let mut c = s.ctl.load(Ordering::Acquire);
+    loop {
+        if c >> 32 != epoch || c & CLOSED != 0 {
+            return false;
+        }
+        match s
+            .ctl
+            .compare_exchange_weak(c, c + 1, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => return true,
+            Err(now) => c = now,
+        }
+    }
+}
+
+fn worker(s: &Shared, w: usize) {
+    let mut seen = 0u64;
+    loop {
+        // Wait for a new epoch: spin, then park.
+        let start = Instant::now();
+        let mut k = 0u32;
+        loop {
+            if s.ctl.load(Ordering::Acquire) >> 32 != seen {
+                break;
+            }
+            k = k.wrapping_add(1);
+            if !k.is_multiple_of(1024) || start.elapsed() < SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            s.sleeping[w].store(true, Ordering::SeqCst);
+            if s.ctl.load(Ordering::SeqCst) >> 32 == seen {
+                thread::park();
+            }
+            s.sleeping[w].store(false, Ordering::SeqCst);
+        }
+        seen = s.ctl.load(Ordering::Acquire) >> 32;
+        if s.stop.load(Ordering::Acquire) {
+            return;
+        }
+        if !join(s, seen) {
+            continue;
+        }
+        // SAFETY: published before the epoch we joined; valid until we leave the job.
+        let (f, n) = unsafe { *s.job.get() };
+        let f = unsafe { &*f };
+        if catch_unwind(AssertUnwindSafe(|| take_indices(s, f, n))).is_err() {
+            s.panicked.store(true, Ordering::Relaxed);
+        }
+        s.ctl.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.publish(true);
+        for (h, t) in self.workers.drain(..) {
+            t.unpark();
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_index_runs_once_per_job() {
+        let pool = Pool::new(3).unwrap();
+        assert_eq!(pool.threads(), 3);
+        let hits: Vec<AtomicUsize> = (0..97).map(|_| AtomicUsize::new(0)).collect();
+        for round in 0..500 {
+            let n = round % 97 + 1;
+            pool.run(n, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            if round % 100 == 0 {
+                // Let the workers park, so the wake-up path runs too.
+                thread::sleep(SPIN * 3);
+            }
+        }
+        let total: usize = hits.iter().map(|h| h.load(Ordering::Relaxed)).sum();
+        assert_eq!(total, (0..500).map(|r| r % 97 + 1).sum::<usize>());
+        for (i, h) in hits.iter().enumerate() {
+            let want = (0..500).filter(|r| r % 97 + 1 > i).count();
+            assert_eq!(h.load(Ordering::Relaxed), want, "index {i}");
+        }
+    }
+
+    #[test]
+    fn a_panicking_job_is_reported_and_the_pool_still_works() {
+        let pool = Pool::new(2).unwrap();
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            pool.run(64, &|i| assert!(i != 33, "index 33"));
+        }));
+        assert!(r.is_err());
+        let sum = AtomicUsize::new(0);
+        pool.run(10, &|i| {
+            sum.fetch_add(i, Ordering::Relaxed);
+        });
+        assert_eq!(sum.load(Ordering::Relaxed), 45);
+    }
+}
