@@ -45,7 +45,8 @@ struct Params {
 
 override DTYPE: u32 = T_Q4_0;
 
-fn wword(i: u32) -> u32 {
+// One weight buffer: `b` (quant.wgsl's buffer argument) is always 0.
+fn wword(b: u32, i: u32) -> u32 {
     return wq[i];
 }
 @group(0) @binding(2) var<storage, read> x: array<f32>;
@@ -103,7 +104,7 @@ fn main(
     var acc: array<f32, TILE_MAX>;
     for (var pc = lane; pc < n_pieces; pc += TPR) {
         var v: array<f32, 16>;
-        load_piece(row_off, pc, p.cols, &v);
+        load_piece(0u, row_off, pc, p.cols, &v);
         let c0 = pc * 16u;
         let nc = min(16u, p.cols - c0);
         if (norm) {

@@ -1,27 +1,30 @@
 // matmul_pair.wgsl: a matrix product where each "unit" computes two weight rows against the same
 // x and combines them in a pairwise epilogue, so the element-wise op that followed the products
-// needs no dispatch of its own. Two modes (p.mode):
-//   0 GLU:  unit u = row u of W_gate (w0) and row u of W_up (w1):
-//           y[t, u] = act(gate) * up, act = SiLU (act 0) or GELU-tanh (act 1).
-//   1 QKV:  the attention inputs of one layer: units are the rotation pairs of every Q head
-//           (w0), then of every K head (w1), then adjacent pairs of every V head (w2). Q pairs are
-//           rotated (RoPE, exactly as rope.wgsl) into y (n_tok, n_head * head_dim); K pairs are
-//           rotated into k_cache row pos0 + t; V pairs are copied into v_cache row pos0 + t.
-// The weights stay in their own GGUF buffers (no concatenated copy), each of its own type:
-// DTYPE is a private variable set per row before decoding, and `wword` reads the buffer SEL.
+// needs no dispatch of its own. Two entry points, one per mode (a constant inside each, so the
+// other mode's code is compiled out):
+//   glu: unit u = row u of W_gate (w0) and row u of W_up (w1):
+//        y[t, u] = act(gate) * up, act = SiLU (act 0) or GELU-tanh (act 1).
+//   qkv: the attention inputs of one layer: units are the rotation pairs of every Q head
+//        (w0), then of every K head (w1), then adjacent pairs of every V head (w2). Q pairs are
+//        rotated (RoPE, exactly as rope.wgsl) into y (n_tok, n_head * head_dim); K pairs are
+//        rotated into k_cache row pos0 + t; V pairs are copied into v_cache row pos0 + t.
+// The weights stay in their own GGUF buffers (no concatenated copy), all of ONE type, the
+// pipeline-overridable constant DTYPE, as in matmul.wgsl: a pipeline decodes one type only (a
+// step whose weights differ in type is not fused). All weights have `cols` columns, hence the
+// same row_bytes. quant.wgsl's buffer argument is a constant at each `dot2` call.
 // Like matmul.wgsl: WG invocations, TPR per unit (WG / TPR units per workgroup), a tile of up to
-// TILE_N tokens; the optional RMSNorm of x folded in (flag bit 2: normw = vecs[0 .. cols]);
-// optional biases (flag bit 0: vecs[bias_off + q_dim-concatenated row], QKV only).
+// p.tile tokens (a parameter, not an override as in matmul.wgsl: one pipeline per mode and type
+// serves decode and prefill, as each costs ~0.3 s (glu) / ~0.6 s (qkv) of CPU time to create on
+// lavapipe); the optional RMSNorm of x folded in (flag bit 2: normw = vecs[0 .. cols]);
+// optional biases (flag bit 0: vecs[bias_off + q_dim-concatenated row], qkv only).
 // x: (n_tok, x_stride) from x_off; vecs: [norm weight (cols) | biases (q_dim + 2 kv_dim) | RoPE
 // frequency factors (n_rot / 2)], offsets in Params.
 
 const WG: u32 = 64u;
 const TILE_MAX: u32 = 8u;
-override TILE_N: u32 = 8u;
 override TPR: u32 = 16u;
 
 struct Params {
-    mode: u32,
     units: u32,
     cols: u32,
     n_tok: u32,
@@ -31,15 +34,11 @@ struct Params {
     // bit 0: biases; bit 2: RMSNorm x first
     flags: u32,
     eps: f32,
+    // glu: 0 SiLU, 1 GELU-tanh
     act: u32,
     out_off: u32,
     out_stride: u32,
-    dt0: u32,
-    dt1: u32,
-    dt2: u32,
-    rb0: u32,
-    rb1: u32,
-    rb2: u32,
+    row_bytes: u32,
     bias_off: u32,
     freq_off: u32,
     n_head: u32,
@@ -53,7 +52,10 @@ struct Params {
     base: f32,
     pos_scale: f32,
     mscale: f32,
+    // tokens per workgroup: 1 (decode) ..= TILE_MAX (prefill)
+    tile: u32,
     _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -66,44 +68,26 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> k_cache: array<kv_t>;
 @group(0) @binding(8) var<storage, read_write> v_cache: array<kv_t>;
 
-// The weight buffer (0, 1, 2) and its type, set before each row's piece is decoded.
-var<private> SEL: u32;
-var<private> DTYPE: u32;
+override DTYPE: u32 = T_Q4_0;
 
-fn wword(i: u32) -> u32 {
-    switch SEL {
-        case 0u: { return w0[i]; }
-        case 1u: { return w1[i]; }
-        default: { return w2[i]; }
-    }
+// Word i of weight buffer b (0, 1, 2); b is a constant at every call once `dot2` is inlined, so
+// the selects fold to one load and the other two are dead (a `switch` here doubled the
+// pipeline's creation time on lavapipe; an unselected read past a shorter buffer's end would in
+// any case be clamped by WebGPU's robust buffer access).
+fn wword(b: u32, i: u32) -> u32 {
+    return select(select(w2[i], w1[i], b == 1u), w0[i], b == 0u);
 }
 
-fn select_weight(s: u32) {
-    SEL = s;
-    switch s {
-        case 0u: { DTYPE = p.dt0; }
-        case 1u: { DTYPE = p.dt1; }
-        default: { DTYPE = p.dt2; }
-    }
-}
-
-fn row_bytes_of(s: u32) -> u32 {
-    switch s {
-        case 0u: { return p.rb0; }
-        case 1u: { return p.rb1; }
-        default: { return p.rb2; }
-    }
-}
+const MODE_GLU: u32 = 0u;
+const MODE_QKV: u32 = 1u;
 
 // Partial sums: row a of token t of invocation i at t * WG + i, row b at (TILE_MAX + t) * WG + i.
 var<workgroup> part: array<f32, 1024>; // 2 * WG * TILE_MAX
 var<workgroup> nscale: array<f32, TILE_MAX>;
 
-// What a unit computes: weight buffer `sel`, rows ra and rb, and for QKV the head, the rotation
-// pair index j (for the frequency) and whether the pair turns.
+// What a unit computes: rows ra and rb (of w0 and w1 for glu; of w[seg] for qkv), and for qkv
+// the rotation pair index j (for the frequency) and whether the pair turns.
 struct Unit {
-    sel_a: u32,
-    sel_b: u32,
     ra: u32,
     rb: u32,
     seg: u32,
@@ -111,11 +95,9 @@ struct Unit {
     turns: bool,
 }
 
-fn unit_of(u: u32) -> Unit {
+fn unit_of(mode: u32, u: u32) -> Unit {
     var o: Unit;
-    if (p.mode == 0u) {
-        o.sel_a = 0u;
-        o.sel_b = 1u;
+    if (mode == MODE_GLU) {
         o.ra = u;
         o.rb = u;
         return o;
@@ -145,8 +127,6 @@ fn unit_of(u: u32) -> Unit {
             ib = j + half_rot;
         }
     }
-    o.sel_a = o.seg;
-    o.sel_b = o.seg;
     o.ra = h * p.head_dim + ia;
     o.rb = h * p.head_dim + ib;
     o.j = j;
@@ -163,25 +143,92 @@ fn glu_act(g: f32) -> f32 {
 }
 
 @compute @workgroup_size(WG)
-fn main(
+fn glu(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let id = linear_wg(wid, nwg);
+    pair(MODE_GLU, linear_wg(wid, nwg), lid);
+}
+
+@compute @workgroup_size(WG)
+fn qkv(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    pair(MODE_QKV, linear_wg(wid, nwg), lid);
+}
+
+// The rows and token tile one invocation multiplies.
+struct Dot {
+    off_a: u32,
+    off_b: u32,
+    lane: u32,
+    n_pieces: u32,
+    t0: u32,
+    nt: u32,
+    norm: bool,
+}
+
+// acc_a[t] += row a (buffer sa) · x[t'], acc_b[t] += row b (buffer sb) · x[t'] over this lane's
+// pieces, x' normalised by the folded norm weight when d.norm (the 1 / rms factor comes later).
+fn dot2(
+    sa: u32,
+    sb: u32,
+    d: Dot,
+    acc_a: ptr<function, array<f32, TILE_MAX>>,
+    acc_b: ptr<function, array<f32, TILE_MAX>>,
+) {
+    for (var pc = d.lane; pc < d.n_pieces; pc += TPR) {
+        var va: array<f32, 16>;
+        var vb: array<f32, 16>;
+        load_piece(sa, d.off_a, pc, p.cols, &va);
+        load_piece(sb, d.off_b, pc, p.cols, &vb);
+        // Only constant indices into va, vb (loops of 16, unrolled), so they stay in registers;
+        // elements past `cols` (float types only) are 0 in va, vb and read as 0 from x.
+        let c0 = pc * 16u;
+        let nc = min(16u, p.cols - c0);
+        if (d.norm) {
+            for (var i = 0u; i < 16u; i++) {
+                if (i < nc) {
+                    let g = vecs[c0 + i];
+                    va[i] *= g;
+                    vb[i] *= g;
+                }
+            }
+        }
+        for (var t = 0u; t < d.nt; t++) {
+            let xb = p.x_off + (d.t0 + t) * p.x_stride + c0;
+            var s_a = 0.0;
+            var s_b = 0.0;
+            for (var i = 0u; i < 16u; i++) {
+                var xv = 0.0;
+                if (i < nc) { xv = x[xb + i]; }
+                s_a += va[i] * xv;
+                s_b += vb[i] * xv;
+            }
+            (*acc_a)[t] += s_a;
+            (*acc_b)[t] += s_b;
+        }
+    }
+}
+
+// The kernel; `mode` is a constant at both call sites.
+fn pair(mode: u32, id: u32, lid: u32) {
     if (id >= p.total_wg) { return; }
     let units_per_wg = WG / TPR;
-    let n_tiles = (p.n_tok + TILE_N - 1u) / TILE_N;
+    let n_tiles = (p.n_tok + p.tile - 1u) / p.tile;
     let u = (id / n_tiles) * units_per_wg + lid / TPR;
     let lane = lid % TPR;
-    let t0 = (id % n_tiles) * TILE_N;
-    let nt = min(TILE_N, p.n_tok - t0);
+    let t0 = (id % n_tiles) * p.tile;
+    let nt = min(p.tile, p.n_tok - t0);
     let valid = u < p.units;
     var n_pieces = (p.cols + 15u) / 16u;
     var un: Unit;
-    if (valid) { un = unit_of(u); } else { n_pieces = 0u; }
-    let off_a = un.ra * row_bytes_of(un.sel_a);
-    let off_b = un.rb * row_bytes_of(un.sel_b);
+    if (valid) { un = unit_of(mode, u); } else { n_pieces = 0u; }
+    let off_a = un.ra * p.row_bytes;
+    let off_b = un.rb * p.row_bytes;
 
     let norm = (p.flags & 4u) != 0u;
     if (norm) {
@@ -207,33 +254,16 @@ fn main(
 
     var acc_a: array<f32, TILE_MAX>;
     var acc_b: array<f32, TILE_MAX>;
-    for (var pc = lane; pc < n_pieces; pc += TPR) {
-        var va: array<f32, 16>;
-        var vb: array<f32, 16>;
-        select_weight(un.sel_a);
-        load_piece(off_a, pc, p.cols, &va);
-        select_weight(un.sel_b);
-        load_piece(off_b, pc, p.cols, &vb);
-        let c0 = pc * 16u;
-        let nc = min(16u, p.cols - c0);
-        if (norm) {
-            for (var i = 0u; i < nc; i++) {
-                let g = vecs[c0 + i];
-                va[i] *= g;
-                vb[i] *= g;
-            }
-        }
-        for (var t = 0u; t < nt; t++) {
-            let xb = p.x_off + (t0 + t) * p.x_stride + c0;
-            var sa = 0.0;
-            var sb = 0.0;
-            for (var i = 0u; i < nc; i++) {
-                let xv = x[xb + i];
-                sa += va[i] * xv;
-                sb += vb[i] * xv;
-            }
-            acc_a[t] += sa;
-            acc_b[t] += sb;
+    // Each call's buffers are constants (once inlined), so `wword` reads one buffer and every
+    // invocation of a qkv workgroup loops in the copy of its own segment.
+    let d = Dot(off_a, off_b, lane, n_pieces, t0, nt, norm);
+    if (mode == MODE_GLU) {
+        dot2(0u, 1u, d, &acc_a, &acc_b);
+    } else {
+        switch un.seg {
+            case 0u: { dot2(0u, 0u, d, &acc_a, &acc_b); }
+            case 1u: { dot2(1u, 1u, d, &acc_a, &acc_b); }
+            default: { dot2(2u, 2u, d, &acc_a, &acc_b); }
         }
     }
     if (TPR > 1u) {
@@ -276,7 +306,7 @@ fn main(
             b += vecs[bias_row + un.rb];
         }
         let tok = t0 + t;
-        if (p.mode == 0u) {
+        if (mode == MODE_GLU) {
             y[p.out_off + tok * p.out_stride + u] = glu_act(a) * b;
             continue;
         }

@@ -816,38 +816,36 @@ fn products(
     (y, mag)
 }
 
-/// Gate and up products with the GLU in their epilogue (matmul_pair.wgsl, GLU mode) against
-/// the scalar references (dequantize, f64 products, `cpu::swiglu` / `cpu::geglu`): 67 rows,
-/// decode and an 11-token prefill (a partial tile), with and without the folded RMSNorm, gate
-/// and up of the same and of different types, every device setup.
+/// Columns for a pair test of weight type `d`: not a multiple of 64 (the workgroup), a
+/// multiple of the block (100 for the float types, 96 for 32-blocks, 512 for K-quants).
+fn pair_cols(d: GgmlDType) -> usize {
+    match d.block_size() {
+        256 => 512,
+        1 => 100,
+        _ => 96,
+    }
+}
+
+/// Gate and up products with the GLU in their epilogue (matmul_pair.wgsl, entry point `glu`,
+/// specialised to one weight type) against the scalar references (dequantize, f64 products,
+/// `cpu::swiglu` / `cpu::geglu`): every GPU weight type, 67 rows, decode and an 11-token
+/// prefill (a partial tile), with and without the folded RMSNorm, both activations, every device
+/// setup (subgroups and f16 on and off, 1 / 16 / 4 invocations per row).
 #[test]
 fn glu_fused_into_the_gate_up_product() {
-    use GgmlDType::*;
     for (mode, mut gpu) in gpus() {
-        for (gi, (dg, du)) in [
-            (Q4_1, Q4_1),
-            (Q5_0, Q8_0),
-            (Q4K, Q6K),
-            (F16, F32),
-            (Q3K, Q2K),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let cols = if dg.block_size() == 256 || du.block_size() == 256 {
-                512
-            } else if dg.block_size() == 1 && du.block_size() == 1 {
-                100
-            } else {
-                96
-            };
+        for (gi, d) in GPU_WEIGHT_TYPES.into_iter().enumerate() {
+            let (dg, du) = (d, d);
+            let cols = pair_cols(d);
             let rows = 67;
-            for (n_tok, normed, act) in [
+            // Two of the four (n_tok, norm, act) combinations per type, all four over two types.
+            let combos = [
                 (1, true, 0u32),
                 (11, false, 1),
                 (1, false, 1),
                 (11, true, 0),
-            ] {
+            ];
+            for &(n_tok, normed, act) in &combos[2 * (gi % 2)..2 * (gi % 2) + 2] {
                 let mut rng = Rng(1300 + 10 * gi as u64 + n_tok as u64 + act as u64);
                 let gb = random_matrix(dg, rows, cols, &mut rng);
                 let ub = random_matrix(du, rows, cols, &mut rng);
@@ -881,22 +879,21 @@ fn glu_fused_into_the_gate_up_product() {
     }
 }
 
-/// Q, K, V products with RoPE and the KV store in their epilogue (matmul_pair.wgsl, QKV mode)
-/// against the scalar references (dequantize, f64 products, biases, `cpu::rope_scaled`): 6
-/// query heads over 2 KV heads of 24, decode at position 97 and an 11-token prefill, both pair
-/// layouts, partial rotation with frequency factors, a scaled and a NoPE layer, with and
-/// without the folded norm and biases, Q/K/V of different types, every device setup.
+/// Q, K, V products with RoPE and the KV store in their epilogue (matmul_pair.wgsl, entry point
+/// `qkv`, specialised to one weight type) against the scalar references (dequantize, f64
+/// products, biases, `cpu::rope_scaled`): every GPU weight type, 6 query heads over 2 KV heads
+/// of 24, decode at position 97 and an 11-token prefill, both pair layouts, partial rotation
+/// with frequency factors, a scaled and a NoPE layer, with and without the folded norm and
+/// biases (five setups, cycled over the types), every device setup.
 #[test]
 fn qkv_product_fused_with_rope_and_the_kv_store() {
-    use GgmlDType::*;
     for (mode, mut gpu) in gpus() {
         let (n_head, n_head_kv, head_dim) = (6, 2, 24);
         let (qd, kvd) = (n_head * head_dim, n_head_kv * head_dim);
         let kv_f16 = gpu.pipes.kv_type() == KvType::F16;
         let cases = [
-            // (types, n_tok, pos0, n_rot, layout, freq, mscale, rotate, norm, bias)
+            // (n_tok, pos0, n_rot, layout, freq, mscale, rotate, norm, bias)
             (
-                [Q4_1, Q4_1, Q4_1],
                 1,
                 97,
                 24,
@@ -907,65 +904,16 @@ fn qkv_product_fused_with_rope_and_the_kv_store() {
                 true,
                 false,
             ),
-            (
-                [Q5_0, Q4_0, Q8_0],
-                11,
-                5,
-                24,
-                RopeLayout::Neox,
-                false,
-                1.0,
-                true,
-                false,
-                true,
-            ),
-            (
-                [Q4K, Q5K, Q6K],
-                1,
-                40,
-                16,
-                RopeLayout::Adjacent,
-                true,
-                1.0,
-                true,
-                true,
-                true,
-            ),
-            (
-                [Q8_0, Q8_0, Q5_1],
-                11,
-                0,
-                16,
-                RopeLayout::Neox,
-                true,
-                1.2,
-                true,
-                true,
-                false,
-            ),
-            (
-                [F16, BF16, F32],
-                1,
-                12,
-                24,
-                RopeLayout::Neox,
-                false,
-                1.0,
-                false,
-                true,
-                true,
-            ),
+            (11, 5, 24, RopeLayout::Neox, false, 1.0, true, false, true),
+            (1, 40, 16, RopeLayout::Adjacent, true, 1.0, true, true, true),
+            (11, 0, 16, RopeLayout::Neox, true, 1.2, true, true, false),
+            (1, 12, 24, RopeLayout::Neox, false, 1.0, false, true, true),
         ];
-        for (ci, (dt, n_tok, pos0, n_rot, layout, ff, mscale, rotate, normed, biased)) in
-            cases.into_iter().enumerate()
-        {
-            let cols = if dt.iter().any(|d| d.block_size() == 256) {
-                512
-            } else if dt.iter().all(|d| d.block_size() == 1) {
-                100
-            } else {
-                96
-            };
+        for (ci, d) in GPU_WEIGHT_TYPES.into_iter().enumerate() {
+            let (n_tok, pos0, n_rot, layout, ff, mscale, rotate, normed, biased) =
+                cases[ci % cases.len()];
+            let dt = [d; 3];
+            let cols = pair_cols(d);
             let mut rng = Rng(1500 + ci as u64);
             let rows = [qd, kvd, kvd];
             let bytes: Vec<Vec<u8>> = (0..3)
@@ -1065,5 +1013,51 @@ fn qkv_product_fused_with_rope_and_the_kv_store() {
                 }
             }
         }
+    }
+}
+
+/// The pair kernels decode one weight type per pipeline: weights of different types are refused
+/// with a shape error (the model keeps such a step unfused), never decoded as the wrong type.
+#[test]
+fn pair_kernels_refuse_mixed_weight_types() {
+    use GgmlDType::*;
+    for (mode, mut gpu) in gpus() {
+        let mut rng = Rng(1700);
+        let cols = 512;
+        let up = |gpu: &Gpu, d: GgmlDType, rows: usize, rng: &mut Rng| {
+            GpuWeight::upload(
+                &gpu.ctx,
+                "w",
+                d,
+                rows,
+                cols,
+                &random_matrix(d, rows, cols, rng),
+            )
+            .unwrap()
+        };
+        let (g, u) = (up(&gpu, Q4K, 67, &mut rng), up(&gpu, Q6K, 67, &mut rng));
+        let x = rng.vec(cols);
+        let err = block_on(gpu.glu_pair(&g, &u, &x, 1, None, 0)).unwrap_err();
+        assert!(err.to_string().contains("one weight type"), "{mode}: {err}");
+        let (wq, wk, wv) = (
+            up(&gpu, Q4K, 48, &mut rng),
+            up(&gpu, Q4K, 24, &mut rng),
+            up(&gpu, Q6K, 24, &mut rng),
+        );
+        let r = RopeArgs {
+            n_head: 2,
+            n_head_kv: 1,
+            head_dim: 24,
+            n_rot: 24,
+            pos0: 0,
+            base: 10000.0,
+            pos_scale: 1.0,
+            layout: RopeLayout::Neox,
+            freq: None,
+            mscale: 1.0,
+            rotate: true,
+        };
+        let err = block_on(gpu.qkv_rope_kv(&wq, &wk, &wv, &x, 1, None, None, &r)).unwrap_err();
+        assert!(err.to_string().contains("one weight type"), "{mode}: {err}");
     }
 }

@@ -79,12 +79,15 @@ enum Step {
         inst: Inst,
         act: Glu,
     },
-    /// Two weight rows per unit with a pairwise epilogue ([`Op::PairVec`]): gate and up with
-    /// the GLU (`qkv` None), or Q, K, V with RoPE and the KV store of layer `qkv`.
+    /// Two weight rows per unit with a pairwise epilogue (matmul_pair.wgsl): gate and up with
+    /// the GLU (`qkv` None: [`Op::PairGlu`]), or Q, K, V with RoPE and the KV store of layer
+    /// `qkv` ([`Op::PairQkv`]).
     Pair {
         inst: Inst,
-        /// (ggml type id, row bytes) of w0, w1, w2.
-        w: [(u32, u32); 3],
+        /// The one type of every weight of the step (the pipeline's `DTYPE`) and their row
+        /// bytes.
+        dtype: GgmlDType,
+        row_bytes: u32,
         cols: u32,
         x_width: u32,
         /// GLU: n_ff.
@@ -317,6 +320,17 @@ impl Compiler<'_> {
             slot,
         }
     }
+    /// Build (once, at load) the pipelines of `ops` for weights of `dtype` (`F32` for the
+    /// kernels that read no weights).
+    fn need(&mut self, ops: &[Op], dtype: GgmlDType) -> Result<()> {
+        for &op in ops {
+            let key = self.pipes.key(op, dtype);
+            self.pipes.prepare(self.ctx, key)?;
+        }
+        Ok(())
+    }
+    /// A product (`op` MatVec: recorded as MatVec for one token, MatMul for more) or an
+    /// embedding lookup (`op` GetRows) over every chunk of `w`.
     #[allow(clippy::too_many_arguments)]
     fn mat(
         &mut self,
@@ -327,6 +341,10 @@ impl Compiler<'_> {
         bias: Option<&wgpu::Buffer>,
         norm: Option<&wgpu::Buffer>,
     ) -> Result<MatOp> {
+        match op {
+            Op::GetRows => self.need(&[Op::GetRows], w.dtype)?,
+            _ => self.need(&[Op::MatVec, Op::MatMul], w.dtype)?,
+        }
         let mut ch = Vec::with_capacity(w.chunks.len());
         for c in &w.chunks {
             let bufs: Vec<&wgpu::Buffer> = match op {
@@ -382,6 +400,7 @@ impl Compiler<'_> {
             }
             GraphOp::Norm { x, w, out, add } => {
                 let (xb, ob) = (self.buf(x).clone(), self.buf(out).clone());
+                self.need(&[Op::RmsNorm], GgmlDType::F32)?;
                 let inst = self.inst(Op::RmsNorm, &[&xb, &vecs[w.0], &ob]);
                 Step::Norm {
                     inst,
@@ -393,6 +412,7 @@ impl Compiler<'_> {
             GraphOp::HeadNorm { x, w } => {
                 let src = self.buf(x).clone();
                 let dst = self.flip(x).clone();
+                self.need(&[Op::RmsNorm], GgmlDType::F32)?;
                 let inst = self.inst(Op::RmsNorm, &[&src, &vecs[w.0], &dst]);
                 Step::Norm {
                     inst,
@@ -436,6 +456,7 @@ impl Compiler<'_> {
                     self.bufs.k_cache[layer].clone(),
                     self.bufs.v_cache[layer].clone(),
                 );
+                self.need(&[Op::Rope], GgmlDType::F32)?;
                 let inst = self.inst(Op::Rope, &[&q_in, &q_out, &k, &v, &kc, &vc, &f]);
                 Step::Rope {
                     inst,
@@ -451,11 +472,14 @@ impl Compiler<'_> {
                     self.bufs.v_cache[layer].clone(),
                     self.bufs.scores.clone(),
                 );
+                let attention = [Op::Attention, Op::AttnDecode, Op::AttnCombine];
+                self.need(&attention, GgmlDType::F32)?;
                 let inst = self.inst(Op::Attention, &[&q, &kc, &vc, &sc, &att]);
                 Step::Attend { inst, layer }
             }
             GraphOp::Glu(act) => {
                 let (g, u) = (self.buf(Act::Gate).clone(), self.buf(Act::Up).clone());
+                self.need(&[Op::Glu], GgmlDType::F32)?;
                 let inst = self.inst(Op::Glu, &[&g, &u]);
                 Step::Glu { inst, act }
             }
@@ -514,8 +538,10 @@ impl Compiler<'_> {
     /// - `Linear(q) → Q, Linear(k) → K, Linear(v) → V, RopeStore` (same input, optional
     ///   biases): one pair product with RoPE and the KV store in its epilogue.
     ///
-    /// Each weight must be in one buffer, and the unmaterialised activations (Up; K, V) must not
-    /// be read later. The weights stay in their own buffers: nothing is concatenated.
+    /// Each weight must be in one buffer, all of the step's weights of one type (the pair
+    /// pipelines are specialised to it: a step mixing types, e.g. a Q4_K_M layer's Q6_K
+    /// `attn_v`, keeps its separate products), and the unmaterialised activations (Up; K, V)
+    /// must not be read later. The weights stay in their own buffers: nothing is concatenated.
     fn fuse<'g>(
         &mut self,
         ops: &[GraphOp],
@@ -531,19 +557,17 @@ impl Compiler<'_> {
             return Ok(None);
         };
         let cols = mats[w0.0].cols;
-        if x1 != x || !single(w0) || !single(w1) || mats[w1.0].cols != cols {
+        let dtype = mats[w0.0].dtype;
+        // One type: the pair pipelines are specialised to it (mixed types stay unfused).
+        let same = |m: Mat| single(m) && mats[m.0].cols == cols && mats[m.0].dtype == dtype;
+        if x1 != x || !same(w0) || !same(w1) {
             return Ok(None);
         }
         let (src, norm) = match self.folded {
             Some((normed, src, nw)) if normed == x => (src, Some(nw)),
             _ => (x, None),
         };
-        let wdesc = |m: Mat| -> Result<(u32, u32)> {
-            Ok((
-                mats[m.0].dtype.ggml_id(),
-                u32_of("gpu load", mats[m.0].row_bytes)?,
-            ))
-        };
+        let row_bytes = u32_of("gpu load", mats[w0.0].row_bytes)?;
         let cols32 = u32_of("gpu load", cols)?;
         let x_width = u32_of("gpu load", src.width(cfg))?;
         // Gate, up, GLU.
@@ -562,12 +586,13 @@ impl Compiler<'_> {
                 mats[w1.0].chunks[0].buffer.clone(),
             );
             let rw = self.bufs.dummy_rw.clone();
-            let inst = self.inst(Op::PairVec, &[&g, &u, &g, &xb, &vb, &yb, &rw, &rw]);
-            let (d0, d1) = (wdesc(w0)?, wdesc(w1)?);
+            self.need(&[Op::PairGlu], dtype)?;
+            let inst = self.inst(Op::PairGlu, &[&g, &u, &g, &xb, &vb, &yb, &rw, &rw]);
             return Ok(Some((
                 Step::Pair {
                     inst,
-                    w: [d0, d1, d0],
+                    dtype,
+                    row_bytes,
                     cols: cols32,
                     x_width,
                     units: u32_of("gpu load", mats[w0.0].rows)?,
@@ -588,8 +613,7 @@ impl Compiler<'_> {
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         if (out0, out1, out2) != (Act::Q, Act::K, Act::V)
             || x2 != x
-            || !single(w2)
-            || mats[w2.0].cols != cols
+            || !same(w2)
             || (mats[w0.0].rows, mats[w1.0].rows, mats[w2.0].rows) != (qd, kvd, kvd)
             || !cfg.head_dim.is_multiple_of(2)
             || read_later(Act::K, rest.clone().skip(4))
@@ -624,15 +648,17 @@ impl Compiler<'_> {
             self.bufs.v_cache[layer].clone(),
         );
         let ws = [w0, w1, w2].map(|m| mats[m.0].chunks[0].buffer.clone());
+        self.need(&[Op::PairQkv], dtype)?;
         let inst = self.inst(
-            Op::PairVec,
+            Op::PairQkv,
             &[&ws[0], &ws[1], &ws[2], &xb, &vb, &qb, &kc, &vc],
         );
         self.packed.push(vb);
         Ok(Some((
             Step::Pair {
                 inst,
-                w: [wdesc(w0)?, wdesc(w1)?, wdesc(w2)?],
+                dtype,
+                row_bytes,
                 cols: cols32,
                 x_width,
                 units: 0,
@@ -812,30 +838,8 @@ impl GpuModel {
             dummy_rw: ctx.buffer("dummy rw", 16, wgpu::BufferUsages::STORAGE)?,
         };
 
-        // Pipelines for every (op, dtype) this model uses.
-        let mut dtypes: Vec<GgmlDType> = mats.iter().map(|w| w.dtype).collect();
-        dtypes.sort();
-        dtypes.dedup();
-        for &d in &dtypes {
-            for op in [Op::MatVec, Op::MatMul, Op::GetRows] {
-                let key = gpu.pipes.key(op, d);
-                gpu.pipes.prepare(&gpu.ctx, key)?;
-            }
-        }
-        for op in [
-            Op::PairVec,
-            Op::PairMat,
-            Op::RmsNorm,
-            Op::Rope,
-            Op::Attention,
-            Op::AttnDecode,
-            Op::AttnCombine,
-            Op::Glu,
-            Op::Sample,
-        ] {
-            let key = gpu.pipes.key(op, GgmlDType::F32);
-            gpu.pipes.prepare(&gpu.ctx, key)?;
-        }
+        // Pipelines are built as the steps that use them are recorded (below, `Compiler::need`):
+        // only the (op, weight type) pairs this model runs are compiled, all at load.
 
         // Phase 2: parameter arena, bind groups, the recorded steps.
         let n_slots = count_slots(&graph, &mats);
@@ -886,6 +890,7 @@ impl GpuModel {
         }
         let logits_buf = c.buf(Act::Logits).clone();
         let sampled = bufs.sampled.clone();
+        c.need(&[Op::Sample], GgmlDType::F32)?;
         let sample = c.inst(Op::Sample, &[&logits_buf, &sampled]);
         debug_assert!(c.next_slot <= n_slots);
         let packed = std::mem::take(&mut c.packed);
@@ -1172,7 +1177,8 @@ impl Rec<'_> {
             }
             Step::Pair {
                 inst,
-                w,
+                dtype,
+                row_bytes,
                 cols,
                 x_width,
                 units,
@@ -1180,11 +1186,12 @@ impl Rec<'_> {
                 norm,
                 qkv,
             } => {
-                let (op, tile) = if n == 1 {
-                    (Op::PairVec, 1)
+                let op = if qkv.is_some() {
+                    Op::PairQkv
                 } else {
-                    (Op::PairMat, MATMUL_TILE)
+                    Op::PairGlu
                 };
+                let tile = if n == 1 { 1 } else { MATMUL_TILE };
                 let eps = norm.then_some(c.rms_eps);
                 let x = (first * x_width, *x_width);
                 let p = match qkv {
@@ -1194,7 +1201,7 @@ impl Rec<'_> {
                         n,
                         x,
                         (first * units, *units),
-                        [w[0], w[1]],
+                        *row_bytes,
                         match act {
                             Glu::Silu => 0,
                             Glu::GeluTanh => 1,
@@ -1206,14 +1213,14 @@ impl Rec<'_> {
                         &rope_params(c, q.layer, n, pos, q.has_freq),
                         *cols,
                         x,
-                        *w,
+                        *row_bytes,
                         eps,
                         q.bias,
                         q.freq_off,
                         (tile, self.tpr),
                     ),
                 };
-                self.go(op, GgmlDType::F32, inst, &p, p.total_wg)?;
+                self.go(op, *dtype, inst, &p, p.total_wg)?;
             }
             Step::Attend { inst, layer } => {
                 let spec = c.layers[*layer];

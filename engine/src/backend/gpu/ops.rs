@@ -226,14 +226,28 @@ impl Gpu {
         out: &wgpu::Buffer,
         out_len: usize,
     ) -> Result<Vec<f32>> {
+        self.simple_typed(op, GgmlDType::F32, p, buffers, n_wg, out, out_len)
+            .await
+    }
+
+    /// [`Gpu::simple`] with the pipeline of weight type `dtype`.
+    #[allow(clippy::too_many_arguments)]
+    async fn simple_typed<P: Pod>(
+        &mut self,
+        op: Op,
+        dtype: GgmlDType,
+        p: &P,
+        buffers: Vec<&wgpu::Buffer>,
+        n_wg: u32,
+        out: &wgpu::Buffer,
+        out_len: usize,
+    ) -> Result<Vec<f32>> {
         let jobs = [Job {
             params: bytemuck::bytes_of(p).to_vec(),
             buffers,
             n_wg,
         }];
-        let out = self
-            .run(op, GgmlDType::F32, &jobs, out, out_len * 4)
-            .await?;
+        let out = self.run(op, dtype, &jobs, out, out_len * 4).await?;
         Ok(f32s(&out))
     }
 
@@ -600,19 +614,33 @@ pub struct RopeArgs<'a> {
     pub rotate: bool,
 }
 
-/// (ggml type id, row bytes) of a single-buffer weight, for the pair kernels.
-fn pair_weight(op: &'static str, w: &GpuWeight) -> Result<(u32, u32)> {
-    shape(op, w.chunks.len() == 1, || {
+/// (type, row bytes) shared by the weights of one pair product: each in one buffer, all of
+/// one type and width (a pair pipeline decodes one type). Errors: [`Error::Shape`].
+fn pair_weights(op: &'static str, ws: &[&GpuWeight]) -> Result<(GgmlDType, u32)> {
+    let w0 = ws[0];
+    shape(op, ws.iter().all(|w| w.chunks.len() == 1), || {
         "the pair kernels need each weight in one buffer".into()
     })?;
-    Ok((w.dtype.ggml_id(), u32_of(op, w.row_bytes)?))
+    shape(
+        op,
+        ws.iter().all(|w| w.dtype == w0.dtype && w.cols == w0.cols),
+        || {
+            let t: Vec<String> = ws.iter().map(|w| w.dtype.to_string()).collect();
+            format!(
+                "the pair kernels need one weight type, got {}",
+                t.join(", ")
+            )
+        },
+    )?;
+    Ok((w0.dtype, u32_of(op, w0.row_bytes)?))
 }
 
 impl Gpu {
     /// Gate and up products with the GLU in their epilogue (matmul_pair.wgsl, GLU mode), as
     /// the model runs them: returns act(W_gate x') ⊙ (W_up x'), (n_tok, rows), where x' is x or
     /// RMSNorm(x) ⊙ `norm.0` (ε `norm.1`); act: 0 SiLU, 1 GELU-tanh. gate, up: (rows, cols);
-    /// x: (n_tok, cols). Errors: [`Error::Shape`] (also for a weight split across buffers).
+    /// x: (n_tok, cols). Errors: [`Error::Shape`] (also for a weight split across buffers, or
+    /// gate and up of different types).
     pub async fn glu_pair(
         &mut self,
         gate: &GpuWeight,
@@ -633,16 +661,12 @@ impl Gpu {
         shape(OP, norm.is_none_or(|(nw, _)| nw.len() == cols), || {
             format!("norm weight must have {cols} values")
         })?;
-        let w = [pair_weight(OP, gate)?, pair_weight(OP, up)?];
+        let (dtype, row_bytes) = pair_weights(OP, &[gate, up])?;
         let xb = self.f32_buf("x", x)?;
         let yb = self.f32_buf("y", &vec![0.0; n_tok * rows])?;
         let vb = self.f32_buf("vecs", norm.map_or(&[0.0][..], |n| n.0))?;
         let rw = self.storage("unused cache", &[0u8; 16])?;
-        let (op, tile) = if n_tok == 1 {
-            (Op::PairVec, 1)
-        } else {
-            (Op::PairMat, MATMUL_TILE)
-        };
+        let (op, tile) = (Op::PairGlu, if n_tok == 1 { 1 } else { MATMUL_TILE });
         let (rows32, cols32) = (u32_of(OP, rows)?, u32_of(OP, cols)?);
         let p = PairParams::glu(
             rows32,
@@ -650,7 +674,7 @@ impl Gpu {
             u32_of(OP, n_tok)?,
             (0, cols32),
             (0, rows32),
-            w,
+            row_bytes,
             act,
             norm.map(|n| n.1),
             (tile, self.ctx.info.matmul_threads_per_row),
@@ -665,7 +689,7 @@ impl Gpu {
             &rw,
             &rw,
         ];
-        self.simple(op, &p, bufs, p.total_wg, &yb, n_tok * rows)
+        self.simple_typed(op, dtype, &p, bufs, p.total_wg, &yb, n_tok * rows)
             .await
     }
 
@@ -674,7 +698,7 @@ impl Gpu {
     /// (n_head_kv * head_dim, cols); x: (n_tok, cols), optionally RMS-normalised first with
     /// `norm`; bias: the concatenated [Q | K | V] biases. Returns (rotated q (n_tok, q_dim),
     /// cache rows `pos0 ..` of K (rotated) and of V, as the cache holds them).
-    /// Errors: [`Error::Shape`].
+    /// Errors: [`Error::Shape`] (also for weights split across buffers or of different types).
     #[allow(clippy::too_many_arguments)]
     pub async fn qkv_rope_kv(
         &mut self,
@@ -718,11 +742,7 @@ impl Gpu {
         shape(OP, r.freq.is_none_or(|f| f.len() >= r.n_rot / 2), || {
             format!("freq factors need {} values", r.n_rot / 2)
         })?;
-        let w = [
-            pair_weight(OP, wq)?,
-            pair_weight(OP, wk)?,
-            pair_weight(OP, wv)?,
-        ];
+        let (dtype, row_bytes) = pair_weights(OP, &[wq, wk, wv])?;
         // vecs: [norm weight (cols) | biases | RoPE factors].
         let mut vecs = norm.map_or(vec![0.0; cols], |n| n.0.to_vec());
         vecs.extend_from_slice(bias.unwrap_or(&[]));
@@ -754,17 +774,13 @@ impl Gpu {
             rotate: r.rotate as u32,
             _pad: [0; 2],
         };
-        let (op, tile) = if n_tok == 1 {
-            (Op::PairVec, 1)
-        } else {
-            (Op::PairMat, MATMUL_TILE)
-        };
+        let (op, tile) = (Op::PairQkv, if n_tok == 1 { 1 } else { MATMUL_TILE });
         let cols32 = u32_of(OP, cols)?;
         let p = PairParams::qkv(
             &rope,
             cols32,
             (0, cols32),
-            w,
+            row_bytes,
             norm.map(|n| n.1),
             bias.is_some(),
             freq_off,
@@ -781,7 +797,7 @@ impl Gpu {
             &vc,
         ];
         let q = self
-            .simple(op, &p, bufs, p.total_wg, &qo, n_tok * qd)
+            .simple_typed(op, dtype, &p, bufs, p.total_wg, &qo, n_tok * qd)
             .await?;
         let first = r.pos0 * kv_dim;
         let k_rows = self.read_kv(&kc, first, n_tok * kv_dim).await?;

@@ -50,12 +50,11 @@ impl MatParams {
     }
 }
 
-/// matmul_pair.wgsl `Params`: two weight rows per unit and a pairwise epilogue.
+/// matmul_pair.wgsl `Params`: two weight rows per unit and a pairwise epilogue (the mode is
+/// the entry point: `glu` or `qkv`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct PairParams {
-    /// [`PAIR_GLU`] or [`PAIR_QKV`].
-    pub mode: u32,
     /// GLU: n_ff; QKV: (n_head + 2 n_head_kv) · head_dim / 2 rotation pairs.
     pub units: u32,
     pub cols: u32,
@@ -71,10 +70,8 @@ pub struct PairParams {
     /// GLU: y row offset and stride.
     pub out_off: u32,
     pub out_stride: u32,
-    /// Weight type ids (ggml) of w0, w1, w2.
-    pub dtypes: [u32; 3],
-    /// Row bytes of w0, w1, w2.
-    pub row_bytes: [u32; 3],
+    /// Bytes per row of every weight (one type, `cols` columns).
+    pub row_bytes: u32,
     /// Offsets into `vecs` of the [Q | K | V] biases and of the RoPE factors.
     pub bias_off: u32,
     pub freq_off: u32,
@@ -91,7 +88,9 @@ pub struct PairParams {
     pub base: f32,
     pub pos_scale: f32,
     pub mscale: f32,
-    pub _pad: u32,
+    /// Tokens per workgroup: 1 (decode) or [`MATMUL_TILE`] (prefill).
+    pub tile: u32,
+    pub _pad: [u32; 2],
 }
 
 impl PairParams {
@@ -100,8 +99,8 @@ impl PairParams {
         MatParams::workgroups(units, n_tok, tile, tpr)
     }
 
-    /// GLU mode: `y[t, r] = act(W_gate x_t)_r · (W_up x_t)_r` for n_ff = `units` rows; `w`:
-    /// (ggml type id, row bytes) of gate and up; `act` 0 SiLU, 1 GELU-tanh; `eps`: the RMSNorm
+    /// GLU mode: `y[t, r] = act(W_gate x_t)_r · (W_up x_t)_r` for n_ff = `units` rows;
+    /// `row_bytes`: of gate and up (one type); `act` 0 SiLU, 1 GELU-tanh; `eps`: the RMSNorm
     /// folded in (its weight at vecs[0 .. cols]).
     #[allow(clippy::too_many_arguments)]
     pub fn glu(
@@ -110,14 +109,13 @@ impl PairParams {
         n_tok: u32,
         (x_off, x_stride): (u32, u32),
         (out_off, out_stride): (u32, u32),
-        w: [(u32, u32); 2],
+        row_bytes: u32,
         act: u32,
         eps: Option<f32>,
         (tile, tpr): (u32, u32),
     ) -> Self {
         let total_wg = Self::workgroups(units, n_tok, tile, tpr);
         PairParams {
-            mode: PAIR_GLU,
             units,
             cols,
             n_tok,
@@ -129,14 +127,14 @@ impl PairParams {
             act,
             out_off,
             out_stride,
-            dtypes: [w[0].0, w[1].0, w[0].0],
-            row_bytes: [w[0].1, w[1].1, w[0].1],
+            row_bytes,
+            tile,
             ..Default::default()
         }
     }
 
-    /// QKV mode for the rows and RoPE of `r` (its n_tok, heads, pos0, rotation): `w`: (ggml
-    /// type id, row bytes) of Wq, Wk, Wv, all `cols` wide; `eps`: the folded RMSNorm (weight at
+    /// QKV mode for the rows and RoPE of `r` (its n_tok, heads, pos0, rotation): `row_bytes`:
+    /// of Wq, Wk, Wv (one type, all `cols` wide); `eps`: the folded RMSNorm (weight at
     /// vecs[0 .. cols]); `bias`: the [Q | K | V] biases at vecs[cols ..]; the RoPE factors at
     /// vecs[freq_off ..] when `r.has_freq`.
     #[allow(clippy::too_many_arguments)]
@@ -144,7 +142,7 @@ impl PairParams {
         r: &RopeParams,
         cols: u32,
         (x_off, x_stride): (u32, u32),
-        w: [(u32, u32); 3],
+        row_bytes: u32,
         eps: Option<f32>,
         bias: bool,
         freq_off: u32,
@@ -153,7 +151,6 @@ impl PairParams {
         let units = (r.n_head + 2 * r.n_head_kv) * r.head_dim / 2;
         let total_wg = Self::workgroups(units, r.n_tok, tile, tpr);
         PairParams {
-            mode: PAIR_QKV,
             units,
             cols,
             n_tok: r.n_tok,
@@ -162,8 +159,7 @@ impl PairParams {
             total_wg,
             flags: (if eps.is_some() { MAT_NORM } else { 0 }) | (if bias { MAT_BIAS } else { 0 }),
             eps: eps.unwrap_or(0.0),
-            dtypes: [w[0].0, w[1].0, w[2].0],
-            row_bytes: [w[0].1, w[1].1, w[2].1],
+            row_bytes,
             bias_off: cols,
             freq_off,
             n_head: r.n_head,
@@ -177,15 +173,11 @@ impl PairParams {
             base: r.base,
             pos_scale: r.pos_scale,
             mscale: r.mscale,
+            tile,
             ..Default::default()
         }
     }
 }
-
-/// matmul_pair mode: `y = act(W_gate x) ⊙ (W_up x)`.
-pub const PAIR_GLU: u32 = 0;
-/// matmul_pair mode: Q, K, V products, RoPE of Q and K, K and V stored in the cache.
-pub const PAIR_QKV: u32 = 1;
 
 /// get_rows.wgsl `Params`.
 #[repr(C)]
