@@ -410,3 +410,65 @@ fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
         .collect();
     (shape, values)
 }
+
+/// Families whose layer is the plain pre-norm block (no per-head q/k norms, no post-norms):
+/// their decode step must take at most [`MAX_DISPATCHES_PER_LAYER`] per layer plus
+/// [`MAX_FIXED_DISPATCHES`] on the GPU.
+const PLAIN_BLOCK_FAMILIES: [&str; 5] = ["llama", "qwen2", "phi3", "granite", "smollm3"];
+/// Q/K/V + RoPE + KV store, attention, output projection, gate/up + GLU, down projection.
+const MAX_DISPATCHES_PER_LAYER: usize = 5;
+/// A layer whose Q, K, V differ in type (llama.cpp's Q4_K_M bumps `attn_v`) keeps its three
+/// products and its RoPE + KV store separate: the pair pipelines decode one type each.
+const MIXED_QKV_EXTRA_DISPATCHES: usize = 3;
+/// Embedding, output projection, sampler (+ one spare).
+const MAX_FIXED_DISPATCHES: usize = 4;
+
+/// Decode dispatches per token on the GPU for every tiny family, printed per family (the
+/// structural figure of the WebGPU speed work), and bounded for the plain pre-norm families.
+#[test]
+fn tiny_families_gpu_dispatches_per_token() {
+    if std::env::var("SLM_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("SLM_SKIP_GPU_TESTS=1: dispatch counts not checked");
+        return;
+    }
+    let dir = tiny_dir();
+    if !dir.is_dir() && std::env::var("SLM_SKIP_TINY").is_ok_and(|v| v == "1") {
+        return;
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no tiny models in {}", dir.display());
+    for path in &files {
+        let src = FileSource::open(path).unwrap();
+        let g = GgufFile::parse(&src).unwrap();
+        let (m, _) = backend::load(&g, &src, BackendChoice::Gpu, N_CTX, 2).unwrap();
+        let backend::LoadedModel::Gpu(m) = m else {
+            panic!("{}: not loaded on the GPU", path.display());
+        };
+        let (arch, n_layer) = (m.config().arch, m.config().n_layer);
+        let d = m.dispatches_per_token(0);
+        eprintln!(
+            "gpu dispatches per decode token: {arch:9} {d:4} ({n_layer} layers: {:.1} per layer + fixed)",
+            (d as f64 - 3.0) / n_layer as f64
+        );
+        if PLAIN_BLOCK_FAMILIES.contains(&arch) {
+            let dtype = |l: usize, t: &str| {
+                g.tensor(&format!("blk.{l}.attn_{t}.weight"))
+                    .map(|i| i.dtype)
+            };
+            let mixed = (0..n_layer)
+                .filter(|&l| dtype(l, "k") != dtype(l, "q") || dtype(l, "v") != dtype(l, "q"))
+                .count();
+            assert!(
+                d <= MAX_DISPATCHES_PER_LAYER * n_layer
+                    + MIXED_QKV_EXTRA_DISPATCHES * mixed
+                    + MAX_FIXED_DISPATCHES,
+                "{arch}: {d} dispatches for {n_layer} layers ({mixed} with mixed Q/K/V types)"
+            );
+        }
+    }
+}
