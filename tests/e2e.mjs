@@ -222,7 +222,8 @@ async function mainFlow() {
     log('stats:', r.stats, '| streamed updates:', r.distinct);
     // The stats name the backend that computed the reply: a GPU reply that silently fell back to
     // the CPU fails here.
-    assert.match(r.stats, backend === 'gpu' ? / · WebGPU$/ : / · CPU$/, 'the reply ran on the chosen backend');
+    const banner = await b.page.getByTestId('error-banner').first().innerText().catch(() => '');
+    assert.match(r.stats, backend === 'gpu' ? / · WebGPU$/ : / · CPU$/, `the reply ran on the chosen backend (banner: ${banner || 'none'})`);
     assert.ok(r.reply.trim().length > 0, 'non-empty reply');
     assert.ok(r.distinct >= 2, 'reply streamed in several steps');
     assert.match(r.reply.toLowerCase(), /blue/, 'the sky is blue');

@@ -165,8 +165,9 @@ struct Buffers {
     staging_token: [wgpu::Buffer; 2],
     /// Bound where an optional input is absent.
     dummy: wgpu::Buffer,
-    /// Bound where an unused read-write binding is (the KV cache of a GLU pair step).
-    dummy_rw: wgpu::Buffer,
+    /// Bound where unused read-write bindings are (the K and V caches of a GLU pair step): two
+    /// buffers, since browsers refuse one writable range bound twice in a bind group.
+    dummy_rw: [wgpu::Buffer; 2],
 }
 
 /// What a forward call ends with.
@@ -305,11 +306,22 @@ impl Compiler<'_> {
         self.cur[a as usize] ^= 1;
         self.buf(a)
     }
-    fn inst(&mut self, op: Op, buffers: &[&wgpu::Buffer]) -> Inst {
+    ///
+    /// Errors: [`Error::Gpu`] when a buffer bound writable is bound again in the same group
+    /// (browsers refuse such a bind group when it is used; native wgpu does not check).
+    fn inst(&mut self, op: Op, buffers: &[&wgpu::Buffer]) -> Result<Inst> {
+        for (i, (b, &rw)) in buffers.iter().zip(op.bindings()).enumerate() {
+            if rw && buffers.iter().enumerate().any(|(j, o)| j != i && *o == *b) {
+                return Err(Error::Gpu {
+                    op: "bind group",
+                    what: format!("{op:?}: writable binding {i} aliases another binding"),
+                });
+            }
+        }
         let slot = self.next_slot;
         self.next_slot += 1;
         let layout = self.pipes.layout(self.ctx, op);
-        Inst {
+        Ok(Inst {
             bind: bind_group(
                 self.ctx,
                 layout,
@@ -318,7 +330,7 @@ impl Compiler<'_> {
                 buffers,
             ),
             slot,
-        }
+        })
     }
     /// Build (once, at load) the pipelines of `ops` for weights of `dtype` (`F32` for the
     /// kernels that read no weights).
@@ -358,7 +370,7 @@ impl Compiler<'_> {
                 ],
             };
             ch.push((
-                self.inst(op, &bufs),
+                self.inst(op, &bufs)?,
                 u32_of("gpu load", c.row_begin)?,
                 u32_of("gpu load", c.rows)?,
             ));
@@ -401,7 +413,7 @@ impl Compiler<'_> {
             GraphOp::Norm { x, w, out, add } => {
                 let (xb, ob) = (self.buf(x).clone(), self.buf(out).clone());
                 self.need(&[Op::RmsNorm], GgmlDType::F32)?;
-                let inst = self.inst(Op::RmsNorm, &[&xb, &vecs[w.0], &ob]);
+                let inst = self.inst(Op::RmsNorm, &[&xb, &vecs[w.0], &ob])?;
                 Step::Norm {
                     inst,
                     n: u32_of("gpu load", x.width(cfg))?,
@@ -413,7 +425,7 @@ impl Compiler<'_> {
                 let src = self.buf(x).clone();
                 let dst = self.flip(x).clone();
                 self.need(&[Op::RmsNorm], GgmlDType::F32)?;
-                let inst = self.inst(Op::RmsNorm, &[&src, &vecs[w.0], &dst]);
+                let inst = self.inst(Op::RmsNorm, &[&src, &vecs[w.0], &dst])?;
                 Step::Norm {
                     inst,
                     n: u32_of("gpu load", cfg.head_dim)?,
@@ -457,7 +469,7 @@ impl Compiler<'_> {
                     self.bufs.v_cache[layer].clone(),
                 );
                 self.need(&[Op::Rope], GgmlDType::F32)?;
-                let inst = self.inst(Op::Rope, &[&q_in, &q_out, &k, &v, &kc, &vc, &f]);
+                let inst = self.inst(Op::Rope, &[&q_in, &q_out, &k, &v, &kc, &vc, &f])?;
                 Step::Rope {
                     inst,
                     layer,
@@ -474,13 +486,13 @@ impl Compiler<'_> {
                 );
                 let attention = [Op::Attention, Op::AttnDecode, Op::AttnCombine];
                 self.need(&attention, GgmlDType::F32)?;
-                let inst = self.inst(Op::Attention, &[&q, &kc, &vc, &sc, &att]);
+                let inst = self.inst(Op::Attention, &[&q, &kc, &vc, &sc, &att])?;
                 Step::Attend { inst, layer }
             }
             GraphOp::Glu(act) => {
                 let (g, u) = (self.buf(Act::Gate).clone(), self.buf(Act::Up).clone());
                 self.need(&[Op::Glu], GgmlDType::F32)?;
-                let inst = self.inst(Op::Glu, &[&g, &u]);
+                let inst = self.inst(Op::Glu, &[&g, &u])?;
                 Step::Glu { inst, act }
             }
         };
@@ -585,9 +597,9 @@ impl Compiler<'_> {
                 mats[w0.0].chunks[0].buffer.clone(),
                 mats[w1.0].chunks[0].buffer.clone(),
             );
-            let rw = self.bufs.dummy_rw.clone();
+            let [rk, rv] = self.bufs.dummy_rw.clone();
             self.need(&[Op::PairGlu], dtype)?;
-            let inst = self.inst(Op::PairGlu, &[&g, &u, &g, &xb, &vb, &yb, &rw, &rw]);
+            let inst = self.inst(Op::PairGlu, &[&g, &u, &g, &xb, &vb, &yb, &rk, &rv])?;
             return Ok(Some((
                 Step::Pair {
                     inst,
@@ -652,7 +664,7 @@ impl Compiler<'_> {
         let inst = self.inst(
             Op::PairQkv,
             &[&ws[0], &ws[1], &ws[2], &xb, &vb, &qb, &kc, &vc],
-        );
+        )?;
         self.packed.push(vb);
         Ok(Some((
             Step::Pair {
@@ -835,7 +847,10 @@ impl GpuModel {
             )?,
             staging_token: [token_staging()?, token_staging()?],
             dummy: ctx.buffer_init("dummy", &1f32.to_le_bytes(), wgpu::BufferUsages::STORAGE)?,
-            dummy_rw: ctx.buffer("dummy rw", 16, wgpu::BufferUsages::STORAGE)?,
+            dummy_rw: [
+                ctx.buffer("dummy k", 16, wgpu::BufferUsages::STORAGE)?,
+                ctx.buffer("dummy v", 16, wgpu::BufferUsages::STORAGE)?,
+            ],
         };
 
         // Pipelines are built as the steps that use them are recorded (below, `Compiler::need`):
@@ -891,7 +906,7 @@ impl GpuModel {
         let logits_buf = c.buf(Act::Logits).clone();
         let sampled = bufs.sampled.clone();
         c.need(&[Op::Sample], GgmlDType::F32)?;
-        let sample = c.inst(Op::Sample, &[&logits_buf, &sampled]);
+        let sample = c.inst(Op::Sample, &[&logits_buf, &sampled])?;
         debug_assert!(c.next_slot <= n_slots);
         let packed = std::mem::take(&mut c.packed);
         gpu.ctx.check()?;
