@@ -25,6 +25,9 @@ override DTYPE: u32 = T_Q4_0;
 fn wword(b: u32, i: u32) -> u32 {
     return wq[i];
 }
+fn wtype(b: u32) -> u32 {
+    return DTYPE;
+}
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 

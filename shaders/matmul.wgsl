@@ -49,6 +49,9 @@ override DTYPE: u32 = T_Q4_0;
 fn wword(b: u32, i: u32) -> u32 {
     return wq[i];
 }
+fn wtype(b: u32) -> u32 {
+    return DTYPE;
+}
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;

@@ -8,10 +8,11 @@
 //        (w0), then of every K head (w1), then adjacent pairs of every V head (w2). Q pairs are
 //        rotated (RoPE, exactly as rope.wgsl) into y (n_tok, n_head * head_dim); K pairs are
 //        rotated into k_cache row pos0 + t; V pairs are copied into v_cache row pos0 + t.
-// The weights stay in their own GGUF buffers (no concatenated copy), all of ONE type, the
-// pipeline-overridable constant DTYPE, as in matmul.wgsl: a pipeline decodes one type only (a
-// step whose weights differ in type is not fused). All weights have `cols` columns, hence the
-// same row_bytes. quant.wgsl's buffer argument is a constant at each `dot2` call.
+// The weights stay in their own GGUF buffers (no concatenated copy), each of a type fixed per
+// pipeline by an overridable constant, as in matmul.wgsl: w0 DTYPE, w1 DTYPE1, w2 DTYPE2 (a
+// Q4_K_M layer's Q6_K attn_v gets its own; glu uses DTYPE and DTYPE1). All weights have `cols`
+// columns; each buffer has its own row_bytes. quant.wgsl's buffer argument is a constant at each
+// `dot2` call, so each call decodes one fixed type.
 // Like matmul.wgsl: WG invocations, TPR per unit (WG / TPR units per workgroup), a tile of up to
 // p.tile tokens (a parameter, not an override as in matmul.wgsl: one pipeline per mode and type
 // serves decode and prefill, as each costs ~0.3 s (glu) / ~0.6 s (qkv) of CPU time to create on
@@ -38,6 +39,7 @@ struct Params {
     act: u32,
     out_off: u32,
     out_stride: u32,
+    // row bytes of w0 (w1, w2: row_bytes1, row_bytes2 below)
     row_bytes: u32,
     bias_off: u32,
     freq_off: u32,
@@ -54,8 +56,8 @@ struct Params {
     mscale: f32,
     // tokens per workgroup: 1 (decode) ..= TILE_MAX (prefill)
     tile: u32,
-    _pad0: u32,
-    _pad1: u32,
+    row_bytes1: u32,
+    row_bytes2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -69,6 +71,8 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> v_cache: array<kv_t>;
 
 override DTYPE: u32 = T_Q4_0;
+override DTYPE1: u32 = T_Q4_0;
+override DTYPE2: u32 = T_Q4_0;
 
 // Word i of weight buffer b (0, 1, 2); b is a constant at every call once `dot2` is inlined, so
 // the selects fold to one load and the other two are dead (a `switch` here doubled the
@@ -76,6 +80,10 @@ override DTYPE: u32 = T_Q4_0;
 // any case be clamped by WebGPU's robust buffer access).
 fn wword(b: u32, i: u32) -> u32 {
     return select(select(w2[i], w1[i], b == 1u), w0[i], b == 0u);
+}
+// Type of weight buffer b, folded the same way.
+fn wtype(b: u32) -> u32 {
+    return select(select(DTYPE2, DTYPE1, b == 1u), DTYPE, b == 0u);
 }
 
 const MODE_GLU: u32 = 0u;
@@ -227,8 +235,15 @@ fn pair(mode: u32, id: u32, lid: u32) {
     var n_pieces = (p.cols + 15u) / 16u;
     var un: Unit;
     if (valid) { un = unit_of(mode, u); } else { n_pieces = 0u; }
-    let off_a = un.ra * p.row_bytes;
-    let off_b = un.rb * p.row_bytes;
+    // glu: row a of w0, row b of w1; qkv: both rows of w[seg].
+    var rb_a = p.row_bytes;
+    var rb_b = p.row_bytes1;
+    if (mode == MODE_QKV) {
+        rb_a = select(select(p.row_bytes2, p.row_bytes1, un.seg == 1u), p.row_bytes, un.seg == 0u);
+        rb_b = rb_a;
+    }
+    let off_a = un.ra * rb_a;
+    let off_b = un.rb * rb_b;
 
     let norm = (p.flags & 4u) != 0u;
     if (norm) {

@@ -27,10 +27,12 @@
 // bytes is unpacked at once with a shift and a per-byte mask (`bits16`), then the bytes are
 // scaled one by one (`byte16`).
 
-// The including kernel declares the weight type `DTYPE` (an `override` constant: every
-// pipeline decodes one type) and `fn wword(b: u32, i: u32) -> u32`, word i of weight buffer b
-// (kernels with one weight buffer ignore b; the pair kernels pass a constant, so once inlined
-// each read names one buffer). Every function below takes that b first and passes it on.
+// The including kernel declares `fn wword(b: u32, i: u32) -> u32`, word i of weight buffer b,
+// and `fn wtype(b: u32) -> u32`, the type of buffer b: an `override` constant (`DTYPE`; the pair
+// kernels' K and V buffers have their own, `DTYPE1` and `DTYPE2`), so every pipeline decodes
+// fixed types. Kernels with one weight buffer ignore b; the pair kernels pass a constant, so
+// once inlined each read names one buffer and one type. Every function below takes that b
+// first and passes it on.
 
 fn wbyte(b: u32, off: u32) -> u32 {
     return (wword(b, off >> 2u) >> ((off & 3u) << 3u)) & 0xffu;
@@ -70,17 +72,17 @@ fn byte16(q: vec4<u32>, i: u32) -> u32 {
     return byte_of(q[i / 4u], i % 4u);
 }
 
-// Elements per block of DTYPE (16 for the float types: a "block" is one piece).
-fn block_elems() -> u32 {
-    switch DTYPE {
+// Elements per block of buffer b's type (16 for the float types: a "block" is one piece).
+fn block_elems(b: u32) -> u32 {
+    switch wtype(b) {
         case T_Q2_K, T_Q3_K, T_Q4_K, T_Q5_K, T_Q6_K: { return 256u; }
         case T_F32, T_F16, T_BF16: { return 16u; }
         default: { return 32u; }
     }
 }
 
-fn block_bytes() -> u32 {
-    switch DTYPE {
+fn block_bytes(b: u32) -> u32 {
+    switch wtype(b) {
         case T_F32: { return 64u; }
         case T_F16, T_BF16: { return 32u; }
         case T_Q4_0: { return 18u; }
@@ -111,10 +113,10 @@ fn q4k_scale_min(b: u32, bo: u32, j: u32) -> vec2<f32> {
 // `cols` bounds the float types (their rows need not be a multiple of 16); elements past it
 // read as 0.
 fn load_piece(b: u32, row_off: u32, pc: u32, cols: u32, v: ptr<function, array<f32, 16>>) {
-    let per_block = block_elems() / 16u;
-    let bo = row_off + (pc / per_block) * block_bytes();
+    let per_block = block_elems(b) / 16u;
+    let bo = row_off + (pc / per_block) * block_bytes(b);
     let h = pc % per_block;
-    switch DTYPE {
+    switch wtype(b) {
         case T_F32: {
             let base = row_off / 4u + pc * 16u;
             for (var i = 0u; i < 16u; i++) {
@@ -125,14 +127,14 @@ fn load_piece(b: u32, row_off: u32, pc: u32, cols: u32, v: ptr<function, array<f
             for (var i = 0u; i < 16u; i++) {
                 if (pc * 16u + i >= cols) { (*v)[i] = 0.0; continue; }
                 let u = wu16(b, row_off + 2u * (pc * 16u + i));
-                if (DTYPE == T_BF16) { (*v)[i] = bitcast<f32>(u << 16u); } else { (*v)[i] = unpack2x16float(u).x; }
+                if (wtype(b) == T_BF16) { (*v)[i] = bitcast<f32>(u << 16u); } else { (*v)[i] = unpack2x16float(u).x; }
             }
         }
         case T_Q4_0, T_Q4_1: {
             let d = wf16(b, bo);
             var m = -8.0 * d;
             var qo = bo + 2u;
-            if (DTYPE == T_Q4_1) { m = wf16(b, bo + 2u); qo = bo + 4u; }
+            if (wtype(b) == T_Q4_1) { m = wf16(b, bo + 2u); qo = bo + 4u; }
             let q = bits16(w16bytes(b, qo), h * 4u, 0x0f0f0f0fu);
             for (var i = 0u; i < 16u; i++) {
                 (*v)[i] = d * f32(byte16(q, i)) + m;
@@ -142,7 +144,7 @@ fn load_piece(b: u32, row_off: u32, pc: u32, cols: u32, v: ptr<function, array<f
             let d = wf16(b, bo);
             var m = -16.0 * d;
             var qo = bo + 2u;
-            if (DTYPE == T_Q5_1) { m = wf16(b, bo + 2u); qo = bo + 4u; }
+            if (wtype(b) == T_Q5_1) { m = wf16(b, bo + 2u); qo = bo + 4u; }
             // Bits 16 h .. 16 h + 15 of qh, one per byte, moved to bit 4.
             let hw = wu32(b, qo) >> (16u * h);
             let hb = vec4<u32>(hw, hw >> 4u, hw >> 8u, hw >> 12u);
@@ -197,7 +199,7 @@ fn load_piece(b: u32, row_off: u32, pc: u32, cols: u32, v: ptr<function, array<f
             let m = dm.y * sm.y;
             var qo = bo + 16u;
             var hi = vec4<u32>(0u);
-            if (DTYPE == T_Q5_K) {
+            if (wtype(b) == T_Q5_K) {
                 qo = bo + 48u;
                 hi = bits16(w16bytes(b, bo + 16u + 16u * (h % 2u)), j, 0x01010101u) << vec4<u32>(4u);
             }

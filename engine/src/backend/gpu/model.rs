@@ -84,10 +84,10 @@ enum Step {
     /// `qkv` ([`Op::PairQkv`]).
     Pair {
         inst: Inst,
-        /// The one type of every weight of the step (the pipeline's `DTYPE`) and their row
-        /// bytes.
-        dtype: GgmlDType,
-        row_bytes: u32,
+        /// The types of w0, w1, w2 (the pipeline's `DTYPE`, `DTYPE1`, `DTYPE2`; glu: gate, up,
+        /// up) and their row bytes.
+        dtypes: [GgmlDType; 3],
+        row_bytes: [u32; 3],
         cols: u32,
         x_width: u32,
         /// GLU: n_ff.
@@ -341,6 +341,11 @@ impl Compiler<'_> {
         }
         Ok(())
     }
+    /// Build (once, at load) the pair pipeline `op` for weights of `dtypes` (w0, w1, w2).
+    fn need_pair(&mut self, op: Op, dtypes: [GgmlDType; 3]) -> Result<()> {
+        let key = self.pipes.key_pair(op, dtypes);
+        self.pipes.prepare(self.ctx, key)
+    }
     /// A product (`op` MatVec: recorded as MatVec for one token, MatMul for more) or an
     /// embedding lookup (`op` GetRows) over every chunk of `w`.
     #[allow(clippy::too_many_arguments)]
@@ -569,17 +574,18 @@ impl Compiler<'_> {
             return Ok(None);
         };
         let cols = mats[w0.0].cols;
-        let dtype = mats[w0.0].dtype;
-        // One type: the pair pipelines are specialised to it (mixed types stay unfused).
-        let same = |m: Mat| single(m) && mats[m.0].cols == cols && mats[m.0].dtype == dtype;
+        // Each weight's type is a constant of the pair pipeline (a Q4_K_M layer's Q6_K attn_v
+        // gets a pipeline of its own type triple).
+        let same = |m: Mat| single(m) && mats[m.0].cols == cols;
         if x1 != x || !same(w0) || !same(w1) {
             return Ok(None);
         }
+        let dt = |m: Mat| mats[m.0].dtype;
+        let rbytes = |m: Mat| u32_of("gpu load", mats[m.0].row_bytes);
         let (src, norm) = match self.folded {
             Some((normed, src, nw)) if normed == x => (src, Some(nw)),
             _ => (x, None),
         };
-        let row_bytes = u32_of("gpu load", mats[w0.0].row_bytes)?;
         let cols32 = u32_of("gpu load", cols)?;
         let x_width = u32_of("gpu load", src.width(cfg))?;
         // Gate, up, GLU.
@@ -598,12 +604,14 @@ impl Compiler<'_> {
                 mats[w1.0].chunks[0].buffer.clone(),
             );
             let [rk, rv] = self.bufs.dummy_rw.clone();
-            self.need(&[Op::PairGlu], dtype)?;
+            let dtypes = [dt(w0), dt(w1), dt(w1)];
+            let row_bytes = [rbytes(w0)?, rbytes(w1)?, rbytes(w1)?];
+            self.need_pair(Op::PairGlu, dtypes)?;
             let inst = self.inst(Op::PairGlu, &[&g, &u, &g, &xb, &vb, &yb, &rk, &rv])?;
             return Ok(Some((
                 Step::Pair {
                     inst,
-                    dtype,
+                    dtypes,
                     row_bytes,
                     cols: cols32,
                     x_width,
@@ -660,7 +668,9 @@ impl Compiler<'_> {
             self.bufs.v_cache[layer].clone(),
         );
         let ws = [w0, w1, w2].map(|m| mats[m.0].chunks[0].buffer.clone());
-        self.need(&[Op::PairQkv], dtype)?;
+        let dtypes = [dt(w0), dt(w1), dt(w2)];
+        let row_bytes = [rbytes(w0)?, rbytes(w1)?, rbytes(w2)?];
+        self.need_pair(Op::PairQkv, dtypes)?;
         let inst = self.inst(
             Op::PairQkv,
             &[&ws[0], &ws[1], &ws[2], &xb, &vb, &qb, &kc, &vc],
@@ -669,7 +679,7 @@ impl Compiler<'_> {
         Ok(Some((
             Step::Pair {
                 inst,
-                dtype,
+                dtypes,
                 row_bytes,
                 cols: cols32,
                 x_width,
@@ -1086,7 +1096,18 @@ impl Rec<'_> {
         p: &P,
         n_wg: u32,
     ) -> Result<()> {
-        let key: PipelineKey = self.pipes.key(op, dtype);
+        let key = self.pipes.key(op, dtype);
+        self.go_key(key, inst, p, n_wg)
+    }
+
+    /// Record one dispatch of the pipeline of `key` (built at load).
+    fn go_key<P: bytemuck::Pod>(
+        &mut self,
+        key: PipelineKey,
+        inst: &Inst,
+        p: &P,
+        n_wg: u32,
+    ) -> Result<()> {
         let pipeline = self.pipes.get(key)?;
         self.arena.set(inst.slot, p);
         dispatch(&mut self.pass, pipeline, &inst.bind, n_wg);
@@ -1192,7 +1213,7 @@ impl Rec<'_> {
             }
             Step::Pair {
                 inst,
-                dtype,
+                dtypes,
                 row_bytes,
                 cols,
                 x_width,
@@ -1216,7 +1237,7 @@ impl Rec<'_> {
                         n,
                         x,
                         (first * units, *units),
-                        *row_bytes,
+                        [row_bytes[0], row_bytes[1]],
                         match act {
                             Glu::Silu => 0,
                             Glu::GeluTanh => 1,
@@ -1235,7 +1256,8 @@ impl Rec<'_> {
                         (tile, self.tpr),
                     ),
                 };
-                self.go(op, *dtype, inst, &p, p.total_wg)?;
+                let key = self.pipes.key_pair(op, *dtypes);
+                self.go_key(key, inst, &p, p.total_wg)?;
             }
             Step::Attend { inst, layer } => {
                 let spec = c.layers[*layer];

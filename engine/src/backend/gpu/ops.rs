@@ -61,15 +61,16 @@ impl Gpu {
     }
 
     /// Run `jobs` of one kernel in one pass, then read `out_bytes` bytes of `out`.
+    /// `dtypes`: the kernel's weight types (w0, w1, w2; [`PipelineCache::key_pair`]).
     async fn run(
         &mut self,
         op: Op,
-        dtype: GgmlDType,
+        dtypes: [GgmlDType; 3],
         jobs: &[Job<'_>],
         out: &wgpu::Buffer,
         out_bytes: usize,
     ) -> Result<Vec<u8>> {
-        let key = self.pipes.key(op, dtype);
+        let key = self.pipes.key_pair(op, dtypes);
         self.pipes.prepare(&self.ctx, key)?;
         let mut arena = ParamArena::new(&self.ctx, jobs.len())?;
         let mut binds = Vec::with_capacity(jobs.len());
@@ -172,7 +173,7 @@ impl Gpu {
             });
         }
         let out = self
-            .run(op, w.dtype, &jobs, &yb, n_tok * w.rows * 4)
+            .run(op, [w.dtype; 3], &jobs, &yb, n_tok * w.rows * 4)
             .await?;
         Ok(f32s(&out))
     }
@@ -212,7 +213,13 @@ impl Gpu {
             });
         }
         let out = self
-            .run(Op::GetRows, table.dtype, &jobs, &ob, n * table.cols * 4)
+            .run(
+                Op::GetRows,
+                [table.dtype; 3],
+                &jobs,
+                &ob,
+                n * table.cols * 4,
+            )
             .await?;
         Ok(f32s(&out))
     }
@@ -226,7 +233,7 @@ impl Gpu {
         out: &wgpu::Buffer,
         out_len: usize,
     ) -> Result<Vec<f32>> {
-        self.simple_typed(op, GgmlDType::F32, p, buffers, n_wg, out, out_len)
+        self.simple_typed(op, [GgmlDType::F32; 3], p, buffers, n_wg, out, out_len)
             .await
     }
 
@@ -235,7 +242,7 @@ impl Gpu {
     async fn simple_typed<P: Pod>(
         &mut self,
         op: Op,
-        dtype: GgmlDType,
+        dtypes: [GgmlDType; 3],
         p: &P,
         buffers: Vec<&wgpu::Buffer>,
         n_wg: u32,
@@ -247,7 +254,7 @@ impl Gpu {
             buffers,
             n_wg,
         }];
-        let out = self.run(op, dtype, &jobs, out, out_len * 4).await?;
+        let out = self.run(op, dtypes, &jobs, out, out_len * 4).await?;
         Ok(f32s(&out))
     }
 
@@ -591,7 +598,9 @@ impl Gpu {
             buffers: vec![&lb, &ob],
             n_wg: 1,
         }];
-        let out = self.run(Op::Sample, GgmlDType::F32, &jobs, &ob, 4).await?;
+        let out = self
+            .run(Op::Sample, [GgmlDType::F32; 3], &jobs, &ob, 4)
+            .await?;
         Ok(u32::from_le_bytes([out[0], out[1], out[2], out[3]]))
     }
 }
@@ -614,25 +623,18 @@ pub struct RopeArgs<'a> {
     pub rotate: bool,
 }
 
-/// (type, row bytes) shared by the weights of one pair product: each in one buffer, all of
-/// one type and width (a pair pipeline decodes one type). Errors: [`Error::Shape`].
-fn pair_weights(op: &'static str, ws: &[&GpuWeight]) -> Result<(GgmlDType, u32)> {
-    let w0 = ws[0];
+/// Types and row bytes of the three weights of one pair product (`ws[2]` is `ws[1]` for the
+/// GLU): each in one buffer, all of one width; each of its own type (a constant of the
+/// pipeline). Errors: [`Error::Shape`].
+fn pair_weights(op: &'static str, ws: [&GpuWeight; 3]) -> Result<([GgmlDType; 3], [u32; 3])> {
     shape(op, ws.iter().all(|w| w.chunks.len() == 1), || {
         "the pair kernels need each weight in one buffer".into()
     })?;
-    shape(
-        op,
-        ws.iter().all(|w| w.dtype == w0.dtype && w.cols == w0.cols),
-        || {
-            let t: Vec<String> = ws.iter().map(|w| w.dtype.to_string()).collect();
-            format!(
-                "the pair kernels need one weight type, got {}",
-                t.join(", ")
-            )
-        },
-    )?;
-    Ok((w0.dtype, u32_of(op, w0.row_bytes)?))
+    shape(op, ws.iter().all(|w| w.cols == ws[0].cols), || {
+        "the pair kernels need weights of one width".into()
+    })?;
+    let rb = |w: &GpuWeight| u32_of(op, w.row_bytes);
+    Ok((ws.map(|w| w.dtype), [rb(ws[0])?, rb(ws[1])?, rb(ws[2])?]))
 }
 
 impl Gpu {
@@ -661,11 +663,12 @@ impl Gpu {
         shape(OP, norm.is_none_or(|(nw, _)| nw.len() == cols), || {
             format!("norm weight must have {cols} values")
         })?;
-        let (dtype, row_bytes) = pair_weights(OP, &[gate, up])?;
+        let (dtypes, row_bytes) = pair_weights(OP, [gate, up, up])?;
         let xb = self.f32_buf("x", x)?;
         let yb = self.f32_buf("y", &vec![0.0; n_tok * rows])?;
         let vb = self.f32_buf("vecs", norm.map_or(&[0.0][..], |n| n.0))?;
-        let rw = self.storage("unused cache", &[0u8; 16])?;
+        let rk = self.storage("unused k cache", &[0u8; 16])?;
+        let rv = self.storage("unused v cache", &[0u8; 16])?;
         let (op, tile) = (Op::PairGlu, if n_tok == 1 { 1 } else { MATMUL_TILE });
         let (rows32, cols32) = (u32_of(OP, rows)?, u32_of(OP, cols)?);
         let p = PairParams::glu(
@@ -674,7 +677,7 @@ impl Gpu {
             u32_of(OP, n_tok)?,
             (0, cols32),
             (0, rows32),
-            row_bytes,
+            [row_bytes[0], row_bytes[1]],
             act,
             norm.map(|n| n.1),
             (tile, self.ctx.info.matmul_threads_per_row),
@@ -686,10 +689,10 @@ impl Gpu {
             &xb,
             &vb,
             &yb,
-            &rw,
-            &rw,
+            &rk,
+            &rv,
         ];
-        self.simple_typed(op, dtype, &p, bufs, p.total_wg, &yb, n_tok * rows)
+        self.simple_typed(op, dtypes, &p, bufs, p.total_wg, &yb, n_tok * rows)
             .await
     }
 
@@ -742,7 +745,7 @@ impl Gpu {
         shape(OP, r.freq.is_none_or(|f| f.len() >= r.n_rot / 2), || {
             format!("freq factors need {} values", r.n_rot / 2)
         })?;
-        let (dtype, row_bytes) = pair_weights(OP, &[wq, wk, wv])?;
+        let (dtypes, row_bytes) = pair_weights(OP, [wq, wk, wv])?;
         // vecs: [norm weight (cols) | biases | RoPE factors].
         let mut vecs = norm.map_or(vec![0.0; cols], |n| n.0.to_vec());
         vecs.extend_from_slice(bias.unwrap_or(&[]));
@@ -797,7 +800,7 @@ impl Gpu {
             &vc,
         ];
         let q = self
-            .simple_typed(op, dtype, &p, bufs, p.total_wg, &qo, n_tok * qd)
+            .simple_typed(op, dtypes, &p, bufs, p.total_wg, &qo, n_tok * qd)
             .await?;
         let first = r.pos0 * kv_dim;
         let k_rows = self.read_kv(&kc, first, n_tok * kv_dim).await?;

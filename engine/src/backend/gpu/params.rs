@@ -70,7 +70,7 @@ pub struct PairParams {
     /// GLU: y row offset and stride.
     pub out_off: u32,
     pub out_stride: u32,
-    /// Bytes per row of every weight (one type, `cols` columns).
+    /// Bytes per row of w0 (w1: `row_bytes1`, w2: `row_bytes2`; `cols` columns each).
     pub row_bytes: u32,
     /// Offsets into `vecs` of the [Q | K | V] biases and of the RoPE factors.
     pub bias_off: u32,
@@ -90,7 +90,8 @@ pub struct PairParams {
     pub mscale: f32,
     /// Tokens per workgroup: 1 (decode) or [`MATMUL_TILE`] (prefill).
     pub tile: u32,
-    pub _pad: [u32; 2],
+    pub row_bytes1: u32,
+    pub row_bytes2: u32,
 }
 
 impl PairParams {
@@ -100,7 +101,7 @@ impl PairParams {
     }
 
     /// GLU mode: `y[t, r] = act(W_gate x_t)_r · (W_up x_t)_r` for n_ff = `units` rows;
-    /// `row_bytes`: of gate and up (one type); `act` 0 SiLU, 1 GELU-tanh; `eps`: the RMSNorm
+    /// `row_bytes`: of gate and up; `act` 0 SiLU, 1 GELU-tanh; `eps`: the RMSNorm
     /// folded in (its weight at vecs[0 .. cols]).
     #[allow(clippy::too_many_arguments)]
     pub fn glu(
@@ -109,7 +110,7 @@ impl PairParams {
         n_tok: u32,
         (x_off, x_stride): (u32, u32),
         (out_off, out_stride): (u32, u32),
-        row_bytes: u32,
+        [row_bytes, row_bytes1]: [u32; 2],
         act: u32,
         eps: Option<f32>,
         (tile, tpr): (u32, u32),
@@ -128,13 +129,14 @@ impl PairParams {
             out_off,
             out_stride,
             row_bytes,
+            row_bytes1,
             tile,
             ..Default::default()
         }
     }
 
     /// QKV mode for the rows and RoPE of `r` (its n_tok, heads, pos0, rotation): `row_bytes`:
-    /// of Wq, Wk, Wv (one type, all `cols` wide); `eps`: the folded RMSNorm (weight at
+    /// of Wq, Wk, Wv (each of its own type, all `cols` wide); `eps`: the folded RMSNorm (weight at
     /// vecs[0 .. cols]); `bias`: the [Q | K | V] biases at vecs[cols ..]; the RoPE factors at
     /// vecs[freq_off ..] when `r.has_freq`.
     #[allow(clippy::too_many_arguments)]
@@ -142,7 +144,7 @@ impl PairParams {
         r: &RopeParams,
         cols: u32,
         (x_off, x_stride): (u32, u32),
-        row_bytes: u32,
+        [row_bytes, row_bytes1, row_bytes2]: [u32; 3],
         eps: Option<f32>,
         bias: bool,
         freq_off: u32,
@@ -174,6 +176,8 @@ impl PairParams {
             pos_scale: r.pos_scale,
             mscale: r.mscale,
             tile,
+            row_bytes1,
+            row_bytes2,
             ..Default::default()
         }
     }

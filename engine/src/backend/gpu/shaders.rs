@@ -148,6 +148,9 @@ impl KvType {
 pub struct PipelineKey {
     pub op: Op,
     pub dtype: GgmlDType,
+    /// The pair kernels' second and third weight types (`DTYPE1`, `DTYPE2`: up; K and V);
+    /// `[dtype; 2]` for every other op.
+    pub dtype12: [GgmlDType; 2],
     pub variant: Variant,
     pub kv: KvType,
 }
@@ -301,6 +304,12 @@ fn overrides(key: PipelineKey, tpr: u32) -> Vec<(&'static str, f64)> {
     if key.op.reads_weights() {
         c.push(("DTYPE", key.dtype.ggml_id() as f64));
     }
+    if matches!(key.op, Op::PairGlu | Op::PairQkv) {
+        c.push(("DTYPE1", key.dtype12[0].ggml_id() as f64));
+    }
+    if key.op == Op::PairQkv {
+        c.push(("DTYPE2", key.dtype12[1].ggml_id() as f64));
+    }
     match key.op {
         Op::MatVec => c.extend([("TILE_N", 1.0), ("TPR", tpr as f64)]),
         Op::MatMul => c.extend([("TILE_N", 8.0), ("TPR", tpr as f64)]),
@@ -345,9 +354,16 @@ impl PipelineCache {
 
     /// The key used for `op` on weights of `dtype` (`F32` for non-weight ops).
     pub fn key(&self, op: Op, dtype: GgmlDType) -> PipelineKey {
+        self.key_pair(op, [dtype; 3])
+    }
+
+    /// The key of `op` whose weights are of `dtypes` (w0, w1, w2; the pair kernels read more
+    /// than one weight, every other op only the first).
+    pub fn key_pair(&self, op: Op, [dtype, d1, d2]: [GgmlDType; 3]) -> PipelineKey {
         PipelineKey {
             op,
             dtype,
+            dtype12: [d1, d2],
             variant: if op.reduces() {
                 self.variant
             } else {
@@ -429,10 +445,13 @@ impl PipelineCache {
         if self.pipelines.contains_key(&key) {
             return Ok(());
         }
-        if !supports(key.op, key.dtype) {
+        if let Some(&dtype) = [key.dtype, key.dtype12[0], key.dtype12[1]]
+            .iter()
+            .find(|&&d| !supports(key.op, d))
+        {
             return Err(Error::OpDType {
                 op: "gpu pipeline",
-                dtype: key.dtype,
+                dtype,
             });
         }
         ctx.check()?;
