@@ -12,6 +12,10 @@ use crate::error::{Error, Result};
 /// the draw would be from NaN probabilities; long before that, the distribution is an argmax.
 pub const MIN_TEMPERATURE: f32 = 1e-4;
 
+/// Largest top-k with which the GPU samples with min-p (its many-workgroup sampler's candidate
+/// limit, `SAMPLE_TOPK_MAX`).
+pub const DEVICE_MIN_P_TOP_K: usize = 64;
+
 /// Sampling settings. `temperature < MIN_TEMPERATURE` means greedy (argmax of the penalised
 /// logits).
 #[derive(Clone, Debug, PartialEq)]
@@ -106,11 +110,15 @@ impl Sampler {
         &self.params
     }
 
-    /// Whether a device sampler (temperature, top-k, top-p only) gives the same distribution:
-    /// no repetition penalty, and no min-p unless decoding greedily.
+    /// Whether a device sampler gives the same distribution: no repetition penalty, and min-p
+    /// only with greedy decoding or top-k in 1..=[`DEVICE_MIN_P_TOP_K`] (the GPU's many-workgroup
+    /// sampler, which runs this chain in this order; the one-workgroup one has no min-p).
     pub fn device_compatible(&self) -> bool {
         let p = &self.params;
-        p.repeat_penalty == 1.0 && (p.temperature <= 0.0 || p.min_p == 0.0)
+        p.repeat_penalty == 1.0
+            && (p.temperature <= 0.0
+                || p.min_p == 0.0
+                || (1..=DEVICE_MIN_P_TOP_K).contains(&p.top_k))
     }
 
     /// A uniform draw in [0, 1) from this sampler's RNG (for a device sampler).
@@ -119,8 +127,19 @@ impl Sampler {
     }
 
     /// Pick the next token from `logits` (n_vocab), given the tokens so far (`history`, for the
-    /// repetition penalty).
+    /// repetition penalty). Draws one uniform value from the RNG unless greedy.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let r = if self.params.temperature <= 0.0 {
+            0.0
+        } else {
+            self.rng.random()
+        };
+        self.sample_with(logits, history, r)
+    }
+
+    /// [`Sampler::sample`] with the uniform draw `r` in [0, 1) given (what a device sampler is
+    /// compared with for the same draw).
+    pub fn sample_with(&mut self, logits: &[f32], history: &[u32], r: f32) -> u32 {
         let p = &self.params;
         self.cand.clear();
         self.cand
@@ -185,7 +204,6 @@ impl Sampler {
             c.1 = c.1.max(f32::MIN_POSITIVE).ln() * inv_t;
         }
         softmax_cand(&mut self.cand, 1.0);
-        let r: f32 = self.rng.random();
         let mut cum = 0.0;
         for c in &self.cand {
             cum += c.1;

@@ -190,6 +190,7 @@ fn check_gpu_model(file: &str, prompt: &[u32], decode: &[u32]) {
             temperature: 0.8,
             top_k: 40,
             top_p: 0.95,
+            min_p: 0.05,
             random: 0.3,
         };
         assert!((gm.decode_sample(tok, pos, &s).unwrap() as usize) < n_vocab);

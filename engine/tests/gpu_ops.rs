@@ -563,29 +563,107 @@ fn sampling_on_the_gpu_matches_the_reference() {
             cpu::argmax(&logits),
             "{mode}"
         );
-        for (temperature, top_k, top_p) in [
-            (1.0, 0, 1.0),
-            (0.7, 40, 1.0),
-            (1.0, 0, 0.9),
-            (0.8, 50, 0.5),
-            (1.5, 1, 1.0),
-        ] {
+        // Top-k off or above 64: the one-workgroup kernel (index-order draw, no min-p).
+        for (temperature, top_k, top_p) in [(1.0, 0, 1.0), (1.0, 0, 0.9), (0.9, 100, 0.8)] {
             for _ in 0..8 {
                 let s = GpuSampling {
                     temperature,
                     top_k,
                     top_p,
+                    min_p: 0.0,
                     random: (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32,
                 };
+                assert!(!s.parallel());
                 let got = block_on(gpu.sample(&logits, &s)).unwrap();
                 assert_eq!(got, sample_ref(&logits, &s), "{mode} {s:?}");
             }
         }
         let bad = GpuSampling {
+            min_p: 1.5,
+            ..GpuSampling::greedy()
+        };
+        assert!(block_on(gpu.sample(&logits, &bad)).is_err());
+        let bad = GpuSampling {
             top_p: 0.0,
             ..GpuSampling::greedy()
         };
         assert!(block_on(gpu.sample(&logits, &bad)).is_err());
+    }
+}
+
+/// The many-workgroup sampler (sample_topk.wgsl: greedy and top-k ≤ 64, with top-p, min-p
+/// and temperature) picks what the host sampler (`Sampler::sample_with`) picks for the same
+/// uniform draw: vocabularies of 1 to 3 gather workgroups and Gemma's 262,144 (128), logits of
+/// a real model's spread, llama.cpp's default chain and edge settings, 40 draws each (Gemma's
+/// size: the default chain, 8 draws; lavapipe is slow). A draw
+/// within 1e-4 of a boundary of the host's cumulative distribution may fall either side (the
+/// GPU's exp/log round differently); every other draw must agree. Greedy: ties to the lowest
+/// index across workgroups.
+#[test]
+fn parallel_sampler_matches_the_host_sampler() {
+    use engine::sampler::{Sampler, SamplerParams};
+    for (mode, mut gpu) in gpus() {
+        let mut rng = Rng(21);
+        for n_vocab in [50, 2048, 4097, 262_144] {
+            let logits: Vec<f32> = (0..n_vocab)
+                .map(|_| 4.0 * (rng.next_u32() as f32 / u32::MAX as f32 - 0.5) * 3.0)
+                .collect();
+            // Greedy, with the maximum tied in the last and the first workgroup.
+            let mut tied = logits.clone();
+            tied[n_vocab - 1] = 50.0;
+            tied[n_vocab / 3] = 50.0;
+            let g = block_on(gpu.sample(&tied, &GpuSampling::greedy())).unwrap();
+            assert_eq!(g as usize, n_vocab / 3, "{mode} n_vocab {n_vocab}");
+            let g = block_on(gpu.sample(&logits, &GpuSampling::greedy())).unwrap();
+            assert_eq!(g, cpu::argmax(&logits), "{mode} n_vocab {n_vocab}");
+            for (temperature, top_k, top_p, min_p) in [
+                (0.8, 40, 0.95, 0.05),
+                (1.0, 64, 1.0, 0.0),
+                (1.5, 1, 1.0, 0.0),
+                (0.5, 10, 0.5, 0.0),
+                (1.2, 50, 1.0, 0.2),
+            ]
+            .into_iter()
+            .take(if n_vocab > 100_000 { 1 } else { 5 })
+            {
+                let params = SamplerParams {
+                    temperature,
+                    top_k,
+                    top_p,
+                    min_p,
+                    ..SamplerParams::default()
+                };
+                let mut host = Sampler::new(params.clone()).unwrap();
+                let mut mismatches = 0;
+                let draws = if n_vocab > 100_000 { 8 } else { 40 };
+                for d in 0..draws {
+                    let r = (d as f32 + 0.5) / draws as f32;
+                    let s = GpuSampling {
+                        temperature,
+                        top_k: top_k as u32,
+                        top_p,
+                        min_p,
+                        random: r,
+                    };
+                    assert!(s.parallel());
+                    let got = block_on(gpu.sample(&logits, &s)).unwrap();
+                    let want = host.sample_with(&logits, &[], r);
+                    if got != want {
+                        let lo = host.sample_with(&logits, &[], (r - 1e-4).max(0.0));
+                        let hi = host.sample_with(&logits, &[], (r + 1e-4).min(0.99999));
+                        assert!(
+                            lo != hi && (got == lo || got == hi),
+                            "{mode} n_vocab {n_vocab} {params:?} r {r}: gpu {got}, host {want}"
+                        );
+                        mismatches += 1;
+                    }
+                }
+                assert!(
+                    mismatches <= 2,
+                    "{mode} n_vocab {n_vocab}: {mismatches} near-ties"
+                );
+            }
+        }
     }
 }
 

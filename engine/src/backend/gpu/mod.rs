@@ -71,6 +71,9 @@ pub struct GpuSampling {
     pub top_k: u32,
     /// Keep the smallest most-likely set with this much probability; 1 keeps all.
     pub top_p: f32,
+    /// Drop tokens less likely than this × the most likely one; 0 keeps all. Applied only
+    /// where [`GpuSampling::parallel`] (the one-workgroup kernel has no min-p).
+    pub min_p: f32,
     /// A uniform draw in [0, 1) from the caller's random generator.
     pub random: f32,
 }
@@ -83,6 +86,7 @@ impl GpuSampling {
             temperature: p.temperature,
             top_k: p.top_k.min(u32::MAX as usize) as u32,
             top_p: p.top_p,
+            min_p: p.min_p,
             random,
         }
     }
@@ -93,8 +97,17 @@ impl GpuSampling {
             temperature: 0.0,
             top_k: 0,
             top_p: 1.0,
+            min_p: 0.0,
             random: 0.0,
         }
+    }
+
+    /// Whether the decode step samples over many workgroups (sample_topk.wgsl: greedy, or
+    /// top-k in 1..=[`params::SAMPLE_TOPK_MAX`], with min-p, and the draw in descending order
+    /// exactly as [`crate::sampler::Sampler`]); otherwise one workgroup (sample.wgsl: the draw
+    /// in index order, no min-p).
+    pub fn parallel(&self) -> bool {
+        self.temperature <= 0.0 || (1..=params::SAMPLE_TOPK_MAX).contains(&self.top_k)
     }
 
     /// Errors: [`Error::InvalidParam`] for a non-finite temperature, top_p outside (0, 1] or a
@@ -112,6 +125,12 @@ impl GpuSampling {
                 what: format!("{} is outside (0, 1]", self.top_p),
             });
         }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(Error::InvalidParam {
+                name: "min_p",
+                what: format!("{} is outside [0, 1]", self.min_p),
+            });
+        }
         if !(0.0..1.0).contains(&self.random) {
             return Err(Error::InvalidParam {
                 name: "random",
@@ -126,11 +145,11 @@ impl GpuSampling {
             n_vocab,
             logits_off,
             top_k: self.top_k,
-            _pad0: 0,
+            n_groups: params::sample_groups(n_vocab),
             temperature: self.temperature,
             top_p: self.top_p,
             random: self.random,
-            _pad1: 0,
+            min_p: self.min_p,
         }
     }
 }

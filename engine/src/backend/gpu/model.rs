@@ -157,6 +157,8 @@ struct Buffers {
     scores: wgpu::Buffer,
     /// Sampled token id (and padding): 2 u32.
     sampled: wgpu::Buffer,
+    /// The many-workgroup sampler's candidates: (gather workgroups × SAMPLE_TOPK_MAX, 2) u32.
+    cand: wgpu::Buffer,
     /// Per layer (n_ctx, kv_dim) of [`super::KvType`]: f16 with `shader-f16`, else f32.
     k_cache: Vec<wgpu::Buffer>,
     v_cache: Vec<wgpu::Buffer>,
@@ -197,7 +199,8 @@ pub struct GpuModel {
     arena: ParamArena,
     layers: Vec<Step>,
     head: Vec<Step>,
-    sample: Inst,
+    /// Samplers: one workgroup (sample.wgsl); gather and pick (sample_topk.wgsl).
+    sample: [Inst; 3],
     /// Keeps the weights alive (bind groups reference them).
     weights: Vec<GpuWeight>,
     /// Keeps the norm weights, biases and RoPE factors alive (as loaded, and packed for the
@@ -250,7 +253,7 @@ fn count_slots(graph: &Graph, mats: &[GpuWeight]) -> usize {
             _ => 1,
         })
         .sum::<usize>()
-        + 1
+        + 3 // the samplers: one workgroup; gather and pick
 }
 
 /// Builds the instances of a graph: tracks which buffer holds each activation now.
@@ -844,6 +847,13 @@ impl GpuModel {
             acts,
             scores: ctx.buffer("scores", (scratch * 4) as u64, st)?,
             sampled: ctx.buffer("sampled", 8, st)?,
+            cand: ctx.buffer(
+                "sample candidates",
+                u64::from(sample_groups(u32_of("gpu load", cfg.n_vocab)?))
+                    * u64::from(SAMPLE_TOPK_MAX)
+                    * 8,
+                st,
+            )?,
             k_cache: (0..cfg.n_layer)
                 .map(|_| kv("k_cache"))
                 .collect::<Result<_>>()?,
@@ -915,8 +925,16 @@ impl GpuModel {
         }
         let logits_buf = c.buf(Act::Logits).clone();
         let sampled = bufs.sampled.clone();
-        c.need(&[Op::Sample], GgmlDType::F32)?;
-        let sample = c.inst(Op::Sample, &[&logits_buf, &sampled])?;
+        c.need(
+            &[Op::Sample, Op::SampleGather, Op::SamplePick],
+            GgmlDType::F32,
+        )?;
+        let cand = bufs.cand.clone();
+        let sample = [
+            c.inst(Op::Sample, &[&logits_buf, &sampled])?,
+            c.inst(Op::SampleGather, &[&logits_buf, &cand])?,
+            c.inst(Op::SamplePick, &[&cand, &sampled])?,
+        ];
         debug_assert!(c.next_slot <= n_slots);
         let packed = std::mem::take(&mut c.packed);
         gpu.ctx.check()?;
@@ -955,7 +973,8 @@ impl GpuModel {
     /// Compute dispatches recorded for one decode step (one token at position `pos`, sampling
     /// on the GPU): one per graph op, one per weight chunk of each matrix product, the
     /// attention merge on layers whose visible cache spans more than one decode chunk
-    /// ([`super::GpuInfo::attn_decode_chunk`] positions), and the sampler.
+    /// ([`super::GpuInfo::attn_decode_chunk`] positions), and the sampler's two (greedy or
+    /// top-k ≤ 64, [`GpuSampling::parallel`]; one otherwise).
     pub fn dispatches_per_token(&self, pos: usize) -> usize {
         let chunk = self.gpu.ctx.info.attn_decode_chunk as usize;
         let count = |s: &Step| match s {
@@ -972,7 +991,7 @@ impl GpuModel {
             .chain(&self.head)
             .map(count)
             .sum::<usize>()
-            + 1
+            + 2
     }
 
     /// Dispatches recorded by the last forward / decode call (its last batch).
@@ -1046,7 +1065,13 @@ impl GpuModel {
         let n_vocab = c.n_vocab as u32;
         if let Tail::Sample(s, _) = tail {
             let p = s.params(n_vocab, 0);
-            r.go(Op::Sample, GgmlDType::F32, &self.sample, &p, 1)?;
+            let f32 = GgmlDType::F32;
+            if s.parallel() {
+                r.go(Op::SampleGather, f32, &self.sample[1], &p, p.n_groups)?;
+                r.go(Op::SamplePick, f32, &self.sample[2], &p, 1)?;
+            } else {
+                r.go(Op::Sample, f32, &self.sample[0], &p, 1)?;
+            }
         }
         let used = r.arena.slots();
         self.last_dispatches = r.count;

@@ -593,6 +593,27 @@ impl Gpu {
         let lb = self.f32_buf("logits", logits)?;
         let ob = self.storage("token", &[0u8; 8])?;
         let p = s.params(u32_of("gpu sample", logits.len())?, 0);
+        if s.parallel() {
+            // Gather (read back and dropped: the pass only ends with a read), then pick.
+            let cb = self.storage(
+                "candidates",
+                &vec![0u8; (p.n_groups * SAMPLE_TOPK_MAX * 8) as usize],
+            )?;
+            let gather = [Job {
+                params: bytemuck::bytes_of(&p).to_vec(),
+                buffers: vec![&lb, &cb],
+                n_wg: p.n_groups,
+            }];
+            let f32s = [GgmlDType::F32; 3];
+            self.run(Op::SampleGather, f32s, &gather, &cb, 8).await?;
+            let pick = [Job {
+                params: bytemuck::bytes_of(&p).to_vec(),
+                buffers: vec![&cb, &ob],
+                n_wg: 1,
+            }];
+            let out = self.run(Op::SamplePick, f32s, &pick, &ob, 4).await?;
+            return Ok(u32::from_le_bytes([out[0], out[1], out[2], out[3]]));
+        }
         let jobs = [Job {
             params: bytemuck::bytes_of(&p).to_vec(),
             buffers: vec![&lb, &ob],

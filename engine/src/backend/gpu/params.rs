@@ -316,18 +316,30 @@ pub struct EltParams {
     pub _pad: [u32; 2],
 }
 
-/// sample.wgsl `Params`.
+/// sample.wgsl and sample_topk.wgsl `Params`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct SampleParams {
     pub n_vocab: u32,
     pub logits_off: u32,
     pub top_k: u32,
-    pub _pad0: u32,
+    /// sample_topk.wgsl: gather workgroups ([`sample_groups`]).
+    pub n_groups: u32,
     pub temperature: f32,
     pub top_p: f32,
     pub random: f32,
-    pub _pad1: u32,
+    /// sample_topk.wgsl only (sample.wgsl has no min-p).
+    pub min_p: f32,
+}
+
+/// Candidates sample_topk.wgsl keeps per gather workgroup: its top-k limit (`KMAX`).
+pub const SAMPLE_TOPK_MAX: u32 = crate::sampler::DEVICE_MIN_P_TOP_K as u32;
+/// Logits per sample_topk.wgsl gather workgroup (at most: 8 per invocation).
+pub const SAMPLE_SLICE: u32 = 2048;
+
+/// Gather workgroups of sample_topk.wgsl for `n_vocab` logits.
+pub fn sample_groups(n_vocab: u32) -> u32 {
+    n_vocab.div_ceil(SAMPLE_SLICE).max(1)
 }
 
 /// Invocations per workgroup of the element-wise kernels (get_rows, rope, swiglu, add).

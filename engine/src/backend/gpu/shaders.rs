@@ -44,6 +44,7 @@ pub const ATTENTION_DECODE: &str = include_str!("../../../../shaders/attention_d
 pub const GLU: &str = include_str!("../../../../shaders/glu.wgsl");
 pub const ADD: &str = include_str!("../../../../shaders/add.wgsl");
 pub const SAMPLE: &str = include_str!("../../../../shaders/sample.wgsl");
+pub const SAMPLE_TOPK: &str = include_str!("../../../../shaders/sample_topk.wgsl");
 
 /// Browsers' WGSL front ends want the extension enabled; naga (native) accepts subgroup
 /// builtins without it and rejects the directive.
@@ -109,8 +110,15 @@ pub enum Op {
     /// Gated linear unit in place (SiLU or GELU-tanh, a parameter).
     Glu,
     Add,
-    /// Argmax / temperature, top-k, top-p sampling of one logits row.
+    /// Argmax / temperature, top-k, top-p sampling of one logits row in one workgroup: the
+    /// settings [`Op::SampleGather`] does not take (top-k off or above its limit).
     Sample,
+    /// Greedy or top-k (≤ 64) sampling over many workgroups, first dispatch: each workgroup's
+    /// best candidates of its slice of the vocabulary (sample_topk.wgsl `gather`).
+    SampleGather,
+    /// Second dispatch: the best candidates of all, then top-p, min-p, temperature and the draw
+    /// in descending order as the host sampler (sample_topk.wgsl `pick`).
+    SamplePick,
 }
 
 /// Which reduction helper a kernel is built with.
@@ -161,7 +169,7 @@ pub const PARAMS_BYTES: u64 = 128;
 
 impl Op {
     /// Every op.
-    pub const ALL: [Op; 13] = [
+    pub const ALL: [Op; 15] = [
         Op::MatVec,
         Op::MatMul,
         Op::PairGlu,
@@ -175,6 +183,8 @@ impl Op {
         Op::Glu,
         Op::Add,
         Op::Sample,
+        Op::SampleGather,
+        Op::SamplePick,
     ];
 
     fn kernel(self) -> &'static str {
@@ -189,6 +199,7 @@ impl Op {
             Op::Glu => GLU,
             Op::Add => ADD,
             Op::Sample => SAMPLE,
+            Op::SampleGather | Op::SamplePick => SAMPLE_TOPK,
         }
     }
 
@@ -199,6 +210,8 @@ impl Op {
             Op::AttnCombine => "combine",
             Op::PairGlu => "glu",
             Op::PairQkv => "qkv",
+            Op::SampleGather => "gather",
+            Op::SamplePick => "pick",
             _ => "main",
         }
     }
@@ -208,6 +221,7 @@ impl Op {
         match self {
             Op::AttnCombine => Op::AttnDecode,
             Op::PairQkv => Op::PairGlu,
+            Op::SamplePick => Op::SampleGather,
             o => o,
         }
     }
@@ -255,7 +269,8 @@ impl Op {
             // a (rw), b
             Op::Glu | Op::Add => &[true, false],
             // logits, out
-            Op::Sample => &[false, true],
+            // logits (gather: logits; pick: candidates), out (gather: candidates; pick: id)
+            Op::Sample | Op::SampleGather | Op::SamplePick => &[false, true],
         }
     }
 
@@ -266,6 +281,7 @@ impl Op {
             Op::PairQkv => Op::PairGlu,
             Op::Add => Op::Glu,
             Op::AttnDecode | Op::AttnCombine => Op::Attention,
+            Op::SampleGather | Op::SamplePick => Op::Sample,
             o => o,
         }
     }
