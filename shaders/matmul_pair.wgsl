@@ -8,6 +8,8 @@
 //        (w0), then of every K head (w1), then adjacent pairs of every V head (w2). Q pairs are
 //        rotated (RoPE, exactly as rope.wgsl) into y (n_tok, n_head * head_dim); K pairs are
 //        rotated into k_cache row pos0 + t; V pairs are copied into v_cache row pos0 + t.
+//        With flag bit 3 (a layer with per-head Q/K norms, which need the whole head: rope.wgsl
+//        in qk_norm mode follows) nothing turns (rotate 0), and K goes to y after Q, as f32.
 // The weights stay in their own GGUF buffers (no concatenated copy), each of a type fixed per
 // pipeline by an overridable constant, as in matmul.wgsl: w0 DTYPE, w1 DTYPE1, w2 DTYPE2 (a
 // Q4_K_M layer's Q6_K attn_v gets its own; glu uses DTYPE and DTYPE1). All weights have `cols`
@@ -32,7 +34,7 @@ struct Params {
     x_off: u32,
     x_stride: u32,
     total_wg: u32,
-    // bit 0: biases; bit 2: RMSNorm x first
+    // bit 0: biases; bit 2: RMSNorm x first; bit 3: raw K into y (per-head norms follow)
     flags: u32,
     eps: f32,
     // glu: 0 SiLU, 1 GELU-tanh
@@ -58,6 +60,11 @@ struct Params {
     tile: u32,
     row_bytes1: u32,
     row_bytes2: u32,
+    // flag bit 3 (qkv): K rows go to y[k_off + t * kv_dim ..] as f32 instead of the cache
+    k_off: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -341,8 +348,13 @@ fn pair(mode: u32, id: u32, lid: u32) {
                 y[tok * q_dim + un.rb] = b;
             }
             case 1u: {
-                k_cache[pos * kv_dim + un.ra] = kv_t(a);
-                k_cache[pos * kv_dim + un.rb] = kv_t(b);
+                if ((p.flags & 8u) != 0u) {
+                    y[p.k_off + tok * kv_dim + un.ra] = a;
+                    y[p.k_off + tok * kv_dim + un.rb] = b;
+                } else {
+                    k_cache[pos * kv_dim + un.ra] = kv_t(a);
+                    k_cache[pos * kv_dim + un.rb] = kv_t(b);
+                }
             }
             default: {
                 v_cache[pos * kv_dim + un.ra] = kv_t(a);

@@ -352,6 +352,85 @@ fn as_cached(gpu: &engine::backend::gpu::Gpu, v: &[f32]) -> Vec<f32> {
     }
 }
 
+/// rope.wgsl's `qk_norm` mode (Qwen3, Gemma 3) against the scalar references
+/// (`cpu::rms_norm` per head, then `cpu::rope_scaled`): both layouts, partial rotation with
+/// frequency factors, a NoPE layer, head dims 24 and 256 (more pairs than the workgroup's 64
+/// invocations), decode at position 40 and a 5-token prefill, every device setup.
+#[test]
+fn rope_with_per_head_qk_norms() {
+    for (mode, mut gpu) in gpus() {
+        let mut rng = Rng(44);
+        let kv_f16 = gpu.pipes.kv_type() == KvType::F16;
+        for (n_tok, pos0, head_dim, n_rot, layout, ff, rotate) in [
+            (1, 40, 24, 24, RopeLayout::Neox, false, true),
+            (5, 3, 24, 16, RopeLayout::Adjacent, true, true),
+            (5, 0, 256, 256, RopeLayout::Neox, false, true),
+            (1, 9, 24, 24, RopeLayout::Neox, false, false),
+        ] {
+            let (n_head, n_head_kv) = (4, 2);
+            let (qd, kvd) = (n_head * head_dim, n_head_kv * head_dim);
+            let q: Vec<f32> = rng.vec(n_tok * qd).iter().map(|v| v * 40.0).collect();
+            let k: Vec<f32> = rng.vec(n_tok * kvd).iter().map(|v| v * 40.0).collect();
+            let qn: Vec<f32> = rng.vec(head_dim).iter().map(|v| 1.0 + v).collect();
+            let kn: Vec<f32> = rng.vec(head_dim).iter().map(|v| 1.0 + v).collect();
+            let freq: Vec<f32> = (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.25).collect();
+            let freq = ff.then_some(&freq[..]);
+            let eps = 1e-6;
+            let r = RopeArgs {
+                n_head,
+                n_head_kv,
+                head_dim,
+                n_rot,
+                pos0,
+                base: 10000.0,
+                pos_scale: 1.0,
+                layout,
+                freq,
+                mscale: 1.0,
+                rotate,
+            };
+            let (gq, gk) = block_on(gpu.rope_qk_norm(&q, &k, n_tok, &qn, &kn, eps, &r)).unwrap();
+            let reference = |x: &[f32], w: &[f32], heads: usize| {
+                let mut y = vec![0.0; x.len()];
+                for (o, xi) in y.chunks_exact_mut(head_dim).zip(x.chunks_exact(head_dim)) {
+                    cpu::rms_norm(o, xi, w, eps);
+                }
+                if rotate {
+                    for t in 0..n_tok {
+                        let w = heads * head_dim;
+                        cpu::rope_scaled(
+                            &mut y[t * w..(t + 1) * w],
+                            heads,
+                            head_dim,
+                            n_rot,
+                            pos0 + t,
+                            10000.0,
+                            1.0,
+                            1.0,
+                            layout,
+                            freq,
+                        );
+                    }
+                }
+                y
+            };
+            let (wq, wk) = (reference(&q, &qn, n_head), reference(&k, &kn, n_head_kv));
+            let what =
+                format!("{mode} n_tok {n_tok} head_dim {head_dim} {layout:?} rotate {rotate}");
+            for (name, got, want, cached) in [("q", &gq, &wq, false), ("k", &gk, &wk, true)] {
+                let rtol = if cached && kv_f16 { F16_RTOL } else { 0.0 };
+                for (j, (g, e)) in got.iter().zip(want.iter()).enumerate() {
+                    let tol = ROPE_TOL * (1.0 + e.abs()) + rtol * e.abs();
+                    assert!(
+                        (g - e).abs() <= tol,
+                        "{what} {name}[{j}]: {g} vs {e} (tol {tol})"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn rope_fused_with_the_kv_store_both_layouts_with_and_without_freq_factors() {
     for (mode, mut gpu) in gpus() {

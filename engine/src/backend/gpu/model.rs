@@ -70,6 +70,10 @@ enum Step {
         inst: Inst,
         layer: usize,
         has_freq: bool,
+        /// Per-head Q/K norms first (rope.wgsl `qk_norm`): the offset of the Q norm weight in
+        /// the step's vector buffer (K's follows); Q and K are read from the Q buffer, where the
+        /// pair step before left them.
+        qk_norm: Option<u32>,
     },
     Attend {
         inst: Inst,
@@ -106,6 +110,9 @@ struct PairQkv {
     has_freq: bool,
     /// Offset of the RoPE factors in the step's vector buffer.
     freq_off: u32,
+    /// K goes raw into the Q buffer after Q and nothing turns ([`MAT_RAW_K`]): a
+    /// [`Step::Rope`] with `qk_norm` follows.
+    raw_k: bool,
 }
 
 /// Where a backend-neutral load puts weights on the GPU: matrices uploaded in their block
@@ -482,6 +489,7 @@ impl Compiler<'_> {
                     inst,
                     layer,
                     has_freq: freqs.is_some(),
+                    qk_norm: None,
                 }
             }
             GraphOp::Attend { layer } => {
@@ -556,17 +564,19 @@ impl Compiler<'_> {
     /// - `Linear(gate) → Gate, Linear(up) → Up, Glu` (same input, no bias, no epilogue): one
     ///   pair product with the GLU in its epilogue;
     /// - `Linear(q) → Q, Linear(k) → K, Linear(v) → V, RopeStore` (same input, optional
-    ///   biases): one pair product with RoPE and the KV store in its epilogue.
+    ///   biases): one pair product with RoPE and the KV store in its epilogue;
+    /// - the same with `HeadNorm(Q), HeadNorm(K)` before `RopeStore` (Qwen3, Gemma 3): the
+    ///   pair product stores V and leaves raw Q and K in the Q buffer, then one rope.wgsl
+    ///   dispatch normalises each head, turns it and stores K.
     ///
-    /// Each weight must be in one buffer, all of the step's weights of one type (the pair
-    /// pipelines are specialised to it: a step mixing types, e.g. a Q4_K_M layer's Q6_K
-    /// `attn_v`, keeps its separate products), and the unmaterialised activations (Up; K, V)
+    /// Each weight must be in one buffer, all of one width (each of its own type: the pair
+    /// pipelines are specialised to the types), and the unmaterialised activations (Up; K, V)
     /// must not be read later. The weights stay in their own buffers: nothing is concatenated.
     fn fuse<'g>(
         &mut self,
         ops: &[GraphOp],
         rest: impl Iterator<Item = &'g GraphOp> + Clone,
-    ) -> Result<Option<(Step, usize)>> {
+    ) -> Result<Option<(Vec<Step>, usize)>> {
         let (cfg, mats) = (self.cfg, self.mats);
         let lin = |i: usize| ops.get(i).and_then(plain_linear);
         let single = |m: Mat| mats[m.0].chunks.len() == 1;
@@ -608,11 +618,12 @@ impl Compiler<'_> {
             );
             let [rk, rv] = self.bufs.dummy_rw.clone();
             let dtypes = [dt(w0), dt(w1), dt(w1)];
+            let n_ops = 3;
             let row_bytes = [rbytes(w0)?, rbytes(w1)?, rbytes(w1)?];
             self.need_pair(Op::PairGlu, dtypes)?;
             let inst = self.inst(Op::PairGlu, &[&g, &u, &g, &xb, &vb, &yb, &rk, &rv])?;
             return Ok(Some((
-                Step::Pair {
+                vec![Step::Pair {
                     inst,
                     dtypes,
                     row_bytes,
@@ -622,15 +633,24 @@ impl Compiler<'_> {
                     act: *act,
                     norm: norm.is_some(),
                     qkv: None,
-                },
-                3,
+                }],
+                n_ops,
             )));
         }
         // Q, K, V, RoPE + KV store.
         let Some((w2, b2, x2, out2)) = lin(2) else {
             return Ok(None);
         };
-        let Some(&GraphOp::RopeStore { layer, freqs }) = ops.get(3) else {
+        // Per-head Q and K norms between the products and the RoPE + store.
+        let head_norms = match (ops.get(3), ops.get(4)) {
+            (
+                Some(&GraphOp::HeadNorm { x: Act::Q, w: qn }),
+                Some(&GraphOp::HeadNorm { x: Act::K, w: kn }),
+            ) => Some((qn, kn)),
+            _ => None,
+        };
+        let rope_at = if head_norms.is_some() { 5 } else { 3 };
+        let Some(&GraphOp::RopeStore { layer, freqs }) = ops.get(rope_at) else {
             return Ok(None);
         };
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
@@ -639,8 +659,8 @@ impl Compiler<'_> {
             || !same(w2)
             || (mats[w0.0].rows, mats[w1.0].rows, mats[w2.0].rows) != (qd, kvd, kvd)
             || !cfg.head_dim.is_multiple_of(2)
-            || read_later(Act::K, rest.clone().skip(4))
-            || read_later(Act::V, rest.clone().skip(4))
+            || read_later(Act::K, rest.clone().skip(rope_at + 1))
+            || read_later(Act::V, rest.clone().skip(rope_at + 1))
         {
             return Ok(None);
         }
@@ -679,25 +699,48 @@ impl Compiler<'_> {
             &[&ws[0], &ws[1], &ws[2], &xb, &vb, &qb, &kc, &vc],
         )?;
         self.packed.push(vb);
-        Ok(Some((
-            Step::Pair {
-                inst,
-                dtypes,
-                row_bytes,
-                cols: cols32,
-                x_width,
-                units: 0,
-                act: Glu::Silu,
-                norm: norm.is_some(),
-                qkv: Some(PairQkv {
-                    layer,
-                    bias,
-                    has_freq: freqs.is_some(),
-                    freq_off,
-                }),
-            },
-            4,
-        )))
+        let pair = Step::Pair {
+            inst,
+            dtypes,
+            row_bytes,
+            cols: cols32,
+            x_width,
+            units: 0,
+            act: Glu::Silu,
+            norm: norm.is_some(),
+            qkv: Some(PairQkv {
+                layer,
+                bias,
+                has_freq: freqs.is_some(),
+                freq_off,
+                raw_k: head_norms.is_some(),
+            }),
+        };
+        let Some((qn, kn)) = head_norms else {
+            return Ok(Some((vec![pair], rope_at + 1)));
+        };
+        // Then one rope.wgsl dispatch: its vectors [RoPE factors | Q norm | K norm].
+        let mut rv: Vec<f32> = freqs.map_or(Vec::new(), |f| hv[f.0].clone());
+        let norm_off = u32_of("gpu load", rv.len())?;
+        rv.extend_from_slice(&hv[qn.0]);
+        rv.extend_from_slice(&hv[kn.0]);
+        let fb = self.ctx.buffer_init(
+            "rope vectors",
+            bytemuck::cast_slice(&rv),
+            wgpu::BufferUsages::STORAGE,
+        )?;
+        let q_out = self.flip(Act::Q).clone();
+        let (dummy, [_, unused_v]) = (self.bufs.dummy.clone(), self.bufs.dummy_rw.clone());
+        self.need(&[Op::Rope], GgmlDType::F32)?;
+        let inst = self.inst(Op::Rope, &[&qb, &q_out, &qb, &dummy, &kc, &unused_v, &fb])?;
+        self.packed.push(fb);
+        let rope = Step::Rope {
+            inst,
+            layer,
+            has_freq: freqs.is_some(),
+            qk_norm: Some(norm_off),
+        };
+        Ok(Some((vec![pair, rope], rope_at + 1)))
     }
 }
 
@@ -726,7 +769,7 @@ fn rope_params(c: &ModelConfig, layer: usize, n: u32, pos: u32, has_freq: bool) 
         pos_scale,
         mscale,
         rotate,
-        _pad: [0; 2],
+        ..Default::default()
     }
 }
 
@@ -819,7 +862,10 @@ impl GpuModel {
         let twice = rewritten(&graph);
         let mut acts = Vec::with_capacity(Act::ALL.len());
         for a in Act::ALL {
-            let size = (nb * a.width(&cfg) * 4) as u64;
+            // Q's buffers also hold K after Q: where the pair step leaves raw K for the
+            // per-head norms (MAT_RAW_K).
+            let width = a.width(&cfg) + if a == Act::Q { cfg.kv_dim() } else { 0 };
+            let size = (nb * width * 4) as u64;
             let first = ctx.buffer(&format!("{a:?}"), size, st)?;
             let second = if twice.contains(&a) {
                 Some(ctx.buffer(&format!("{a:?} (2)"), size, st)?)
@@ -897,9 +943,9 @@ impl GpuModel {
         let mut i = 0;
         while i < graph.layers.len() {
             let ops = &graph.layers[i..];
-            if let Some((step, used)) = c.fuse(ops, ops.iter().chain(&graph.head))? {
+            if let Some((steps, used)) = c.fuse(ops, ops.iter().chain(&graph.head))? {
                 c.end_fold(&ops[..used]);
-                layers.push(step);
+                layers.extend(steps);
                 i += used;
                 continue;
             }
@@ -1232,8 +1278,15 @@ impl Rec<'_> {
                 inst,
                 layer,
                 has_freq,
+                qk_norm,
             } => {
-                let p = rope_params(c, *layer, n, pos, *has_freq);
+                let mut p = rope_params(c, *layer, n, pos, *has_freq);
+                if let Some(norm_off) = *qk_norm {
+                    p.qk_norm = 1;
+                    p.k_off = n * c.q_dim() as u32;
+                    p.norm_off = norm_off;
+                    p.eps = c.rms_eps;
+                }
                 self.go(Op::Rope, GgmlDType::F32, inst, &p, p.workgroups())?;
             }
             Step::Pair {
@@ -1270,16 +1323,28 @@ impl Rec<'_> {
                         eps,
                         (tile, self.tpr),
                     ),
-                    Some(q) => PairParams::qkv(
-                        &rope_params(c, q.layer, n, pos, q.has_freq),
-                        *cols,
-                        x,
-                        *row_bytes,
-                        eps,
-                        q.bias,
-                        q.freq_off,
-                        (tile, self.tpr),
-                    ),
+                    Some(q) => {
+                        let mut r = rope_params(c, q.layer, n, pos, q.has_freq);
+                        if q.raw_k {
+                            // Nothing turns before the per-head norms (the rope step's).
+                            r.rotate = 0;
+                        }
+                        let mut p = PairParams::qkv(
+                            &r,
+                            *cols,
+                            x,
+                            *row_bytes,
+                            eps,
+                            q.bias,
+                            q.freq_off,
+                            (tile, self.tpr),
+                        );
+                        if q.raw_k {
+                            p.flags |= MAT_RAW_K;
+                            p.k_off = n * c.q_dim() as u32;
+                        }
+                        p
+                    }
                 };
                 let key = self.pipes.key_pair(op, *dtypes);
                 self.go_key(key, inst, &p, p.total_wg)?;

@@ -436,7 +436,7 @@ impl Gpu {
             pos_scale,
             mscale,
             rotate: rotate as u32,
-            _pad: [0; 2],
+            ..Default::default()
         };
         let q_rot = self
             .simple(
@@ -453,6 +453,91 @@ impl Gpu {
         let k_rows = self.read_kv(&kc, first, n).await?;
         let v_rows = self.read_kv(&vc, first, n).await?;
         Ok((q_rot, k_rows, v_rows))
+    }
+
+    /// Per-head RMSNorm of Q and K (weights `qn`, `kn`: (head_dim), ε `eps`) then RoPE and
+    /// the K store, as the model runs a Qwen3 / Gemma 3 layer after its pair product (rope.wgsl
+    /// with `qk_norm`: one workgroup per (token, head)). q: (n_tok, n_head * head_dim), k:
+    /// (n_tok, n_head_kv * head_dim), raw; returns (q normed and turned, cache rows `pos0 ..`
+    /// of K as the cache holds them). Errors: [`Error::Shape`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn rope_qk_norm(
+        &mut self,
+        q: &[f32],
+        k: &[f32],
+        n_tok: usize,
+        qn: &[f32],
+        kn: &[f32],
+        eps: f32,
+        r: &RopeArgs<'_>,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        const OP: &str = "gpu rope qk norm";
+        let (qd, kv_dim) = (r.n_head * r.head_dim, r.n_head_kv * r.head_dim);
+        shape(
+            OP,
+            n_tok > 0
+                && q.len() == n_tok * qd
+                && k.len() == n_tok * kv_dim
+                && qn.len() == r.head_dim
+                && kn.len() == r.head_dim
+                && r.n_rot <= r.head_dim
+                && r.n_rot.is_multiple_of(2)
+                && r.head_dim.is_multiple_of(2),
+            || format!("q {} k {} values for {n_tok} rows", q.len(), k.len()),
+        )?;
+        shape(OP, r.freq.is_none_or(|f| f.len() >= r.n_rot / 2), || {
+            format!("freq factors need {} values", r.n_rot / 2)
+        })?;
+        // As the model lays them out: [Q | K] in one buffer, [RoPE factors | qn | kn].
+        let qk: Vec<f32> = q.iter().chain(k).copied().collect();
+        let mut vecs = r.freq.map_or(Vec::new(), <[f32]>::to_vec);
+        let norm_off = u32_of(OP, vecs.len())?;
+        vecs.extend_from_slice(qn);
+        vecs.extend_from_slice(kn);
+        let (qkb, qo) = (
+            self.f32_buf("q|k raw", &qk)?,
+            self.f32_buf("q", &vec![0.0; q.len()])?,
+        );
+        let fb = self.f32_buf("vecs", &vecs)?;
+        let unused_v = self.f32_buf("unused v", &[0.0])?;
+        let unused_vc = self.storage("unused v cache", &[0u8; 16])?;
+        let kc = self.kv_buf("k_cache", &vec![0.0; (r.pos0 + n_tok) * kv_dim])?;
+        let p = RopeParams {
+            n_head: u32_of(OP, r.n_head)?,
+            n_head_kv: u32_of(OP, r.n_head_kv)?,
+            head_dim: u32_of(OP, r.head_dim)?,
+            n_rot: u32_of(OP, r.n_rot)?,
+            pos0: u32_of(OP, r.pos0)?,
+            n_tok: u32_of(OP, n_tok)?,
+            neox: match r.layout {
+                RopeLayout::Adjacent => 0,
+                RopeLayout::Neox => 1,
+            },
+            has_freq: r.freq.is_some() as u32,
+            q_stride: u32_of(OP, qd)?,
+            kv_dim: u32_of(OP, kv_dim)?,
+            base: r.base,
+            pos_scale: r.pos_scale,
+            mscale: r.mscale,
+            rotate: r.rotate as u32,
+            qk_norm: 1,
+            k_off: u32_of(OP, n_tok * qd)?,
+            norm_off,
+            eps,
+            ..Default::default()
+        };
+        let q_rot = self
+            .simple(
+                Op::Rope,
+                &p,
+                vec![&qkb, &qo, &qkb, &unused_v, &kc, &unused_vc, &fb],
+                p.workgroups(),
+                &qo,
+                q.len(),
+            )
+            .await?;
+        let k_rows = self.read_kv(&kc, r.pos0 * kv_dim, n_tok * kv_dim).await?;
+        Ok((q_rot, k_rows))
     }
 
     /// Causal GQA attention of `n_tok` queries at positions `pos0 ..` over cache rows
@@ -796,7 +881,7 @@ impl Gpu {
             pos_scale: r.pos_scale,
             mscale: r.mscale,
             rotate: r.rotate as u32,
-            _pad: [0; 2],
+            ..Default::default()
         };
         let (op, tile) = (Op::PairQkv, if n_tok == 1 { 1 } else { MATMUL_TILE });
         let cols32 = u32_of(OP, cols)?;

@@ -37,6 +37,9 @@ pub const MAT_ACCUMULATE: u32 = 2;
 /// matmul flag: x is RMS-normalised (times the norm weight) first: the norm is folded into the
 /// product.
 pub const MAT_NORM: u32 = 4;
+/// Pair kernel, QKV mode: K rows go to y after Q (`k_off`), as f32, for rope.wgsl's per-head
+/// norms ([`RopeParams::qk_norm`]); nothing turns in the pair kernel.
+pub const MAT_RAW_K: u32 = 8;
 /// Invocations per workgroup of the matmul kernels (`WG` of matmul.wgsl).
 pub const MATMUL_WG: u32 = 64;
 /// Tokens per workgroup of the prefill matmul (`TILE_N` of [`super::shaders::Op::MatMul`]).
@@ -92,6 +95,9 @@ pub struct PairParams {
     pub tile: u32,
     pub row_bytes1: u32,
     pub row_bytes2: u32,
+    /// [`MAT_RAW_K`]: where K starts in y (n_tok · q_dim).
+    pub k_off: u32,
+    pub _pad: [u32; 3],
 }
 
 impl PairParams {
@@ -234,12 +240,23 @@ pub struct RopeParams {
     pub mscale: f32,
     /// 0: no rotation (a NoPE layer), K and V are only stored.
     pub rotate: u32,
+    /// 1: per-head RMSNorm of Q and K first (Qwen3, Gemma 3), K read from `k_raw` at `k_off`,
+    /// V already stored; the norm weights at freq[norm_off ..] (Q) and freq[norm_off +
+    /// head_dim ..] (K), ε `eps`.
+    pub qk_norm: u32,
+    pub k_off: u32,
+    pub norm_off: u32,
+    pub eps: f32,
     pub _pad: [u32; 2],
 }
 
 impl RopeParams {
-    /// Workgroups of [`ELT_WG`]: one invocation per (token, query head, pair).
+    /// Workgroups of [`ELT_WG`]: one invocation per (token, query head, pair); with `qk_norm`
+    /// one workgroup per (token, head) over the query heads then the key heads.
     pub fn workgroups(&self) -> u32 {
+        if self.qk_norm != 0 {
+            return self.n_tok * (self.n_head + self.n_head_kv);
+        }
         (self.n_tok * self.n_head * self.head_dim / 2).div_ceil(ELT_WG)
     }
 }
