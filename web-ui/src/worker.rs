@@ -555,6 +555,8 @@ async fn run(l: &mut Loaded, turns: &[Turn], s: &GenSettings) -> Result<ReplySta
         }
         cached.extend_from_slice(slice);
     }
+    // Pipelined on the GPU: the step of the token `gen.step` hands out next is already submitted.
+    let mut ahead = false;
     while let Step::Token { event, decode } = gen.step(tok, &clock) {
         if !event.text.is_empty() {
             post(&FromWorker::Token {
@@ -567,8 +569,21 @@ async fn run(l: &mut Loaded, turns: &[Turn], s: &GenSettings) -> Result<ReplySta
             gen.cancel();
             break;
         }
-        decode_step(model, &mut gen, id, cached.len()).await?;
+        let pos = cached.len();
+        if let LoadedModel::Gpu(m) = model {
+            if let Some(next_ahead) = decode_ahead(m, &mut gen, id, pos, ahead).await? {
+                ahead = next_ahead;
+                cached.push(id);
+                continue;
+            }
+        }
+        decode_step(model, &mut gen, id, pos).await?;
         cached.push(id);
+    }
+    // The speculative step of a token past the stop (or a cancel): read and dropped; its K/V
+    // row lies past the cached tokens.
+    if let (true, LoadedModel::Gpu(m)) = (ahead, &mut *model) {
+        m.decode_collect_async().await?;
     }
     let (tail, st) = gen.finish(&clock);
     if !tail.is_empty() {
@@ -605,6 +620,40 @@ async fn forward_last<'m>(
         LoadedModel::Cpu(m) => m.forward(tokens, pos, Logits::Last),
         LoadedModel::Gpu(m) => m.forward_async(tokens, pos, Logits::Last).await,
     }
+}
+
+/// One pipelined GPU decode step of `id` at `pos` (as `engine::generate::Session::generate`
+/// natively): submits it unless `ahead` (already submitted, continuing from the id still in its
+/// GPU buffer), submits the next token's step when one may follow, then reads `id`'s sampled
+/// id (4 bytes) into `gen`. So the GPU computes token n+1 while token n's id is read back and
+/// streamed; the tokens are those of the unpipelined loop (the same steps with the same
+/// draws). Returns whether the next step is in flight, or `None` when these settings sample on
+/// the host (nothing submitted).
+async fn decode_ahead(
+    m: &mut gpu::GpuModel,
+    gen: &mut Generation,
+    id: u32,
+    pos: usize,
+    ahead: bool,
+) -> Result<Option<bool>, Error> {
+    if !ahead {
+        let Some((sp, random)) = gen.device_sampling() else {
+            return Ok(None);
+        };
+        let s = gpu::GpuSampling::from_params(sp, random);
+        m.decode_submit(Some(id), pos, &s).await?;
+    }
+    let mut next_ahead = false;
+    if gen.may_decode_after_next() && pos + 1 < m.n_ctx() {
+        if let Some((sp, random)) = gen.device_sampling() {
+            let s = gpu::GpuSampling::from_params(sp, random);
+            m.decode_submit(None, pos + 1, &s).await?;
+            next_ahead = true;
+        }
+    }
+    let next = m.decode_collect_async().await?;
+    gen.sampled(next);
+    Ok(Some(next_ahead))
 }
 
 /// The decode pass of `id` at `pos`, handing the next token to `gen`: sampled on the GPU (only
