@@ -209,7 +209,11 @@ impl Pool {
                 std::hint::spin_loop();
             } else {
                 // A worker was descheduled mid-index (a busy machine): let it run.
+                #[cfg(not(target_arch = "wasm32"))]
                 thread::yield_now();
+                // wasm32 cannot yield: wait a little instead (`memory.atomic.wait32`).
+                #[cfg(target_arch = "wasm32")]
+                thread::park_timeout(std::time::Duration::from_micros(20));
             }
         }
         if let Err(p) = mine {
