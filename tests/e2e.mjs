@@ -606,6 +606,17 @@ async function importFlow() {
     const r = await ask(b.page, QUESTION);
     log('reply:', JSON.stringify(r.reply));
     assert.match(r.reply.toLowerCase(), /blue/);
+    // The benchmark hook (`cargo xtask bench --browser`) on the loaded model: figures, a bounded
+    // request refused, and the chat still answers the same afterwards.
+    const bench = await b.page.evaluate(() => window.__slm_test.bench(16, 8, 1));
+    log('bench hook (pp16/tg8):', JSON.stringify(bench));
+    assert.ok(bench.backend === 'cpu' && bench.threads >= 1 && bench.prefill_tok_s > 0 && bench.decode_tok_s > 0);
+    const refused = await b.page.evaluate(() => window.__slm_test.bench(1e9, 8, 1).then(() => 'ran', (e) => String(e)));
+    assert.match(refused, /bench/, 'an out-of-context benchmark is refused');
+    await b.page.getByTestId('regenerate-button').click();
+    await b.page.getByTestId('stop-button').waitFor({ timeout: 10_000 });
+    await b.page.getByTestId('send-button').waitFor({ timeout: LONG });
+    assert.equal(await b.page.getByTestId('assistant-message').last().innerText(), r.reply, 'the same reply after the benchmark');
 
     // Next visit: the file is in the list and loads from storage.
     await b.page.reload();
@@ -1267,6 +1278,7 @@ const HOST_PORT = Number(process.env.SLM_HOST_PORT || 8105);
 const HOST = `http://localhost:${HOST_PORT}`;
 const REFUSED_HOST = `http://127.0.0.1:${HOST_PORT}`;
 const APP_ORIGIN = new URL(BASE).origin;
+const SAME_SITE_APP = `http://localhost:${new URL(BASE).port}`;
 const MODEL_ID = 'smollm2-135m-instruct-q4_1';
 const HOST_CONTENT = '<h1 id="wiki-title">Team handbook</h1><p id="wiki-text">Holidays are booked in the HR tool.</p>';
 const hostLog = [];
@@ -1281,6 +1293,8 @@ const HOST_PAGES = {
   '/inline.html': () => hostPage(`<slm-chat model="${MODEL_ID}" title="Inline" temperature="0" max-tokens="16" style="display:block;height:520px"></slm-chat><script src="${BASE}embed.js" async></script>`),
   '/api.html': () => hostPage(`<script src="${BASE}embed.js"></script>`),
   '/blank.html': () => hostPage(''),
+  // The app at http://localhost:APP_PORT: another origin of the same site as the host page.
+  '/samesite.html': () => hostPage(`<script src="${SAME_SITE_APP}/embed.js" data-model="${MODEL_ID}" data-title="Same site" data-temperature="0" data-max-tokens="24" async></script>`),
 };
 
 async function startHost() {
@@ -1299,7 +1313,7 @@ async function startHost() {
 
 /// Every request the browser made went to the app or the host page (nothing anywhere else).
 function onlyAppAndHost(requests) {
-  const other = requests.filter((u) => !u.startsWith(APP_ORIGIN + '/') && !u.startsWith(HOST + '/') && !u.startsWith(REFUSED_HOST + '/'));
+  const other = requests.filter((u) => ![APP_ORIGIN, SAME_SITE_APP, HOST, REFUSED_HOST].some((o) => u.startsWith(o + '/')));
   assert.deepEqual(other, [], 'no request to any other origin');
 }
 
@@ -1417,6 +1431,14 @@ async function widgetFlow() {
     assert.deepEqual((await serverLog()).slice(appMark).filter((l) => l.includes(MODEL_FILE)), []);
     onlyAppAndHost(b.requests);
     log('reload: requests while opening the widget:', b.requests.length, '(app files only)');
+    // The conversation continues: it was kept in this site's storage.
+    const restored = await f.getByTestId('user-message').allInnerTexts();
+    log('restored after reload:', restored.length, 'questions');
+    assert.ok(restored.length >= 1 && restored[0].includes(QUESTION), 'the earlier conversation is shown again');
+    assert.equal(await f.getByTestId('assistant-message').first().innerText(), r.reply, 'with its reply');
+    // A new conversation for the next question.
+    await f.getByTestId('embed-new-chat').click();
+    assert.equal(await f.getByTestId('user-message').count(), 0, 'New chat cleared it');
     const mark = (await serverLog()).length;
     b.requests.length = 0;
     hostLog.length = 0;
@@ -1437,7 +1459,15 @@ async function widgetFlow() {
     const i = await askIn(b.page, g, QUESTION);
     log('inline <slm-chat> reply:', JSON.stringify(i.reply), '|', i.stats);
     assert.ok(i.reply.trim().length > 0 && /\(max_tokens\)/.test(i.stats), 'the inline chat answers (max-tokens=16)');
+    assert.equal(await g.getByTestId('user-message').count(), 1, 'the inline chat (another title) has its own conversation');
     onlyAppAndHost(b.requests);
+    // New chat clears it, here and in storage.
+    await g.getByTestId('embed-new-chat').click();
+    assert.equal(await g.getByTestId('user-message').count(), 0, 'New chat cleared the conversation');
+    await b.page.evaluate(() => new Promise((r) => setTimeout(r, 300)));
+    await b.page.reload();
+    await waitFrameLoaded(b.page, g);
+    assert.equal(await g.getByTestId('user-message').count(), 0, 'and it stays cleared after a reload');
   } finally {
     await b.close();
   }
@@ -1602,6 +1632,54 @@ async function apiFlow() {
     assert.ok(refused.length >= 1 && refused.every((r) => r.includes('"code":"not_allowed"')), 'a wrong origin gets not_allowed and nothing else');
     await b.page.waitForTimeout(200);
     assert.deepEqual(b.dialogs, [], 'nothing was evaluated');
+  } finally {
+    await b.close();
+  }
+}
+
+/// The deployment that works even where a browser blocks third-party storage (this Chromium's
+/// default profile, corporate policies): the app on another origin of the host page's site
+/// (e.g. slm.intranet.example for wiki.intranet.example; here localhost:APP for
+/// localhost:HOST). The frame is then not third-party: it stores the model, and the app's own
+/// page on that site shares the copy.
+async function sameSiteFlow() {
+  log(`same-site widget: ${HOST}/samesite.html embeds ${SAME_SITE_APP} in the default profile (third-party storage blocked)`);
+  await startHost();
+  const b = await launch({ webgpu: false });
+  try {
+    await b.page.goto(`${HOST}/samesite.html`);
+    await b.page.getByTestId('slm-launcher').click();
+    const f = b.page.frameLocator('iframe[src*="embed.html"]');
+    await f.getByTestId('embed-storage-note').waitFor({ timeout: 30_000 });
+    assert.equal(await f.getByTestId('embed-storage-blocked').count(), 0, 'storage is allowed for a same-site frame');
+    await f.getByTestId('download-button').click();
+    await waitFrameLoaded(b.page, f);
+    const r = await askIn(b.page, f, QUESTION);
+    log('same-site widget reply:', JSON.stringify(r.reply), '|', r.stats);
+    const expect = process.env.SLM_E2E_EXPECT_PREFIX;
+    if (expect) assert.ok(r.reply.trim().startsWith(expect.slice(0, 24)), `reply starts with slm's ${JSON.stringify(expect.slice(0, 24))}`);
+    else assert.match(r.reply.toLowerCase(), /blue/);
+    // Reload: the model from storage, the conversation back, and a chat sends nothing.
+    await b.page.evaluate(() => new Promise((r) => setTimeout(r, 300)));
+    b.requests.length = 0;
+    await b.page.reload();
+    await b.page.getByTestId('slm-launcher').click();
+    await waitFrameLoaded(b.page, f);
+    assert.deepEqual(b.requests.filter((u) => u.includes(MODEL_FILE)), [], 'no request for the model after reload');
+    assert.equal((await f.getByTestId('user-message').allInnerTexts())[0], QUESTION, 'the conversation continues');
+    const mark = (await serverLog()).length;
+    b.requests.length = 0;
+    const t = await askIn(b.page, f, 'And at sunset?');
+    log('second question after reload:', JSON.stringify(t.reply));
+    assert.deepEqual(b.requests, [], 'no browser request while chatting');
+    assert.deepEqual((await serverLog()).slice(mark), [], 'no app-server request while chatting');
+    // The app's own page on the same site finds the model the widget stored, and lists none of
+    // the widget's conversations.
+    await b.page.goto(`${SAME_SITE_APP}/`);
+    await b.page.getByTestId('stored-models').getByText(/SmolLM2/).first().waitFor({ timeout: 30_000 });
+    log("the app's page on the same site lists the widget's stored model");
+    assert.equal(await b.page.getByTestId('conv-item').count(), 0, "the widget's conversation is not in the app's list");
+    onlyAppAndHost(b.requests);
   } finally {
     await b.close();
   }
@@ -1788,6 +1866,7 @@ const flows = {
   widget: { run: widgetFlow },
   api: { run: apiFlow },
   embedrefused: { run: embedRefusedFlow },
+  samesite: { run: sameSiteFlow },
   threads: { run: threadsFlow },
 };
 const wanted = only ? only.split(',').map((n) => n.trim()).filter(Boolean) : null;

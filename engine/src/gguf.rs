@@ -6,7 +6,7 @@
 //! Format: llama.cpp `ggml/include/gguf.h`, `ggml/src/gguf.cpp` and `docs/gguf.md`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::quant::{ggml_type_name, GgmlDType};
@@ -99,13 +99,36 @@ impl ByteSource for Vec<u8> {
 }
 
 /// A file made of consecutive chunks (e.g. IndexedDB records of a few MiB each); no contiguous
-/// copy of the whole file is ever made.
-#[derive(Clone, Debug, Default)]
+/// copy of the whole file is ever made. With [`ChunkedSource::release_after_reading`] each chunk
+/// is dropped as soon as the model's tensor bytes in it have been read, so a loader that copies
+/// the weights out never holds the file twice.
+#[derive(Debug, Default)]
 pub struct ChunkedSource {
-    chunks: Vec<Arc<[u8]>>,
-    /// Start offset of each chunk; `starts[i + 1] - starts[i] == chunks[i].len()`.
+    /// `None` once released.
+    chunks: Mutex<Vec<Option<Arc<[u8]>>>>,
+    /// Start offset of each chunk; `starts[i + 1] - starts[i]` is chunk `i`'s length.
     starts: Vec<u64>,
     len: u64,
+    /// Per chunk, bytes of the ranges given to `release_after_reading` not read yet (`None`:
+    /// the chunk is kept).
+    unread: Mutex<Vec<Option<u64>>>,
+}
+
+impl Clone for ChunkedSource {
+    fn clone(&self) -> Self {
+        Self {
+            chunks: Mutex::new(lock(&self.chunks).clone()),
+            starts: self.starts.clone(),
+            len: self.len,
+            unread: Mutex::new(lock(&self.unread).clone()),
+        }
+    }
+}
+
+/// The data behind a mutex; a panic elsewhere cannot leave it half-updated, so poisoning is
+/// ignored.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ChunkedSource {
@@ -125,7 +148,49 @@ impl ChunkedSource {
         }
         self.starts.push(self.len);
         self.len += chunk.len() as u64;
-        self.chunks.push(chunk);
+        self.chunks
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Some(chunk));
+        self.unread
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(None);
+    }
+
+    /// Drop each chunk once every byte of `ranges` (offset, length) that lies in it has been
+    /// read; chunks no range touches are kept. Reading a dropped chunk again fails with
+    /// [`Error::Io`], so call this only when each range will be read once (the tensors of a
+    /// model being loaded on one backend). Ranges past the end are clipped.
+    pub fn release_after_reading(&self, ranges: impl IntoIterator<Item = (u64, u64)>) {
+        let mut unread = lock(&self.unread);
+        for (off, n) in ranges {
+            let end = off.saturating_add(n).min(self.len);
+            if off >= end {
+                continue;
+            }
+            let mut i = self.starts.partition_point(|&s| s <= off) - 1;
+            while i < self.starts.len() && self.starts[i] < end {
+                let (c0, c1) = (self.starts[i], self.chunk_end(i));
+                let overlap = end.min(c1) - off.max(c0);
+                let u = unread[i].get_or_insert(0);
+                *u = u.saturating_add(overlap);
+                i += 1;
+            }
+        }
+    }
+
+    /// Bytes of the chunks still held.
+    pub fn held_bytes(&self) -> u64 {
+        lock(&self.chunks)
+            .iter()
+            .flatten()
+            .map(|c| c.len() as u64)
+            .sum()
+    }
+
+    fn chunk_end(&self, i: usize) -> u64 {
+        self.starts.get(i + 1).copied().unwrap_or(self.len)
     }
 }
 
@@ -138,15 +203,27 @@ impl ByteSource for ChunkedSource {
         if buf.is_empty() {
             return Ok(());
         }
+        let mut chunks = lock(&self.chunks);
+        let mut unread = lock(&self.unread);
         // Index of the chunk holding `offset`.
         let mut i = self.starts.partition_point(|&s| s <= offset) - 1;
         let mut pos = offset;
         let mut written = 0;
         while written < buf.len() {
-            let chunk = &self.chunks[i];
+            let Some(chunk) = &chunks[i] else {
+                return Err(Error::Io(std::io::Error::other(format!(
+                    "bytes {pos}.. of the model were already read and released"
+                ))));
+            };
             let within = (pos - self.starts[i]) as usize;
             let n = (chunk.len() - within).min(buf.len() - written);
             buf[written..written + n].copy_from_slice(&chunk[within..within + n]);
+            if let Some(u) = unread[i].as_mut() {
+                *u = u.saturating_sub(n as u64);
+                if *u == 0 {
+                    chunks[i] = None;
+                }
+            }
             written += n;
             pos += n as u64;
             i += 1;
@@ -1056,7 +1133,7 @@ mod tests {
                 offsets.push(offset);
                 offset = (offset + data.len() as u64).div_ceil(32) * 32;
             }
-            while out.len() % 32 != 0 {
+            while !out.len().is_multiple_of(32) {
                 out.push(0);
             }
             let base = out.len();
@@ -1112,6 +1189,36 @@ mod tests {
                 f.read_tensor(bytes.as_slice(), v).unwrap().as_slice()
             );
         }
+    }
+
+    #[test]
+    fn chunks_are_released_once_their_ranges_are_read() {
+        let bytes: Vec<u8> = (0..100u8).collect();
+        let src = ChunkedSource::new(bytes.chunks(10).map(Arc::from));
+        assert_eq!(src.held_bytes(), 100);
+        // Two "tensors": 15..35 and 40..95 (chunk 0 is untouched: kept, like a header).
+        src.release_after_reading([(15, 20), (40, 55)]);
+        let mut a = [0u8; 20];
+        src.read_exact_at(15, &mut a[..5]).unwrap();
+        src.read_exact_at(20, &mut a[5..]).unwrap();
+        assert_eq!(a.to_vec(), (15..35).collect::<Vec<u8>>());
+        // Chunks 1 and 2 (10..30) are done; chunk 3 (30..40) still has 35..40 unread: no range
+        // covers it, so only 30..35 counted and it is done too.
+        assert_eq!(src.held_bytes(), 100 - 30);
+        let mut b = [0u8; 55];
+        src.read_exact_at(40, &mut b).unwrap();
+        assert_eq!(b[0], 40);
+        // Chunk 9 (90..100) keeps 95..100's bytes only as unread-free: done after 90..95.
+        assert_eq!(
+            src.held_bytes(),
+            10,
+            "only the untouched first chunk is left"
+        );
+        let mut h = [0u8; 10];
+        src.read_exact_at(0, &mut h).unwrap();
+        assert_eq!(h[9], 9, "kept chunks stay readable");
+        let e = src.read_exact_at(12, &mut [0u8; 1]).unwrap_err();
+        assert!(e.to_string().contains("already read and released"), "{e}");
     }
 
     #[test]

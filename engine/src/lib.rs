@@ -7,6 +7,7 @@
 
 pub mod arch;
 pub mod backend;
+pub mod bench;
 pub mod chat_template;
 pub mod error;
 pub mod generate;

@@ -201,3 +201,77 @@ fn zero_max_tokens_generates_nothing() {
     assert_eq!(got.reason, StopReason::MaxTokens);
     assert_eq!(cached.len(), prompt.len());
 }
+
+/// The pipelined decode (step n+1 submitted, continuing from the id the GPU sampled, before
+/// step n's id is read back) produces exactly the tokens, text and stop reason of the
+/// unpipelined loop: greedy, seeded sampling on the device, a stop string, an
+/// end-of-generation id and `max_tokens` (SmolLM2 on the GPU; lavapipe natively).
+#[test]
+fn pipelined_gpu_decode_matches_the_unpipelined_loop() {
+    if std::env::var("SLM_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("SLM_SKIP_GPU_TESTS=1: pipelined decode not checked");
+        return;
+    }
+    let src = FileSource::open(model_path(SMOLLM2)).unwrap();
+    let g = GgufFile::parse(&src).unwrap();
+    let tok = Tokenizer::from_gguf(&g).unwrap();
+    let (model, _) = backend::load(&g, &src, BackendChoice::Gpu, N_CTX, 2).unwrap();
+    assert!(matches!(model, LoadedModel::Gpu(_)), "not on the GPU");
+    let mut session = Session::new(model);
+    let plain = tok.encode(PROMPT, true, false).unwrap();
+    let chat = tok
+        .encode(
+            "<|im_start|>user\nWhat is 2+2? Reply with the number only.<|im_end|>\n<|im_start|>assistant\n",
+            false,
+            true,
+        )
+        .unwrap();
+    let seeded = |max_tokens: usize| GenerateParams {
+        sampler: SamplerParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.9,
+            seed: 7,
+            ..SamplerParams::default()
+        },
+        ..params(max_tokens, &[])
+    };
+    // Greedy first: its text gives the stop string (a piece from the middle of the reply).
+    let greedy = params(10, &[]);
+    session.set_pipelined(false);
+    let want = session_reply(&mut session, &tok, &plain, &greedy);
+    assert_eq!(want.reason, StopReason::MaxTokens, "{want:?}");
+    let mid: String = want
+        .text
+        .chars()
+        .skip(want.text.chars().count() / 2)
+        .take(3)
+        .collect();
+    let cases = [
+        ("greedy", plain.clone(), greedy),
+        ("seeded", plain.clone(), seeded(10)),
+        ("stop string", plain.clone(), params(10, &[&mid])),
+        ("end of generation", chat, params(24, &[])),
+    ];
+    for (what, prompt, p) in cases {
+        session.set_pipelined(false);
+        let want = session_reply(&mut session, &tok, &prompt, &p);
+        session.set_pipelined(true);
+        let got = session_reply(&mut session, &tok, &prompt, &p);
+        eprintln!("{what}: {:?} {:?} {:?}", want.reason, want.ids, want.text);
+        assert_eq!(
+            (&got.ids, &got.text, got.reason),
+            (&want.ids, &want.text, want.reason),
+            "{what}"
+        );
+        let expected = match what {
+            "stop string" => StopReason::StopString,
+            "end of generation" => StopReason::Eog,
+            _ => StopReason::MaxTokens,
+        };
+        assert_eq!(want.reason, expected, "{what}: {want:?}");
+        if let LoadedModel::Gpu(m) = &session.model {
+            assert_eq!(m.steps_in_flight(), 0, "{what}: a step left in flight");
+        }
+    }
+}

@@ -7,7 +7,7 @@
 
 use engine::backend::cpu::ops as cpu;
 use engine::backend::gpu::{
-    block_on, Gpu, GpuOptions, GpuSampling, GpuWeight, KvType, GPU_WEIGHT_TYPES,
+    block_on, ops::RopeArgs, Gpu, GpuOptions, GpuSampling, GpuWeight, KvType, GPU_WEIGHT_TYPES,
 };
 use engine::model::RopeLayout;
 use engine::quant::{self, GgmlDType};
@@ -782,5 +782,282 @@ fn matmul_with_folded_rms_norm() {
                 }
             }
         }
+    }
+}
+
+/// Pair kernels: the product's own error (as [`MATMUL_RTOL`]) carried through the epilogue.
+/// GLU: |d(act(g)·u)| ≤ max|act'|·|u|·e_g + |act(g)|·e_u with max|act'| < GLU_SLOPE for SiLU
+/// and GELU-tanh.
+const GLU_SLOPE: f32 = 1.2;
+
+/// Rows of W·x' in f64 (x' = RMSNorm(x) ⊙ g when `norm`), and Σ|w·x'| per row: (n_tok, rows).
+fn products(
+    wf: &[f32],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n_tok: usize,
+    norm: Option<(&[f32], f32)>,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut xn = x.to_vec();
+    if let Some((g, eps)) = norm {
+        cpu::rms_norm_rows(&mut xn, x, g, n_tok, eps);
+    }
+    let (mut y, mut mag) = (vec![0.0; n_tok * rows], vec![0.0; n_tok * rows]);
+    for t in 0..n_tok {
+        let xr = &xn[t * cols..(t + 1) * cols];
+        for r in 0..rows {
+            let wr = &wf[r * cols..(r + 1) * cols];
+            let s: f64 = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
+            y[t * rows + r] = s as f32;
+            mag[t * rows + r] = wr.iter().zip(xr).map(|(a, b)| (a * b).abs()).sum();
+        }
+    }
+    (y, mag)
+}
+
+/// Columns for a pair test of weight type `d`: not a multiple of 64 (the workgroup), a
+/// multiple of the block (100 for the float types, 96 for 32-blocks, 512 for K-quants).
+fn pair_cols(d: GgmlDType) -> usize {
+    match d.block_size() {
+        256 => 512,
+        1 => 100,
+        _ => 96,
+    }
+}
+
+/// Gate and up products with the GLU in their epilogue (matmul_pair.wgsl, entry point `glu`,
+/// specialised to one weight type) against the scalar references (dequantize, f64 products,
+/// `cpu::swiglu` / `cpu::geglu`): every GPU weight type, 67 rows, decode and an 11-token
+/// prefill (a partial tile), with and without the folded RMSNorm, both activations, every device
+/// setup (subgroups and f16 on and off, 1 / 16 / 4 invocations per row).
+#[test]
+fn glu_fused_into_the_gate_up_product() {
+    for (mode, mut gpu) in gpus() {
+        for (gi, d) in GPU_WEIGHT_TYPES.into_iter().enumerate() {
+            let (dg, du) = (d, d);
+            let cols = pair_cols(d);
+            let rows = 67;
+            // Two of the four (n_tok, norm, act) combinations per type, all four over two types.
+            let combos = [
+                (1, true, 0u32),
+                (11, false, 1),
+                (1, false, 1),
+                (11, true, 0),
+            ];
+            for &(n_tok, normed, act) in &combos[2 * (gi % 2)..2 * (gi % 2) + 2] {
+                let mut rng = Rng(1300 + 10 * gi as u64 + n_tok as u64 + act as u64);
+                let gb = random_matrix(dg, rows, cols, &mut rng);
+                let ub = random_matrix(du, rows, cols, &mut rng);
+                let x: Vec<f32> = rng.vec(n_tok * cols).iter().map(|v| v * 3.0).collect();
+                let nw: Vec<f32> = rng.vec(cols).iter().map(|v| 1.0 + 0.5 * v).collect();
+                let norm = normed.then_some((&nw[..], 1e-5f32));
+                let gw = GpuWeight::upload(&gpu.ctx, "gate", dg, rows, cols, &gb).unwrap();
+                let uw = GpuWeight::upload(&gpu.ctx, "up", du, rows, cols, &ub).unwrap();
+                let got = block_on(gpu.glu_pair(&gw, &uw, &x, n_tok, norm, act)).unwrap();
+                let (g, gm) = products(&dequant(dg, &gb, rows, cols), rows, cols, &x, n_tok, norm);
+                let (u, um) = products(&dequant(du, &ub, rows, cols), rows, cols, &x, n_tok, norm);
+                let mut want = g.clone();
+                if act == 0 {
+                    cpu::swiglu(&mut want, &u);
+                } else {
+                    cpu::geglu(&mut want, &u);
+                }
+                for i in 0..want.len() {
+                    let (eg, eu) = (MATMUL_RTOL * gm[i] + ABS_TOL, MATMUL_RTOL * um[i] + ABS_TOL);
+                    let a = (want[i] / u[i]).abs();
+                    let tol = GLU_SLOPE * u[i].abs() * eg + a * eu + ABS_TOL;
+                    assert!(
+                        (got[i] - want[i]).abs() <= tol,
+                        "{mode} {dg}/{du} n_tok {n_tok} norm {normed} act {act}: [{i}] {} vs {} (tol {tol})",
+                        got[i],
+                        want[i]
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Q, K, V products with RoPE and the KV store in their epilogue (matmul_pair.wgsl, entry point
+/// `qkv`, specialised to one weight type) against the scalar references (dequantize, f64
+/// products, biases, `cpu::rope_scaled`): every GPU weight type, 6 query heads over 2 KV heads
+/// of 24, decode at position 97 and an 11-token prefill, both pair layouts, partial rotation
+/// with frequency factors, a scaled and a NoPE layer, with and without the folded norm and
+/// biases (five setups, cycled over the types), every device setup.
+#[test]
+fn qkv_product_fused_with_rope_and_the_kv_store() {
+    for (mode, mut gpu) in gpus() {
+        let (n_head, n_head_kv, head_dim) = (6, 2, 24);
+        let (qd, kvd) = (n_head * head_dim, n_head_kv * head_dim);
+        let kv_f16 = gpu.pipes.kv_type() == KvType::F16;
+        let cases = [
+            // (n_tok, pos0, n_rot, layout, freq, mscale, rotate, norm, bias)
+            (
+                1,
+                97,
+                24,
+                RopeLayout::Adjacent,
+                false,
+                1.0,
+                true,
+                true,
+                false,
+            ),
+            (11, 5, 24, RopeLayout::Neox, false, 1.0, true, false, true),
+            (1, 40, 16, RopeLayout::Adjacent, true, 1.0, true, true, true),
+            (11, 0, 16, RopeLayout::Neox, true, 1.2, true, true, false),
+            (1, 12, 24, RopeLayout::Neox, false, 1.0, false, true, true),
+        ];
+        for (ci, d) in GPU_WEIGHT_TYPES.into_iter().enumerate() {
+            let (n_tok, pos0, n_rot, layout, ff, mscale, rotate, normed, biased) =
+                cases[ci % cases.len()];
+            let dt = [d; 3];
+            let cols = pair_cols(d);
+            let mut rng = Rng(1500 + ci as u64);
+            let rows = [qd, kvd, kvd];
+            let bytes: Vec<Vec<u8>> = (0..3)
+                .map(|i| random_matrix(dt[i], rows[i], cols, &mut rng))
+                .collect();
+            let x: Vec<f32> = rng.vec(n_tok * cols).iter().map(|v| v * 3.0).collect();
+            let nw: Vec<f32> = rng.vec(cols).iter().map(|v| 1.0 + 0.5 * v).collect();
+            let bias = biased.then(|| rng.vec(qd + 2 * kvd));
+            let freq: Vec<f32> = (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.5).collect();
+            let freq = ff.then_some(&freq[..]);
+            let norm = normed.then_some((&nw[..], 1e-5f32));
+            let ws: Vec<GpuWeight> = (0..3)
+                .map(|i| GpuWeight::upload(&gpu.ctx, "w", dt[i], rows[i], cols, &bytes[i]).unwrap())
+                .collect();
+            let r = RopeArgs {
+                n_head,
+                n_head_kv,
+                head_dim,
+                n_rot,
+                pos0,
+                base: 10000.0,
+                pos_scale: 0.5,
+                layout,
+                freq,
+                mscale,
+                rotate,
+            };
+            let (gq, gk, gv) = block_on(gpu.qkv_rope_kv(
+                &ws[0],
+                &ws[1],
+                &ws[2],
+                &x,
+                n_tok,
+                norm,
+                bias.as_deref(),
+                &r,
+            ))
+            .unwrap();
+            // Reference: products (+ bias), then RoPE of q and k per token.
+            let mut want = Vec::new();
+            let mut mags = Vec::new();
+            let mut boff = 0;
+            for i in 0..3 {
+                let (mut y, m) = products(
+                    &dequant(dt[i], &bytes[i], rows[i], cols),
+                    rows[i],
+                    cols,
+                    &x,
+                    n_tok,
+                    norm,
+                );
+                if let Some(b) = &bias {
+                    for t in 0..n_tok {
+                        for j in 0..rows[i] {
+                            y[t * rows[i] + j] += b[boff + j];
+                        }
+                    }
+                }
+                boff += rows[i];
+                if i < 2 && rotate {
+                    let heads = rows[i] / head_dim;
+                    for t in 0..n_tok {
+                        cpu::rope_scaled(
+                            &mut y[t * rows[i]..(t + 1) * rows[i]],
+                            heads,
+                            head_dim,
+                            n_rot,
+                            pos0 + t,
+                            10000.0,
+                            0.5,
+                            mscale,
+                            layout,
+                            freq,
+                        );
+                    }
+                }
+                want.push(y);
+                mags.push(m);
+            }
+            let what = format!("{mode} case {ci} {dt:?} n_tok {n_tok} {layout:?}");
+            for (name, got, i, cached) in [
+                ("q", &gq, 0, false),
+                ("k", &gk, 1, true),
+                ("v", &gv, 2, true),
+            ] {
+                let rtol = if cached && kv_f16 { F16_RTOL } else { 0.0 };
+                let max_mag = mags[i].iter().cloned().fold(0.0, f32::max);
+                for (j, (g, e)) in got.iter().zip(&want[i]).enumerate() {
+                    // A rotated value mixes two products: either's error, plus RoPE's own.
+                    let tol = 2.0 * mscale * (MATMUL_RTOL * max_mag + ABS_TOL)
+                        + ROPE_TOL
+                        + rtol * e.abs();
+                    assert!(
+                        (g - e).abs() <= tol,
+                        "{what} {name}[{j}]: {g} vs {e} (tol {tol})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The pair kernels decode one weight type per pipeline: weights of different types are refused
+/// with a shape error (the model keeps such a step unfused), never decoded as the wrong type.
+#[test]
+fn pair_kernels_refuse_mixed_weight_types() {
+    use GgmlDType::*;
+    for (mode, mut gpu) in gpus() {
+        let mut rng = Rng(1700);
+        let cols = 512;
+        let up = |gpu: &Gpu, d: GgmlDType, rows: usize, rng: &mut Rng| {
+            GpuWeight::upload(
+                &gpu.ctx,
+                "w",
+                d,
+                rows,
+                cols,
+                &random_matrix(d, rows, cols, rng),
+            )
+            .unwrap()
+        };
+        let (g, u) = (up(&gpu, Q4K, 67, &mut rng), up(&gpu, Q6K, 67, &mut rng));
+        let x = rng.vec(cols);
+        let err = block_on(gpu.glu_pair(&g, &u, &x, 1, None, 0)).unwrap_err();
+        assert!(err.to_string().contains("one weight type"), "{mode}: {err}");
+        let (wq, wk, wv) = (
+            up(&gpu, Q4K, 48, &mut rng),
+            up(&gpu, Q4K, 24, &mut rng),
+            up(&gpu, Q6K, 24, &mut rng),
+        );
+        let r = RopeArgs {
+            n_head: 2,
+            n_head_kv: 1,
+            head_dim: 24,
+            n_rot: 24,
+            pos0: 0,
+            base: 10000.0,
+            pos_scale: 1.0,
+            layout: RopeLayout::Neox,
+            freq: None,
+            mscale: 1.0,
+            rotate: true,
+        };
+        let err = block_on(gpu.qkv_rope_kv(&wq, &wk, &wv, &x, 1, None, None, &r)).unwrap_err();
+        assert!(err.to_string().contains("one weight type"), "{mode}: {err}");
     }
 }

@@ -16,9 +16,10 @@ use common::*;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use engine::backend::{self, cpu::CpuModel, BackendChoice};
-use engine::gguf::{FileSource, GgufFile};
+use engine::gguf::{ChunkedSource, FileSource, GgufFile};
 use engine::model::{ForwardPass, Logits};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -60,6 +61,57 @@ fn tiny_families_gpu() {
         return;
     }
     check_all("gpu", on_backend(BackendChoice::Gpu));
+}
+
+/// The browser's load path: the file as IndexedDB-sized chunks, each released once its tensor
+/// bytes are copied out ([`ChunkedSource::release_after_reading`]). Every family must read each
+/// tensor byte once (a second read fails), give the same logits as a load from the file, and
+/// leave only the chunks without tensor data (the header) held.
+#[test]
+fn tiny_families_load_from_released_chunks() {
+    let dir = tiny_dir();
+    let Ok(list) = std::fs::read_dir(&dir) else {
+        assert!(
+            std::env::var("SLM_SKIP_TINY").is_ok_and(|v| v == "1"),
+            "no tiny models at {} (set SLM_TINY_DIR, or SLM_SKIP_TINY=1 to skip)",
+            dir.display()
+        );
+        return;
+    };
+    let mut n = 0;
+    for path in list.map(|e| e.unwrap().path()) {
+        if path.extension().is_none_or(|x| x != "gguf") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let g = GgufFile::parse(bytes.as_slice()).unwrap();
+        let (mut whole, _) =
+            backend::load(&g, bytes.as_slice(), BackendChoice::Cpu, 64, 1).unwrap();
+        // Small chunks, so tensors straddle them and several share one.
+        let chunk = (bytes.len() / 50).max(4096);
+        let src = ChunkedSource::new(bytes.chunks(chunk).map(Arc::from));
+        let g = GgufFile::parse(&src).unwrap();
+        src.release_after_reading(g.tensors.iter().map(|t| (g.data_offset + t.offset, t.size)));
+        let (mut part, _) = backend::load(&g, &src, BackendChoice::Cpu, 64, 1)
+            .unwrap_or_else(|e| panic!("{name}: load from released chunks: {e}"));
+        let held = src.held_bytes();
+        eprintln!(
+            "{name}: {held} of {} bytes held after the load",
+            bytes.len()
+        );
+        assert!(
+            held <= g.data_offset + chunk as u64,
+            "{name}: {held} bytes still held (header {} + one chunk {chunk})",
+            g.data_offset
+        );
+        let tokens = [1u32, 5, 9, 2];
+        let a = whole.forward(&tokens, 0, Logits::All).unwrap().to_vec();
+        let b = part.forward(&tokens, 0, Logits::All).unwrap().to_vec();
+        assert_eq!(a, b, "{name}: same logits");
+        n += 1;
+    }
+    assert!(n >= 8, "{n} tiny models in {}", dir.display());
 }
 
 /// The f32 interpreter of the graph (dequantized weights, f32 activations, f16 KV cache as
@@ -357,4 +409,66 @@ fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     (shape, values)
+}
+
+/// Families whose layer is the plain pre-norm block (no per-head q/k norms, no post-norms):
+/// their decode step must take at most [`MAX_DISPATCHES_PER_LAYER`] per layer plus
+/// [`MAX_FIXED_DISPATCHES`] on the GPU.
+const PLAIN_BLOCK_FAMILIES: [&str; 5] = ["llama", "qwen2", "phi3", "granite", "smollm3"];
+/// Q/K/V + RoPE + KV store, attention, output projection, gate/up + GLU, down projection.
+const MAX_DISPATCHES_PER_LAYER: usize = 5;
+/// A layer whose Q, K, V differ in type (llama.cpp's Q4_K_M bumps `attn_v`) keeps its three
+/// products and its RoPE + KV store separate: the pair pipelines decode one type each.
+const MIXED_QKV_EXTRA_DISPATCHES: usize = 3;
+/// Embedding, output projection, sampler (+ one spare).
+const MAX_FIXED_DISPATCHES: usize = 4;
+
+/// Decode dispatches per token on the GPU for every tiny family, printed per family (the
+/// structural figure of the WebGPU speed work), and bounded for the plain pre-norm families.
+#[test]
+fn tiny_families_gpu_dispatches_per_token() {
+    if std::env::var("SLM_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("SLM_SKIP_GPU_TESTS=1: dispatch counts not checked");
+        return;
+    }
+    let dir = tiny_dir();
+    if !dir.is_dir() && std::env::var("SLM_SKIP_TINY").is_ok_and(|v| v == "1") {
+        return;
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no tiny models in {}", dir.display());
+    for path in &files {
+        let src = FileSource::open(path).unwrap();
+        let g = GgufFile::parse(&src).unwrap();
+        let (m, _) = backend::load(&g, &src, BackendChoice::Gpu, N_CTX, 2).unwrap();
+        let backend::LoadedModel::Gpu(m) = m else {
+            panic!("{}: not loaded on the GPU", path.display());
+        };
+        let (arch, n_layer) = (m.config().arch, m.config().n_layer);
+        let d = m.dispatches_per_token(0);
+        eprintln!(
+            "gpu dispatches per decode token: {arch:9} {d:4} ({n_layer} layers: {:.1} per layer + fixed)",
+            (d as f64 - 3.0) / n_layer as f64
+        );
+        if PLAIN_BLOCK_FAMILIES.contains(&arch) {
+            let dtype = |l: usize, t: &str| {
+                g.tensor(&format!("blk.{l}.attn_{t}.weight"))
+                    .map(|i| i.dtype)
+            };
+            let mixed = (0..n_layer)
+                .filter(|&l| dtype(l, "k") != dtype(l, "q") || dtype(l, "v") != dtype(l, "q"))
+                .count();
+            assert!(
+                d <= MAX_DISPATCHES_PER_LAYER * n_layer
+                    + MIXED_QKV_EXTRA_DISPATCHES * mixed
+                    + MAX_FIXED_DISPATCHES,
+                "{arch}: {d} dispatches for {n_layer} layers ({mixed} with mixed Q/K/V types)"
+            );
+        }
+    }
 }

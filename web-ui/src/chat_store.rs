@@ -19,6 +19,10 @@ use crate::state::Conversation;
 /// Where conversations were kept before IndexedDB.
 pub const LEGACY_KEY: &str = "slm.conversations";
 
+/// Ids of the widget's conversations (`embed:…`, one per embedding configuration). They share
+/// the store with the app's page when both run on one site, and the app's list leaves them out.
+pub const EMBED_PREFIX: &str = "embed:";
+
 type ErrorHook = Option<Rc<dyn Fn(String)>>;
 
 enum Op {
@@ -129,8 +133,14 @@ pub async fn load_all() -> Result<Vec<Conversation>, IdbError> {
         }
     }
     let mut v: Vec<Conversation> = db.all_json(CHATS).await?;
+    v.retain(|c| !c.id.starts_with(EMBED_PREFIX));
     sort_newest_first(&mut v);
     Ok(v)
+}
+
+/// The conversation stored under `id`, if any (an unreadable record counts as none).
+pub async fn get(id: &str) -> Result<Option<Conversation>, IdbError> {
+    Ok(db().await?.get_json(CHATS, id).await.unwrap_or(None))
 }
 
 /// Newest first (ties: by id, so the order is stable).

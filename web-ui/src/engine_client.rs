@@ -351,6 +351,27 @@ pub async fn probe(budget_ms: f64) -> Result<f64, WorkerError> {
     }
 }
 
+/// Benchmark the loaded model ([`ToWorker::Bench`]); the answer is `FromWorker::Benched`.
+pub async fn bench(n_prompt: usize, n_gen: usize, reps: usize) -> Result<FromWorker, WorkerError> {
+    match request(
+        RequestId::next(),
+        ToWorker::Bench {
+            n_prompt,
+            n_gen,
+            reps,
+        },
+        None,
+    )
+    .await?
+    {
+        b @ FromWorker::Benched { .. } => Ok(b),
+        other => Err(WorkerError {
+            kind: "protocol".into(),
+            message: format!("unexpected answer {other:?}"),
+        }),
+    }
+}
+
 /// Stop generation `request` (`None`: whichever runs): a running one ends at the next token
 /// with its text so far; a queued one fails with kind `aborted`.
 pub fn stop(request: Option<RequestId>) {
@@ -395,12 +416,34 @@ pub fn lose_gpu() {
     post_only(ToWorker::LoseGpu);
 }
 
-/// `window.__slm_test = { loseGpu }`: lets the browser tests simulate a lost GPU device. Harmless
-/// in production: it only does what a driver reset does, and the app recovers on the CPU.
+/// `window.__slm_test = { loseGpu, bench }`: lets the browser tests simulate a lost GPU device,
+/// and `cargo xtask bench --browser` time the loaded model (`bench(n_prompt, n_gen, reps)` → a
+/// promise of `Benched`'s fields). Harmless in production: a driver reset does the first, and
+/// the second only computes.
 pub fn install_test_hooks() {
     let hooks = js_sys::Object::new();
     let lose = Closure::<dyn Fn()>::new(lose_gpu);
     set(&hooks, "loseGpu", lose.as_ref());
     lose.forget();
+    let bench =
+        Closure::<dyn Fn(f64, f64, f64) -> js_sys::Promise>::new(|p: f64, g: f64, r: f64| {
+            wasm_bindgen_futures::future_to_promise(async move {
+                let count = |x: f64| {
+                    if x.is_finite() && x >= 0.0 {
+                        x as usize
+                    } else {
+                        0
+                    }
+                };
+                let ser = serde_wasm_bindgen::Serializer::json_compatible();
+                match bench(count(p), count(g), count(r)).await {
+                    Ok(b) => serde::Serialize::serialize(&b, &ser)
+                        .map_err(|e| JsValue::from_str(&e.to_string())),
+                    Err(e) => Err(JsValue::from_str(&format!("{}: {}", e.kind, e.message))),
+                }
+            })
+        });
+    set(&hooks, "bench", bench.as_ref());
+    bench.forget();
     set(&js_sys::global(), "__slm_test", &hooks);
 }

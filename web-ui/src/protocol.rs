@@ -99,6 +99,15 @@ pub enum ToWorker {
     /// Measure how fast this machine's CPU path streams quantized weights (for the expected
     /// speed before a download); runs about `budget_ms` (clamped to 10..=2000). Answer: `Probed`.
     Probe { budget_ms: f64 },
+    /// Benchmark the loaded model as llama-bench's pp/tg do (`cargo xtask bench --browser`):
+    /// prefill `n_prompt` fixed tokens, then decode `n_gen` greedily (no stop), `reps` times;
+    /// the medians. Bounded: `n_prompt + n_gen` within the context, `reps` ≤ 10. The KV cache
+    /// is dropped afterwards. Answer: `Benched`.
+    Bench {
+        n_prompt: usize,
+        n_gen: usize,
+        reps: usize,
+    },
     /// Test hook (`window.__slm_test.loseGpu()`): destroy the WebGPU device the loaded model
     /// runs on, as a driver reset would. Does nothing when no GPU device exists.
     LoseGpu,
@@ -128,6 +137,7 @@ impl FromWorker {
             FromWorker::Loaded { .. }
                 | FromWorker::Done(_)
                 | FromWorker::Probed { .. }
+                | FromWorker::Benched { .. }
                 | FromWorker::Error { .. }
         )
     }
@@ -173,6 +183,16 @@ pub enum FromWorker {
     Probed {
         cpu_bytes_per_s: f64,
         elapsed_ms: f64,
+    },
+    /// The answer to `Bench`: median tokens per second.
+    Benched {
+        backend: String,
+        /// Threads the CPU engine computes with (1 on the GPU).
+        threads: usize,
+        n_prompt: usize,
+        n_gen: usize,
+        prefill_tok_s: f64,
+        decode_tok_s: f64,
     },
     /// New reply text (may be empty while a character is incomplete).
     Token { text: String },

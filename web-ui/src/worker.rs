@@ -257,9 +257,83 @@ async fn answer(msg: ToWorker) {
                 elapsed_ms: p.elapsed_ms,
             });
         }
+        ToWorker::Bench {
+            n_prompt,
+            n_gen,
+            reps,
+        } => {
+            let Some(mut l) = LOADED.with(|l| l.borrow_mut().take()) else {
+                post_err("generate", "no model is loaded".into());
+                return;
+            };
+            let r = bench(&mut l, n_prompt, n_gen, reps).await;
+            l.cached.clear();
+            LOADED.with(|slot| *slot.borrow_mut() = Some(l));
+            match r {
+                Ok(b) => post(&b),
+                Err(e) => post_err(error_kind(&e), e.to_string()),
+            }
+        }
         // Never queued.
         ToWorker::Stop { .. } | ToWorker::LoseGpu => {}
     }
+}
+
+/// [`ToWorker::Bench`]: llama-bench's pp/tg through the same calls a reply makes (the prompt in
+/// one forward pass, then one greedy decode step per token).
+async fn bench(
+    l: &mut Loaded,
+    n_prompt: usize,
+    n_gen: usize,
+    reps: usize,
+) -> Result<FromWorker, Error> {
+    let model = &mut l.model;
+    let fits = n_prompt
+        .checked_add(n_gen)
+        .is_some_and(|t| t <= model.n_ctx() && n_prompt > 0 && n_gen > 0);
+    if !fits || !(1..=10).contains(&reps) {
+        return Err(Error::InvalidParam {
+            name: "bench",
+            what: format!(
+                "prompt + generated tokens must be in 2..={} and repetitions in 1..=10",
+                model.n_ctx()
+            ),
+        });
+    }
+    let prompt = engine::bench::prompt_ids(n_prompt, model.config().n_vocab);
+    let greedy = SamplerParams::greedy();
+    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let t = now_ms();
+        let mut next = engine::backend::cpu::ops::argmax(forward_last(model, &prompt, 0).await?);
+        prefill.push(n_prompt as f64 * 1e3 / (now_ms() - t));
+        yield_to_events().await;
+        let t = now_ms();
+        for i in 0..n_gen {
+            let pos = n_prompt + i;
+            next = match model {
+                LoadedModel::Gpu(m) => {
+                    let s = gpu::GpuSampling::from_params(&greedy, 0.0);
+                    m.decode_sample_async(next, pos, &s).await?
+                }
+                LoadedModel::Cpu(_) => {
+                    engine::backend::cpu::ops::argmax(forward_last(model, &[next], pos).await?)
+                }
+            };
+        }
+        decode.push(n_gen as f64 * 1e3 / (now_ms() - t));
+    }
+    Ok(FromWorker::Benched {
+        backend: model.name().into(),
+        threads: match model {
+            LoadedModel::Cpu(m) => m.threads(),
+            LoadedModel::Gpu(_) => 1,
+        },
+        n_prompt,
+        n_gen,
+        prefill_tok_s: round2(engine::bench::median(&mut prefill)),
+        decode_tok_s: round2(engine::bench::median(&mut decode)),
+    })
 }
 
 /// The test hook: `GPUDevice.destroy()` on the loaded model's device, which resolves its `lost`
@@ -400,6 +474,11 @@ async fn load(
             crate::js::adapter_label_js(&dev.info().name, &get(&get(&r, "adapter"), "info"));
         recorded = Some((adapter, get(&r, "device")));
     };
+    // Going to the CPU for sure: drop each stored chunk as soon as its weights are copied out,
+    // so the file is never held twice (a GPU attempt may fall back and read everything again).
+    if choice == BackendChoice::Cpu || unavailable.is_some() {
+        src.release_after_reading(g.tensors.iter().map(|t| (g.data_offset + t.offset, t.size)));
+    }
     let hooks = GpuHooks {
         unavailable,
         on_device: Some(&mut on_device),

@@ -432,26 +432,52 @@ fn fuzz(target: &str, seconds: u32) -> Result {
         ]))
 }
 
-fn bench() -> Result {
-    fetch_models()?;
-    for m in MODELS {
-        for threads in ["1", "2"] {
+/// `cargo xtask bench [--browser [--wllama]] [--model PATH] [--threads N] [--no-build]`:
+/// llama-bench's pp128/tg128 of the test models (or `--model`) at 1 and 2 threads (or
+/// `--threads`), natively (`slm bench`) or in headless Chromium through the app's worker
+/// (`tests/bench.mjs`; `--wllama`: and wllama on the same file, with the ratios); one JSON line
+/// each.
+fn bench(args: &[String]) -> Result {
+    let (mut browser, mut build, mut wllama) = (false, true, false);
+    let (mut models, mut threads): (Vec<PathBuf>, Vec<String>) = (Vec::new(), Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--browser" => browser = true,
+            "--wllama" => wllama = true,
+            "--no-build" => build = false,
+            "--model" => models.push(PathBuf::from(it.next().ok_or("--model needs a path")?)),
+            "--threads" => {
+                let n = it.next().ok_or("--threads needs a count")?;
+                n.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=256).contains(n))
+                    .ok_or(format!("--threads `{n}`: a count from 1 to 256"))?;
+                threads.push(n.clone());
+            }
+            other => {
+                return Err(format!(
+                    "bench: unknown argument `{other}` (usage: cargo xtask bench [--browser [--wllama]] [--model PATH] [--threads N] [--no-build])"
+                ))
+            }
+        }
+    }
+    if models.is_empty() {
+        fetch_models()?;
+        models = MODELS.iter().map(|m| models_dir().join(m.file)).collect();
+    }
+    if threads.is_empty() {
+        threads = vec!["1".into(), "2".into()];
+    }
+    if browser {
+        return serve::bench_browser(&models, &threads, build, wllama);
+    }
+    for m in &models {
+        for t in &threads {
             run(cargo()
-                .args([
-                    "run",
-                    "--quiet",
-                    "--release",
-                    "--bin",
-                    "slm",
-                    "--",
-                    "bench",
-                    "--backend",
-                    "cpu",
-                    "--threads",
-                    threads,
-                    "--model",
-                ])
-                .arg(models_dir().join(m.file)))?;
+                .args(["run", "--quiet", "--release", "--bin", "slm", "--", "bench"])
+                .args(["--backend", "cpu", "--threads", t, "--model"])
+                .arg(m))?;
         }
     }
     Ok(())
@@ -462,7 +488,7 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("fetch-models") => fetch_models(),
         Some("test") => test(),
-        Some("bench") => bench(),
+        Some("bench") => bench(&args[1..]),
         Some("serve") => serve::serve(&args[1..]),
         Some("dist") => dist::dist(&args[1..]),
         Some("browser-tests") => serve::browser_tests(),
@@ -471,7 +497,7 @@ fn main() {
             args.get(1).map_or("gguf_parse", String::as_str),
             args.get(2).and_then(|s| s.parse().ok()).unwrap_or(60),
         ),
-        _ => Err("usage: cargo xtask <fetch-models|test|bench|fuzz [target] [seconds]|serve [--port N] [--no-build] [--test-hooks] [--embed-origins URL,URL]|dist [--out DIR] [--no-build]|browser-tests|synth-model --shape NAME --type TYPE --out PATH>".into()),
+        _ => Err("usage: cargo xtask <fetch-models|test|bench [--browser [--wllama]] [--model PATH] [--threads N]|fuzz [target] [seconds]|serve [--port N] [--no-build] [--test-hooks] [--embed-origins URL,URL]|dist [--out DIR] [--no-build]|browser-tests|synth-model --shape NAME --type TYPE --out PATH>".into()),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e}");

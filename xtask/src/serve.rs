@@ -812,6 +812,68 @@ pub fn browser_tests() -> Result {
         .env("SLM_E2E_BACKEND", "gpu"))
 }
 
+/// `cargo xtask bench --browser [--wllama]`: each model at each thread count through
+/// `tests/bench.mjs` (headless Chromium, the app's worker, a fresh profile each) against a
+/// test-mode server; with `--wllama`, `tests/bench-wllama.mjs` right after on the same file and
+/// thread count, then a line with our figures over theirs.
+pub fn bench_browser(models: &[PathBuf], threads: &[String], build: bool, wllama: bool) -> Result {
+    if build {
+        build_web()?;
+    }
+    let server = Server::new(root().join("dist"), true)?;
+    let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    std::thread::spawn(move || server.run(listener));
+    let bench = |script: &str, model: &Path, t: &str| -> Result<serde_json::Value> {
+        let out = Command::new("node")
+            .current_dir(web_tests_dir())
+            .arg(script)
+            .env("SLM_URL", format!("http://127.0.0.1:{port}/"))
+            .env("SLM_BENCH_MODEL", model)
+            .env("SLM_BENCH_THREADS", t)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| format!("node {script}: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or("");
+        if !out.status.success() || line.is_empty() {
+            return Err(format!("node {script} failed: {text}"));
+        }
+        println!("{line}");
+        serde_json::from_str(line).map_err(|e| format!("{script} printed {line}: {e}"))
+    };
+    for m in models {
+        let m = std::fs::canonicalize(m).map_err(|e| format!("{}: {e}", m.display()))?;
+        for t in threads {
+            let ours = bench("bench.mjs", &m, t)?;
+            if !wllama {
+                continue;
+            }
+            let theirs = bench("bench-wllama.mjs", &m, t)?;
+            let ratio = |k: &str| {
+                let (a, b) = (ours[k].as_f64(), theirs[k].as_f64());
+                a.zip(b)
+                    .filter(|(_, b)| *b > 0.0)
+                    .map(|(a, b)| (a / b * 100.0).round() / 100.0)
+            };
+            println!(
+                "{}",
+                serde_json::json!({
+                    "model": ours["model"],
+                    "threads": t.parse::<usize>().unwrap_or(0),
+                    "prefill_vs_wllama": ratio("prefill_tok_s"),
+                    "decode_vs_wllama": ratio("decode_tok_s"),
+                })
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Characters of the native greedy reply the browser's reply must start with. The sky question
 /// meets its first near-tie at character 42 (" shade" 21.51 vs "," 21.26 after "…a deep"), where
 /// wasm simd128 and AVX2 summation order may legitimately pick differently.

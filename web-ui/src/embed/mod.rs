@@ -89,6 +89,23 @@ impl EmbedOptions {
     }
 }
 
+/// The id the widget keeps its conversation under: one per embedding configuration (model,
+/// title, system prompt) on each site, so a host page's launcher and its inline chat, or two
+/// assistants with different prompts, keep separate conversations.
+pub fn conversation_id(o: &EmbedOptions) -> String {
+    // FNV-1a (64 bit) over the three fields, 0-separated.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let model = o.model.as_deref().unwrap_or("default");
+    let system = o.system.as_deref().unwrap_or("");
+    for part in [model, o.title.as_str(), system] {
+        for b in part.bytes().chain([0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{}{model}:{h:016x}", crate::chat_store::EMBED_PREFIX)
+}
+
 /// `a=1&b=x%20y` → pairs, percent- and `+`-decoded; at most 32 pairs of 8 KiB.
 pub fn parse_query(q: &str) -> Vec<(String, String)> {
     let q = q.strip_prefix('?').unwrap_or(q);
@@ -179,5 +196,30 @@ mod tests {
         assert_eq!(bad.title, "Private assistant");
         let long = EmbedOptions::from_query(&format!("title={}", "x".repeat(500)));
         assert_eq!(long.title.len(), MAX_TITLE);
+    }
+
+    #[test]
+    fn conversation_ids_follow_the_configuration() {
+        let a = EmbedOptions::from_query("model=smollm2-135m-instruct-q4_1&title=Ask");
+        let id = conversation_id(&a);
+        assert!(id.starts_with("embed:smollm2-135m-instruct-q4_1:"), "{id}");
+        assert_eq!(id, conversation_id(&a.clone()), "stable");
+        let b =
+            EmbedOptions::from_query("model=smollm2-135m-instruct-q4_1&title=Ask&system=Be+brief.");
+        let c = EmbedOptions::from_query("model=smollm2-135m-instruct-q4_1&title=Inline");
+        assert_ne!(
+            id,
+            conversation_id(&b),
+            "another system prompt: another conversation"
+        );
+        assert_ne!(
+            id,
+            conversation_id(&c),
+            "another title: another conversation"
+        );
+        // The separator keeps ("ab", "") apart from ("a", "b").
+        let d = EmbedOptions::from_query("title=ab");
+        let e = EmbedOptions::from_query("title=a&system=b");
+        assert_ne!(conversation_id(&d), conversation_id(&e));
     }
 }

@@ -2,7 +2,9 @@
 //! model, its size, where it is stored — each embedding site keeps its own copy — and the
 //! download with progress, speed and time left, reusing the app's download panel), then the app's
 //! chat panel. A model already stored for this site is loaded at once. The conversation stays in
-//! this frame (the app's origin); the host page sees none of it.
+//! this frame (the app's origin; the host page sees none of it) and is kept in this site's
+//! storage under [`super::conversation_id`], so it continues after the host page reloads; "New
+//! chat" clears it.
 
 use leptos::prelude::*;
 
@@ -11,7 +13,7 @@ use crate::catalog::{fetch_catalog, CatalogEntry};
 use crate::components::chat::ChatPanel;
 use crate::components::download_panel::{provide_chat_contexts, DownloadPanel};
 use crate::protocol::GenSettings;
-use crate::state::{Chat, Conversation, Engine, ErrorBanner, SelectedModel, Settings};
+use crate::state::{Chat, Conversation, Engine, ErrorBanner, Generating, SelectedModel, Settings};
 
 #[component]
 pub fn Widget(opts: EmbedOptions, embedder: RwSignal<Embedder>) -> impl IntoView {
@@ -21,7 +23,9 @@ pub fn Widget(opts: EmbedOptions, embedder: RwSignal<Embedder>) -> impl IntoView
         load_progress: RwSignal::new(None),
         gpu_lost: RwSignal::new(None),
     };
+    let conv_id = super::conversation_id(&opts);
     let mut conv = Conversation::new();
+    conv.id = conv_id.clone();
     conv.title = opts.title.clone();
     if let Some(s) = &opts.system {
         conv.system = s.clone();
@@ -43,6 +47,8 @@ pub fn Widget(opts: EmbedOptions, embedder: RwSignal<Embedder>) -> impl IntoView
     let settings = Settings(RwSignal::new(settings));
     let dl = provide_chat_contexts(engine, banner, chat, settings);
     let selected = expect_context::<SelectedModel>();
+    let generating = expect_context::<Generating>().0;
+    crate::chat_store::on_error(move |m| banner.show(m));
 
     // The model: the one the host asked for, else the catalog's default. Stored already (for
     // this site): load it now.
@@ -55,11 +61,36 @@ pub fn Widget(opts: EmbedOptions, embedder: RwSignal<Embedder>) -> impl IntoView
     // Where the browser blocks an embedded frame's storage (third-party cookies and storage
     // blocked), the model cannot be kept: say so, and offer the chat in its own tab.
     let storage_blocked = RwSignal::new(None::<String>);
-    leptos::task::spawn_local(async move {
-        if let Err(e) = crate::idb::Db::open().await {
-            storage_blocked.set(Some(e.to_string()));
+    {
+        let conv_id = conv_id.clone();
+        leptos::task::spawn_local(async move {
+            if let Err(e) = crate::idb::Db::open().await {
+                storage_blocked.set(Some(e.to_string()));
+                return;
+            }
+            // This configuration's earlier conversation on this site, unless a chat started.
+            if let Ok(Some(saved)) = crate::chat_store::get(&conv_id).await {
+                if chat.conv.with_untracked(|c| c.messages.is_empty()) {
+                    chat.conv.update(|c| {
+                        c.messages = saved.messages;
+                        c.updated = saved.updated;
+                    });
+                }
+            }
+        });
+    }
+    let new_chat = {
+        let conv_id = conv_id.clone();
+        move |_| {
+            if generating.get_untracked() {
+                return;
+            }
+            chat.conv.update(|c| c.messages.clear());
+            chat.last_stats.set(None);
+            crate::chat_store::delete(&conv_id);
+            crate::engine_client::reset();
         }
-    });
+    };
     let own_tab = {
         let mut q = vec!["mode=chat".to_string()];
         if let Some(m) = &opts.model {
@@ -105,6 +136,9 @@ pub fn Widget(opts: EmbedOptions, embedder: RwSignal<Embedder>) -> impl IntoView
             <header class="embed-bar">
                 <h1 class="embed-title" data-testid="embed-title">{title}</h1>
                 <span class="embed-backend" data-testid="backend-badge">{backend}</span>
+                <button class="embed-new secondary" data-testid="embed-new-chat" title="Start a new conversation"
+                    disabled=move || generating.get() || chat.conv.with(|c| c.messages.is_empty())
+                    on:click=new_chat>"New chat"</button>
             </header>
             <Show when=move || banner.0.get().is_some()>
                 <div class="error-banner" data-testid="error-banner" role="alert">
@@ -123,7 +157,7 @@ pub fn Widget(opts: EmbedOptions, embedder: RwSignal<Embedder>) -> impl IntoView
                 Embedder::Allowed if storage_blocked.get().is_some() => view! {
                     <div class="embed-refused" data-testid="embed-storage-blocked" role="alert">
                         <p><strong>"This browser blocks storage for chats embedded in other sites."</strong></p>
-                        <p>"The model has to be stored in the browser before it can answer (third-party cookies and site data are blocked here). "
+                        <p>"The model has to be stored in the browser before it can answer (third-party cookies and site data are blocked here; a site can avoid this by serving the chat from its own domain). "
                            <a href=own_tab.clone() target="_blank" rel="noopener">"Open the chat in its own tab"</a>
                            ", or allow site data for this chat's site in the browser's settings."</p>
                         <p class="embed-note">{move || storage_blocked.get().unwrap_or_default()}</p>
@@ -179,7 +213,7 @@ fn FirstRun(stored: RwSignal<bool>) -> impl IntoView {
                 <p class="embed-storage" data-testid="embed-storage-note">
                     "The model is downloaded once and kept in this browser for this site only: "
                     "browsers keep each site's embedded storage apart, so every site that embeds this chat "
-                    "(and the app's own page) stores its own copy. After that, answers are computed on this "
+                    "stores its own copy. After that, answers are computed on this "
                     "device and nothing you type leaves it."
                 </p>
             </Show>

@@ -50,6 +50,135 @@ impl MatParams {
     }
 }
 
+/// matmul_pair.wgsl `Params`: two weight rows per unit and a pairwise epilogue (the mode is
+/// the entry point: `glu` or `qkv`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct PairParams {
+    /// GLU: n_ff; QKV: (n_head + 2 n_head_kv) · head_dim / 2 rotation pairs.
+    pub units: u32,
+    pub cols: u32,
+    pub n_tok: u32,
+    pub x_off: u32,
+    pub x_stride: u32,
+    pub total_wg: u32,
+    /// [`MAT_BIAS`] | [`MAT_NORM`].
+    pub flags: u32,
+    pub eps: f32,
+    /// GLU: 0 SiLU, 1 GELU-tanh.
+    pub act: u32,
+    /// GLU: y row offset and stride.
+    pub out_off: u32,
+    pub out_stride: u32,
+    /// Bytes per row of every weight (one type, `cols` columns).
+    pub row_bytes: u32,
+    /// Offsets into `vecs` of the [Q | K | V] biases and of the RoPE factors.
+    pub bias_off: u32,
+    pub freq_off: u32,
+    pub n_head: u32,
+    pub n_head_kv: u32,
+    pub head_dim: u32,
+    pub n_rot: u32,
+    pub pos0: u32,
+    /// 0 adjacent, 1 NeoX.
+    pub neox: u32,
+    pub has_freq: u32,
+    /// 0: a NoPE layer (K and V only stored, Q copied).
+    pub rotate: u32,
+    pub base: f32,
+    pub pos_scale: f32,
+    pub mscale: f32,
+    /// Tokens per workgroup: 1 (decode) or [`MATMUL_TILE`] (prefill).
+    pub tile: u32,
+    pub _pad: [u32; 2],
+}
+
+impl PairParams {
+    /// Workgroups: one per (block of 64 / tpr units, token tile).
+    pub fn workgroups(units: u32, n_tok: u32, tile: u32, tpr: u32) -> u32 {
+        MatParams::workgroups(units, n_tok, tile, tpr)
+    }
+
+    /// GLU mode: `y[t, r] = act(W_gate x_t)_r · (W_up x_t)_r` for n_ff = `units` rows;
+    /// `row_bytes`: of gate and up (one type); `act` 0 SiLU, 1 GELU-tanh; `eps`: the RMSNorm
+    /// folded in (its weight at vecs[0 .. cols]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn glu(
+        units: u32,
+        cols: u32,
+        n_tok: u32,
+        (x_off, x_stride): (u32, u32),
+        (out_off, out_stride): (u32, u32),
+        row_bytes: u32,
+        act: u32,
+        eps: Option<f32>,
+        (tile, tpr): (u32, u32),
+    ) -> Self {
+        let total_wg = Self::workgroups(units, n_tok, tile, tpr);
+        PairParams {
+            units,
+            cols,
+            n_tok,
+            x_off,
+            x_stride,
+            total_wg,
+            flags: if eps.is_some() { MAT_NORM } else { 0 },
+            eps: eps.unwrap_or(0.0),
+            act,
+            out_off,
+            out_stride,
+            row_bytes,
+            tile,
+            ..Default::default()
+        }
+    }
+
+    /// QKV mode for the rows and RoPE of `r` (its n_tok, heads, pos0, rotation): `row_bytes`:
+    /// of Wq, Wk, Wv (one type, all `cols` wide); `eps`: the folded RMSNorm (weight at
+    /// vecs[0 .. cols]); `bias`: the [Q | K | V] biases at vecs[cols ..]; the RoPE factors at
+    /// vecs[freq_off ..] when `r.has_freq`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv(
+        r: &RopeParams,
+        cols: u32,
+        (x_off, x_stride): (u32, u32),
+        row_bytes: u32,
+        eps: Option<f32>,
+        bias: bool,
+        freq_off: u32,
+        (tile, tpr): (u32, u32),
+    ) -> Self {
+        let units = (r.n_head + 2 * r.n_head_kv) * r.head_dim / 2;
+        let total_wg = Self::workgroups(units, r.n_tok, tile, tpr);
+        PairParams {
+            units,
+            cols,
+            n_tok: r.n_tok,
+            x_off,
+            x_stride,
+            total_wg,
+            flags: (if eps.is_some() { MAT_NORM } else { 0 }) | (if bias { MAT_BIAS } else { 0 }),
+            eps: eps.unwrap_or(0.0),
+            row_bytes,
+            bias_off: cols,
+            freq_off,
+            n_head: r.n_head,
+            n_head_kv: r.n_head_kv,
+            head_dim: r.head_dim,
+            n_rot: r.n_rot,
+            pos0: r.pos0,
+            neox: r.neox,
+            has_freq: r.has_freq,
+            rotate: r.rotate,
+            base: r.base,
+            pos_scale: r.pos_scale,
+            mscale: r.mscale,
+            tile,
+            ..Default::default()
+        }
+    }
+}
+
 /// get_rows.wgsl `Params`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
@@ -202,6 +331,7 @@ pub const ELT_WG: u32 = 64;
 
 const _: () = {
     assert!(std::mem::size_of::<MatParams>() as u64 <= PARAMS_BYTES);
+    assert!(std::mem::size_of::<PairParams>() as u64 <= PARAMS_BYTES);
     assert!(std::mem::size_of::<GetRowsParams>() as u64 <= PARAMS_BYTES);
     assert!(std::mem::size_of::<RopeParams>() as u64 <= PARAMS_BYTES);
     assert!(std::mem::size_of::<AttnParams>() as u64 <= PARAMS_BYTES);

@@ -388,7 +388,7 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
     }
     let (mut model, _) = load_model(args, &f)?;
     let load_s = (clock.now_ms() - t0) / 1e3;
-    let n_vocab = model.config().n_vocab as u64;
+    let n_vocab = model.config().n_vocab;
     if !in_ctx(model.n_ctx()) {
         return fail(format!(
             "--prompt-tokens + --gen-tokens must be in 1..={} (the model's context)",
@@ -396,9 +396,7 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
         ));
     }
     // A fixed pseudo-random prompt (the speed does not depend on the ids).
-    let prompt: Vec<u32> = (0..n_prompt as u64)
-        .map(|i| ((i * 7919 + 13) % n_vocab) as u32)
-        .collect();
+    let prompt = engine::bench::prompt_ids(n_prompt, n_vocab);
     let (mut prefill, mut decode) = (vec![], vec![]);
     for _ in 0..reps {
         let t = clock.now_ms();
@@ -420,10 +418,7 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
         }
         decode.push(n_gen as f64 * 1e3 / (clock.now_ms() - t));
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let median = engine::bench::median;
     let decode_tok_s = median(&mut decode);
     // The bandwidth floor: a decode step cannot take less than its weight bytes over the
     // memory bandwidth (`--bandwidth-gbs`, the device's figure in GB/s).

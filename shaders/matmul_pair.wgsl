@@ -1,0 +1,338 @@
+// matmul_pair.wgsl: a matrix product where each "unit" computes two weight rows against the same
+// x and combines them in a pairwise epilogue, so the element-wise op that followed the products
+// needs no dispatch of its own. Two entry points, one per mode (a constant inside each, so the
+// other mode's code is compiled out):
+//   glu: unit u = row u of W_gate (w0) and row u of W_up (w1):
+//        y[t, u] = act(gate) * up, act = SiLU (act 0) or GELU-tanh (act 1).
+//   qkv: the attention inputs of one layer: units are the rotation pairs of every Q head
+//        (w0), then of every K head (w1), then adjacent pairs of every V head (w2). Q pairs are
+//        rotated (RoPE, exactly as rope.wgsl) into y (n_tok, n_head * head_dim); K pairs are
+//        rotated into k_cache row pos0 + t; V pairs are copied into v_cache row pos0 + t.
+// The weights stay in their own GGUF buffers (no concatenated copy), all of ONE type, the
+// pipeline-overridable constant DTYPE, as in matmul.wgsl: a pipeline decodes one type only (a
+// step whose weights differ in type is not fused). All weights have `cols` columns, hence the
+// same row_bytes. quant.wgsl's buffer argument is a constant at each `dot2` call.
+// Like matmul.wgsl: WG invocations, TPR per unit (WG / TPR units per workgroup), a tile of up to
+// p.tile tokens (a parameter, not an override as in matmul.wgsl: one pipeline per mode and type
+// serves decode and prefill, as each costs ~0.3 s (glu) / ~0.6 s (qkv) of CPU time to create on
+// lavapipe); the optional RMSNorm of x folded in (flag bit 2: normw = vecs[0 .. cols]);
+// optional biases (flag bit 0: vecs[bias_off + q_dim-concatenated row], qkv only).
+// x: (n_tok, x_stride) from x_off; vecs: [norm weight (cols) | biases (q_dim + 2 kv_dim) | RoPE
+// frequency factors (n_rot / 2)], offsets in Params.
+
+const WG: u32 = 64u;
+const TILE_MAX: u32 = 8u;
+override TPR: u32 = 16u;
+
+struct Params {
+    units: u32,
+    cols: u32,
+    n_tok: u32,
+    x_off: u32,
+    x_stride: u32,
+    total_wg: u32,
+    // bit 0: biases; bit 2: RMSNorm x first
+    flags: u32,
+    eps: f32,
+    // glu: 0 SiLU, 1 GELU-tanh
+    act: u32,
+    out_off: u32,
+    out_stride: u32,
+    row_bytes: u32,
+    bias_off: u32,
+    freq_off: u32,
+    n_head: u32,
+    n_head_kv: u32,
+    head_dim: u32,
+    n_rot: u32,
+    pos0: u32,
+    neox: u32,
+    has_freq: u32,
+    rotate: u32,
+    base: f32,
+    pos_scale: f32,
+    mscale: f32,
+    // tokens per workgroup: 1 (decode) ..= TILE_MAX (prefill)
+    tile: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w0: array<u32>;
+@group(0) @binding(2) var<storage, read> w1: array<u32>;
+@group(0) @binding(3) var<storage, read> w2: array<u32>;
+@group(0) @binding(4) var<storage, read> x: array<f32>;
+@group(0) @binding(5) var<storage, read> vecs: array<f32>;
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;
+@group(0) @binding(7) var<storage, read_write> k_cache: array<kv_t>;
+@group(0) @binding(8) var<storage, read_write> v_cache: array<kv_t>;
+
+override DTYPE: u32 = T_Q4_0;
+
+// Word i of weight buffer b (0, 1, 2); b is a constant at every call once `dot2` is inlined, so
+// the selects fold to one load and the other two are dead (a `switch` here doubled the
+// pipeline's creation time on lavapipe; an unselected read past a shorter buffer's end would in
+// any case be clamped by WebGPU's robust buffer access).
+fn wword(b: u32, i: u32) -> u32 {
+    return select(select(w2[i], w1[i], b == 1u), w0[i], b == 0u);
+}
+
+const MODE_GLU: u32 = 0u;
+const MODE_QKV: u32 = 1u;
+
+// Partial sums: row a of token t of invocation i at t * WG + i, row b at (TILE_MAX + t) * WG + i.
+var<workgroup> part: array<f32, 1024>; // 2 * WG * TILE_MAX
+var<workgroup> nscale: array<f32, TILE_MAX>;
+
+// What a unit computes: rows ra and rb (of w0 and w1 for glu; of w[seg] for qkv), and for qkv
+// the rotation pair index j (for the frequency) and whether the pair turns.
+struct Unit {
+    ra: u32,
+    rb: u32,
+    seg: u32,
+    j: u32,
+    turns: bool,
+}
+
+fn unit_of(mode: u32, u: u32) -> Unit {
+    var o: Unit;
+    if (mode == MODE_GLU) {
+        o.ra = u;
+        o.rb = u;
+        return o;
+    }
+    let half = p.head_dim / 2u;
+    let nq = p.n_head * half;
+    let nk = p.n_head_kv * half;
+    var v = u;
+    o.seg = 0u;
+    if (u >= nq + nk) {
+        o.seg = 2u;
+        v = u - nq - nk;
+    } else if (u >= nq) {
+        o.seg = 1u;
+        v = u - nq;
+    }
+    let h = v / half;
+    let j = v % half;
+    let half_rot = p.n_rot / 2u;
+    var ia = 2u * j;
+    var ib = 2u * j + 1u;
+    o.turns = false;
+    if (o.seg < 2u && j < half_rot && p.rotate != 0u) {
+        o.turns = true;
+        if (p.neox == 1u) {
+            ia = j;
+            ib = j + half_rot;
+        }
+    }
+    o.ra = h * p.head_dim + ia;
+    o.rb = h * p.head_dim + ib;
+    o.j = j;
+    return o;
+}
+
+fn glu_act(g: f32) -> f32 {
+    if (p.act == 1u) {
+        // 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))) as glu.wgsl.
+        let t = clamp(0.7978846 * g * (1.0 + 0.044715 * g * g), -15.0, 15.0);
+        return 0.5 * g * (1.0 + tanh(t));
+    }
+    return g / (1.0 + exp(-g));
+}
+
+@compute @workgroup_size(WG)
+fn glu(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    pair(MODE_GLU, linear_wg(wid, nwg), lid);
+}
+
+@compute @workgroup_size(WG)
+fn qkv(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    pair(MODE_QKV, linear_wg(wid, nwg), lid);
+}
+
+// The rows and token tile one invocation multiplies.
+struct Dot {
+    off_a: u32,
+    off_b: u32,
+    lane: u32,
+    n_pieces: u32,
+    t0: u32,
+    nt: u32,
+    norm: bool,
+}
+
+// acc_a[t] += row a (buffer sa) · x[t'], acc_b[t] += row b (buffer sb) · x[t'] over this lane's
+// pieces, x' normalised by the folded norm weight when d.norm (the 1 / rms factor comes later).
+fn dot2(
+    sa: u32,
+    sb: u32,
+    d: Dot,
+    acc_a: ptr<function, array<f32, TILE_MAX>>,
+    acc_b: ptr<function, array<f32, TILE_MAX>>,
+) {
+    for (var pc = d.lane; pc < d.n_pieces; pc += TPR) {
+        var va: array<f32, 16>;
+        var vb: array<f32, 16>;
+        load_piece(sa, d.off_a, pc, p.cols, &va);
+        load_piece(sb, d.off_b, pc, p.cols, &vb);
+        // Only constant indices into va, vb (loops of 16, unrolled), so they stay in registers;
+        // elements past `cols` (float types only) are 0 in va, vb and read as 0 from x.
+        let c0 = pc * 16u;
+        let nc = min(16u, p.cols - c0);
+        if (d.norm) {
+            for (var i = 0u; i < 16u; i++) {
+                if (i < nc) {
+                    let g = vecs[c0 + i];
+                    va[i] *= g;
+                    vb[i] *= g;
+                }
+            }
+        }
+        for (var t = 0u; t < d.nt; t++) {
+            let xb = p.x_off + (d.t0 + t) * p.x_stride + c0;
+            var s_a = 0.0;
+            var s_b = 0.0;
+            for (var i = 0u; i < 16u; i++) {
+                var xv = 0.0;
+                if (i < nc) { xv = x[xb + i]; }
+                s_a += va[i] * xv;
+                s_b += vb[i] * xv;
+            }
+            (*acc_a)[t] += s_a;
+            (*acc_b)[t] += s_b;
+        }
+    }
+}
+
+// The kernel; `mode` is a constant at both call sites.
+fn pair(mode: u32, id: u32, lid: u32) {
+    if (id >= p.total_wg) { return; }
+    let units_per_wg = WG / TPR;
+    let n_tiles = (p.n_tok + p.tile - 1u) / p.tile;
+    let u = (id / n_tiles) * units_per_wg + lid / TPR;
+    let lane = lid % TPR;
+    let t0 = (id % n_tiles) * p.tile;
+    let nt = min(p.tile, p.n_tok - t0);
+    let valid = u < p.units;
+    var n_pieces = (p.cols + 15u) / 16u;
+    var un: Unit;
+    if (valid) { un = unit_of(mode, u); } else { n_pieces = 0u; }
+    let off_a = un.ra * p.row_bytes;
+    let off_b = un.rb * p.row_bytes;
+
+    let norm = (p.flags & 4u) != 0u;
+    if (norm) {
+        for (var t = 0u; t < nt; t++) {
+            let xb = p.x_off + (t0 + t) * p.x_stride;
+            var ss = 0.0;
+            for (var i = lid; i < p.cols; i += WG) {
+                let xv = x[xb + i];
+                ss += xv * xv;
+            }
+            part[t * WG + lid] = ss;
+        }
+        for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+            workgroupBarrier();
+            if (lid < s) {
+                for (var t = 0u; t < nt; t++) { part[t * WG + lid] += part[t * WG + lid + s]; }
+            }
+        }
+        workgroupBarrier();
+        if (lid < nt) { nscale[lid] = inverseSqrt(part[lid * WG] / f32(p.cols) + p.eps); }
+        workgroupBarrier();
+    }
+
+    var acc_a: array<f32, TILE_MAX>;
+    var acc_b: array<f32, TILE_MAX>;
+    // Each call's buffers are constants (once inlined), so `wword` reads one buffer and every
+    // invocation of a qkv workgroup loops in the copy of its own segment.
+    let d = Dot(off_a, off_b, lane, n_pieces, t0, nt, norm);
+    if (mode == MODE_GLU) {
+        dot2(0u, 1u, d, &acc_a, &acc_b);
+    } else {
+        switch un.seg {
+            case 0u: { dot2(0u, 0u, d, &acc_a, &acc_b); }
+            case 1u: { dot2(1u, 1u, d, &acc_a, &acc_b); }
+            default: { dot2(2u, 2u, d, &acc_a, &acc_b); }
+        }
+    }
+    if (TPR > 1u) {
+        for (var t = 0u; t < nt; t++) {
+            part[t * WG + lid] = acc_a[t];
+            part[(TILE_MAX + t) * WG + lid] = acc_b[t];
+        }
+        for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
+            workgroupBarrier();
+            if (lane < s) {
+                for (var t = 0u; t < nt; t++) {
+                    part[t * WG + lid] += part[t * WG + lid + s];
+                    part[(TILE_MAX + t) * WG + lid] += part[(TILE_MAX + t) * WG + lid + s];
+                }
+            }
+        }
+        workgroupBarrier();
+        for (var t = 0u; t < nt; t++) {
+            acc_a[t] = part[t * WG + lid];
+            acc_b[t] = part[(TILE_MAX + t) * WG + lid];
+        }
+    }
+    if (!valid || lane != 0u) { return; }
+
+    let q_dim = p.n_head * p.head_dim;
+    let kv_dim = p.n_head_kv * p.head_dim;
+    // Row index in the concatenated bias [Q | K | V].
+    var bias_row = p.bias_off;
+    if (un.seg == 1u) { bias_row += q_dim; }
+    if (un.seg == 2u) { bias_row += q_dim + kv_dim; }
+    for (var t = 0u; t < nt; t++) {
+        var a = acc_a[t];
+        var b = acc_b[t];
+        if (norm) {
+            a *= nscale[t];
+            b *= nscale[t];
+        }
+        if ((p.flags & 1u) != 0u) {
+            a += vecs[bias_row + un.ra];
+            b += vecs[bias_row + un.rb];
+        }
+        let tok = t0 + t;
+        if (mode == MODE_GLU) {
+            y[p.out_off + tok * p.out_stride + u] = glu_act(a) * b;
+            continue;
+        }
+        let pos = p.pos0 + tok;
+        if (un.turns) {
+            var theta = f32(pos) * p.pos_scale * pow(p.base, -2.0 * f32(un.j) / f32(p.n_rot));
+            if (p.has_freq != 0u) { theta = theta / vecs[p.freq_off + un.j]; }
+            let c = cos(theta) * p.mscale;
+            let sn = sin(theta) * p.mscale;
+            let a0 = a;
+            a = a0 * c - b * sn;
+            b = a0 * sn + b * c;
+        }
+        switch un.seg {
+            case 0u: {
+                y[tok * q_dim + un.ra] = a;
+                y[tok * q_dim + un.rb] = b;
+            }
+            case 1u: {
+                k_cache[pos * kv_dim + un.ra] = kv_t(a);
+                k_cache[pos * kv_dim + un.rb] = kv_t(b);
+            }
+            default: {
+                v_cache[pos * kv_dim + un.ra] = kv_t(a);
+                v_cache[pos * kv_dim + un.rb] = kv_t(b);
+            }
+        }
+    }
+}

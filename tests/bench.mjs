@@ -1,0 +1,83 @@
+// `cargo xtask bench --browser --model PATH [--threads N]`: llama-bench's pp/tg of a GGUF in
+// headless Chromium through the app's real worker (the file is imported into IndexedDB like a
+// user's, then loaded from there on the CPU engine), printing one JSON line:
+// {"model", "threads", "prefill_tok_s", "decode_tok_s", "load_s", "peak_mem_mib", ...}.
+// peak_mem_mib is the peak of the summed PSS of the browser's processes (sampled every 500 ms)
+// from the load to the end of the benchmark; baseline_mem_mib is the same sum just before the
+// load (Chromium and the app without a model).
+import { chromium } from 'playwright-core';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { browserPssMib } from './pss.mjs';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+
+const BASE = process.env.SLM_URL || 'http://127.0.0.1:8080/';
+const CHROME = process.env.CHROMIUM || '/usr/lib/chromium/chromium';
+const MODEL = process.env.SLM_BENCH_MODEL;
+const THREADS = Number(process.env.SLM_BENCH_THREADS || 1);
+const N_PROMPT = Number(process.env.SLM_BENCH_PROMPT || 128);
+const N_GEN = Number(process.env.SLM_BENCH_GEN || 128);
+const REPS = Number(process.env.SLM_BENCH_REPS || 3);
+const LONG = 900_000;
+if (!MODEL) { console.error('SLM_BENCH_MODEL=PATH is required'); process.exit(2); }
+
+async function waitReady(page) {
+  const t0 = Date.now();
+  while (Date.now() - t0 < LONG) {
+    if (await page.getByTestId('prompt-input').isEnabled().catch(() => false)) return;
+    if (await page.getByTestId('error-banner').first().isVisible().catch(() => false)) {
+      throw new Error('error banner: ' + await page.getByTestId('error-banner').first().innerText());
+    }
+    await page.waitForTimeout(50);
+  }
+  throw new Error('the model did not load');
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'slm-bench-'));
+const ctx = await chromium.launchPersistentContext(dir, {
+  executablePath: CHROME, headless: true,
+  args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--headless=new'],
+});
+try {
+  const page = ctx.pages()[0] || await ctx.newPage();
+  page.on('pageerror', (e) => console.error('pageerror:', e.message));
+  const url = new URL(BASE);
+  url.searchParams.set('threads', String(THREADS));
+  await page.goto(url.href);
+  await page.getByTestId('backend-select').selectOption('cpu');
+  await page.locator('details.add-model summary').click();
+  await page.getByTestId('import-file').setInputFiles(MODEL);
+  await waitReady(page);
+  // Timed: a fresh page loading the stored model (what every later visit does).
+  await page.reload();
+  await page.getByTestId('backend-select').selectOption('cpu');
+  await page.waitForTimeout(1000);
+  const baseline = browserPssMib(dir);
+  let peak = 0;
+  const sampler = setInterval(() => { peak = Math.max(peak, browserPssMib(dir)); }, 500);
+  const t0 = Date.now();
+  await page.getByTestId('stored-models').locator('li', { hasText: basename(MODEL) }).getByTestId('stored-load').click();
+  await waitReady(page);
+  const loadS = (Date.now() - t0) / 1e3;
+  const r = await page.evaluate(([p, g, n]) => window.__slm_test.bench(p, g, n), [N_PROMPT, N_GEN, REPS]);
+  clearInterval(sampler);
+  peak = Math.max(peak, browserPssMib(dir));
+  console.log(JSON.stringify({
+    model: basename(MODEL),
+    engine: 'slm',
+    backend: r.backend,
+    threads: r.threads,
+    threads_requested: THREADS,
+    prompt_tokens: r.n_prompt,
+    gen_tokens: r.n_gen,
+    prefill_tok_s: r.prefill_tok_s,
+    decode_tok_s: r.decode_tok_s,
+    load_s: Number(loadS.toFixed(2)),
+    peak_mem_mib: Math.round(peak),
+    // The browser with the app open and no model loaded, for reading peak_mem_mib.
+    baseline_mem_mib: Math.round(baseline),
+  }));
+} finally {
+  await ctx.close();
+  rmSync(dir, { recursive: true, force: true });
+}

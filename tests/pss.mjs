@@ -1,0 +1,31 @@
+// Memory of a headless Chromium run, for the benchmarks (bench.mjs, bench-wllama.mjs).
+import { readdirSync, readFileSync } from 'node:fs';
+
+/// Summed PSS (MiB) of the process whose command line holds `marker` and its descendants. Each
+/// call walks /proc and the kernel walks each process's mappings: sample it sparingly (the
+/// benchmarks do every 500 ms), it costs CPU the measured browser shares.
+const roots = new Map();
+export function browserPssMib(marker) {
+  const parent = new Map();
+  let root = roots.get(marker) ?? null;
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      parent.set(Number(d), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+      if (root === null && readFileSync(`/proc/${d}/cmdline`, 'utf8').includes(marker)) { root = Number(d); roots.set(marker, root); }
+    } catch { /* gone */ }
+  }
+  if (root === null) return 0;
+  const inTree = (pid) => { for (let p = pid; p > 1; p = parent.get(p)) if (p === root) return true; return false; };
+  let kb = 0;
+  for (const pid of parent.keys()) {
+    if (!inTree(pid)) continue;
+    try {
+      const m = /^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+      if (m) kb += Number(m[1]);
+    } catch { /* gone */ }
+  }
+  return kb / 1024;
+}
+
