@@ -18,13 +18,6 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> wq: array<u32>;
-
-override DTYPE: u32 = T_Q4_0;
-
-// One weight buffer: `b` (quant.wgsl's buffer argument) is always 0.
-fn wword(b: u32, i: u32) -> u32 {
-    return wq[i];
-}
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
@@ -42,7 +35,7 @@ fn main(
     let tok = tokens[t];
     if (tok < p.row_begin || tok - p.row_begin >= p.n_rows) { return; }
     var v: array<f32, 16>;
-    load_piece(0u, (tok - p.row_begin) * p.row_bytes, pc, p.cols, &v);
+    load_piece((tok - p.row_begin) * p.row_bytes, pc, p.cols, &v);
     let c0 = pc * 16u;
     let nc = min(16u, p.cols - c0);
     for (var i = 0u; i < nc; i++) { out[t * p.cols + c0 + i] = v[i] * p.scale; }

@@ -42,13 +42,6 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> wq: array<u32>;
-
-override DTYPE: u32 = T_Q4_0;
-
-// One weight buffer: `b` (quant.wgsl's buffer argument) is always 0.
-fn wword(b: u32, i: u32) -> u32 {
-    return wq[i];
-}
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
@@ -104,7 +97,7 @@ fn main(
     var acc: array<f32, TILE_MAX>;
     for (var pc = lane; pc < n_pieces; pc += TPR) {
         var v: array<f32, 16>;
-        load_piece(0u, row_off, pc, p.cols, &v);
+        load_piece(row_off, pc, p.cols, &v);
         let c0 = pc * 16u;
         let nc = min(16u, p.cols - c0);
         if (norm) {

@@ -1,4 +1,4 @@
-// quant.wgsl: GGUF block decoders over a weight buffer read through `wword` (declared by the kernel).
+// quant.wgsl: GGUF block decoders over a weight buffer `wq: array<u32>` declared by the kernel.
 //
 // Weights stay in their GGUF block layout, byte-packed; WGSL storage is u32-addressed, so every
 // field is read by byte offset from u32 words (little endian). All f16 fields and all block
@@ -27,36 +27,33 @@
 // bytes is unpacked at once with a shift and a per-byte mask (`bits16`), then the bytes are
 // scaled one by one (`byte16`).
 
-// The including kernel declares the weight type `DTYPE` (an `override` constant: every
-// pipeline decodes one type) and `fn wword(b: u32, i: u32) -> u32`, word i of weight buffer b
-// (kernels with one weight buffer ignore b; the pair kernels pass a constant, so once inlined
-// each read names one buffer). Every function below takes that b first and passes it on.
+override DTYPE: u32 = T_Q4_0;
 
-fn wbyte(b: u32, off: u32) -> u32 {
-    return (wword(b, off >> 2u) >> ((off & 3u) << 3u)) & 0xffu;
+fn wbyte(off: u32) -> u32 {
+    return (wq[off >> 2u] >> ((off & 3u) << 3u)) & 0xffu;
 }
 
 // u16 at an even byte offset.
-fn wu16(b: u32, off: u32) -> u32 {
-    return (wword(b, off >> 2u) >> ((off & 2u) << 3u)) & 0xffffu;
+fn wu16(off: u32) -> u32 {
+    return (wq[off >> 2u] >> ((off & 2u) << 3u)) & 0xffffu;
 }
 
-fn wf16(b: u32, off: u32) -> f32 {
-    return unpack2x16float(wu16(b, off)).x;
+fn wf16(off: u32) -> f32 {
+    return unpack2x16float(wu16(off)).x;
 }
 
 // u32 at an even byte offset.
-fn wu32(b: u32, off: u32) -> u32 {
+fn wu32(off: u32) -> u32 {
     let i = off >> 2u;
     if ((off & 2u) == 0u) {
-        return wword(b, i);
+        return wq[i];
     }
-    return (wword(b, i) >> 16u) | (wword(b, i + 1u) << 16u);
+    return (wq[i] >> 16u) | (wq[i + 1u] << 16u);
 }
 
 // 16 bytes at an even byte offset, as 4 words.
-fn w16bytes(b: u32, off: u32) -> vec4<u32> {
-    return vec4<u32>(wu32(b, off), wu32(b, off + 4u), wu32(b, off + 8u), wu32(b, off + 12u));
+fn w16bytes(off: u32) -> vec4<u32> {
+    return vec4<u32>(wu32(off), wu32(off + 4u), wu32(off + 8u), wu32(off + 12u));
 }
 
 // Bits `sh ..` of each of 16 bytes, kept by the per-byte `mask` (e.g. 0x0f0f0f0f: a nibble).
@@ -97,20 +94,20 @@ fn block_bytes() -> u32 {
 }
 
 // Q4_K / Q5_K: 6-bit scale and min of sub-block `j` (0..7) of the block at `bo`.
-fn q4k_scale_min(b: u32, bo: u32, j: u32) -> vec2<f32> {
+fn q4k_scale_min(bo: u32, j: u32) -> vec2<f32> {
     let s = bo + 4u;
     if (j < 4u) {
-        return vec2<f32>(f32(wbyte(b, s + j) & 63u), f32(wbyte(b, s + j + 4u) & 63u));
+        return vec2<f32>(f32(wbyte(s + j) & 63u), f32(wbyte(s + j + 4u) & 63u));
     }
-    let sc = (wbyte(b, s + j + 4u) & 0xfu) | ((wbyte(b, s + j - 4u) >> 6u) << 4u);
-    let m = (wbyte(b, s + j + 4u) >> 4u) | ((wbyte(b, s + j) >> 6u) << 4u);
+    let sc = (wbyte(s + j + 4u) & 0xfu) | ((wbyte(s + j - 4u) >> 6u) << 4u);
+    let m = (wbyte(s + j + 4u) >> 4u) | ((wbyte(s + j) >> 6u) << 4u);
     return vec2<f32>(f32(sc), f32(m));
 }
 
 // Decode piece `pc` (elements 16*pc .. 16*pc+15) of the row whose first byte is `row_off`.
 // `cols` bounds the float types (their rows need not be a multiple of 16); elements past it
 // read as 0.
-fn load_piece(b: u32, row_off: u32, pc: u32, cols: u32, v: ptr<function, array<f32, 16>>) {
+fn load_piece(row_off: u32, pc: u32, cols: u32, v: ptr<function, array<f32, 16>>) {
     let per_block = block_elems() / 16u;
     let bo = row_off + (pc / per_block) * block_bytes();
     let h = pc % per_block;
@@ -118,45 +115,45 @@ fn load_piece(b: u32, row_off: u32, pc: u32, cols: u32, v: ptr<function, array<f
         case T_F32: {
             let base = row_off / 4u + pc * 16u;
             for (var i = 0u; i < 16u; i++) {
-                if (pc * 16u + i < cols) { (*v)[i] = bitcast<f32>(wword(b, base + i)); } else { (*v)[i] = 0.0; }
+                if (pc * 16u + i < cols) { (*v)[i] = bitcast<f32>(wq[base + i]); } else { (*v)[i] = 0.0; }
             }
         }
         case T_F16, T_BF16: {
             for (var i = 0u; i < 16u; i++) {
                 if (pc * 16u + i >= cols) { (*v)[i] = 0.0; continue; }
-                let u = wu16(b, row_off + 2u * (pc * 16u + i));
+                let u = wu16(row_off + 2u * (pc * 16u + i));
                 if (DTYPE == T_BF16) { (*v)[i] = bitcast<f32>(u << 16u); } else { (*v)[i] = unpack2x16float(u).x; }
             }
         }
         case T_Q4_0, T_Q4_1: {
-            let d = wf16(b, bo);
+            let d = wf16(bo);
             var m = -8.0 * d;
             var qo = bo + 2u;
-            if (DTYPE == T_Q4_1) { m = wf16(b, bo + 2u); qo = bo + 4u; }
-            let q = bits16(w16bytes(b, qo), h * 4u, 0x0f0f0f0fu);
+            if (DTYPE == T_Q4_1) { m = wf16(bo + 2u); qo = bo + 4u; }
+            let q = bits16(w16bytes(qo), h * 4u, 0x0f0f0f0fu);
             for (var i = 0u; i < 16u; i++) {
                 (*v)[i] = d * f32(byte16(q, i)) + m;
             }
         }
         case T_Q5_0, T_Q5_1: {
-            let d = wf16(b, bo);
+            let d = wf16(bo);
             var m = -16.0 * d;
             var qo = bo + 2u;
-            if (DTYPE == T_Q5_1) { m = wf16(b, bo + 2u); qo = bo + 4u; }
+            if (DTYPE == T_Q5_1) { m = wf16(bo + 2u); qo = bo + 4u; }
             // Bits 16 h .. 16 h + 15 of qh, one per byte, moved to bit 4.
-            let hw = wu32(b, qo) >> (16u * h);
+            let hw = wu32(qo) >> (16u * h);
             let hb = vec4<u32>(hw, hw >> 4u, hw >> 8u, hw >> 12u);
             let hi = ((hb & vec4<u32>(1u)) | ((hb & vec4<u32>(2u)) << vec4<u32>(7u)) |
                 ((hb & vec4<u32>(4u)) << vec4<u32>(14u)) | ((hb & vec4<u32>(8u)) << vec4<u32>(21u))) <<
                 vec4<u32>(4u);
-            let q = bits16(w16bytes(b, qo + 4u), h * 4u, 0x0f0f0f0fu) | hi;
+            let q = bits16(w16bytes(qo + 4u), h * 4u, 0x0f0f0f0fu) | hi;
             for (var i = 0u; i < 16u; i++) {
                 (*v)[i] = d * f32(byte16(q, i)) + m;
             }
         }
         case T_Q8_0: {
-            let d = wf16(b, bo);
-            let q = w16bytes(b, bo + 2u + 16u * h);
+            let d = wf16(bo);
+            let q = w16bytes(bo + 2u + 16u * h);
             for (var i = 0u; i < 16u; i++) {
                 (*v)[i] = d * i8_of(byte_of(q[i / 4u], i % 4u));
             }
@@ -164,11 +161,11 @@ fn load_piece(b: u32, row_off: u32, pc: u32, cols: u32, v: ptr<function, array<f
         case T_Q2_K: {
             let n = h / 8u;
             let k = (h % 8u) / 2u;
-            let sc = wbyte(b, bo + h);
-            let dm = unpack2x16float(wu32(b, bo + 80u));
+            let sc = wbyte(bo + h);
+            let dm = unpack2x16float(wu32(bo + 80u));
             let d = dm.x * f32(sc & 0xfu);
             let m = dm.y * f32(sc >> 4u);
-            let q = bits16(w16bytes(b, bo + 16u + 32u * n + 16u * (h % 2u)), 2u * k, 0x03030303u);
+            let q = bits16(w16bytes(bo + 16u + 32u * n + 16u * (h % 2u)), 2u * k, 0x03030303u);
             for (var i = 0u; i < 16u; i++) {
                 (*v)[i] = d * f32(byte16(q, i)) - m;
             }
@@ -180,28 +177,28 @@ fn load_piece(b: u32, row_off: u32, pc: u32, cols: u32, v: ptr<function, array<f
             // Scale h: low 4 bits in byte h % 8 (high nibble for h >= 8), high 2 bits in byte
             // 8 + h % 4 at bit 2 * (h / 4).
             let s = bo + 96u;
-            let lo = (wbyte(b, s + h % 8u) >> (4u * (h / 8u))) & 0xfu;
-            let hs = (wbyte(b, s + 8u + h % 4u) >> (2u * (h / 4u))) & 3u;
-            let d = wf16(b, bo + 108u) * (f32(lo | (hs << 4u)) - 32.0);
-            let q = bits16(w16bytes(b, bo + 32u + 32u * n + l0), 2u * k, 0x03030303u) |
-                (bits16(w16bytes(b, bo + l0), 4u * n + k, 0x01010101u) << vec4<u32>(2u));
+            let lo = (wbyte(s + h % 8u) >> (4u * (h / 8u))) & 0xfu;
+            let hs = (wbyte(s + 8u + h % 4u) >> (2u * (h / 4u))) & 3u;
+            let d = wf16(bo + 108u) * (f32(lo | (hs << 4u)) - 32.0);
+            let q = bits16(w16bytes(bo + 32u + 32u * n + l0), 2u * k, 0x03030303u) |
+                (bits16(w16bytes(bo + l0), 4u * n + k, 0x01010101u) << vec4<u32>(2u));
             for (var i = 0u; i < 16u; i++) {
                 (*v)[i] = d * (f32(byte16(q, i)) - 4.0);
             }
         }
         case T_Q4_K, T_Q5_K: {
             let j = h / 2u; // sub-block of 32
-            let dm = unpack2x16float(wu32(b, bo));
-            let sm = q4k_scale_min(b, bo, j);
+            let dm = unpack2x16float(wu32(bo));
+            let sm = q4k_scale_min(bo, j);
             let d = dm.x * sm.x;
             let m = dm.y * sm.y;
             var qo = bo + 16u;
             var hi = vec4<u32>(0u);
             if (DTYPE == T_Q5_K) {
                 qo = bo + 48u;
-                hi = bits16(w16bytes(b, bo + 16u + 16u * (h % 2u)), j, 0x01010101u) << vec4<u32>(4u);
+                hi = bits16(w16bytes(bo + 16u + 16u * (h % 2u)), j, 0x01010101u) << vec4<u32>(4u);
             }
-            let q = bits16(w16bytes(b, qo + 32u * (j / 2u) + 16u * (h % 2u)), (j % 2u) * 4u, 0x0f0f0f0fu) | hi;
+            let q = bits16(w16bytes(qo + 32u * (j / 2u) + 16u * (h % 2u)), (j % 2u) * 4u, 0x0f0f0f0fu) | hi;
             for (var i = 0u; i < 16u; i++) {
                 (*v)[i] = d * f32(byte16(q, i)) - m;
             }
@@ -212,10 +209,10 @@ fn load_piece(b: u32, row_off: u32, pc: u32, cols: u32, v: ptr<function, array<f
             let r = e0 % 128u;
             let k = r / 32u;
             let l0 = r % 32u;
-            let ql = w16bytes(b, bo + 64u * n + 32u * (k & 1u) + l0);
-            let qh = w16bytes(b, bo + 128u + 32u * n + l0);
-            let sc = i8_of(wbyte(b, bo + 192u + 8u * n + l0 / 16u + 2u * k));
-            let d = wf16(b, bo + 208u) * sc;
+            let ql = w16bytes(bo + 64u * n + 32u * (k & 1u) + l0);
+            let qh = w16bytes(bo + 128u + 32u * n + l0);
+            let sc = i8_of(wbyte(bo + 192u + 8u * n + l0 / 16u + 2u * k));
+            let d = wf16(bo + 208u) * sc;
             let q = bits16(ql, (k >> 1u) * 4u, 0x0f0f0f0fu) |
                 (bits16(qh, 2u * k, 0x03030303u) << vec4<u32>(4u));
             for (var i = 0u; i < 16u; i++) {

@@ -220,6 +220,9 @@ async function mainFlow() {
     const r = await ask(b.page, QUESTION);
     log('reply:', JSON.stringify(r.reply));
     log('stats:', r.stats, '| streamed updates:', r.distinct);
+    // The stats name the backend that computed the reply: a GPU reply that silently fell back to
+    // the CPU fails here.
+    assert.match(r.stats, backend === 'gpu' ? / · WebGPU$/ : / · CPU$/, 'the reply ran on the chosen backend');
     assert.ok(r.reply.trim().length > 0, 'non-empty reply');
     assert.ok(r.distinct >= 2, 'reply streamed in several steps');
     assert.match(r.reply.toLowerCase(), /blue/, 'the sky is blue');
@@ -758,6 +761,7 @@ async function gemma3Flow() {
     await settings(b.page, { temperature: 0, maxTokens: gpu ? 5 : 24 });
     const r = await ask(b.page, QUESTION);
     log('reply:', JSON.stringify(r.reply), r.stats);
+    assert.match(r.stats, gpu ? / · WebGPU$/ : / · CPU$/, 'the reply ran on the backend that loaded');
     assert.ok(r.reply.trim().length > 0, 'non-empty reply');
     // The 270M file is the base model: it continues the prompt text (Markdown paragraphs, so
     // whitespace is compared loosely). On the GPU only a few tokens are generated: they must be
@@ -845,6 +849,7 @@ async function gpuLostFlow() {
     const r1 = await ask(page, 'Hi');
     log(`GPU reply in ${((Date.now() - t) / 1e3).toFixed(1)} s:`, JSON.stringify(r1.reply), r1.stats);
     assert.ok(r1.reply.trim().length > 0);
+    assert.match(r1.stats, / · WebGPU$/, 'the first reply ran on the GPU (before the loss)');
 
     // 1. Lost while a reply is being computed: the reply is computed again on the CPU.
     await page.getByTestId('prompt-input').fill('Thanks!');

@@ -131,8 +131,6 @@ pub struct Session<M: ForwardPass> {
     pub model: M,
     /// Tokens whose keys/values are in the cache, in order (positions 0..len).
     cached: Vec<u32>,
-    /// Keep one decode step in flight where the model can (see [`Session::set_pipelined`]).
-    pipelined: bool,
 }
 
 impl<M: ForwardPass> Session<M> {
@@ -140,18 +138,7 @@ impl<M: ForwardPass> Session<M> {
         Self {
             model,
             cached: Vec::new(),
-            pipelined: true,
         }
-    }
-
-    /// Whether decode keeps one step ahead where the model samples on the device (on by
-    /// default): the step of token n+1 is submitted, continuing from the id the device sampled,
-    /// before token n's id is read back and checked; a step whose token turns out to be past a
-    /// stop (end-of-generation id, stop string, `max_tokens`, cancel) is dropped. The tokens
-    /// are exactly those of the unpipelined loop: the same steps run with the same inputs and
-    /// the same random draws, in the same order.
-    pub fn set_pipelined(&mut self, on: bool) {
-        self.pipelined = on;
     }
 
     /// Forget the cache (e.g. new chat).
@@ -184,51 +171,26 @@ impl<M: ForwardPass> Session<M> {
         let logits = self.model.forward(todo, reuse, Logits::Last)?;
         self.cached.extend_from_slice(todo);
         gen.prefilled(logits, clock);
-        // Pipelined: the step of the token `step` hands out next is already submitted.
-        let mut ahead = false;
-        let result = loop {
-            let Step::Token { event, decode } = gen.step(tokenizer, clock) else {
-                break Ok(());
-            };
+        while let Step::Token { event, decode } = gen.step(tokenizer, clock) {
             if on_token(event).is_break() {
                 gen.cancel();
-                break Ok(());
+                break;
             }
-            let Some(id) = decode else { break Ok(()) };
+            let Some(id) = decode else { break };
             let pos = self.cached.len();
-            if self.pipelined {
-                match self.decode_ahead(&mut gen, id, pos, ahead) {
-                    Ok(Some(next_ahead)) => {
-                        ahead = next_ahead;
-                        self.cached.push(id);
-                        continue;
-                    }
-                    Ok(None) => {}
-                    Err(e) => break Err(e),
-                }
-            }
             let on_device = match gen.device_sampling() {
                 Some((sp, random)) => self.model.decode_sample(id, pos, sp, random),
                 None => None,
             };
             match on_device {
-                Some(Ok(next)) => gen.sampled(next),
-                Some(Err(e)) => break Err(e),
-                None => match self.model.forward(&[id], pos, Logits::Last) {
-                    Ok(logits) => gen.sample(logits),
-                    Err(e) => break Err(e),
-                },
+                Some(next) => gen.sampled(next?),
+                None => {
+                    let logits = self.model.forward(&[id], pos, Logits::Last)?;
+                    gen.sample(logits);
+                }
             }
             self.cached.push(id);
-        };
-        // The speculative step of a token past the stop: read and dropped.
-        let drained = if ahead {
-            self.model.decode_collect().map(drop)
-        } else {
-            Ok(())
-        };
-        result?;
-        drained?;
+        }
         let (tail, stats) = gen.finish(clock);
         if !tail.is_empty() {
             let _ = on_token(TokenEvent {
@@ -237,69 +199,6 @@ impl<M: ForwardPass> Session<M> {
             });
         }
         Ok(stats)
-    }
-}
-
-impl<M: ForwardPass> Session<M> {
-    /// One pipelined decode step of `id` at `pos`: submits it unless `ahead` (already
-    /// submitted, continuing from the device's id), submits the next token's step when one may
-    /// follow, then collects `id`'s step into `gen`. Returns whether the next step is in
-    /// flight, or `None` when the model cannot sample on the device for these settings (nothing
-    /// submitted; the caller decodes unpipelined).
-    fn decode_ahead(
-        &mut self,
-        gen: &mut Generation,
-        id: u32,
-        pos: usize,
-        ahead: bool,
-    ) -> Result<Option<bool>> {
-        if !ahead {
-            let Some((sp, random)) = gen.device_sampling() else {
-                return Ok(None);
-            };
-            match self.model.decode_submit(Some(id), pos, sp, random) {
-                Some(r) => r?,
-                None => {
-                    // Unpipelined from here: the draw just taken is that step's.
-                    return self.decode_sample_fallback(gen, id, pos, random);
-                }
-            }
-        }
-        let mut next_ahead = false;
-        if gen.may_decode_after_next() && pos + 1 < self.model.n_ctx() {
-            if let Some((sp, random)) = gen.device_sampling() {
-                if let Some(r) = self.model.decode_submit(None, pos + 1, sp, random) {
-                    r?;
-                    next_ahead = true;
-                }
-            }
-        }
-        let next = self.model.decode_collect()?;
-        gen.sampled(next);
-        Ok(Some(next_ahead))
-    }
-
-    /// `decode_sample` of `id` with the draw `random` already taken (a model without a
-    /// pipelined path).
-    fn decode_sample_fallback(
-        &mut self,
-        gen: &mut Generation,
-        id: u32,
-        pos: usize,
-        random: f32,
-    ) -> Result<Option<bool>> {
-        let sp = gen.sampler.params().clone();
-        match self.model.decode_sample(id, pos, &sp, random) {
-            Some(next) => {
-                gen.sampled(next?);
-                Ok(Some(false))
-            }
-            None => {
-                let logits = self.model.forward(&[id], pos, Logits::Last)?;
-                gen.sample(logits);
-                Ok(Some(false))
-            }
-        }
     }
 }
 
@@ -474,12 +373,6 @@ impl Generation {
         }
         let random = self.sampler.draw();
         Some((self.sampler.params(), random))
-    }
-
-    /// Whether the token after the pending one could still ask for a decode pass (it would
-    /// not be the `max_tokens`-th); stop strings and end-of-generation ids are not known yet.
-    pub fn may_decode_after_next(&self) -> bool {
-        self.n_generated + 1 < self.max_tokens
     }
 
     /// The decode pass ran: pick the next token from its `logits` (n_vocab) on the host.

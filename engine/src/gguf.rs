@@ -1133,7 +1133,7 @@ mod tests {
                 offsets.push(offset);
                 offset = (offset + data.len() as u64).div_ceil(32) * 32;
             }
-            while !out.len().is_multiple_of(32) {
+            while out.len() % 32 != 0 {
                 out.push(0);
             }
             let base = out.len();

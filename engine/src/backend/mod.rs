@@ -36,7 +36,6 @@ impl std::str::FromStr for BackendChoice {
 }
 
 /// A loaded model on one backend.
-#[allow(clippy::large_enum_variant)] // one per loaded model, rarely moved
 pub enum LoadedModel {
     Cpu(CpuModel),
     Gpu(Box<gpu::model::GpuModel>),
@@ -98,38 +97,6 @@ impl ForwardPass for LoadedModel {
                 let _ = (token, pos, params, random);
                 None
             }
-        }
-    }
-    fn decode_submit(
-        &mut self,
-        token: Option<u32>,
-        pos: usize,
-        params: &SamplerParams,
-        random: f32,
-    ) -> Option<Result<()>> {
-        match self {
-            LoadedModel::Cpu(_) => None,
-            #[cfg(not(target_arch = "wasm32"))]
-            LoadedModel::Gpu(m) => Some(m.decode_submit_blocking(
-                token,
-                pos,
-                &gpu::GpuSampling::from_params(params, random),
-            )),
-            #[cfg(target_arch = "wasm32")]
-            LoadedModel::Gpu(_) => {
-                let _ = (token, pos, params, random);
-                None
-            }
-        }
-    }
-    fn decode_collect(&mut self) -> Result<u32> {
-        match self {
-            #[cfg(not(target_arch = "wasm32"))]
-            LoadedModel::Gpu(m) => m.decode_collect(),
-            _ => Err(Error::InvalidParam {
-                name: "decode_collect",
-                what: "this backend has no pipelined decode".into(),
-            }),
         }
     }
 }

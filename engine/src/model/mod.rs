@@ -74,27 +74,4 @@ pub trait ForwardPass {
     ) -> Option<Result<u32>> {
         None
     }
-
-    /// Pipelined [`ForwardPass::decode_sample`]: submit the decode-and-sample step of `token`
-    /// at `pos` without waiting; `token` `None` continues from the id the previous step sampled
-    /// without reading it back. The ids come back in order from
-    /// [`ForwardPass::decode_collect`]. `None` when the backend has no such path.
-    fn decode_submit(
-        &mut self,
-        _token: Option<u32>,
-        _pos: usize,
-        _params: &crate::sampler::SamplerParams,
-        _random: f32,
-    ) -> Option<Result<()>> {
-        None
-    }
-
-    /// The id sampled by the oldest step [`ForwardPass::decode_submit`] submitted (waits for
-    /// it). Errors: [`crate::Error::InvalidParam`] when none is in flight; backend errors.
-    fn decode_collect(&mut self) -> Result<u32> {
-        Err(crate::Error::InvalidParam {
-            name: "decode_collect",
-            what: "this backend has no pipelined decode".into(),
-        })
-    }
 }

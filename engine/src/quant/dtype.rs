@@ -118,7 +118,7 @@ impl GgmlDType {
     /// Bytes in a row of `n_elements`, or `None` when `n_elements` is not a multiple of the
     /// block size or the size overflows.
     pub fn row_bytes(self, n_elements: usize) -> Option<usize> {
-        if !n_elements.is_multiple_of(self.block_size()) {
+        if n_elements % self.block_size() != 0 {
             return None;
         }
         (n_elements / self.block_size()).checked_mul(self.type_size())

@@ -392,43 +392,19 @@ impl GpuContext {
         staging: &wgpu::Buffer,
         out: &mut [u8],
     ) -> Result<()> {
-        let done = self.submit(commands)?;
-        self.read_after(done, staging, out).await
-    }
-
-    /// Submit `commands` without waiting; returns the submission, for
-    /// [`GpuContext::read_after`]. Errors: as [`GpuContext::check`].
-    pub fn submit(&self, commands: wgpu::CommandBuffer) -> Result<wgpu::SubmissionIndex> {
-        let i = self.queue.submit(Some(commands));
+        self.queue.submit(Some(commands));
         self.check()?;
-        Ok(i)
-    }
-
-    /// Copy the first `out.len()` bytes of the MAP_READ buffer `staging` once submission
-    /// `done` (which wrote it) has completed; natively this blocks on that submission only, so
-    /// later submissions keep the GPU busy meanwhile. Errors: [`Error::Gpu`], device loss.
-    pub async fn read_after(
-        &self,
-        done: wgpu::SubmissionIndex,
-        staging: &wgpu::Buffer,
-        out: &mut [u8],
-    ) -> Result<()> {
         let bytes = (out.len() as u64).next_multiple_of(4).max(4);
         let slice = staging.slice(0..bytes);
         let (tx, rx) = oneshot::<std::result::Result<(), wgpu::BufferAsyncError>>();
         slice.map_async(wgpu::MapMode::Read, move |r| tx.send(r));
         #[cfg(not(target_arch = "wasm32"))]
         self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(done),
-                timeout: None,
-            })
+            .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu {
                 op: "poll",
                 what: e.to_string(),
             })?;
-        #[cfg(target_arch = "wasm32")]
-        let _ = done;
         let mapped = rx.await;
         self.check()?;
         mapped.map_err(|e| Error::Gpu {

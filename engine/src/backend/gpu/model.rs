@@ -79,33 +79,6 @@ enum Step {
         inst: Inst,
         act: Glu,
     },
-    /// Two weight rows per unit with a pairwise epilogue (matmul_pair.wgsl): gate and up with
-    /// the GLU (`qkv` None: [`Op::PairGlu`]), or Q, K, V with RoPE and the KV store of layer
-    /// `qkv` ([`Op::PairQkv`]).
-    Pair {
-        inst: Inst,
-        /// The one type of every weight of the step (the pipeline's `DTYPE`) and their row
-        /// bytes.
-        dtype: GgmlDType,
-        row_bytes: u32,
-        cols: u32,
-        x_width: u32,
-        /// GLU: n_ff.
-        units: u32,
-        act: Glu,
-        norm: bool,
-        qkv: Option<PairQkv>,
-    },
-}
-
-/// The attention-input side of a [`Step::Pair`].
-#[derive(Clone, Copy)]
-struct PairQkv {
-    layer: usize,
-    bias: bool,
-    has_freq: bool,
-    /// Offset of the RoPE factors in the step's vector buffer.
-    freq_off: u32,
 }
 
 /// Where a backend-neutral load puts weights on the GPU: matrices uploaded in their block
@@ -114,9 +87,6 @@ struct GpuStore<'a> {
     gpu: &'a Gpu,
     mats: Vec<GpuWeight>,
     vecs: Vec<wgpu::Buffer>,
-    /// CPU copies of the vectors (norm weights, biases, RoPE factors: a few KiB per layer), to
-    /// pack the fused attention-input step's vector buffer at load.
-    host_vecs: Vec<Vec<f32>>,
 }
 
 impl WeightStore for GpuStore<'_> {
@@ -140,7 +110,6 @@ impl WeightStore for GpuStore<'_> {
             wgpu::BufferUsages::STORAGE,
         )?;
         self.vecs.push(b);
-        self.host_vecs.push(v);
         Ok(Vector(self.vecs.len() - 1))
     }
 }
@@ -161,29 +130,16 @@ struct Buffers {
     k_cache: Vec<wgpu::Buffer>,
     v_cache: Vec<wgpu::Buffer>,
     staging_logits: wgpu::Buffer,
-    /// Two, so a pipelined decode can have a step in flight while the previous id is read.
-    staging_token: [wgpu::Buffer; 2],
+    staging_token: wgpu::Buffer,
     /// Bound where an optional input is absent.
     dummy: wgpu::Buffer,
-    /// Bound where an unused read-write binding is (the KV cache of a GLU pair step).
-    dummy_rw: wgpu::Buffer,
 }
 
 /// What a forward call ends with.
 #[derive(Clone, Copy)]
 enum Tail {
     Logits(Logits),
-    /// Sample on the GPU; the id is copied to staging buffer `.1`.
-    Sample(GpuSampling, usize),
-}
-
-/// Where a decode step's token id comes from.
-#[derive(Clone, Copy, PartialEq)]
-enum Input<'a> {
-    /// Written from the host.
-    Host(&'a [u32]),
-    /// The id the previous step sampled, still in its GPU buffer (pipelined decode).
-    Sampled,
+    Sample(GpuSampling),
 }
 
 /// A model of any registered family with its KV cache on the GPU.
@@ -199,16 +155,9 @@ pub struct GpuModel {
     sample: Inst,
     /// Keeps the weights alive (bind groups reference them).
     weights: Vec<GpuWeight>,
-    /// Keeps the norm weights, biases and RoPE factors alive (as loaded, and packed for the
-    /// fused steps).
-    _vectors: (Vec<wgpu::Buffer>, Vec<wgpu::Buffer>),
+    /// Keeps the norm weights, biases and RoPE factors alive.
+    _vectors: Vec<wgpu::Buffer>,
     logits: Vec<f32>,
-    /// Pipelined decode steps submitted and not yet read: (staging buffer, submission).
-    in_flight: std::collections::VecDeque<(usize, wgpu::SubmissionIndex)>,
-    /// Staging buffer of the next decode step.
-    next_staging: usize,
-    /// Whether the `sampled` buffer holds the id of the last step (a decode step sampled it).
-    sampled_current: bool,
     last_dispatches: usize,
     /// Bytes of weights one decode step reads.
     bytes_per_token: u64,
@@ -260,9 +209,6 @@ struct Compiler<'a> {
     bufs: &'a Buffers,
     mats: &'a [GpuWeight],
     vecs: &'a [wgpu::Buffer],
-    host_vecs: &'a [Vec<f32>],
-    /// Vector buffers packed at load for fused steps (kept alive by the model).
-    packed: Vec<wgpu::Buffer>,
     cfg: &'a ModelConfig,
     /// Current buffer (0 or 1) of each activation.
     cur: [usize; Act::ALL.len()],
@@ -320,17 +266,6 @@ impl Compiler<'_> {
             slot,
         }
     }
-    /// Build (once, at load) the pipelines of `ops` for weights of `dtype` (`F32` for the
-    /// kernels that read no weights).
-    fn need(&mut self, ops: &[Op], dtype: GgmlDType) -> Result<()> {
-        for &op in ops {
-            let key = self.pipes.key(op, dtype);
-            self.pipes.prepare(self.ctx, key)?;
-        }
-        Ok(())
-    }
-    /// A product (`op` MatVec: recorded as MatVec for one token, MatMul for more) or an
-    /// embedding lookup (`op` GetRows) over every chunk of `w`.
     #[allow(clippy::too_many_arguments)]
     fn mat(
         &mut self,
@@ -341,10 +276,6 @@ impl Compiler<'_> {
         bias: Option<&wgpu::Buffer>,
         norm: Option<&wgpu::Buffer>,
     ) -> Result<MatOp> {
-        match op {
-            Op::GetRows => self.need(&[Op::GetRows], w.dtype)?,
-            _ => self.need(&[Op::MatVec, Op::MatMul], w.dtype)?,
-        }
         let mut ch = Vec::with_capacity(w.chunks.len());
         for c in &w.chunks {
             let bufs: Vec<&wgpu::Buffer> = match op {
@@ -400,7 +331,6 @@ impl Compiler<'_> {
             }
             GraphOp::Norm { x, w, out, add } => {
                 let (xb, ob) = (self.buf(x).clone(), self.buf(out).clone());
-                self.need(&[Op::RmsNorm], GgmlDType::F32)?;
                 let inst = self.inst(Op::RmsNorm, &[&xb, &vecs[w.0], &ob]);
                 Step::Norm {
                     inst,
@@ -412,7 +342,6 @@ impl Compiler<'_> {
             GraphOp::HeadNorm { x, w } => {
                 let src = self.buf(x).clone();
                 let dst = self.flip(x).clone();
-                self.need(&[Op::RmsNorm], GgmlDType::F32)?;
                 let inst = self.inst(Op::RmsNorm, &[&src, &vecs[w.0], &dst]);
                 Step::Norm {
                     inst,
@@ -456,7 +385,6 @@ impl Compiler<'_> {
                     self.bufs.k_cache[layer].clone(),
                     self.bufs.v_cache[layer].clone(),
                 );
-                self.need(&[Op::Rope], GgmlDType::F32)?;
                 let inst = self.inst(Op::Rope, &[&q_in, &q_out, &k, &v, &kc, &vc, &f]);
                 Step::Rope {
                     inst,
@@ -472,236 +400,23 @@ impl Compiler<'_> {
                     self.bufs.v_cache[layer].clone(),
                     self.bufs.scores.clone(),
                 );
-                let attention = [Op::Attention, Op::AttnDecode, Op::AttnCombine];
-                self.need(&attention, GgmlDType::F32)?;
                 let inst = self.inst(Op::Attention, &[&q, &kc, &vc, &sc, &att]);
                 Step::Attend { inst, layer }
             }
             GraphOp::Glu(act) => {
                 let (g, u) = (self.buf(Act::Gate).clone(), self.buf(Act::Up).clone());
-                self.need(&[Op::Glu], GgmlDType::F32)?;
                 let inst = self.inst(Op::Glu, &[&g, &u]);
                 Step::Glu { inst, act }
             }
         };
-        self.end_fold(std::slice::from_ref(op));
-        Ok(Some(step))
-    }
-
-    /// A folded norm ends where its output or its source is written again.
-    fn end_fold(&mut self, ops: &[GraphOp]) {
+        // A folded norm ends where its output or its source is written again.
         if let Some((out, src, _)) = self.folded {
-            if ops.iter().any(|op| {
-                let w = op.writes();
-                w.contains(&out) || w.contains(&src)
-            }) {
+            let w = op.writes();
+            if w.contains(&out) || w.contains(&src) {
                 self.folded = None;
             }
         }
-    }
-}
-
-/// Whether `a` is read by an op of `rest` before it is written again (a value a fused step
-/// does not materialise must not be).
-fn read_later<'g>(a: Act, rest: impl Iterator<Item = &'g GraphOp>) -> bool {
-    for op in rest {
-        if op.reads().contains(&a) {
-            return true;
-        }
-        if op.writes().contains(&a) {
-            return false;
-        }
-    }
-    false
-}
-
-/// A plain product `out = W·x`: (w, bias, x, out) when `op` is a [`GraphOp::Linear`] with the
-/// [`Epilogue::STORE`] epilogue.
-fn plain_linear(op: &GraphOp) -> Option<(Mat, Option<Vector>, Act, Act)> {
-    match *op {
-        GraphOp::Linear {
-            w,
-            bias,
-            x,
-            out,
-            epi,
-        } if epi == Epilogue::STORE => Some((w, bias, x, out)),
-        _ => None,
-    }
-}
-
-impl Compiler<'_> {
-    /// A fused step for the ops at the start of `ops` (`rest`: `ops` then the head), and how
-    /// many ops it covers, or `None` when no fusion applies:
-    /// - `Linear(gate) → Gate, Linear(up) → Up, Glu` (same input, no bias, no epilogue): one
-    ///   pair product with the GLU in its epilogue;
-    /// - `Linear(q) → Q, Linear(k) → K, Linear(v) → V, RopeStore` (same input, optional
-    ///   biases): one pair product with RoPE and the KV store in its epilogue.
-    ///
-    /// Each weight must be in one buffer, all of the step's weights of one type (the pair
-    /// pipelines are specialised to it: a step mixing types, e.g. a Q4_K_M layer's Q6_K
-    /// `attn_v`, keeps its separate products), and the unmaterialised activations (Up; K, V)
-    /// must not be read later. The weights stay in their own buffers: nothing is concatenated.
-    fn fuse<'g>(
-        &mut self,
-        ops: &[GraphOp],
-        rest: impl Iterator<Item = &'g GraphOp> + Clone,
-    ) -> Result<Option<(Step, usize)>> {
-        let (cfg, mats) = (self.cfg, self.mats);
-        let lin = |i: usize| ops.get(i).and_then(plain_linear);
-        let single = |m: Mat| mats[m.0].chunks.len() == 1;
-        let Some((w0, b0, x, out0)) = lin(0) else {
-            return Ok(None);
-        };
-        let Some((w1, b1, x1, out1)) = lin(1) else {
-            return Ok(None);
-        };
-        let cols = mats[w0.0].cols;
-        let dtype = mats[w0.0].dtype;
-        // One type: the pair pipelines are specialised to it (mixed types stay unfused).
-        let same = |m: Mat| single(m) && mats[m.0].cols == cols && mats[m.0].dtype == dtype;
-        if x1 != x || !same(w0) || !same(w1) {
-            return Ok(None);
-        }
-        let (src, norm) = match self.folded {
-            Some((normed, src, nw)) if normed == x => (src, Some(nw)),
-            _ => (x, None),
-        };
-        let row_bytes = u32_of("gpu load", mats[w0.0].row_bytes)?;
-        let cols32 = u32_of("gpu load", cols)?;
-        let x_width = u32_of("gpu load", src.width(cfg))?;
-        // Gate, up, GLU.
-        if let (Act::Gate, Act::Up, Some(GraphOp::Glu(act))) = (out0, out1, ops.get(2)) {
-            if b0.is_some()
-                || b1.is_some()
-                || mats[w0.0].rows != mats[w1.0].rows
-                || read_later(Act::Up, rest.clone().skip(3))
-            {
-                return Ok(None);
-            }
-            let (xb, yb) = (self.buf(src).clone(), self.buf(Act::Gate).clone());
-            let vb = norm.map_or(&self.bufs.dummy, |n| &self.vecs[n.0]).clone();
-            let (g, u) = (
-                mats[w0.0].chunks[0].buffer.clone(),
-                mats[w1.0].chunks[0].buffer.clone(),
-            );
-            let rw = self.bufs.dummy_rw.clone();
-            self.need(&[Op::PairGlu], dtype)?;
-            let inst = self.inst(Op::PairGlu, &[&g, &u, &g, &xb, &vb, &yb, &rw, &rw]);
-            return Ok(Some((
-                Step::Pair {
-                    inst,
-                    dtype,
-                    row_bytes,
-                    cols: cols32,
-                    x_width,
-                    units: u32_of("gpu load", mats[w0.0].rows)?,
-                    act: *act,
-                    norm: norm.is_some(),
-                    qkv: None,
-                },
-                3,
-            )));
-        }
-        // Q, K, V, RoPE + KV store.
-        let Some((w2, b2, x2, out2)) = lin(2) else {
-            return Ok(None);
-        };
-        let Some(&GraphOp::RopeStore { layer, freqs }) = ops.get(3) else {
-            return Ok(None);
-        };
-        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-        if (out0, out1, out2) != (Act::Q, Act::K, Act::V)
-            || x2 != x
-            || !same(w2)
-            || (mats[w0.0].rows, mats[w1.0].rows, mats[w2.0].rows) != (qd, kvd, kvd)
-            || !cfg.head_dim.is_multiple_of(2)
-            || read_later(Act::K, rest.clone().skip(4))
-            || read_later(Act::V, rest.clone().skip(4))
-        {
-            return Ok(None);
-        }
-        // The step's vectors: [norm weight (cols) | Q, K, V biases | RoPE factors].
-        let hv = self.host_vecs;
-        let mut packed = norm.map_or(vec![0.0; cols], |n| hv[n.0].clone());
-        let bias = b0.is_some() || b1.is_some() || b2.is_some();
-        if bias {
-            for (b, n) in [(b0, qd), (b1, kvd), (b2, kvd)] {
-                match b {
-                    Some(b) => packed.extend_from_slice(&hv[b.0]),
-                    None => packed.extend(std::iter::repeat_n(0.0, n)),
-                }
-            }
-        }
-        let freq_off = u32_of("gpu load", packed.len())?;
-        if let Some(f) = freqs {
-            packed.extend_from_slice(&hv[f.0]);
-        }
-        let vb = self.ctx.buffer_init(
-            "pair vectors",
-            bytemuck::cast_slice(&packed),
-            wgpu::BufferUsages::STORAGE,
-        )?;
-        let (xb, qb) = (self.buf(src).clone(), self.buf(Act::Q).clone());
-        let (kc, vc) = (
-            self.bufs.k_cache[layer].clone(),
-            self.bufs.v_cache[layer].clone(),
-        );
-        let ws = [w0, w1, w2].map(|m| mats[m.0].chunks[0].buffer.clone());
-        self.need(&[Op::PairQkv], dtype)?;
-        let inst = self.inst(
-            Op::PairQkv,
-            &[&ws[0], &ws[1], &ws[2], &xb, &vb, &qb, &kc, &vc],
-        );
-        self.packed.push(vb);
-        Ok(Some((
-            Step::Pair {
-                inst,
-                dtype,
-                row_bytes,
-                cols: cols32,
-                x_width,
-                units: 0,
-                act: Glu::Silu,
-                norm: norm.is_some(),
-                qkv: Some(PairQkv {
-                    layer,
-                    bias,
-                    has_freq: freqs.is_some(),
-                    freq_off,
-                }),
-            },
-            4,
-        )))
-    }
-}
-
-/// RoPE parameters of layer `layer` for `n` rows at positions `pos ..`.
-fn rope_params(c: &ModelConfig, layer: usize, n: u32, pos: u32, has_freq: bool) -> RopeParams {
-    let spec = c.layers[layer];
-    let (base, pos_scale, mscale, rotate) = match spec.rope {
-        Some(r) => (r.base, r.pos_scale, r.mscale, 1),
-        None => (1.0, 1.0, 1.0, 0),
-    };
-    RopeParams {
-        n_head: c.n_head as u32,
-        n_head_kv: c.n_head_kv as u32,
-        head_dim: c.head_dim as u32,
-        n_rot: c.n_rot as u32,
-        pos0: pos,
-        n_tok: n,
-        neox: match c.rope_layout {
-            RopeLayout::Adjacent => 0,
-            RopeLayout::Neox => 1,
-        },
-        has_freq: has_freq as u32,
-        q_stride: c.q_dim() as u32,
-        kv_dim: c.kv_dim() as u32,
-        base,
-        pos_scale,
-        mscale,
-        rotate,
-        _pad: [0; 2],
+        Ok(Some(step))
     }
 }
 
@@ -778,10 +493,9 @@ impl GpuModel {
             gpu: &gpu,
             mats: Vec::new(),
             vecs: Vec::new(),
-            host_vecs: Vec::new(),
         };
         let (cfg, graph) = arch::build(file, &SourceRef(src), n_ctx, &mut store)?;
-        let (mats, vecs, host_vecs) = (store.mats, store.vecs, store.host_vecs);
+        let (mats, vecs) = (store.mats, store.vecs);
         let bytes_per_token = graph.weight_bytes_per_token(|m| {
             let w = &mats[m.0];
             ((w.rows * w.row_bytes) as u64, w.row_bytes as u64)
@@ -806,13 +520,6 @@ impl GpuModel {
         let chunk = ctx.info.attn_decode_chunk;
         let scratch = AttnParams::scratch_len(nb, n_ctx, cfg.n_head, cfg.head_dim, chunk);
         let kv = |label: &str| ctx.buffer(label, kv_bytes, st);
-        let token_staging = || {
-            ctx.buffer(
-                "staging token",
-                8,
-                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            )
-        };
         let bufs = Buffers {
             tokens: ctx.buffer(
                 "tokens",
@@ -833,13 +540,36 @@ impl GpuModel {
                 (nb * n_vocab * 4) as u64,
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             )?,
-            staging_token: [token_staging()?, token_staging()?],
+            staging_token: ctx.buffer(
+                "staging token",
+                8,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            )?,
             dummy: ctx.buffer_init("dummy", &1f32.to_le_bytes(), wgpu::BufferUsages::STORAGE)?,
-            dummy_rw: ctx.buffer("dummy rw", 16, wgpu::BufferUsages::STORAGE)?,
         };
 
-        // Pipelines are built as the steps that use them are recorded (below, `Compiler::need`):
-        // only the (op, weight type) pairs this model runs are compiled, all at load.
+        // Pipelines for every (op, dtype) this model uses.
+        let mut dtypes: Vec<GgmlDType> = mats.iter().map(|w| w.dtype).collect();
+        dtypes.sort();
+        dtypes.dedup();
+        for &d in &dtypes {
+            for op in [Op::MatVec, Op::MatMul, Op::GetRows] {
+                let key = gpu.pipes.key(op, d);
+                gpu.pipes.prepare(&gpu.ctx, key)?;
+            }
+        }
+        for op in [
+            Op::RmsNorm,
+            Op::Rope,
+            Op::Attention,
+            Op::AttnDecode,
+            Op::AttnCombine,
+            Op::Glu,
+            Op::Sample,
+        ] {
+            let key = gpu.pipes.key(op, GgmlDType::F32);
+            gpu.pipes.prepare(&gpu.ctx, key)?;
+        }
 
         // Phase 2: parameter arena, bind groups, the recorded steps.
         let n_slots = count_slots(&graph, &mats);
@@ -851,26 +581,15 @@ impl GpuModel {
             bufs: &bufs,
             mats: &mats,
             vecs: &vecs,
-            host_vecs: &host_vecs,
-            packed: Vec::new(),
             cfg: &cfg,
             cur: [0; Act::ALL.len()],
             next_slot: 0,
             folded: None,
         };
         let mut layers = Vec::with_capacity(graph.layers.len());
-        let mut i = 0;
-        while i < graph.layers.len() {
-            let ops = &graph.layers[i..];
-            if let Some((step, used)) = c.fuse(ops, ops.iter().chain(&graph.head))? {
-                c.end_fold(&ops[..used]);
-                layers.push(step);
-                i += used;
-                continue;
-            }
+        for (i, op) in graph.layers.iter().enumerate() {
             let rest = graph.layers[i + 1..].iter().chain(&graph.head);
-            layers.extend(c.step(&graph.layers[i], rest)?);
-            i += 1;
+            layers.extend(c.step(op, rest)?);
         }
         let mut head = Vec::with_capacity(graph.head.len());
         for (i, op) in graph.head.iter().enumerate() {
@@ -890,10 +609,8 @@ impl GpuModel {
         }
         let logits_buf = c.buf(Act::Logits).clone();
         let sampled = bufs.sampled.clone();
-        c.need(&[Op::Sample], GgmlDType::F32)?;
         let sample = c.inst(Op::Sample, &[&logits_buf, &sampled]);
         debug_assert!(c.next_slot <= n_slots);
-        let packed = std::mem::take(&mut c.packed);
         gpu.ctx.check()?;
 
         Ok(Self {
@@ -907,11 +624,8 @@ impl GpuModel {
             head,
             sample,
             weights: mats,
-            _vectors: (vecs, packed),
+            _vectors: vecs,
             logits: Vec::new(),
-            in_flight: Default::default(),
-            next_staging: 0,
-            sampled_current: false,
             last_dispatches: 0,
             bytes_per_token,
         })
@@ -971,10 +685,14 @@ impl GpuModel {
     }
 
     /// Record one batch (`tokens` at positions `pos ..`) into one command buffer.
-    fn encode(&mut self, input: Input<'_>, pos: usize, tail: Tail) -> Result<wgpu::CommandBuffer> {
-        self.sampled_current = matches!(tail, Tail::Sample(..));
+    fn encode(&mut self, tokens: &[u32], pos: usize, tail: Tail) -> Result<wgpu::CommandBuffer> {
         let c = &self.cfg;
+        let n = tokens.len() as u32;
         let pos = u32_of("gpu forward", pos)?;
+        self.gpu
+            .ctx
+            .queue
+            .write_buffer(&self.bufs.tokens, 0, bytemuck::cast_slice(tokens));
         let mut enc = self
             .gpu
             .ctx
@@ -982,20 +700,6 @@ impl GpuModel {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("slm forward"),
             });
-        let n = match input {
-            Input::Host(tokens) => {
-                self.gpu
-                    .ctx
-                    .queue
-                    .write_buffer(&self.bufs.tokens, 0, bytemuck::cast_slice(tokens));
-                tokens.len() as u32
-            }
-            Input::Sampled => {
-                enc.copy_buffer_to_buffer(&self.bufs.sampled, 0, &self.bufs.tokens, 0, 4);
-                1
-            }
-        };
-
         let mut r = Rec {
             pass: enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("slm layers"),
@@ -1019,7 +723,7 @@ impl GpuModel {
             r.step(s, n_out, first, pos)?;
         }
         let n_vocab = c.n_vocab as u32;
-        if let Tail::Sample(s, _) = tail {
+        if let Tail::Sample(s) = tail {
             let p = s.params(n_vocab, 0);
             r.go(Op::Sample, GgmlDType::F32, &self.sample, &p, 1)?;
         }
@@ -1028,13 +732,9 @@ impl GpuModel {
         drop(r);
         self.arena.upload(&self.gpu.ctx, used);
         match tail {
-            Tail::Sample(_, slot) => enc.copy_buffer_to_buffer(
-                &self.bufs.sampled,
-                0,
-                &self.bufs.staging_token[slot],
-                0,
-                4,
-            ),
+            Tail::Sample(_) => {
+                enc.copy_buffer_to_buffer(&self.bufs.sampled, 0, &self.bufs.staging_token, 0, 4)
+            }
             Tail::Logits(_) => {
                 let bytes = (n_out * n_vocab * 4) as u64;
                 let logits = self.bufs.acts[Act::Logits as usize][0]
@@ -1172,55 +872,32 @@ impl Rec<'_> {
                 layer,
                 has_freq,
             } => {
-                let p = rope_params(c, *layer, n, pos, *has_freq);
+                let spec = c.layers[*layer];
+                let (base, pos_scale, mscale, rotate) = match spec.rope {
+                    Some(r) => (r.base, r.pos_scale, r.mscale, 1),
+                    None => (1.0, 1.0, 1.0, 0),
+                };
+                let p = RopeParams {
+                    n_head: c.n_head as u32,
+                    n_head_kv: c.n_head_kv as u32,
+                    head_dim: c.head_dim as u32,
+                    n_rot: c.n_rot as u32,
+                    pos0: pos,
+                    n_tok: n,
+                    neox: match c.rope_layout {
+                        RopeLayout::Adjacent => 0,
+                        RopeLayout::Neox => 1,
+                    },
+                    has_freq: *has_freq as u32,
+                    q_stride: c.q_dim() as u32,
+                    kv_dim: c.kv_dim() as u32,
+                    base,
+                    pos_scale,
+                    mscale,
+                    rotate,
+                    _pad: [0; 2],
+                };
                 self.go(Op::Rope, GgmlDType::F32, inst, &p, p.workgroups())?;
-            }
-            Step::Pair {
-                inst,
-                dtype,
-                row_bytes,
-                cols,
-                x_width,
-                units,
-                act,
-                norm,
-                qkv,
-            } => {
-                let op = if qkv.is_some() {
-                    Op::PairQkv
-                } else {
-                    Op::PairGlu
-                };
-                let tile = if n == 1 { 1 } else { MATMUL_TILE };
-                let eps = norm.then_some(c.rms_eps);
-                let x = (first * x_width, *x_width);
-                let p = match qkv {
-                    None => PairParams::glu(
-                        *units,
-                        *cols,
-                        n,
-                        x,
-                        (first * units, *units),
-                        *row_bytes,
-                        match act {
-                            Glu::Silu => 0,
-                            Glu::GeluTanh => 1,
-                        },
-                        eps,
-                        (tile, self.tpr),
-                    ),
-                    Some(q) => PairParams::qkv(
-                        &rope_params(c, q.layer, n, pos, q.has_freq),
-                        *cols,
-                        x,
-                        *row_bytes,
-                        eps,
-                        q.bias,
-                        q.freq_off,
-                        (tile, self.tpr),
-                    ),
-                };
-                self.go(op, *dtype, inst, &p, p.total_wg)?;
             }
             Step::Attend { inst, layer } => {
                 let spec = c.layers[*layer];
@@ -1283,7 +960,6 @@ impl GpuModel {
         which: Logits,
     ) -> Result<&[f32]> {
         self.check_tokens(tokens, pos)?;
-        self.drain().await?;
         let n_vocab = self.cfg.n_vocab;
         self.logits.clear();
         let n_batches = tokens.len().div_ceil(self.n_batch);
@@ -1292,7 +968,7 @@ impl GpuModel {
             let bpos = pos + bi * self.n_batch;
             // Intermediate batches of a Logits::Last call only fill the KV cache; their
             // (one-row) logits are read back and dropped.
-            let cmd = self.encode(Input::Host(batch), bpos, Tail::Logits(which))?;
+            let cmd = self.encode(batch, bpos, Tail::Logits(which))?;
             let rows = if which == Logits::All { batch.len() } else { 1 };
             let start = self.logits.len();
             self.logits.resize(start + rows * n_vocab, 0.0);
@@ -1319,104 +995,21 @@ impl GpuModel {
         pos: usize,
         s: &GpuSampling,
     ) -> Result<u32> {
-        self.decode_submit(Some(token), pos, s).await?;
-        self.decode_collect_async().await
-    }
-
-    /// Pipelined decode: encode and submit the decode-and-sample step of `token` at `pos`
-    /// without waiting for it. `token` `None` takes the id the previous step sampled straight
-    /// from its GPU buffer, so step n+1 can be submitted before step n's id is read back;
-    /// [`GpuModel::decode_collect_async`] reads the ids in submission order. At most two steps
-    /// are in flight (the caller keeps one ahead); a step with a host token, a forward call,
-    /// drains (reads and drops) what is still in flight first.
-    ///
-    /// Errors: as [`GpuModel::decode_sample_async`]; [`Error::InvalidParam`] for `None` when
-    /// no decode step ran just before, or with two steps already in flight.
-    pub async fn decode_submit(
-        &mut self,
-        token: Option<u32>,
-        pos: usize,
-        s: &GpuSampling,
-    ) -> Result<()> {
         s.validate()?;
-        let input = match token {
-            Some(ref t) => {
-                self.check_tokens(std::slice::from_ref(t), pos)?;
-                self.drain().await?;
-                Input::Host(std::slice::from_ref(t))
-            }
-            None => {
-                // The id on the device is within the vocabulary: the sampler wrote it.
-                self.check_tokens(&[0], pos)?;
-                if !self.sampled_current || self.in_flight.len() >= 2 {
-                    return Err(Error::InvalidParam {
-                        name: "token",
-                        what: "no decode step to continue from (or two already in flight)".into(),
-                    });
-                }
-                Input::Sampled
-            }
-        };
-        let slot = self.next_staging;
-        self.next_staging ^= 1;
-        let cmd = self.encode(input, pos, Tail::Sample(*s, slot))?;
-        let done = self.gpu.ctx.submit(cmd)?;
-        self.in_flight.push_back((slot, done));
-        Ok(())
-    }
-
-    /// The id sampled by the oldest step [`GpuModel::decode_submit`] submitted (waits for it:
-    /// 4 bytes read back). Errors: [`Error::InvalidParam`] when none is in flight; GPU errors.
-    pub async fn decode_collect_async(&mut self) -> Result<u32> {
-        let Some((slot, done)) = self.in_flight.pop_front() else {
-            return Err(Error::InvalidParam {
-                name: "decode_collect",
-                what: "no decode step in flight".into(),
-            });
-        };
+        self.check_tokens(&[token], pos)?;
+        let cmd = self.encode(&[token], pos, Tail::Sample(*s))?;
         let mut out = [0u8; 4];
         self.gpu
             .ctx
-            .read_after(done, &self.bufs.staging_token[slot], &mut out)
+            .submit_and_read(cmd, &self.bufs.staging_token, &mut out)
             .await?;
         Ok(u32::from_le_bytes(out))
-    }
-
-    /// Read and drop the steps still in flight (a speculative step after a stop).
-    pub async fn drain(&mut self) -> Result<()> {
-        while !self.in_flight.is_empty() {
-            self.decode_collect_async().await?;
-        }
-        Ok(())
-    }
-
-    /// Decode steps submitted and not yet collected.
-    pub fn steps_in_flight(&self) -> usize {
-        self.in_flight.len()
     }
 
     /// Blocking [`GpuModel::decode_sample_async`] (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn decode_sample(&mut self, token: u32, pos: usize, s: &GpuSampling) -> Result<u32> {
         super::block_on(self.decode_sample_async(token, pos, s))
-    }
-
-    /// Blocking [`GpuModel::decode_submit`] (native only; the submission itself never waits
-    /// unless it drains an earlier step).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn decode_submit_blocking(
-        &mut self,
-        token: Option<u32>,
-        pos: usize,
-        s: &GpuSampling,
-    ) -> Result<()> {
-        super::block_on(self.decode_submit(token, pos, s))
-    }
-
-    /// Blocking [`GpuModel::decode_collect_async`] (native only).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn decode_collect(&mut self) -> Result<u32> {
-        super::block_on(self.decode_collect_async())
     }
 }
 

@@ -226,28 +226,14 @@ impl Gpu {
         out: &wgpu::Buffer,
         out_len: usize,
     ) -> Result<Vec<f32>> {
-        self.simple_typed(op, GgmlDType::F32, p, buffers, n_wg, out, out_len)
-            .await
-    }
-
-    /// [`Gpu::simple`] with the pipeline of weight type `dtype`.
-    #[allow(clippy::too_many_arguments)]
-    async fn simple_typed<P: Pod>(
-        &mut self,
-        op: Op,
-        dtype: GgmlDType,
-        p: &P,
-        buffers: Vec<&wgpu::Buffer>,
-        n_wg: u32,
-        out: &wgpu::Buffer,
-        out_len: usize,
-    ) -> Result<Vec<f32>> {
         let jobs = [Job {
             params: bytemuck::bytes_of(p).to_vec(),
             buffers,
             n_wg,
         }];
-        let out = self.run(op, dtype, &jobs, out, out_len * 4).await?;
+        let out = self
+            .run(op, GgmlDType::F32, &jobs, out, out_len * 4)
+            .await?;
         Ok(f32s(&out))
     }
 
@@ -255,11 +241,9 @@ impl Gpu {
     pub async fn rms_norm(&mut self, x: &[f32], w: &[f32], eps: f32) -> Result<Vec<f32>> {
         const OP: &str = "gpu rms_norm";
         let n = w.len();
-        shape(
-            OP,
-            n > 0 && x.len().is_multiple_of(n) && !x.is_empty(),
-            || format!("x has {} values for rows of {n}", x.len()),
-        )?;
+        shape(OP, n > 0 && x.len() % n == 0 && !x.is_empty(), || {
+            format!("x has {} values for rows of {n}", x.len())
+        })?;
         let rows = x.len() / n;
         let (xb, wb) = (self.f32_buf("x", x)?, self.f32_buf("w", w)?);
         let ob = self.f32_buf("out", &vec![0.0; x.len()])?;
@@ -396,7 +380,7 @@ impl Gpu {
         )?;
         shape(
             OP,
-            n_rot <= head_dim && n_rot.is_multiple_of(2) && head_dim.is_multiple_of(2),
+            n_rot <= head_dim && n_rot % 2 == 0 && head_dim % 2 == 0,
             || format!("n_rot {n_rot}, head_dim {head_dim}"),
         )?;
         shape(OP, freq.is_none_or(|f| f.len() >= n_rot / 2), || {
@@ -495,10 +479,10 @@ impl Gpu {
             n_tok > 0
                 && q.len() == n_tok * qd
                 && n_head_kv > 0
-                && n_head.is_multiple_of(n_head_kv)
+                && n_head % n_head_kv == 0
                 && head_dim <= 256
                 && k_cache.len() == v_cache.len()
-                && k_cache.len().is_multiple_of(kv_dim)
+                && k_cache.len() % kv_dim == 0
                 && k_cache.len() / kv_dim >= pos0 + n_tok,
             || format!("q {} values, cache {} values", q.len(), k_cache.len()),
         )?;
@@ -593,215 +577,5 @@ impl Gpu {
         }];
         let out = self.run(Op::Sample, GgmlDType::F32, &jobs, &ob, 4).await?;
         Ok(u32::from_le_bytes([out[0], out[1], out[2], out[3]]))
-    }
-}
-
-/// The RoPE of a one-shot [`Gpu::qkv_rope_kv`]: heads, rotated dimensions, position of the
-/// first row, base, position scale, pair layout, frequency factors ((n_rot / 2)), cos/sin
-/// scale, and whether it turns at all (false: a NoPE layer).
-#[derive(Clone, Copy, Debug)]
-pub struct RopeArgs<'a> {
-    pub n_head: usize,
-    pub n_head_kv: usize,
-    pub head_dim: usize,
-    pub n_rot: usize,
-    pub pos0: usize,
-    pub base: f32,
-    pub pos_scale: f32,
-    pub layout: RopeLayout,
-    pub freq: Option<&'a [f32]>,
-    pub mscale: f32,
-    pub rotate: bool,
-}
-
-/// (type, row bytes) shared by the weights of one pair product: each in one buffer, all of
-/// one type and width (a pair pipeline decodes one type). Errors: [`Error::Shape`].
-fn pair_weights(op: &'static str, ws: &[&GpuWeight]) -> Result<(GgmlDType, u32)> {
-    let w0 = ws[0];
-    shape(op, ws.iter().all(|w| w.chunks.len() == 1), || {
-        "the pair kernels need each weight in one buffer".into()
-    })?;
-    shape(
-        op,
-        ws.iter().all(|w| w.dtype == w0.dtype && w.cols == w0.cols),
-        || {
-            let t: Vec<String> = ws.iter().map(|w| w.dtype.to_string()).collect();
-            format!(
-                "the pair kernels need one weight type, got {}",
-                t.join(", ")
-            )
-        },
-    )?;
-    Ok((w0.dtype, u32_of(op, w0.row_bytes)?))
-}
-
-impl Gpu {
-    /// Gate and up products with the GLU in their epilogue (matmul_pair.wgsl, GLU mode), as
-    /// the model runs them: returns act(W_gate x') ⊙ (W_up x'), (n_tok, rows), where x' is x or
-    /// RMSNorm(x) ⊙ `norm.0` (ε `norm.1`); act: 0 SiLU, 1 GELU-tanh. gate, up: (rows, cols);
-    /// x: (n_tok, cols). Errors: [`Error::Shape`] (also for a weight split across buffers, or
-    /// gate and up of different types).
-    pub async fn glu_pair(
-        &mut self,
-        gate: &GpuWeight,
-        up: &GpuWeight,
-        x: &[f32],
-        n_tok: usize,
-        norm: Option<(&[f32], f32)>,
-        act: u32,
-    ) -> Result<Vec<f32>> {
-        const OP: &str = "gpu glu pair";
-        let (rows, cols) = (gate.rows, gate.cols);
-        shape(OP, up.rows == rows && up.cols == cols, || {
-            format!("gate {rows}x{cols}, up {}x{}", up.rows, up.cols)
-        })?;
-        shape(OP, x.len() == n_tok * cols && n_tok > 0, || {
-            format!("x has {} values for {n_tok}x{cols}", x.len())
-        })?;
-        shape(OP, norm.is_none_or(|(nw, _)| nw.len() == cols), || {
-            format!("norm weight must have {cols} values")
-        })?;
-        let (dtype, row_bytes) = pair_weights(OP, &[gate, up])?;
-        let xb = self.f32_buf("x", x)?;
-        let yb = self.f32_buf("y", &vec![0.0; n_tok * rows])?;
-        let vb = self.f32_buf("vecs", norm.map_or(&[0.0][..], |n| n.0))?;
-        let rw = self.storage("unused cache", &[0u8; 16])?;
-        let (op, tile) = (Op::PairGlu, if n_tok == 1 { 1 } else { MATMUL_TILE });
-        let (rows32, cols32) = (u32_of(OP, rows)?, u32_of(OP, cols)?);
-        let p = PairParams::glu(
-            rows32,
-            cols32,
-            u32_of(OP, n_tok)?,
-            (0, cols32),
-            (0, rows32),
-            row_bytes,
-            act,
-            norm.map(|n| n.1),
-            (tile, self.ctx.info.matmul_threads_per_row),
-        );
-        let bufs = vec![
-            &gate.chunks[0].buffer,
-            &up.chunks[0].buffer,
-            &gate.chunks[0].buffer,
-            &xb,
-            &vb,
-            &yb,
-            &rw,
-            &rw,
-        ];
-        self.simple_typed(op, dtype, &p, bufs, p.total_wg, &yb, n_tok * rows)
-            .await
-    }
-
-    /// Q, K, V products with RoPE and the KV-cache store in their epilogue (matmul_pair.wgsl,
-    /// QKV mode), as the model runs them. wq: (n_head * head_dim, cols), wk, wv:
-    /// (n_head_kv * head_dim, cols); x: (n_tok, cols), optionally RMS-normalised first with
-    /// `norm`; bias: the concatenated [Q | K | V] biases. Returns (rotated q (n_tok, q_dim),
-    /// cache rows `pos0 ..` of K (rotated) and of V, as the cache holds them).
-    /// Errors: [`Error::Shape`] (also for weights split across buffers or of different types).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn qkv_rope_kv(
-        &mut self,
-        wq: &GpuWeight,
-        wk: &GpuWeight,
-        wv: &GpuWeight,
-        x: &[f32],
-        n_tok: usize,
-        norm: Option<(&[f32], f32)>,
-        bias: Option<&[f32]>,
-        r: &RopeArgs<'_>,
-    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-        const OP: &str = "gpu qkv pair";
-        let cols = wq.cols;
-        let (qd, kv_dim) = (r.n_head * r.head_dim, r.n_head_kv * r.head_dim);
-        shape(
-            OP,
-            wq.rows == qd
-                && wk.rows == kv_dim
-                && wv.rows == kv_dim
-                && wk.cols == cols
-                && wv.cols == cols
-                && r.n_head_kv > 0
-                && r.n_head.is_multiple_of(r.n_head_kv),
-            || format!("q {}x{cols}, k {}, v {} rows", wq.rows, wk.rows, wv.rows),
-        )?;
-        shape(OP, x.len() == n_tok * cols && n_tok > 0, || {
-            format!("x has {} values for {n_tok}x{cols}", x.len())
-        })?;
-        shape(
-            OP,
-            r.n_rot <= r.head_dim && r.n_rot.is_multiple_of(2) && r.head_dim.is_multiple_of(2),
-            || format!("n_rot {}, head_dim {}", r.n_rot, r.head_dim),
-        )?;
-        shape(OP, norm.is_none_or(|(nw, _)| nw.len() == cols), || {
-            format!("norm weight must have {cols} values")
-        })?;
-        shape(OP, bias.is_none_or(|b| b.len() == qd + 2 * kv_dim), || {
-            format!("bias must have {} values", qd + 2 * kv_dim)
-        })?;
-        shape(OP, r.freq.is_none_or(|f| f.len() >= r.n_rot / 2), || {
-            format!("freq factors need {} values", r.n_rot / 2)
-        })?;
-        let (dtype, row_bytes) = pair_weights(OP, &[wq, wk, wv])?;
-        // vecs: [norm weight (cols) | biases | RoPE factors].
-        let mut vecs = norm.map_or(vec![0.0; cols], |n| n.0.to_vec());
-        vecs.extend_from_slice(bias.unwrap_or(&[]));
-        let freq_off = u32_of(OP, vecs.len())?;
-        vecs.extend_from_slice(r.freq.unwrap_or(&[]));
-        let xb = self.f32_buf("x", x)?;
-        let vb = self.f32_buf("vecs", &vecs)?;
-        let qo = self.f32_buf("q", &vec![0.0; n_tok * qd])?;
-        let cache_len = (r.pos0 + n_tok) * kv_dim;
-        let kc = self.kv_buf("k_cache", &vec![0.0; cache_len])?;
-        let vc = self.kv_buf("v_cache", &vec![0.0; cache_len])?;
-        let rope = RopeParams {
-            n_head: u32_of(OP, r.n_head)?,
-            n_head_kv: u32_of(OP, r.n_head_kv)?,
-            head_dim: u32_of(OP, r.head_dim)?,
-            n_rot: u32_of(OP, r.n_rot)?,
-            pos0: u32_of(OP, r.pos0)?,
-            n_tok: u32_of(OP, n_tok)?,
-            neox: match r.layout {
-                RopeLayout::Adjacent => 0,
-                RopeLayout::Neox => 1,
-            },
-            has_freq: r.freq.is_some() as u32,
-            q_stride: u32_of(OP, qd)?,
-            kv_dim: u32_of(OP, kv_dim)?,
-            base: r.base,
-            pos_scale: r.pos_scale,
-            mscale: r.mscale,
-            rotate: r.rotate as u32,
-            _pad: [0; 2],
-        };
-        let (op, tile) = (Op::PairQkv, if n_tok == 1 { 1 } else { MATMUL_TILE });
-        let cols32 = u32_of(OP, cols)?;
-        let p = PairParams::qkv(
-            &rope,
-            cols32,
-            (0, cols32),
-            row_bytes,
-            norm.map(|n| n.1),
-            bias.is_some(),
-            freq_off,
-            (tile, self.ctx.info.matmul_threads_per_row),
-        );
-        let bufs = vec![
-            &wq.chunks[0].buffer,
-            &wk.chunks[0].buffer,
-            &wv.chunks[0].buffer,
-            &xb,
-            &vb,
-            &qo,
-            &kc,
-            &vc,
-        ];
-        let q = self
-            .simple_typed(op, dtype, &p, bufs, p.total_wg, &qo, n_tok * qd)
-            .await?;
-        let first = r.pos0 * kv_dim;
-        let k_rows = self.read_kv(&kc, first, n_tok * kv_dim).await?;
-        let v_rows = self.read_kv(&vc, first, n_tok * kv_dim).await?;
-        Ok((q, k_rows, v_rows))
     }
 }

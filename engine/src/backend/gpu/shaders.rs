@@ -6,8 +6,8 @@
 //! one of the two reduction helpers (`reduce_wg.wgsl`, baseline; `reduce_sg.wgsl`, subgroups)
 //! for kernels that reduce; `attn_io.wgsl` (shared Params and bindings) for the attention
 //! kernels; then the kernel file. Variants differ only by that choice of parts
-//! and by pipeline-overridable constants (`DTYPE`, `TILE_N`, `TPR`) or entry points (the pair
-//! kernels' `glu` and `qkv`); no shader text is generated.
+//! and by pipeline-overridable constants (`DTYPE`, `TILE_N`, `TPR`); no shader text is
+//! generated.
 //!
 //! Pipelines, bind group layouts and pipeline layouts are created once and kept under a
 //! [`PipelineKey`].
@@ -21,7 +21,7 @@ use super::context::GpuContext;
 
 /// `shaders/common.wgsl`: type ids and small helpers.
 pub const COMMON: &str = include_str!("../../../../shaders/common.wgsl");
-/// `shaders/quant.wgsl`: GGUF block decoders over the kernel's `wword(buffer, word)`.
+/// `shaders/quant.wgsl`: GGUF block decoders over `wq: array<u32>`.
 pub const QUANT: &str = include_str!("../../../../shaders/quant.wgsl");
 /// `shaders/kv_f32.wgsl`: the KV cache holds f32 (baseline).
 pub const KV_F32: &str = include_str!("../../../../shaders/kv_f32.wgsl");
@@ -35,7 +35,6 @@ pub const REDUCE_SG: &str = include_str!("../../../../shaders/reduce_sg.wgsl");
 pub const ATTN_IO: &str = include_str!("../../../../shaders/attn_io.wgsl");
 /// Kernel files.
 pub const MATMUL: &str = include_str!("../../../../shaders/matmul.wgsl");
-pub const MATMUL_PAIR: &str = include_str!("../../../../shaders/matmul_pair.wgsl");
 pub const GET_ROWS: &str = include_str!("../../../../shaders/get_rows.wgsl");
 pub const RMS_NORM: &str = include_str!("../../../../shaders/rms_norm.wgsl");
 pub const ROPE: &str = include_str!("../../../../shaders/rope.wgsl");
@@ -73,9 +72,7 @@ pub const GPU_WEIGHT_TYPES: [GgmlDType; 13] = [
 /// Whether `op` has a GPU kernel for weights of `dtype`.
 pub fn supports(op: Op, dtype: GgmlDType) -> bool {
     match op {
-        Op::MatVec | Op::MatMul | Op::GetRows | Op::PairGlu | Op::PairQkv => {
-            GPU_WEIGHT_TYPES.contains(&dtype)
-        }
+        Op::MatVec | Op::MatMul | Op::GetRows => GPU_WEIGHT_TYPES.contains(&dtype),
         _ => dtype == GgmlDType::F32,
     }
 }
@@ -88,13 +85,6 @@ pub enum Op {
     MatVec,
     /// Quantized matrix × n vectors (prefill): matmul.wgsl with TILE_N = 8.
     MatMul,
-    /// Gate and up products with the GLU in their epilogue: matmul_pair.wgsl, entry point `glu`;
-    /// both weights of the key's type (`override DTYPE`); decode and prefill (the token tile is
-    /// a parameter).
-    PairGlu,
-    /// Q, K, V products with RoPE and the KV-cache store in their epilogue: matmul_pair.wgsl,
-    /// entry point `qkv`; all three weights of the key's type.
-    PairQkv,
     /// Embedding lookup from a quantized table.
     GetRows,
     RmsNorm,
@@ -154,15 +144,13 @@ pub struct PipelineKey {
 
 /// Size in bytes of the uniform parameter block every kernel binds at binding 0 (each kernel's
 /// `Params` struct fits in it).
-pub const PARAMS_BYTES: u64 = 128;
+pub const PARAMS_BYTES: u64 = 64;
 
 impl Op {
     /// Every op.
-    pub const ALL: [Op; 13] = [
+    pub const ALL: [Op; 11] = [
         Op::MatVec,
         Op::MatMul,
-        Op::PairGlu,
-        Op::PairQkv,
         Op::GetRows,
         Op::RmsNorm,
         Op::Rope,
@@ -177,7 +165,6 @@ impl Op {
     fn kernel(self) -> &'static str {
         match self {
             Op::MatVec | Op::MatMul => MATMUL,
-            Op::PairGlu | Op::PairQkv => MATMUL_PAIR,
             Op::GetRows => GET_ROWS,
             Op::RmsNorm => RMS_NORM,
             Op::Rope => ROPE,
@@ -194,8 +181,6 @@ impl Op {
         match self {
             Op::AttnDecode => "split",
             Op::AttnCombine => "combine",
-            Op::PairGlu => "glu",
-            Op::PairQkv => "qkv",
             _ => "main",
         }
     }
@@ -204,7 +189,6 @@ impl Op {
     fn module_op(self) -> Op {
         match self {
             Op::AttnCombine => Op::AttnDecode,
-            Op::PairQkv => Op::PairGlu,
             o => o,
         }
     }
@@ -213,17 +197,12 @@ impl Op {
     pub fn uses_kv(self) -> bool {
         matches!(
             self,
-            Op::Rope | Op::Attention | Op::AttnDecode | Op::AttnCombine | Op::PairGlu | Op::PairQkv
+            Op::Rope | Op::Attention | Op::AttnDecode | Op::AttnCombine
         )
     }
 
-    /// Whether the kernel reads quantized weights: its pipelines are specialised to one weight
-    /// type (the key's `dtype`, `override DTYPE`).
     fn reads_weights(self) -> bool {
-        matches!(
-            self,
-            Op::MatVec | Op::MatMul | Op::GetRows | Op::PairGlu | Op::PairQkv
-        )
+        matches!(self, Op::MatVec | Op::MatMul | Op::GetRows)
     }
 
     /// Whether the kernel uses the workgroup reductions (and so has a subgroup variant).
@@ -239,8 +218,6 @@ impl Op {
         match self {
             // wq, x, y, bias, norm weight
             Op::MatVec | Op::MatMul => &[false, false, true, false, false],
-            // w0, w1, w2, x, vecs (norm weight | biases | RoPE factors), y, k_cache, v_cache
-            Op::PairGlu | Op::PairQkv => &[false, false, false, false, false, true, true, true],
             // wq, tokens, out
             Op::GetRows => &[false, false, true],
             // x, w, out
@@ -260,7 +237,6 @@ impl Op {
     fn layout_op(self) -> Op {
         match self {
             Op::MatMul => Op::MatVec,
-            Op::PairQkv => Op::PairGlu,
             Op::Add => Op::Glu,
             Op::AttnDecode | Op::AttnCombine => Op::Attention,
             o => o,
@@ -304,7 +280,6 @@ fn overrides(key: PipelineKey, tpr: u32) -> Vec<(&'static str, f64)> {
     match key.op {
         Op::MatVec => c.extend([("TILE_N", 1.0), ("TPR", tpr as f64)]),
         Op::MatMul => c.extend([("TILE_N", 8.0), ("TPR", tpr as f64)]),
-        Op::PairGlu | Op::PairQkv => c.push(("TPR", tpr as f64)),
         _ => {}
     }
     c
