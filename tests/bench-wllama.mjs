@@ -5,15 +5,12 @@
 // `bench.mjs`. The page is served cross-origin isolated by this script, so wllama may use
 // `SLM_BENCH_THREADS` threads.
 //   SLM_BENCH_MODEL=PATH [SLM_BENCH_THREADS=N] node bench-wllama.mjs
-import { chromium } from 'playwright-core';
-import { createReadStream, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { createReadStream, statSync } from 'node:fs';
 import { createServer } from 'node:http';
-import { tmpdir } from 'node:os';
 import { basename, dirname, join, normalize } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { browserPssMib } from './pss.mjs';
+import { browserPssMib, launchBrowser } from './bench-common.mjs';
 
-const CHROME = process.env.CHROMIUM || '/usr/lib/chromium/chromium';
 const MODEL = process.env.SLM_BENCH_MODEL;
 const THREADS = Number(process.env.SLM_BENCH_THREADS || 1);
 const N_GEN = Number(process.env.SLM_BENCH_GEN || 128);
@@ -69,14 +66,8 @@ const server = createServer((req, res) => {
 await new Promise((r) => server.listen(0, '127.0.0.1', r));
 const base = `http://127.0.0.1:${server.address().port}/`;
 
-const dir = mkdtempSync(join(tmpdir(), 'slm-bench-wllama-'));
-const ctx = await chromium.launchPersistentContext(dir, {
-  executablePath: CHROME, headless: true,
-  args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--headless=new'],
-});
+const { dir, page, close } = await launchBrowser('slm-bench-wllama-');
 try {
-  const page = ctx.pages()[0] || await ctx.newPage();
-  page.on('pageerror', (e) => console.error('pageerror:', e.message));
   await page.goto(base);
   await page.waitForFunction(() => window.ready === true);
   await page.waitForTimeout(1000);
@@ -101,7 +92,6 @@ try {
     baseline_mem_mib: Math.round(baseline),
   }));
 } finally {
-  await ctx.close();
+  await close();
   server.close();
-  rmSync(dir, { recursive: true, force: true });
 }

@@ -5,14 +5,10 @@
 // peak_mem_mib is the peak of the summed PSS of the browser's processes (sampled every 500 ms)
 // from the load to the end of the benchmark; baseline_mem_mib is the same sum just before the
 // load (Chromium and the app without a model).
-import { chromium } from 'playwright-core';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { browserPssMib } from './pss.mjs';
-import { tmpdir } from 'node:os';
-import { basename, join } from 'node:path';
+import { basename } from 'node:path';
+import { browserPssMib, launchBrowser } from './bench-common.mjs';
 
 const BASE = process.env.SLM_URL || 'http://127.0.0.1:8080/';
-const CHROME = process.env.CHROMIUM || '/usr/lib/chromium/chromium';
 const MODEL = process.env.SLM_BENCH_MODEL;
 const THREADS = Number(process.env.SLM_BENCH_THREADS || 1);
 const N_PROMPT = Number(process.env.SLM_BENCH_PROMPT || 128);
@@ -33,14 +29,8 @@ async function waitReady(page) {
   throw new Error('the model did not load');
 }
 
-const dir = mkdtempSync(join(tmpdir(), 'slm-bench-'));
-const ctx = await chromium.launchPersistentContext(dir, {
-  executablePath: CHROME, headless: true,
-  args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--headless=new'],
-});
+const { dir, page, close } = await launchBrowser('slm-bench-');
 try {
-  const page = ctx.pages()[0] || await ctx.newPage();
-  page.on('pageerror', (e) => console.error('pageerror:', e.message));
   const url = new URL(BASE);
   url.searchParams.set('threads', String(THREADS));
   await page.goto(url.href);
@@ -78,6 +68,5 @@ try {
     baseline_mem_mib: Math.round(baseline),
   }));
 } finally {
-  await ctx.close();
-  rmSync(dir, { recursive: true, force: true });
+  await close();
 }

@@ -11,6 +11,12 @@ pub fn prompt_ids(n: usize, n_vocab: usize) -> Vec<u32> {
         .collect()
 }
 
+/// Whether a prompt of `n_prompt` (≥ 1) tokens and `n_gen` more fit a context of `n_ctx`
+/// (checked before anything is allocated from these numbers; no overflow).
+pub fn fits(n_prompt: usize, n_gen: usize, n_ctx: usize) -> bool {
+    n_prompt > 0 && n_prompt.checked_add(n_gen).is_some_and(|t| t <= n_ctx)
+}
+
 /// The median of `v` (sorted in place; the upper one of an even count); NaN when empty.
 pub fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {
@@ -31,6 +37,14 @@ mod tests {
         assert!(p.iter().all(|&t| t < 49_152));
         assert_eq!(prompt_ids(3, 10), [3, 2, 1]);
         assert!(prompt_ids(5, 0).iter().all(|&t| t == 0));
+    }
+
+    #[test]
+    fn sizes_must_fit_the_context() {
+        assert!(fits(128, 128, 256));
+        assert!(!fits(128, 129, 256));
+        assert!(!fits(0, 8, 256));
+        assert!(!fits(usize::MAX, 2, usize::MAX));
     }
 
     #[test]

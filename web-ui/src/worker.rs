@@ -288,10 +288,10 @@ async fn bench(
     reps: usize,
 ) -> Result<FromWorker, Error> {
     let model = &mut l.model;
-    let fits = n_prompt
-        .checked_add(n_gen)
-        .is_some_and(|t| t <= model.n_ctx() && n_prompt > 0 && n_gen > 0);
-    if !fits || !(1..=10).contains(&reps) {
+    if n_gen == 0
+        || !engine::bench::fits(n_prompt, n_gen, model.n_ctx())
+        || !(1..=10).contains(&reps)
+    {
         return Err(Error::InvalidParam {
             name: "bench",
             what: format!(

@@ -376,11 +376,7 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
     let reps = args.parse_or("reps", 3usize)?.max(1);
     // Checked before loading: the prompt is allocated from these numbers.
     let n_ctx_arg = args.parse_or("ctx", DEFAULT_CTX)?;
-    let in_ctx = |n_ctx: usize| {
-        n_prompt
-            .checked_add(n_gen)
-            .is_some_and(|t| t <= n_ctx && n_prompt > 0)
-    };
+    let in_ctx = |n_ctx: usize| engine::bench::fits(n_prompt, n_gen, n_ctx);
     if !in_ctx(n_ctx_arg) {
         return fail(format!(
             "--prompt-tokens + --gen-tokens must be in 1..={n_ctx_arg} (--ctx)"

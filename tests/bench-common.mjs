@@ -1,5 +1,25 @@
-// Memory of a headless Chromium run, for the benchmarks (bench.mjs, bench-wllama.mjs).
-import { readdirSync, readFileSync } from 'node:fs';
+// What the benchmarks (bench.mjs, bench-wllama.mjs) share: a fresh headless Chromium, and the
+// memory of all its processes.
+import { chromium } from 'playwright-core';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const CHROME = process.env.CHROMIUM || '/usr/lib/chromium/chromium';
+
+/// Chromium (Debian's, headless) with a fresh profile in a temporary folder `dir`; `page` logs
+/// uncaught errors; `close()` ends it and removes the profile.
+export async function launchBrowser(prefix) {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const ctx = await chromium.launchPersistentContext(dir, {
+    executablePath: CHROME, headless: true,
+    args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--headless=new'],
+  });
+  const page = ctx.pages()[0] || await ctx.newPage();
+  page.on('pageerror', (e) => console.error('pageerror:', e.message));
+  const close = async () => { await ctx.close(); rmSync(dir, { recursive: true, force: true }); };
+  return { dir, page, close };
+}
 
 /// Summed PSS (MiB) of the process whose command line holds `marker` and its descendants. Each
 /// call walks /proc and the kernel walks each process's mappings: sample it sparingly (the
