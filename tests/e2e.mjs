@@ -196,6 +196,12 @@ async function mainFlow() {
     log('badge:', badge);
     // The adapter is named even where its description is empty (SwiftShader).
     if (backend === 'gpu') assert.match(badge, /^WebGPU · \S/, 'the badge names the adapter');
+    // The app's server sends COOP/COEP: the chat below runs in the multi-threaded build.
+    if (backend === 'cpu') {
+      const t = await cpuThreads(b.page);
+      log('CPU engine:', t);
+      assert.equal(t.build, 'threads', 'a cross-origin isolated page runs the multi-threaded build');
+    }
 
     // Reload: the model comes from IndexedDB, with no request for the model file.
     const mark = (await serverLog()).length;
@@ -222,7 +228,7 @@ async function mainFlow() {
     log('stats:', r.stats, '| streamed updates:', r.distinct);
     // The stats name the backend that computed the reply: a GPU reply that silently fell back to
     // the CPU fails here.
-    assert.match(r.stats, backend === 'gpu' ? / · WebGPU$/ : / · CPU$/, 'the reply ran on the chosen backend');
+    assert.match(r.stats, backend === 'gpu' ? / · WebGPU$/ : / · CPU( ×\d+)?$/, 'the reply ran on the chosen backend');
     assert.ok(r.reply.trim().length > 0, 'non-empty reply');
     assert.ok(r.distinct >= 2, 'reply streamed in several steps');
     assert.match(r.reply.toLowerCase(), /blue/, 'the sky is blue');
@@ -761,7 +767,7 @@ async function gemma3Flow() {
     await settings(b.page, { temperature: 0, maxTokens: gpu ? 5 : 24 });
     const r = await ask(b.page, QUESTION);
     log('reply:', JSON.stringify(r.reply), r.stats);
-    assert.match(r.stats, gpu ? / · WebGPU$/ : / · CPU$/, 'the reply ran on the backend that loaded');
+    assert.match(r.stats, gpu ? / · WebGPU$/ : / · CPU( ×\d+)?$/, 'the reply ran on the backend that loaded');
     assert.ok(r.reply.trim().length > 0, 'non-empty reply');
     // The 270M file is the base model: it continues the prompt text (Markdown paragraphs, so
     // whitespace is compared loosely). On the GPU only a few tokens are generated: they must be
@@ -1397,6 +1403,10 @@ async function widgetFlow() {
     const r = await askIn(b.page, f, QUESTION);
     log('widget reply:', JSON.stringify(r.reply), '|', r.stats, '| streamed updates:', r.distinct);
     assert.ok(r.distinct >= 2, 'the reply streamed');
+    // Without isolation the frame runs the single-threaded build: one thread, no "×N".
+    const frame = b.page.frames().find((fr) => fr.url().includes('embed.html'));
+    assert.equal(await frame.evaluate(() => crossOriginIsolated), false, 'the widget frame is not cross-origin isolated');
+    assert.match(r.stats, / · CPU$/, 'the widget computes on one CPU thread');
     const expect = process.env.SLM_E2E_EXPECT_PREFIX;
     if (expect) assert.ok(r.reply.trim().startsWith(expect), `reply starts with slm's ${JSON.stringify(expect)}`);
     else assert.match(r.reply.toLowerCase(), /blue/);
