@@ -1,7 +1,8 @@
 // Starts the app: the wasm module's main() mounts the Leptos page. The theme the user chose
 // (localStorage `slm.theme`, JSON) is applied first so the page does not flash.
-// The module comes in two builds (see worker.js): on a cross-origin isolated page the page runs
-// the multi-threaded one too, so page and engine worker share one download.
+// The page always runs the single-threaded build (web-ui.js, with the UI); on a cross-origin
+// isolated page the engine's worker runs the multi-threaded engine-only build (see worker.js).
+import init from './web-ui.js';
 try {
   const t = JSON.parse(localStorage.getItem('slm.theme') || 'null');
   if (t === 'dark' || t === 'light') document.documentElement.dataset.theme = t;
@@ -12,21 +13,7 @@ try {
 // the worker's headers apply (threads and SharedArrayBuffer then work). ?isolation=off opts out.
 const isolationOff = new URLSearchParams(location.search).get('isolation') === 'off';
 let started = false;
-const start = async () => {
-  if (started) return;
-  started = true;
-  if (crossOriginIsolated) {
-    try {
-      const mt = await import('./web-ui-mt.js');
-      await mt.default({ module_or_path: './web-ui-mt_bg.wasm' });
-      return;
-    } catch (e) {
-      console.warn('multi-threaded build unavailable, using the single-threaded one:', e);
-    }
-  }
-  const st = await import('./web-ui.js');
-  await st.default({ module_or_path: './web-ui_bg.wasm' });
-};
+const start = () => { if (!started) { started = true; init({ module_or_path: './web-ui_bg.wasm' }); } };
 if ('serviceWorker' in navigator && window.isSecureContext) {
   const reg = navigator.serviceWorker.register('./sw.js');
   reg.then(watchUpdates, () => {});

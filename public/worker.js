@@ -1,8 +1,9 @@
 // The engine's Web Worker: the same wasm module as the page; main() sees no window and
 // returns, then worker_main() listens for load/generate messages.
 //
-// Two builds of that module: web-ui.js (single-threaded, what the page runs) and web-ui-mt.js
-// (atomics + shared memory: the CPU engine's thread pool runs on Web Workers, pool-worker.js).
+// Two builds of that module: web-ui.js (single-threaded, with the UI: what the page runs) and
+// web-ui-mt.js (atomics + shared memory, the engine worker alone, built without the `ui` feature:
+// the CPU engine's thread pool runs on Web Workers, pool-worker.js).
 // The multi-threaded one needs SharedArrayBuffer, i.e. a cross-origin isolated page; anywhere
 // else (a host page without COOP/COEP embedding the widget) the single-threaded one runs.
 // Threads: navigator.hardwareConcurrency, at most MAX_THREADS; `?threads=N` (passed on from the

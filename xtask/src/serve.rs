@@ -181,10 +181,12 @@ pub fn build_web() -> Result {
     Ok(())
 }
 
-/// The multi-threaded build into `dist/web-ui-mt{.js,_bg.wasm}`: the same crate with atomics and
-/// a shared memory, std rebuilt for it (`-Z build-std`, nightly), bound with the locked
-/// wasm-bindgen and shrunk with wasm-opt as Trunk does the other. `boot.js` and `worker.js` load
-/// it on a cross-origin isolated page (the engine's pool threads then run on Web Workers).
+/// The multi-threaded build into `dist/web-ui-mt{.js,_bg.wasm}`: the same crate without its `ui`
+/// feature (the engine worker alone) with atomics and a shared memory, std rebuilt for it
+/// (`-Z build-std`, nightly), bound with the locked wasm-bindgen and shrunk with wasm-opt as
+/// Trunk does the other. `worker.js` loads it on a cross-origin isolated page (the engine's pool
+/// threads then run on Web Workers). Cold: ~3 min 50 s of cargo plus ~1 min of wasm-bindgen and
+/// wasm-opt on 2 cores (with the UI crates and line tables it was about half as much again).
 fn build_threaded(dist: &Path) -> Result {
     let target = root().join("target-ui-mt");
     let started = std::time::Instant::now();
@@ -209,8 +211,13 @@ fn build_threaded(dist: &Path) -> Result {
             "--target",
             "wasm32-unknown-unknown",
         ])
+        // The engine worker alone: no Leptos or Markdown crates to compile (the page always
+        // runs Trunk's build).
+        .arg("--no-default-features")
         .args(["-Z", "build-std=std,panic_abort"])
         .env("CARGO_TARGET_DIR", &target)
+        // No line tables: wasm-bindgen drops them anyway, and generating them costs build time.
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env(
             "RUSTFLAGS",
             THREADED_RUSTFLAGS
