@@ -1,5 +1,7 @@
 // Starts the app: the wasm module's main() mounts the Leptos page. The theme the user chose
 // (localStorage `slm.theme`, JSON) is applied first so the page does not flash.
+// The page always runs the single-threaded build (web-ui.js, with the UI); on a cross-origin
+// isolated page the engine's worker runs the multi-threaded engine-only build (see worker.js).
 import init from './web-ui.js';
 try {
   const t = JSON.parse(localStorage.getItem('slm.theme') || 'null');

@@ -13,7 +13,9 @@
 //    once so that they apply. A page opened with ?isolation=off is left alone.
 const CACHE = 'slm-shell-v1';
 const SHELL = ['./', 'index.html', 'boot.js', 'web-ui.js', 'web-ui_bg.wasm', 'worker.js', 'style.css',
-  'models.json', 'manifest.webmanifest', 'icon.svg'];
+  'models.json', 'manifest.webmanifest', 'icon.svg',
+  // The engine's multi-threaded build (worker.js picks it on a cross-origin isolated page).
+  'web-ui-mt.js', 'web-ui-mt_bg.wasm', 'pool-worker.js'];
 const scope = new URL(self.registration.scope);
 const shellPaths = new Set(SHELL.map((p) => new URL(p, scope).pathname));
 

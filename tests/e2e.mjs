@@ -196,6 +196,12 @@ async function mainFlow() {
     log('badge:', badge);
     // The adapter is named even where its description is empty (SwiftShader).
     if (backend === 'gpu') assert.match(badge, /^WebGPU · \S/, 'the badge names the adapter');
+    // The app's server sends COOP/COEP: the chat below runs in the multi-threaded build.
+    if (backend === 'cpu') {
+      const t = await cpuThreads(b.page);
+      log('CPU engine:', t);
+      assert.equal(t.build, 'threads', 'a cross-origin isolated page runs the multi-threaded build');
+    }
 
     // Reload: the model comes from IndexedDB, with no request for the model file.
     const mark = (await serverLog()).length;
@@ -223,7 +229,7 @@ async function mainFlow() {
     // The stats name the backend that computed the reply: a GPU reply that silently fell back to
     // the CPU fails here.
     const banner = await b.page.getByTestId('error-banner').first().innerText().catch(() => '');
-    assert.match(r.stats, backend === 'gpu' ? / · WebGPU$/ : / · CPU$/, `the reply ran on the chosen backend (banner: ${banner || 'none'})`);
+    assert.match(r.stats, backend === 'gpu' ? / · WebGPU$/ : / · CPU( ×\d+)?$/, `the reply ran on the chosen backend (banner: ${banner || 'none'})`);
     assert.ok(r.reply.trim().length > 0, 'non-empty reply');
     assert.ok(r.distinct >= 2, 'reply streamed in several steps');
     assert.match(r.reply.toLowerCase(), /blue/, 'the sky is blue');
@@ -762,7 +768,7 @@ async function gemma3Flow() {
     await settings(b.page, { temperature: 0, maxTokens: gpu ? 5 : 24 });
     const r = await ask(b.page, QUESTION);
     log('reply:', JSON.stringify(r.reply), r.stats);
-    assert.match(r.stats, gpu ? / · WebGPU$/ : / · CPU$/, 'the reply ran on the backend that loaded');
+    assert.match(r.stats, gpu ? / · WebGPU$/ : / · CPU( ×\d+)?$/, 'the reply ran on the backend that loaded');
     assert.ok(r.reply.trim().length > 0, 'non-empty reply');
     // The 270M file is the base model: it continues the prompt text (Markdown paragraphs, so
     // whitespace is compared loosely). On the GPU only a few tokens are generated: they must be
@@ -969,7 +975,7 @@ async function uiFlow() {
     await reply1.getByTestId('copy-button').click();
     const stored1 = (await savedChats(page))[0].messages[1].content;
     await page.waitForFunction((t) => navigator.clipboard.readText().then((c) => c === t), stored1);
-    assert.match(r1.stats, /^TTFT \d+ ms · prefill [\d.]+ tok\/s · decode [\d.]+ tok\/s · \d+ tokens \(max_tokens\) · CPU$/, 'per-reply stats: TTFT, speeds, tokens, backend');
+    assert.match(r1.stats, /^TTFT \d+ ms · prefill [\d.]+ tok\/s · decode [\d.]+ tok\/s · \d+ tokens \(max_tokens\) · CPU( ×\d+)?$/, 'per-reply stats: TTFT, speeds, tokens, backend');
     assert.match(await page.getByTestId('status-speed').innerText(), /tok\/s/);
 
     // Edit-and-resend: the later turns are dropped, the edited question is answered.
@@ -1398,6 +1404,10 @@ async function widgetFlow() {
     const r = await askIn(b.page, f, QUESTION);
     log('widget reply:', JSON.stringify(r.reply), '|', r.stats, '| streamed updates:', r.distinct);
     assert.ok(r.distinct >= 2, 'the reply streamed');
+    // Without isolation the frame runs the single-threaded build: one thread, no "×N".
+    const frame = b.page.frames().find((fr) => fr.url().includes('embed.html'));
+    assert.equal(await frame.evaluate(() => crossOriginIsolated), false, 'the widget frame is not cross-origin isolated');
+    assert.match(r.stats, / · CPU$/, 'the widget computes on one CPU thread');
     const expect = process.env.SLM_E2E_EXPECT_PREFIX;
     if (expect) assert.ok(r.reply.trim().startsWith(expect), `reply starts with slm's ${JSON.stringify(expect)}`);
     else assert.match(r.reply.toLowerCase(), /blue/);
@@ -1744,6 +1754,112 @@ async function embedRefusedFlow() {
   }
 }
 
+// A prompt long enough for prefill speed to mean something (~170 tokens with the template).
+const BENCH_PROMPT = 'Summarize this in one sentence: The lighthouse stood on a rocky island at the '
+  + 'mouth of the bay, and for ninety years its keepers had climbed the spiral stairs every evening '
+  + 'to light the lamp. Ships coming home from the northern fishing grounds watched for its beam, '
+  + 'which swept across the water every twelve seconds. In winter storms the waves broke over the '
+  + 'gallery, and the keepers kept a log of every vessel that passed, the weather, the state of the '
+  + 'sea and the hours the lamp burned. When the light was finally automated, the last keeper '
+  + 'carried the logbooks down the stairs, locked the door behind him and rowed to the mainland, '
+  + 'where the town museum now keeps them in a glass case beside his brass telescope.';
+
+/// The CPU engine's build and threads as the status chip shows them.
+async function cpuThreads(page) {
+  const el = page.getByTestId('cpu-threads');
+  await el.waitFor({ timeout: LONG });
+  return { build: await el.getAttribute('data-build'), threads: Number(await el.getAttribute('data-threads')), text: await el.innerText() };
+}
+
+/// Prefill and decode speeds from a reply's stats line.
+function speeds(stats) {
+  const num = (re) => Number((re.exec(stats) || [])[1]);
+  return { prefill: num(/prefill ([\d.]+) tok\/s/), decode: num(/decode ([\d.]+) tok\/s/) };
+}
+
+async function threadsFlow() {
+  log('CPU engine threads: cross-origin isolated → the multi-threaded build; the same replies at 2 and 1 threads and in the single-threaded build; speeds');
+  const b = await launch({ webgpu: false });
+  try {
+    // ?threads=2: at least two threads however many cores this machine has.
+    const openWith = async (query, isolated) => {
+      const resp = await b.page.goto(new URL(query, BASE).href);
+      if (isolated) assert.equal(resp.headers()['cross-origin-embedder-policy'], 'require-corp');
+      await b.page.getByTestId('model-select').waitFor();
+      assert.equal(await b.page.evaluate(() => crossOriginIsolated), isolated, `cross-origin isolated: ${isolated}`);
+      await b.page.getByTestId('backend-select').selectOption('cpu');
+    };
+    await openWith('?threads=2', true);
+    await downloadAndLoad(b.page);
+    const mt = await cpuThreads(b.page);
+    log('threads chip:', mt, '| badge:', await b.page.getByTestId('backend-badge').innerText());
+    assert.equal(mt.build, 'threads', 'the multi-threaded build runs on an isolated page');
+    assert.ok(mt.threads >= 2, `at least 2 threads (${mt.threads})`);
+    await settings(b.page, { temperature: 0, maxTokens: 48 });
+    const r = await ask(b.page, QUESTION);
+    log('reply (2 threads):', JSON.stringify(r.reply), r.stats);
+    assert.match(r.stats, /CPU ×2/, 'the stats line names the threads');
+    // The pool's other thread computed part of the products (not the caller alone).
+    const helped = Number(await b.page.getByTestId('reply-stats').last().getAttribute('data-helped-chunks'));
+    log('matrix-product chunks computed by the other thread:', helped);
+    assert.ok(helped > 0, 'the second thread takes part');
+    const expect = process.env.SLM_E2E_EXPECT_PREFIX;
+    if (expect) assert.ok(r.reply.trim().startsWith(expect), `reply starts with slm's ${JSON.stringify(expect)}`);
+    assert.match(r.reply.toLowerCase(), /blue/, 'the sky is blue');
+
+    // The same prompt at 1 thread and in the single-threaded build (a page that is not isolated):
+    // the same reply; and the speeds of a longer prompt, in one run. SLM_E2E_BENCH_ROUNDS repeats
+    // the measurement (alternating the configurations).
+    const configs = [
+      { name: 'threaded build, 2 threads', query: '?threads=2', isolated: true, build: 'threads', threads: 2 },
+      { name: 'threaded build, 1 thread', query: '?threads=1', isolated: true, build: 'threads', threads: 1 },
+      { name: 'single-threaded build', query: '?isolation=off', isolated: false, build: 'single', threads: 1 },
+    ];
+    const rounds = Number(process.env.SLM_E2E_BENCH_ROUNDS || 1);
+    const results = [];
+    let benchReply = null;
+    for (let round = 0; round < rounds; round++) {
+      for (const c of configs) {
+        await openWith(c.query, c.isolated);
+        await b.page.waitForFunction(() => document.querySelector('[data-testid=download-button]')?.textContent.includes('Load'));
+        await downloadAndLoad(b.page);
+        const t = await cpuThreads(b.page);
+        assert.equal(t.build, c.build, `${c.name}: build`);
+        assert.equal(t.threads, c.threads, `${c.name}: threads`);
+        // The saved conversation is shown before New chat (else it could replace the new one).
+        await b.page.getByTestId('assistant-message').first().waitFor({ timeout: LONG });
+        if (round === 0) {
+          await b.page.getByTestId('new-chat').click();
+          await b.page.waitForFunction(() => !document.querySelector('[data-testid=assistant-message]'));
+          await settings(b.page, { temperature: 0, maxTokens: 48 });
+          const same = await ask(b.page, QUESTION);
+          // The same text (the first reply may have run past 48 tokens when the setting landed
+          // after the send: compare up to the shorter one).
+          const [short, long] = [same.reply, r.reply].sort((x, y) => x.length - y.length);
+          assert.ok(short.length > 40 && long.startsWith(short), `${c.name}: the same reply as with 2 threads: ${JSON.stringify(same.reply)}`);
+        }
+        await b.page.getByTestId('new-chat').click();
+        await b.page.waitForFunction(() => !document.querySelector('[data-testid=assistant-message]'));
+        await settings(b.page, { temperature: 0, maxTokens: 64 });
+        const bench = await ask(b.page, BENCH_PROMPT);
+        if (benchReply === null) benchReply = bench.reply;
+        assert.equal(bench.reply, benchReply, `${c.name}: the same long reply`);
+        const s = speeds(bench.stats);
+        const h = await b.page.getByTestId('reply-stats').last().getAttribute('data-helped-chunks');
+        log(`bench ${c.name}: prefill ${s.prefill} tok/s, decode ${s.decode} tok/s | ${bench.stats} | chunks by the other thread: ${h}`);
+        results.push({ ...c, ...s });
+      }
+    }
+    for (const c of configs) {
+      const rs = results.filter((x) => x.name === c.name);
+      const best = (k) => Math.max(...rs.map((x) => x[k]));
+      log(`speed ${c.name}: prefill ${best('prefill')} tok/s, decode ${best('decode')} tok/s (best of ${rs.length})`);
+    }
+  } finally {
+    await b.close();
+  }
+}
+
 const flows = {
   main: { run: mainFlow },
   resume: { run: resumeFlow },
@@ -1767,6 +1883,7 @@ const flows = {
   api: { run: apiFlow },
   embedrefused: { run: embedRefusedFlow },
   samesite: { run: sameSiteFlow },
+  threads: { run: threadsFlow },
 };
 const wanted = only ? only.split(',').map((n) => n.trim()).filter(Boolean) : null;
 for (const n of wanted || []) if (!flows[n]) { log(`unknown flow ${n}; flows: ${Object.keys(flows).join(', ')}`); process.exit(2); }

@@ -30,6 +30,10 @@ pub struct LoadedInfo {
     pub load_ms: f64,
     /// Why the built-in chat format replaced the file's template (the user chose the fallback).
     pub template_fallback: Option<String>,
+    /// The worker runs the multi-threaded wasm build.
+    pub threaded: bool,
+    /// CPU threads computing (0 on the GPU).
+    pub threads: usize,
 }
 
 /// A failed worker request: `kind` as in [`FromWorker::Error`].
@@ -86,11 +90,28 @@ impl RequestId {
     }
 }
 
+/// `worker.js`, passing on the page's `?threads=N` (the CPU engine's thread count, for tests and
+/// benchmarks; the worker picks its build and default count itself).
+fn worker_url() -> String {
+    let search = web_sys::window()
+        .and_then(|w| w.location().search().ok())
+        .unwrap_or_default();
+    let threads = search
+        .trim_start_matches('?')
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("threads="))
+        .and_then(|t| t.parse::<u32>().ok());
+    match threads {
+        Some(n) => format!("./worker.js?threads={n}"),
+        None => "./worker.js".into(),
+    }
+}
+
 /// Start the worker. `on_unsolicited` sees the messages no request asked for (a lost GPU).
 pub fn start(on_unsolicited: Rc<dyn Fn(&FromWorker)>) -> Result<(), String> {
     let opts = WorkerOptions::new();
     opts.set_type(WorkerType::Module);
-    let worker = Worker::new_with_options("./worker.js", &opts).map_err(|e| err_text(&e))?;
+    let worker = Worker::new_with_options(&worker_url(), &opts).map_err(|e| err_text(&e))?;
     let (ready, ready_res, _) = deferred();
     let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
         let Ok(Envelope { id, msg }) =
@@ -271,6 +292,8 @@ pub async fn load(
             arch,
             load_ms,
             template_fallback,
+            threaded,
+            threads,
         } => Ok(LoadedInfo {
             model_id: model_id.into(),
             backend,
@@ -282,6 +305,8 @@ pub async fn load(
             arch,
             load_ms,
             template_fallback,
+            threaded,
+            threads,
         }),
         other => Err(WorkerError {
             kind: "protocol".into(),

@@ -171,6 +171,13 @@ pub enum FromWorker {
         /// Set when the built-in chat format replaced the file's failing template: why.
         #[serde(default)]
         template_fallback: Option<String>,
+        /// The worker runs the multi-threaded wasm build (shared memory; the page is
+        /// cross-origin isolated).
+        #[serde(default)]
+        threaded: bool,
+        /// Threads the CPU engine computes with (1 in the single-threaded build; 0 on `gpu`).
+        #[serde(default)]
+        threads: usize,
     },
     /// The answer to `Probe`: weight bytes per second through the decode kernel, one thread.
     Probed {
@@ -217,6 +224,13 @@ pub struct ReplyStats {
     /// was recorded).
     #[serde(default)]
     pub backend: String,
+    /// CPU threads that computed the reply (0 on the GPU and in replies saved before).
+    #[serde(default)]
+    pub threads: usize,
+    /// Matrix-product chunks of this reply that the CPU pool's other threads computed (0 with
+    /// one thread): shows that the threads take part.
+    #[serde(default)]
+    pub helped_chunks: usize,
 }
 
 #[cfg(test)]

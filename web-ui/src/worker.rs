@@ -11,6 +11,12 @@
 //! promise, watched while idle), and the page reloads the model on the CPU, keeping the
 //! conversation.
 //!
+//! The CPU engine comes in two builds of this module: single-threaded, and multi-threaded
+//! (atomics + shared memory, built with nightly `-Z build-std`), which `worker.js` picks when the
+//! page is cross-origin isolated. In the multi-threaded one the engine's thread pool runs on Web
+//! Workers (`public/pool-worker.js`) that instantiate this module on the same memory
+//! ([`spawn_pool_thread`]).
+//!
 //! `public/worker.js` records the `GPUAdapter` and `GPUDevice` that wgpu requests in
 //! `self.__slm_gpu`: the adapter's info names it when wgpu finds no name (SwiftShader), and the
 //! device's `lost` promise and `destroy()` (the `LoseGpu` test hook) need the JavaScript object,
@@ -60,6 +66,44 @@ thread_local! {
     static GPU_DEVICE: RefCell<Option<JsValue>> = const { RefCell::new(None) };
     /// Bumped on every load: a `lost` notification of an older device is ignored.
     static LOAD_SEQ: Cell<u64> = const { Cell::new(0) };
+    /// Threads for the CPU engine, from `worker.js` (1 in the single-threaded build).
+    static THREADS: Cell<usize> = const { Cell::new(1) };
+}
+
+/// This is the multi-threaded build (atomics, shared memory).
+const THREADED: bool = cfg!(target_feature = "atomics");
+
+/// Starts one thread of the engine's CPU pool: a module Web Worker (`pool-worker.js`) that
+/// instantiates this module on the shared memory and calls [`pool_thread_entry`] with `f`.
+#[cfg(target_feature = "atomics")]
+fn spawn_pool_thread(f: Box<dyn FnOnce() + Send>) -> Result<(), String> {
+    use web_sys::{Worker, WorkerOptions, WorkerType};
+    let opts = WorkerOptions::new();
+    opts.set_type(WorkerType::Module);
+    opts.set_name("slm-cpu");
+    let w = Worker::new_with_options("./pool-worker.js", &opts)
+        .map_err(|e| format!("pool worker: {e:?}"))?;
+    let ptr = Box::into_raw(Box::new(f));
+    let msg = js_sys::Array::of3(
+        &wasm_bindgen::module(),
+        &wasm_bindgen::memory(),
+        &JsValue::from(ptr as usize as u32),
+    );
+    if let Err(e) = w.post_message(&msg) {
+        // SAFETY: the message did not go out, so nobody else owns `ptr`.
+        drop(unsafe { Box::from_raw(ptr) });
+        return Err(format!("pool worker: {e:?}"));
+    }
+    Ok(())
+}
+
+/// Runs a pool thread's closure in `pool-worker.js` (returns when the pool is dropped).
+#[cfg(target_feature = "atomics")]
+#[wasm_bindgen]
+pub fn pool_thread_entry(ptr: u32) {
+    // SAFETY: `ptr` is the `Box::into_raw` of `spawn_pool_thread`, sent to this worker only.
+    let f = unsafe { Box::from_raw(ptr as usize as *mut Box<dyn FnOnce() + Send>) };
+    f();
 }
 
 fn scope() -> DedicatedWorkerGlobalScope {
@@ -104,10 +148,21 @@ async fn yield_to_events() {
     port.set_onmessage(None);
 }
 
-/// Called by `worker.js` once the module is initialised.
+/// Called by `worker.js` once the module is initialised, with the CPU engine's thread count
+/// (`navigator.hardwareConcurrency` capped, or the page's `?threads=N`; used in the
+/// multi-threaded build only).
 #[wasm_bindgen]
-pub fn worker_main() {
+pub fn worker_main(threads: u32) {
     console_error_panic_hook::set_once();
+    #[cfg(target_feature = "atomics")]
+    engine::backend::cpu::set_thread_spawner(spawn_pool_thread);
+    THREADS.with(|t| {
+        t.set(if THREADED {
+            (threads as usize).max(1)
+        } else {
+            1
+        })
+    });
     let on = Closure::<dyn FnMut(MessageEvent)>::new(|e: MessageEvent| {
         let Envelope { id, msg } =
             match serde_wasm_bindgen::from_value::<Envelope<ToWorker>>(e.data()) {
@@ -428,7 +483,8 @@ async fn load(
         unavailable,
         on_device: Some(&mut on_device),
     };
-    let (model, why) = backend::load_async(&g, &src, choice, n_ctx, 1, hooks)
+    let threads = THREADS.with(|t| t.get());
+    let (model, why) = backend::load_async(&g, &src, choice, n_ctx, threads, hooks)
         .await
         .map_err(|e| match choice {
             BackendChoice::Gpu => load_err(format!("GPU backend failed: {e}")),
@@ -442,6 +498,10 @@ async fn load(
     };
     drop(src);
     let (name, n_ctx) = (model.name(), model.n_ctx());
+    let cpu_threads = match &model {
+        LoadedModel::Cpu(m) => m.threads(),
+        LoadedModel::Gpu(_) => 0,
+    };
     let cfg = model.config();
     let n_ctx_train = cfg.n_ctx_train;
     let kv_bytes_per_token = (cfg.n_layer as u64)
@@ -470,6 +530,8 @@ async fn load(
         arch,
         load_ms: now_ms() - t0,
         template_fallback: template_note,
+        threaded: THREADED,
+        threads: cpu_threads,
     });
     Ok(())
 }
@@ -538,6 +600,11 @@ async fn run(l: &mut Loaded, turns: &[Turn], s: &GenSettings) -> Result<ReplySta
         model, cached, tok, ..
     } = l;
     let clock = PerfClock;
+    let helped = |m: &LoadedModel| match m {
+        LoadedModel::Cpu(c) => (c.threads(), c.helped()),
+        LoadedModel::Gpu(_) => (0, 0),
+    };
+    let (threads, helped0) = helped(model);
     let (mut gen, reuse) = Generation::begin(cached, &prompt, &params, model.n_ctx(), &clock)?;
     let todo = &prompt[reuse..];
     let n_slices = todo.len().div_ceil(PREFILL_SLICE);
@@ -600,6 +667,8 @@ async fn run(l: &mut Loaded, turns: &[Turn], s: &GenSettings) -> Result<ReplySta
         ctx_used: cached.len(),
         n_ctx: model.n_ctx(),
         backend: model.name().into(),
+        threads,
+        helped_chunks: helped(model).1 - helped0,
     })
 }
 

@@ -1,7 +1,8 @@
 //! `cargo xtask serve` and the browser tests: install the web toolchain (wasm32 target, trunk,
-//! wasm-bindgen-cli, wasm-opt), build the app with Trunk into `dist/`, copy the default model
-//! next to it, and serve it with a small static server that sends cross-origin isolation headers,
-//! a Content-Security-Policy limited to this origin and the catalog's model hosts, and honours
+//! wasm-bindgen-cli, wasm-opt, and nightly with `rust-src` for the multi-threaded build), build
+//! the app with Trunk into `dist/` plus its multi-threaded build beside it (`web-ui-mt.js`,
+//! `web-ui-mt_bg.wasm`), copy the default model next to it, and serve it with a small static
+//! server that sends cross-origin isolation headers, a Content-Security-Policy limited to this origin and the catalog's model hosts, and honours
 //! HTTP Range requests (download resume).
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -14,6 +15,15 @@ use crate::{models_dir, root, run, sha256_file, succeeds, Result};
 
 /// Versions that must match Cargo.lock / TOOLCHAIN.md.
 const TRUNK_VERSION: &str = "0.21.14";
+/// The toolchain of the multi-threaded wasm build (`-Z build-std` needs nightly).
+const NIGHTLY: &str = "nightly";
+/// The multi-threaded build: atomics and a shared memory (imported, so the pool's Web Workers
+/// instantiate the module on the same memory), up to 4 GiB as the single-threaded build, with
+/// the thread-local storage symbols wasm-bindgen's thread setup uses exported.
+const THREADED_RUSTFLAGS: &str = "-C target-feature=+atomics,+bulk-memory,+simd128 \
+     -C link-arg=--shared-memory -C link-arg=--max-memory=4294967296 -C link-arg=--import-memory \
+     -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size \
+     -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base";
 /// The default model, served from the app's own origin.
 const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -90,6 +100,37 @@ pub fn setup_web_tools() -> Result {
             &wb,
         ]))?;
     }
+    // Nightly, its std sources and wasm32 std, for the multi-threaded build.
+    let nightly_ok = succeeds(Command::new("rustup").args(["run", NIGHTLY, "rustc", "-V"]));
+    if !nightly_ok {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))
+    .unwrap_or_default();
+    if !components.lines().any(|c| c.trim() == "rust-src") {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+    }
+    if !components.contains("rust-std-wasm32-unknown-unknown") {
+        run(Command::new("rustup").args([
+            "target",
+            "add",
+            "wasm32-unknown-unknown",
+            "--toolchain",
+            NIGHTLY,
+        ]))?;
+    }
     // wasm-opt (binaryen), the browser-test driver and axe-core from npm, into tests/node_modules.
     if !web_tests_dir().join("node_modules/.bin/wasm-opt").exists()
         || !web_tests_dir()
@@ -129,14 +170,104 @@ pub fn build_web() -> Result {
         // The CPU engine's simd128 kernels.
         .env("RUSTFLAGS", "-C target-feature=+simd128"))?;
     let dist = root().join("dist");
+    build_threaded(&dist)?;
     place_default_model(&dist)?;
-    if let Ok(wasm) = std::fs::read(dist.join("web-ui_bg.wasm")) {
-        eprintln!(
-            "wasm: {} bytes ({} gzipped)",
-            wasm.len(),
-            gzip_len(&dist.join("web-ui_bg.wasm")).unwrap_or(0)
-        );
+    for name in ["web-ui_bg.wasm", "web-ui-mt_bg.wasm"] {
+        if let Ok(m) = std::fs::metadata(dist.join(name)) {
+            let gz = gzip_len(&dist.join(name)).unwrap_or(0);
+            eprintln!("{name}: {} bytes ({gz} gzipped)", m.len());
+        }
     }
+    Ok(())
+}
+
+/// The multi-threaded build into `dist/web-ui-mt{.js,_bg.wasm}`: the same crate without its `ui`
+/// feature (the engine worker alone) with atomics and a shared memory, std rebuilt for it
+/// (`-Z build-std`, nightly), bound with the locked wasm-bindgen and shrunk with wasm-opt as
+/// Trunk does the other. `worker.js` loads it on a cross-origin isolated page (the engine's pool
+/// threads then run on Web Workers). Cold: ~3 min 50 s of cargo plus ~1 min of wasm-bindgen and
+/// wasm-opt on 2 cores (with the UI crates and line tables it was about half as much again).
+fn build_threaded(dist: &Path) -> Result {
+    let target = root().join("target-ui-mt");
+    let started = std::time::Instant::now();
+    let mut cargo = Command::new("nice");
+    cargo
+        .current_dir(root())
+        .args([
+            "-n",
+            "15",
+            "rustup",
+            "run",
+            NIGHTLY,
+            "cargo",
+            "build",
+            "--release",
+        ])
+        .args([
+            "-p",
+            "web-ui",
+            "--bin",
+            "web-ui",
+            "--target",
+            "wasm32-unknown-unknown",
+        ])
+        // The engine worker alone: no Leptos or Markdown crates to compile (the page always
+        // runs Trunk's build).
+        .arg("--no-default-features")
+        .args(["-Z", "build-std=std,panic_abort"])
+        .env("CARGO_TARGET_DIR", &target)
+        // No line tables: wasm-bindgen drops them anyway, and generating them costs build time.
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env(
+            "RUSTFLAGS",
+            THREADED_RUSTFLAGS
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+        // Set by the stable cargo that runs xtask; the nightly build must pick its own.
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO");
+    run(&mut cargo)?;
+    let wasm = target.join("wasm32-unknown-unknown/release/web-ui.wasm");
+    run(Command::new(cargo_bin("wasm-bindgen"))
+        .args([
+            "--target",
+            "web",
+            "--no-typescript",
+            "--out-name",
+            "web-ui-mt",
+            "--out-dir",
+        ])
+        .arg(dist)
+        .arg(&wasm))?;
+    let bg = dist.join("web-ui-mt_bg.wasm");
+    let opt = dist.join("web-ui-mt_bg.opt.wasm");
+    run(
+        Command::new(web_tests_dir().join("node_modules/.bin/wasm-opt"))
+            .args([
+                "-Oz",
+                "--enable-threads",
+                "--enable-bulk-memory",
+                "--enable-simd",
+            ])
+            .args([
+                "--enable-sign-ext",
+                "--enable-mutable-globals",
+                "--enable-nontrapping-float-to-int",
+            ])
+            .args(["--enable-reference-types", "--enable-multivalue"])
+            .arg(&bg)
+            .arg("-o")
+            .arg(&opt),
+    )?;
+    std::fs::rename(&opt, &bg).map_err(|e| format!("{}: {e}", bg.display()))?;
+    eprintln!(
+        "multi-threaded build: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -162,7 +162,8 @@ fn is_model_error(e: &Error) -> bool {
 /// [`load`]) and by the browser worker. Returns the model and a sentence saying which backend
 /// was taken and why.
 ///
-/// - `Cpu`: the CPU with `threads` workers (0 = all cores; wasm: 1).
+/// - `Cpu`: the CPU with `threads` workers (0 = all cores; wasm: 1 unless the embedder
+///   registered a thread spawner, [`cpu::set_thread_spawner`]).
 /// - `Gpu`: the GPU or its error.
 /// - `Auto`: the GPU when an adapter exists, its self-test passes and the model loads on it;
 ///   otherwise the CPU, the reason being the GPU's error. Errors that are the file's fault

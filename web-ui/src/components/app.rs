@@ -112,6 +112,27 @@ fn StatusChip() -> impl IntoView {
         None => "no model loaded".to_string(),
     };
     let why = move || engine.loaded.get().map(|l| l.reason).unwrap_or_default();
+    // The CPU engine's build and threads (multi-threaded only on a cross-origin isolated page).
+    let threads = move || {
+        engine
+            .loaded
+            .get()
+            .filter(|l| l.backend != "gpu")
+            .map(|l| (l.threaded, l.threads))
+    };
+    let threads_view = move || {
+        threads().map(|(threaded, n)| {
+            let (build, title) = if threaded {
+                ("threads", "multi-threaded wasm build (the page is cross-origin isolated)")
+            } else {
+                ("single", "single-threaded wasm build (the page is not cross-origin isolated)")
+            };
+            let label = if n == 1 { "1 thread".to_string() } else { format!("{n} threads") };
+            view! {
+                <span class="threads" data-testid="cpu-threads" data-threads=n data-build=build title=title>{label}</span>
+            }
+        })
+    };
     let speed = move || {
         chat.last_stats
             .get()
@@ -121,6 +142,7 @@ fn StatusChip() -> impl IntoView {
         <span class="status-chip" class:ready=move || engine.loaded.get().is_some() title=why>
             <span class="dot" aria-hidden="true"></span>
             <span class="badge" data-testid="backend-badge">{text}</span>
+            {threads_view}
             {move || speed().map(|s| view! { <span class="speed" data-testid="status-speed">{s}</span> })}
         </span>
     }

@@ -75,15 +75,17 @@ pub fn MessageView(
     if role == "assistant" {
         let html = reply_html(&content, streaming);
         let stats = stats.map(|s| {
-            let backend = match s.backend.as_str() {
-                "gpu" => " · WebGPU",
-                "cpu" => " · CPU",
-                _ => "",
+            let backend = match (s.backend.as_str(), s.threads) {
+                ("gpu", _) => " · WebGPU".to_string(),
+                ("cpu", n) if n > 1 => format!(" · CPU ×{n}"),
+                ("cpu", _) => " · CPU".to_string(),
+                _ => String::new(),
             };
-            format!(
+            let text = format!(
                 "TTFT {:.0} ms · prefill {:.1} tok/s · decode {:.1} tok/s · {} tokens ({}){backend}",
                 s.ttft_ms, s.prefill_tok_s, s.decode_tok_s, s.n_generated, s.stop_reason
-            )
+            );
+            (text, s.helped_chunks)
         });
         let body = NodeRef::<leptos::html::Div>::new();
         if !streaming && html.contains("<pre>") {
@@ -100,7 +102,7 @@ pub fn MessageView(
                 <div class="body" data-testid="assistant-message" node_ref=body inner_html=html></div>
                 <div class="msg-meta">
                     {(!streaming).then(|| view! { <CopyButton text=content.clone()/> })}
-                    {stats.map(|s| view! { <span class="stats" data-testid="reply-stats">{s}</span> })}
+                    {stats.map(|(s, helped)| view! { <span class="stats" data-testid="reply-stats" data-helped-chunks=helped>{s}</span> })}
                 </div>
             </article>
         }

@@ -142,7 +142,7 @@ pub fn AddModel() -> impl IntoView {
     let on_file = move |ev: leptos::ev::Event| {
         let input: Option<web_sys::HtmlInputElement> = ev.target().and_then(|t| t.dyn_into().ok());
         if let Some(f) = input.and_then(|i| i.files()).and_then(|l| l.get(0)) {
-            import.dispatch(f);
+            import.dispatch_local(f);
         }
     };
     view! {

@@ -100,7 +100,7 @@ pub fn ConversationTransfer() -> impl IntoView {
         let input: Option<web_sys::HtmlInputElement> = ev.target().and_then(|t| t.dyn_into().ok());
         if let Some(i) = input {
             if let Some(f) = i.files().and_then(|l| l.get(0)) {
-                import.dispatch(f);
+                import.dispatch_local(f);
             }
             i.set_value("");
         }

@@ -3,7 +3,6 @@
 //! With several tokens (prefill) each weight block is unpacked once per tile of tokens
 //! ([`quant::vec_dot_tile`]), with results identical to the one-token [`quant::vec_dot`].
 
-#[cfg(not(target_arch = "wasm32"))]
 use super::pool::Pool;
 use crate::quant::{self, PreparedActs};
 use crate::tensor::QMatrix;
@@ -11,11 +10,11 @@ use crate::tensor::QMatrix;
 /// Tokens per [`quant::vec_dot_tile`] call (a stack buffer of results per row).
 const TILE_CHUNK: usize = 64;
 
-/// The CPU worker threads. Natively a [`Pool`] of spinning workers (none for one thread, so
-/// decode pays no synchronisation); in wasm always the calling thread.
+/// The CPU worker threads: a [`Pool`] of spinning workers (none for one thread, so decode pays
+/// no synchronisation). In wasm the pool's workers are Web Workers, in the multi-threaded build
+/// only ([`super::set_thread_spawner`]); otherwise everything runs on the calling thread.
 pub struct CpuThreads {
     n: usize,
-    #[cfg(not(target_arch = "wasm32"))]
     pool: Option<Pool>,
 }
 
@@ -26,31 +25,30 @@ impl std::fmt::Debug for CpuThreads {
 }
 
 impl CpuThreads {
-    /// `n` threads (0 = all available cores).
+    /// `n` threads (0 = all available cores; 1 in wasm, which cannot tell). Fewer when threads
+    /// cannot be started (wasm without a spawner: 1).
     pub fn new(n: usize) -> Self {
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            let n = if n == 0 {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            } else {
-                n
-            };
-            let pool = if n > 1 { Pool::new(n) } else { None };
-            let n = pool.as_ref().map_or(1, Pool::threads);
-            Self { n, pool }
-        }
-        #[cfg(target_arch = "wasm32")]
-        {
-            let _ = n;
-            Self { n: 1 }
-        }
+        let n = if n == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            n
+        };
+        let pool = if n > 1 { Pool::new(n) } else { None };
+        let n = pool.as_ref().map_or(1, Pool::threads);
+        Self { n, pool }
     }
 
     /// Number of threads used.
     pub fn count(&self) -> usize {
         self.n
+    }
+
+    /// Row chunks of all products so far that a worker thread (not the caller) computed: whether
+    /// the workers take part (the browser shows it per reply).
+    pub fn helped(&self) -> usize {
+        self.pool.as_ref().map_or(0, Pool::helped)
     }
 }
 
@@ -59,7 +57,6 @@ impl CpuThreads {
 /// SmolLM2's decode) should pay; but on this shared 2-core machine (load 7–13) splitting them
 /// made 2-thread decode 0.6× the 1-thread speed (a worker descheduled inside a job stalls the
 /// step), so decode-sized products stay on one thread until that is measured idle.
-#[cfg(not(target_arch = "wasm32"))]
 const PARALLEL_MIN_BYTES: usize = 1 << 20;
 
 /// Raw output pointer shared by workers that write disjoint elements.
@@ -98,7 +95,6 @@ pub fn matmul(w: &QMatrix, acts: &[PreparedActs], out: &mut [f32], threads: &Cpu
             }
         }
     };
-    #[cfg(not(target_arch = "wasm32"))]
     if let Some(pool) = threads
         .pool
         .as_ref()
@@ -112,6 +108,71 @@ pub fn matmul(w: &QMatrix, acts: &[PreparedActs], out: &mut [f32], threads: &Cpu
         });
         return;
     }
-    let _ = threads;
     work(0, rows);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::GgmlDType;
+    use crate::tensor::AlignedBytes;
+
+    /// Q8_0 weights (rows, cols) from a seed: scale 1/64, codes in -127..=127.
+    fn q8_0(rows: usize, cols: usize, seed: u64) -> QMatrix {
+        let row_bytes = GgmlDType::Q8_0.row_bytes(cols).unwrap();
+        let mut bytes = vec![0u8; rows * row_bytes];
+        let mut s = seed;
+        let d = half::f16::from_f32(1.0 / 64.0).to_le_bytes();
+        for block in bytes.chunks_mut(34) {
+            block[..2].copy_from_slice(&d);
+            for q in &mut block[2..] {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                *q = ((s >> 33) % 255) as u8 ^ 0x80;
+            }
+        }
+        QMatrix::new(
+            "w",
+            GgmlDType::Q8_0,
+            rows,
+            cols,
+            AlignedBytes::from_slice(&bytes),
+        )
+        .unwrap()
+    }
+
+    /// The products are bit for bit the same on 1 thread and on several, for decode (one
+    /// token) and prefill (a tile batch), with matrices large enough to be split.
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let (rows, cols) = (4096, 256); // 4096 × 272 bytes: over PARALLEL_MIN_BYTES
+        assert!(rows * GgmlDType::Q8_0.row_bytes(cols).unwrap() >= PARALLEL_MIN_BYTES);
+        let w = q8_0(rows, cols, 7);
+        let one = CpuThreads::new(1);
+        let three = CpuThreads::new(3);
+        for n_tokens in [1, 5] {
+            let acts: Vec<PreparedActs> = (0..n_tokens)
+                .map(|t| {
+                    let x: Vec<f32> = (0..cols)
+                        .map(|i| ((i * 7 + t * 13) % 17) as f32 * 0.1 - 0.8)
+                        .collect();
+                    let mut a = PreparedActs::new();
+                    a.prepare(w.dtype, &x);
+                    a
+                })
+                .collect();
+            let mut a = vec![0f32; n_tokens * rows];
+            let mut b = vec![1f32; n_tokens * rows];
+            matmul(&w, &acts, &mut a, &one);
+            for _ in 0..20 {
+                matmul(&w, &acts, &mut b, &three);
+                assert!(
+                    a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{n_tokens} tokens: 3 threads differ from 1"
+                );
+            }
+        }
+        assert_eq!(one.helped(), 0);
+    }
 }

@@ -184,6 +184,11 @@ impl CpuModel {
         self.threads.count()
     }
 
+    /// Matrix-product chunks computed by worker threads so far ([`CpuThreads::helped`]).
+    pub fn helped(&self) -> usize {
+        self.threads.helped()
+    }
+
     /// The weights.
     pub fn weights(&self) -> &CpuWeights {
         &self.w

@@ -1,4 +1,6 @@
-//! A small fork–join pool for the CPU backend's matrix products (native only).
+//! A small fork–join pool for the CPU backend's matrix products: native threads, or in the
+//! browser's multi-threaded wasm build (atomics + shared memory) Web Workers that the embedder
+//! starts through [`set_spawner`] (the engine names no DOM API).
 //!
 //! A decode step runs ~200 products of a few tens of microseconds each, with short
 //! single-threaded ops between them. Waking sleeping threads for every product costs about as
@@ -15,12 +17,61 @@
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle, Thread};
+#[cfg(not(target_arch = "wasm32"))]
 use std::time::{Duration, Instant};
 
 /// How long an idle worker spins before it parks.
+#[cfg(not(target_arch = "wasm32"))]
 const SPIN: Duration = Duration::from_micros(200);
+
+/// Starts one worker thread running the closure; `Err` says why it could not.
+pub type Spawner = fn(Box<dyn FnOnce() + Send>) -> Result<(), String>;
+
+/// The embedder's way to start a thread where `std::thread::spawn` cannot (wasm32: a Web
+/// Worker that instantiates the same module on the shared memory and runs the closure).
+static SPAWNER: OnceLock<Spawner> = OnceLock::new();
+
+/// Registers how worker threads are started where `std::thread` cannot start them (the browser's
+/// multi-threaded wasm build); the first registration wins. Without one, a wasm pool has no
+/// workers and every product runs on the calling thread.
+pub fn set_spawner(f: Spawner) {
+    let _ = SPAWNER.set(f);
+}
+
+/// When an idle worker stops spinning: after [`SPIN`] natively; in wasm32, where std has no
+/// clock, after a number of polls of about the same length (~1 ns each).
+struct SpinClock {
+    #[cfg(not(target_arch = "wasm32"))]
+    start: Instant,
+    #[cfg(target_arch = "wasm32")]
+    checks: u32,
+}
+
+impl SpinClock {
+    fn start() -> Self {
+        Self {
+            #[cfg(not(target_arch = "wasm32"))]
+            start: Instant::now(),
+            #[cfg(target_arch = "wasm32")]
+            checks: 0,
+        }
+    }
+
+    /// Called every 1024 polls.
+    fn expired(&mut self) -> bool {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.start.elapsed() >= SPIN
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            self.checks += 1;
+            self.checks >= 200
+        }
+    }
+}
 
 /// The job of the current epoch: a lifetime-erased `&(dyn Fn(usize) + Sync)` and its count.
 type Job = (*const (dyn Fn(usize) + Sync), usize);
@@ -37,9 +88,13 @@ struct Shared {
     next: AtomicUsize,
     /// A worker's job panicked.
     panicked: AtomicBool,
+    /// Indices the workers (not the caller) ran, in all jobs: whether they take part.
+    helped: AtomicUsize,
     stop: AtomicBool,
     /// Per worker: parked (or about to park), so `run` must unpark it.
     sleeping: Vec<AtomicBool>,
+    /// Per worker: its thread handle, set by the worker itself before it first parks.
+    threads: Vec<OnceLock<Thread>>,
 }
 
 /// `ctl` bit set once every index of a job was taken: a worker that wakes up later does not
@@ -56,11 +111,13 @@ unsafe impl Send for Shared {}
 /// `n` threads in all: the caller of [`run`](Self::run) and `n - 1` workers.
 pub(crate) struct Pool {
     shared: Arc<Shared>,
-    workers: Vec<(JoinHandle<()>, Thread)>,
+    /// Natively the workers' handles (joined on drop); empty where a [`Spawner`] started them.
+    handles: Vec<JoinHandle<()>>,
 }
 
 impl Pool {
-    /// A pool with `n - 1` worker threads (`n ≥ 2`), or `None` when a thread cannot be spawned.
+    /// A pool with `n - 1` worker threads (`n ≥ 2`), or `None` when a thread cannot be spawned
+    /// (in wasm32: no [`Spawner`] registered, or it failed).
     pub(crate) fn new(n: usize) -> Option<Self> {
         let n_workers = n.checked_sub(1).filter(|&w| w > 0)?;
         let noop: &'static (dyn Fn(usize) + Sync) = &|_| {};
@@ -69,28 +126,43 @@ impl Pool {
             ctl: AtomicU64::new(CLOSED),
             next: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
+            helped: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             sleeping: (0..n_workers).map(|_| AtomicBool::new(false)).collect(),
+            threads: (0..n_workers).map(|_| OnceLock::new()).collect(),
         });
         let mut pool = Pool {
             shared: shared.clone(),
-            workers: Vec::with_capacity(n_workers),
+            handles: Vec::with_capacity(n_workers),
         };
-        for w in 0..n_workers {
-            let s = shared.clone();
-            let h = thread::Builder::new()
-                .name(format!("slm-cpu-{w}"))
-                .spawn(move || worker(&s, w))
-                .ok()?; // `pool`'s Drop stops the ones already started.
-            let t = h.thread().clone();
-            pool.workers.push((h, t));
+        // `pool`'s Drop stops the workers already started when a later one fails.
+        if cfg!(target_arch = "wasm32") {
+            let spawn = SPAWNER.get()?;
+            for w in 0..n_workers {
+                let s = shared.clone();
+                spawn(Box::new(move || worker(&s, w))).ok()?;
+            }
+        } else {
+            for w in 0..n_workers {
+                let s = shared.clone();
+                let h = thread::Builder::new()
+                    .name(format!("slm-cpu-{w}"))
+                    .spawn(move || worker(&s, w))
+                    .ok()?;
+                pool.handles.push(h);
+            }
         }
         Some(pool)
     }
 
+    /// Indices of all jobs so far that a worker, not the caller, ran.
+    pub(crate) fn helped(&self) -> usize {
+        self.shared.helped.load(Ordering::Relaxed)
+    }
+
     /// Threads in all (workers + the caller).
     pub(crate) fn threads(&self) -> usize {
-        self.workers.len() + 1
+        self.shared.sleeping.len() + 1
     }
 
     /// Opens a new epoch (closed, or open for workers to join) and wakes parked workers.
@@ -99,9 +171,12 @@ impl Pool {
         let epoch = (s.ctl.load(Ordering::Relaxed) >> 32) + 1;
         let flag = if closed { CLOSED } else { 0 };
         s.ctl.store((epoch << 32) | flag, Ordering::SeqCst);
-        for (i, (_, t)) in self.workers.iter().enumerate() {
-            if s.sleeping[i].load(Ordering::SeqCst) {
-                t.unpark();
+        for (sleeping, t) in s.sleeping.iter().zip(&s.threads) {
+            if sleeping.load(Ordering::SeqCst) {
+                // Set: a worker registers its handle before it first parks.
+                if let Some(t) = t.get() {
+                    t.unpark();
+                }
             }
         }
     }
@@ -134,7 +209,11 @@ impl Pool {
                 std::hint::spin_loop();
             } else {
                 // A worker was descheduled mid-index (a busy machine): let it run.
+                #[cfg(not(target_arch = "wasm32"))]
                 thread::yield_now();
+                // wasm32 cannot yield: wait a little instead (`memory.atomic.wait32`).
+                #[cfg(target_arch = "wasm32")]
+                thread::park_timeout(std::time::Duration::from_micros(20));
             }
         }
         if let Err(p) = mine {
@@ -146,13 +225,16 @@ impl Pool {
     }
 }
 
-fn take_indices(s: &Shared, f: &(dyn Fn(usize) + Sync), n: usize) {
+/// Runs indices of the job until none is left; returns how many it ran.
+fn take_indices(s: &Shared, f: &(dyn Fn(usize) + Sync), n: usize) -> usize {
+    let mut ran = 0;
     loop {
         let i = s.next.fetch_add(1, Ordering::Relaxed);
         if i >= n {
-            return;
+            return ran;
         }
         f(i);
+        ran += 1;
     }
 }
 
@@ -174,17 +256,18 @@ fn join(s: &Shared, epoch: u64) -> bool {
 }
 
 fn worker(s: &Shared, w: usize) {
+    let _ = s.threads[w].set(thread::current());
     let mut seen = 0u64;
     loop {
         // Wait for a new epoch: spin, then park.
-        let start = Instant::now();
+        let mut clock = SpinClock::start();
         let mut k = 0u32;
         loop {
             if s.ctl.load(Ordering::Acquire) >> 32 != seen {
                 break;
             }
             k = k.wrapping_add(1);
-            if !k.is_multiple_of(1024) || start.elapsed() < SPIN {
+            if !k.is_multiple_of(1024) || !clock.expired() {
                 std::hint::spin_loop();
                 continue;
             }
@@ -204,8 +287,11 @@ fn worker(s: &Shared, w: usize) {
         // SAFETY: published before the epoch we joined; valid until we leave the job.
         let (f, n) = unsafe { *s.job.get() };
         let f = unsafe { &*f };
-        if catch_unwind(AssertUnwindSafe(|| take_indices(s, f, n))).is_err() {
-            s.panicked.store(true, Ordering::Relaxed);
+        match catch_unwind(AssertUnwindSafe(|| take_indices(s, f, n))) {
+            Ok(ran) => {
+                s.helped.fetch_add(ran, Ordering::Relaxed);
+            }
+            Err(_) => s.panicked.store(true, Ordering::Relaxed),
         }
         s.ctl.fetch_sub(1, Ordering::Release);
     }
@@ -215,8 +301,11 @@ impl Drop for Pool {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         self.publish(true);
-        for (h, t) in self.workers.drain(..) {
+        for t in self.shared.threads.iter().filter_map(OnceLock::get) {
             t.unpark();
+        }
+        // Workers a spawner started leave on their own (a late one sees `stop` first thing).
+        for h in self.handles.drain(..) {
             let _ = h.join();
         }
     }
