@@ -26,6 +26,13 @@ export async function launchBrowser(prefix) {
 /// benchmarks do every 500 ms), it costs CPU the measured browser shares.
 const roots = new Map();
 export function browserPssMib(marker) {
+  return browserPss(marker).total;
+}
+
+/// As browserPssMib, with the split by Chromium process kind: `{ total, by: { renderer, gpu,
+/// storage, utility, browser } }` (MiB; the renderer holds the page, its workers and the wasm
+/// memory; storage is the utility process of IndexedDB).
+export function browserPss(marker) {
   const parent = new Map();
   let root = roots.get(marker) ?? null;
   for (const d of readdirSync('/proc')) {
@@ -36,16 +43,24 @@ export function browserPssMib(marker) {
       if (root === null && readFileSync(`/proc/${d}/cmdline`, 'utf8').includes(marker)) { root = Number(d); roots.set(marker, root); }
     } catch { /* gone */ }
   }
-  if (root === null) return 0;
+  const by = {};
+  if (root === null) return { total: 0, by };
   const inTree = (pid) => { for (let p = pid; p > 1; p = parent.get(p)) if (p === root) return true; return false; };
   let kb = 0;
   for (const pid of parent.keys()) {
     if (!inTree(pid)) continue;
     try {
       const m = /^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
-      if (m) kb += Number(m[1]);
+      if (!m) continue;
+      kb += Number(m[1]);
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      const type = /--type=([a-z-]+)/.exec(cmd)?.[1] ?? 'browser';
+      const kind = type === 'gpu-process' ? 'gpu'
+        : type === 'utility' && cmd.includes('StorageService') ? 'storage'
+          : type === 'zygote' ? 'browser' : type;
+      by[kind] = (by[kind] ?? 0) + Number(m[1]) / 1024;
     } catch { /* gone */ }
   }
-  return kb / 1024;
+  for (const k of Object.keys(by)) by[k] = Math.round(by[k]);
+  return { total: kb / 1024, by };
 }
-

@@ -9,7 +9,7 @@ import { createReadStream, statSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { basename, dirname, join, normalize } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { browserPssMib, launchBrowser } from './bench-common.mjs';
+import { browserPss, browserPssMib, launchBrowser } from './bench-common.mjs';
 
 const MODEL = process.env.SLM_BENCH_MODEL;
 const THREADS = Number(process.env.SLM_BENCH_THREADS || 1);
@@ -73,10 +73,15 @@ try {
   await page.waitForTimeout(1000);
   const baseline = browserPssMib(dir);
   let peak = 0;
-  const sampler = setInterval(() => { peak = Math.max(peak, browserPssMib(dir)); }, 500);
+  let peakBy = {};
+  const sample = () => {
+    const m = browserPss(dir);
+    if (m.total > peak) { peak = m.total; peakBy = m.by; }
+  };
+  const sampler = setInterval(sample, 500);
   const r = await page.evaluate(([t, g, n]) => window.bench(t, g, n), [THREADS, N_GEN, REPS]);
   clearInterval(sampler);
-  peak = Math.max(peak, browserPssMib(dir));
+  sample();
   console.log(JSON.stringify({
     model: basename(MODEL),
     engine: 'wllama',
@@ -89,6 +94,8 @@ try {
     decode_tok_s: Number(r.decode_tok_s.toFixed(2)),
     load_s: Number(r.load_s.toFixed(2)),
     peak_mem_mib: Math.round(peak),
+    // The peak sample split by process kind (renderer: page, workers, wasm memory).
+    peak_mem_by_process: peakBy,
     baseline_mem_mib: Math.round(baseline),
   }));
 } finally {

@@ -6,7 +6,7 @@
 // from the load to the end of the benchmark; baseline_mem_mib is the same sum just before the
 // load (Chromium and the app without a model).
 import { basename } from 'node:path';
-import { browserPssMib, launchBrowser } from './bench-common.mjs';
+import { browserPss, browserPssMib, launchBrowser } from './bench-common.mjs';
 
 const BASE = process.env.SLM_URL || 'http://127.0.0.1:8080/';
 const MODEL = process.env.SLM_BENCH_MODEL;
@@ -44,14 +44,19 @@ try {
   await page.waitForTimeout(1000);
   const baseline = browserPssMib(dir);
   let peak = 0;
-  const sampler = setInterval(() => { peak = Math.max(peak, browserPssMib(dir)); }, 500);
+  let peakBy = {};
+  const sample = () => {
+    const m = browserPss(dir);
+    if (m.total > peak) { peak = m.total; peakBy = m.by; }
+  };
+  const sampler = setInterval(sample, 500);
   const t0 = Date.now();
   await page.getByTestId('stored-models').locator('li', { hasText: basename(MODEL) }).getByTestId('stored-load').click();
   await waitReady(page);
   const loadS = (Date.now() - t0) / 1e3;
   const r = await page.evaluate(([p, g, n]) => window.__slm_test.bench(p, g, n), [N_PROMPT, N_GEN, REPS]);
   clearInterval(sampler);
-  peak = Math.max(peak, browserPssMib(dir));
+  sample();
   console.log(JSON.stringify({
     model: basename(MODEL),
     engine: 'slm',
@@ -64,6 +69,8 @@ try {
     decode_tok_s: r.decode_tok_s,
     load_s: Number(loadS.toFixed(2)),
     peak_mem_mib: Math.round(peak),
+    // The peak sample split by process kind (renderer: page, workers, wasm memory).
+    peak_mem_by_process: peakBy,
     // The browser with the app open and no model loaded, for reading peak_mem_mib.
     baseline_mem_mib: Math.round(baseline),
   }));
