@@ -503,28 +503,11 @@ impl Gpu {
         let unused_vc = self.storage("unused v cache", &[0u8; 16])?;
         let kc = self.kv_buf("k_cache", &vec![0.0; (r.pos0 + n_tok) * kv_dim])?;
         let p = RopeParams {
-            n_head: u32_of(OP, r.n_head)?,
-            n_head_kv: u32_of(OP, r.n_head_kv)?,
-            head_dim: u32_of(OP, r.head_dim)?,
-            n_rot: u32_of(OP, r.n_rot)?,
-            pos0: u32_of(OP, r.pos0)?,
-            n_tok: u32_of(OP, n_tok)?,
-            neox: match r.layout {
-                RopeLayout::Adjacent => 0,
-                RopeLayout::Neox => 1,
-            },
-            has_freq: r.freq.is_some() as u32,
-            q_stride: u32_of(OP, qd)?,
-            kv_dim: u32_of(OP, kv_dim)?,
-            base: r.base,
-            pos_scale: r.pos_scale,
-            mscale: r.mscale,
-            rotate: r.rotate as u32,
             qk_norm: 1,
             k_off: u32_of(OP, n_tok * qd)?,
             norm_off,
             eps,
-            ..Default::default()
+            ..r.params(OP, n_tok)?
         };
         let q_rot = self
             .simple(
@@ -729,6 +712,34 @@ pub struct RopeArgs<'a> {
     pub rotate: bool,
 }
 
+impl RopeArgs<'_> {
+    /// rope.wgsl's parameters for `n_tok` rows (Q rows of n_head · head_dim; no per-head
+    /// norms). Errors: [`Error::Shape`] for a value past u32 (named `op`).
+    fn params(&self, op: &'static str, n_tok: usize) -> Result<RopeParams> {
+        let r = self;
+        Ok(RopeParams {
+            n_head: u32_of(op, r.n_head)?,
+            n_head_kv: u32_of(op, r.n_head_kv)?,
+            head_dim: u32_of(op, r.head_dim)?,
+            n_rot: u32_of(op, r.n_rot)?,
+            pos0: u32_of(op, r.pos0)?,
+            n_tok: u32_of(op, n_tok)?,
+            neox: match r.layout {
+                RopeLayout::Adjacent => 0,
+                RopeLayout::Neox => 1,
+            },
+            has_freq: r.freq.is_some() as u32,
+            q_stride: u32_of(op, r.n_head * r.head_dim)?,
+            kv_dim: u32_of(op, r.n_head_kv * r.head_dim)?,
+            base: r.base,
+            pos_scale: r.pos_scale,
+            mscale: r.mscale,
+            rotate: r.rotate as u32,
+            ..Default::default()
+        })
+    }
+}
+
 /// Types and row bytes of the three weights of one pair product (`ws[2]` is `ws[1]` for the
 /// GLU): each in one buffer, all of one width; each of its own type (a constant of the
 /// pipeline). Errors: [`Error::Shape`].
@@ -863,26 +874,7 @@ impl Gpu {
         let cache_len = (r.pos0 + n_tok) * kv_dim;
         let kc = self.kv_buf("k_cache", &vec![0.0; cache_len])?;
         let vc = self.kv_buf("v_cache", &vec![0.0; cache_len])?;
-        let rope = RopeParams {
-            n_head: u32_of(OP, r.n_head)?,
-            n_head_kv: u32_of(OP, r.n_head_kv)?,
-            head_dim: u32_of(OP, r.head_dim)?,
-            n_rot: u32_of(OP, r.n_rot)?,
-            pos0: u32_of(OP, r.pos0)?,
-            n_tok: u32_of(OP, n_tok)?,
-            neox: match r.layout {
-                RopeLayout::Adjacent => 0,
-                RopeLayout::Neox => 1,
-            },
-            has_freq: r.freq.is_some() as u32,
-            q_stride: u32_of(OP, qd)?,
-            kv_dim: u32_of(OP, kv_dim)?,
-            base: r.base,
-            pos_scale: r.pos_scale,
-            mscale: r.mscale,
-            rotate: r.rotate as u32,
-            ..Default::default()
-        };
+        let rope = r.params(OP, n_tok)?;
         let (op, tile) = (Op::PairQkv, if n_tok == 1 { 1 } else { MATMUL_TILE });
         let cols32 = u32_of(OP, cols)?;
         let p = PairParams::qkv(
