@@ -64,3 +64,16 @@ export function browserPss(marker) {
   for (const k of Object.keys(by)) by[k] = Math.round(by[k]);
   return { total: kb / 1024, by };
 }
+
+/// Samples the browser's memory (marker `dir`) every 500 ms until `stop()`, which takes a last
+/// sample and returns the peak `{ peak, by }` (MiB; `by` split as browserPss).
+export function sampleMemory(dir) {
+  let peak = 0;
+  let by = {};
+  const sample = () => {
+    const m = browserPss(dir);
+    if (m.total > peak) { peak = m.total; by = m.by; }
+  };
+  const timer = setInterval(sample, 500);
+  return { stop() { clearInterval(timer); sample(); return { peak, by }; } };
+}

@@ -9,7 +9,7 @@ import { createReadStream, statSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { basename, dirname, join, normalize } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { browserPss, browserPssMib, launchBrowser } from './bench-common.mjs';
+import { browserPssMib, launchBrowser, sampleMemory } from './bench-common.mjs';
 
 const MODEL = process.env.SLM_BENCH_MODEL;
 const THREADS = Number(process.env.SLM_BENCH_THREADS || 1);
@@ -72,16 +72,9 @@ try {
   await page.waitForFunction(() => window.ready === true);
   await page.waitForTimeout(1000);
   const baseline = browserPssMib(dir);
-  let peak = 0;
-  let peakBy = {};
-  const sample = () => {
-    const m = browserPss(dir);
-    if (m.total > peak) { peak = m.total; peakBy = m.by; }
-  };
-  const sampler = setInterval(sample, 500);
+  const memory = sampleMemory(dir);
   const r = await page.evaluate(([t, g, n]) => window.bench(t, g, n), [THREADS, N_GEN, REPS]);
-  clearInterval(sampler);
-  sample();
+  const { peak, by: peakBy } = memory.stop();
   console.log(JSON.stringify({
     model: basename(MODEL),
     engine: 'wllama',

@@ -6,7 +6,7 @@
 // from the load to the end of the benchmark; baseline_mem_mib is the same sum just before the
 // load (Chromium and the app without a model).
 import { basename } from 'node:path';
-import { browserPss, browserPssMib, launchBrowser } from './bench-common.mjs';
+import { browserPssMib, launchBrowser, sampleMemory } from './bench-common.mjs';
 
 const BASE = process.env.SLM_URL || 'http://127.0.0.1:8080/';
 const MODEL = process.env.SLM_BENCH_MODEL;
@@ -43,20 +43,13 @@ try {
   await page.getByTestId('backend-select').selectOption('cpu');
   await page.waitForTimeout(1000);
   const baseline = browserPssMib(dir);
-  let peak = 0;
-  let peakBy = {};
-  const sample = () => {
-    const m = browserPss(dir);
-    if (m.total > peak) { peak = m.total; peakBy = m.by; }
-  };
-  const sampler = setInterval(sample, 500);
+  const memory = sampleMemory(dir);
   const t0 = Date.now();
   await page.getByTestId('stored-models').locator('li', { hasText: basename(MODEL) }).getByTestId('stored-load').click();
   await waitReady(page);
   const loadS = (Date.now() - t0) / 1e3;
   const r = await page.evaluate(([p, g, n]) => window.__slm_test.bench(p, g, n), [N_PROMPT, N_GEN, REPS]);
-  clearInterval(sampler);
-  sample();
+  const { peak, by: peakBy } = memory.stop();
   console.log(JSON.stringify({
     model: basename(MODEL),
     engine: 'slm',

@@ -47,6 +47,17 @@ fn on_backend(choice: BackendChoice) -> impl Fn(&GgufFile, &FileSource) -> engin
     }
 }
 
+/// The tiny models' GGUF files in `dir`, sorted by name.
+fn tiny_gguf_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    files.sort();
+    files
+}
+
 #[test]
 fn tiny_families_cpu() {
     check_all("cpu", on_backend(BackendChoice::Cpu));
@@ -151,12 +162,7 @@ fn check_all(label: &str, load: impl Fn(&GgufFile, &FileSource) -> engine::Resul
             dir.display()
         );
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
-        .collect();
-    files.sort();
+    let files = tiny_gguf_files(&dir);
     let t0 = std::time::Instant::now();
     let mut failures: Vec<String> = Vec::new();
     let mut covered = BTreeSet::new();
@@ -436,12 +442,7 @@ fn tiny_families_gpu_dispatches_per_token() {
     if !dir.is_dir() && std::env::var("SLM_SKIP_TINY").is_ok_and(|v| v == "1") {
         return;
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
-        .collect();
-    files.sort();
+    let files = tiny_gguf_files(&dir);
     assert!(!files.is_empty(), "no tiny models in {}", dir.display());
     for path in &files {
         let src = FileSource::open(path).unwrap();
