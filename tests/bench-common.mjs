@@ -21,17 +21,12 @@ export async function launchBrowser(prefix) {
   return { dir, page, close };
 }
 
-/// Summed PSS (MiB) of the process whose command line holds `marker` and its descendants. Each
-/// call walks /proc and the kernel walks each process's mappings: sample it sparingly (the
-/// benchmarks do every 500 ms), it costs CPU the measured browser shares.
+/// Summed PSS of the process whose command line holds `marker` and its descendants, split by
+/// Chromium process kind: `{ total, by: { renderer, gpu, storage, utility, browser } }` (MiB; the
+/// renderer holds the page, its workers and the wasm memory; storage is the utility process of
+/// IndexedDB). Each call walks /proc and the kernel walks each process's mappings: sample it
+/// sparingly (the benchmarks do every 500 ms), it costs CPU the measured browser shares.
 const roots = new Map();
-export function browserPssMib(marker) {
-  return browserPss(marker).total;
-}
-
-/// As browserPssMib, with the split by Chromium process kind: `{ total, by: { renderer, gpu,
-/// storage, utility, browser } }` (MiB; the renderer holds the page, its workers and the wasm
-/// memory; storage is the utility process of IndexedDB).
 export function browserPss(marker) {
   const parent = new Map();
   let root = roots.get(marker) ?? null;

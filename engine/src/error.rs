@@ -80,6 +80,11 @@ pub enum Error {
         allowed: u64,
     },
 
+    /// The allocator could not provide `needed` bytes for `what` (wasm32: what is left of the 4
+    /// GiB address space after the model file).
+    #[error("not enough memory for {what} ({}): use a shorter context or a smaller model", crate::memory::human_bytes(*needed))]
+    OutOfMemory { what: String, needed: u64 },
+
     /// A token id outside the vocabulary.
     #[error("token id {id} is outside the vocabulary of {n_vocab}")]
     TokenOutOfRange { id: u32, n_vocab: usize },

@@ -6,11 +6,11 @@
 //! Format: llama.cpp `ggml/include/gguf.h`, `ggml/src/gguf.cpp` and `docs/gguf.md`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::quant::{ggml_type_name, GgmlDType};
-use crate::tensor::AlignedBytes;
+use crate::tensor::{AlignedBytes, TensorBytes};
 
 /// The four magic bytes at the start of every GGUF file.
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
@@ -51,6 +51,12 @@ pub trait ByteSource {
     ///
     /// Errors: [`Error::Truncated`] when the range passes the end, [`Error::Io`] on read failure.
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// The bytes at `offset..offset + len` without copying them, when the source holds them in
+    /// memory it can share ([`SharedSource`]); `None` otherwise (the caller reads a copy).
+    fn lend(&self, offset: u64, len: u64) -> Option<TensorBytes> {
+        let _ = (offset, len);
+        None
+    }
 }
 
 /// A sized handle on any [`ByteSource`] (slices included), so it can be passed as
@@ -63,6 +69,9 @@ impl<S: ByteSource + ?Sized> ByteSource for SourceRef<'_, S> {
     }
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.0.read_exact_at(offset, buf)
+    }
+    fn lend(&self, offset: u64, len: u64) -> Option<TensorBytes> {
+        self.0.lend(offset, len)
     }
 }
 
@@ -98,137 +107,32 @@ impl ByteSource for Vec<u8> {
     }
 }
 
-/// A file made of consecutive chunks (e.g. IndexedDB records of a few MiB each); no contiguous
-/// copy of the whole file is ever made. With [`ChunkedSource::release_after_reading`] each chunk
-/// is dropped as soon as the model's tensor bytes in it have been read, so a loader that copies
-/// the weights out never holds the file twice.
-#[derive(Debug, Default)]
-pub struct ChunkedSource {
-    /// `None` once released.
-    chunks: Mutex<Vec<Option<Arc<[u8]>>>>,
-    /// Start offset of each chunk; `starts[i + 1] - starts[i]` is chunk `i`'s length.
-    starts: Vec<u64>,
-    len: u64,
-    /// Per chunk, bytes of the ranges given to `release_after_reading` not read yet (`None`:
-    /// the chunk is kept).
-    unread: Mutex<Vec<Option<u64>>>,
-}
+/// A model file read once into one aligned buffer (the browser worker fills it straight from
+/// IndexedDB's chunks). Tensors borrow their bytes from it ([`ByteSource::lend`]) instead of
+/// copying them, so a CPU model holds the file once and nothing else of that size.
+#[derive(Clone, Debug, Default)]
+pub struct SharedSource(pub Arc<AlignedBytes>);
 
-impl Clone for ChunkedSource {
-    fn clone(&self) -> Self {
-        Self {
-            chunks: Mutex::new(lock(&self.chunks).clone()),
-            starts: self.starts.clone(),
-            len: self.len,
-            unread: Mutex::new(lock(&self.unread).clone()),
-        }
-    }
-}
+/// Tensors at offsets with this alignment are lent (the default GGUF alignment; weight blocks
+/// need 2, f32 rows 4); others are copied into their own aligned buffer.
+const LEND_ALIGN: u64 = 32;
 
-/// The data behind a mutex; a panic elsewhere cannot leave it half-updated, so poisoning is
-/// ignored.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl ChunkedSource {
-    /// Chunks in file order. Empty chunks are allowed and skipped.
-    pub fn new(chunks: impl IntoIterator<Item = Arc<[u8]>>) -> Self {
-        let mut s = Self::default();
-        for c in chunks {
-            s.push(c);
-        }
-        s
-    }
-
-    /// Append the next chunk.
-    pub fn push(&mut self, chunk: Arc<[u8]>) {
-        if chunk.is_empty() {
-            return;
-        }
-        self.starts.push(self.len);
-        self.len += chunk.len() as u64;
-        self.chunks
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Some(chunk));
-        self.unread
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(None);
-    }
-
-    /// Drop each chunk once every byte of `ranges` (offset, length) that lies in it has been
-    /// read; chunks no range touches are kept. Reading a dropped chunk again fails with
-    /// [`Error::Io`], so call this only when each range will be read once (the tensors of a
-    /// model being loaded on one backend). Ranges past the end are clipped.
-    pub fn release_after_reading(&self, ranges: impl IntoIterator<Item = (u64, u64)>) {
-        let mut unread = lock(&self.unread);
-        for (off, n) in ranges {
-            let end = off.saturating_add(n).min(self.len);
-            if off >= end {
-                continue;
-            }
-            let mut i = self.starts.partition_point(|&s| s <= off) - 1;
-            while i < self.starts.len() && self.starts[i] < end {
-                let (c0, c1) = (self.starts[i], self.chunk_end(i));
-                let overlap = end.min(c1) - off.max(c0);
-                let u = unread[i].get_or_insert(0);
-                *u = u.saturating_add(overlap);
-                i += 1;
-            }
-        }
-    }
-
-    /// Bytes of the chunks still held.
-    pub fn held_bytes(&self) -> u64 {
-        lock(&self.chunks)
-            .iter()
-            .flatten()
-            .map(|c| c.len() as u64)
-            .sum()
-    }
-
-    fn chunk_end(&self, i: usize) -> u64 {
-        self.starts.get(i + 1).copied().unwrap_or(self.len)
-    }
-}
-
-impl ByteSource for ChunkedSource {
+impl ByteSource for SharedSource {
     fn len(&self) -> u64 {
-        self.len
+        self.0.len() as u64
     }
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        check_range(offset, buf.len() as u64, self.len)?;
-        if buf.is_empty() {
-            return Ok(());
+        self.0.as_slice().read_exact_at(offset, buf)
+    }
+    fn lend(&self, offset: u64, len: u64) -> Option<TensorBytes> {
+        if !offset.is_multiple_of(LEND_ALIGN) {
+            return None;
         }
-        let mut chunks = lock(&self.chunks);
-        let mut unread = lock(&self.unread);
-        // Index of the chunk holding `offset`.
-        let mut i = self.starts.partition_point(|&s| s <= offset) - 1;
-        let mut pos = offset;
-        let mut written = 0;
-        while written < buf.len() {
-            let Some(chunk) = &chunks[i] else {
-                return Err(Error::Io(std::io::Error::other(format!(
-                    "bytes {pos}.. of the model were already read and released"
-                ))));
-            };
-            let within = (pos - self.starts[i]) as usize;
-            let n = (chunk.len() - within).min(buf.len() - written);
-            buf[written..written + n].copy_from_slice(&chunk[within..within + n]);
-            if let Some(u) = unread[i].as_mut() {
-                *u = u.saturating_sub(n as u64);
-                if *u == 0 {
-                    chunks[i] = None;
-                }
-            }
-            written += n;
-            pos += n as u64;
-            i += 1;
-        }
-        Ok(())
+        TensorBytes::shared(
+            self.0.clone(),
+            usize::try_from(offset).ok()?,
+            usize::try_from(len).ok()?,
+        )
     }
 }
 
@@ -271,6 +175,25 @@ impl ByteSource for FileSource {
         }
         Ok(())
     }
+}
+
+/// The bytes at `offset..offset + len` of `src`: lent when it can ([`ByteSource::lend`]), else an
+/// aligned copy.
+///
+/// Errors: [`Error::Truncated`] when the range passes the end, [`Error::Io`] on read failure.
+pub fn read_range<S: ByteSource + ?Sized>(src: &S, offset: u64, len: u64) -> Result<TensorBytes> {
+    check_range(offset, len, src.len())?;
+    if let Some(b) = src.lend(offset, len) {
+        return Ok(b);
+    }
+    let n = usize::try_from(len).map_err(|_| Error::TooLarge {
+        what: "a tensor".into(),
+        needed: len,
+        allowed: usize::MAX as u64,
+    })?;
+    let mut out = AlignedBytes::zeroed(n);
+    src.read_exact_at(offset, out.as_mut_slice())?;
+    Ok(out.into())
 }
 
 /// Type tag of a metadata value (`enum gguf_type`).
@@ -1056,15 +979,14 @@ impl GgufFile {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
-    /// Read one tensor's bytes (GGUF block layout, unchanged) into an aligned buffer.
+    /// One tensor's bytes (GGUF block layout, unchanged): lent by a source that holds the file in
+    /// memory ([`SharedSource`]), else read into an aligned buffer.
     pub fn read_tensor<S: ByteSource + ?Sized>(
         &self,
         src: &S,
         info: &TensorInfo,
-    ) -> Result<AlignedBytes> {
-        let mut out = AlignedBytes::zeroed(info.size as usize);
-        src.read_exact_at(self.data_offset + info.offset, out.as_mut_slice())?;
-        Ok(out)
+    ) -> Result<TensorBytes> {
+        read_range(src, self.data_offset + info.offset, info.size)
     }
 }
 
@@ -1161,7 +1083,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_builder_output_from_slice_and_chunks() {
+    fn parses_builder_output_from_a_slice_and_shared_memory() {
         let bytes = sample();
         let f = GgufFile::parse_bytes(&bytes).unwrap();
         assert_eq!(f.version, 3);
@@ -1177,48 +1099,28 @@ mod tests {
         let data = f.read_tensor(bytes.as_slice(), w).unwrap();
         assert_eq!(&data.as_slice()[4..8], &1f32.to_le_bytes());
 
-        // The same file split into uneven chunks gives the same result.
-        for chunk in [1usize, 3, 7, 64, 1000] {
-            let src = ChunkedSource::new(bytes.chunks(chunk).map(Arc::from));
-            let g = GgufFile::parse(&src).unwrap();
-            assert_eq!(g.tensors, f.tensors);
-            assert_eq!(g.metadata, f.metadata);
-            let v = g.tensor("v").unwrap();
-            assert_eq!(
-                g.read_tensor(&src, v).unwrap().as_slice(),
-                f.read_tensor(bytes.as_slice(), v).unwrap().as_slice()
-            );
+        // Held in memory: the same tensors, lent rather than copied (the file's offsets are
+        // 32-aligned), except at an offset the kernels could not view in place.
+        let shared = SharedSource(Arc::new(AlignedBytes::from_slice(&bytes)));
+        let g = GgufFile::parse(&shared).unwrap();
+        assert_eq!(g.tensors, f.tensors);
+        assert_eq!(g.metadata, f.metadata);
+        for t in &g.tensors {
+            let lent = g.read_tensor(&shared, t).unwrap();
+            assert!(lent.is_shared(), "{} is lent", t.name);
+            assert_eq!(lent.as_slice(), data_of(&f, &bytes, t));
         }
+        let odd = read_range(&shared, g.data_offset + 1, 8).unwrap();
+        assert!(!odd.is_shared());
+        assert_eq!(odd.as_slice(), &bytes[g.data_offset as usize + 1..][..8]);
+        assert!(matches!(
+            read_range(&shared, bytes.len() as u64 - 4, 8),
+            Err(Error::Truncated { .. })
+        ));
     }
 
-    #[test]
-    fn chunks_are_released_once_their_ranges_are_read() {
-        let bytes: Vec<u8> = (0..100u8).collect();
-        let src = ChunkedSource::new(bytes.chunks(10).map(Arc::from));
-        assert_eq!(src.held_bytes(), 100);
-        // Two "tensors": 15..35 and 40..95 (chunk 0 is untouched: kept, like a header).
-        src.release_after_reading([(15, 20), (40, 55)]);
-        let mut a = [0u8; 20];
-        src.read_exact_at(15, &mut a[..5]).unwrap();
-        src.read_exact_at(20, &mut a[5..]).unwrap();
-        assert_eq!(a.to_vec(), (15..35).collect::<Vec<u8>>());
-        // Chunks 1 and 2 (10..30) are done; chunk 3 (30..40) still has 35..40 unread: no range
-        // covers it, so only 30..35 counted and it is done too.
-        assert_eq!(src.held_bytes(), 100 - 30);
-        let mut b = [0u8; 55];
-        src.read_exact_at(40, &mut b).unwrap();
-        assert_eq!(b[0], 40);
-        // Chunk 9 (90..100) keeps 95..100's bytes only as unread-free: done after 90..95.
-        assert_eq!(
-            src.held_bytes(),
-            10,
-            "only the untouched first chunk is left"
-        );
-        let mut h = [0u8; 10];
-        src.read_exact_at(0, &mut h).unwrap();
-        assert_eq!(h[9], 9, "kept chunks stay readable");
-        let e = src.read_exact_at(12, &mut [0u8; 1]).unwrap_err();
-        assert!(e.to_string().contains("already read and released"), "{e}");
+    fn data_of<'a>(f: &GgufFile, bytes: &'a [u8], t: &TensorInfo) -> &'a [u8] {
+        &bytes[(f.data_offset + t.offset) as usize..][..t.size as usize]
     }
 
     #[test]

@@ -47,6 +47,19 @@ pub fn checked_bytes(what: &str, factors: &[u64], allowed: u64) -> Result<u64> {
     Ok(n)
 }
 
+/// An empty `Vec<f32>` with room for `n` elements, or [`Error::OutOfMemory`] for `what` when the
+/// allocator cannot provide them (on wasm32 a failed allocation would otherwise abort the whole
+/// engine). Nothing is written: pages are backed by memory only once the caller fills them (the
+/// KV cache grows with the conversation, within this capacity, never reallocated).
+pub fn try_reserved_f32(what: &str, n: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
+        what: what.to_string(),
+        needed: (n as u64).saturating_mul(4),
+    })?;
+    Ok(v)
+}
+
 /// Bytes as a short human figure (`1.5 GiB`), for messages.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
@@ -77,6 +90,17 @@ mod tests {
         );
         assert!(e.to_string().contains("the KV cache"), "{e}");
         assert_eq!(human_bytes(1536 << 20), "1.5 GiB");
+        let v = try_reserved_f32("x", 3).unwrap();
+        assert!(v.is_empty() && v.capacity() >= 3);
+        for n in [1usize << 60, usize::MAX / 4] {
+            let e = try_reserved_f32("the KV cache", n).unwrap_err();
+            assert!(matches!(e, Error::OutOfMemory { .. }), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with("not enough memory for the KV cache"),
+                "{e}"
+            );
+        }
         assert!(allowed_bytes() > 0);
     }
 }

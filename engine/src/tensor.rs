@@ -1,5 +1,8 @@
-//! Owned, aligned byte storage for tensor data (GGUF block layout, unchanged) and the quantized
-//! weight matrix type the backends share.
+//! Aligned byte storage for tensor data (GGUF block layout, unchanged): owned, or a range of a
+//! model file held once in memory ([`TensorBytes`]); and the quantized weight matrix type the
+//! backends share.
+
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::quant::GgmlDType;
@@ -23,6 +26,15 @@ impl AlignedBytes {
             words: vec![Align64([0; 64]); len.div_ceil(64)],
             len,
         }
+    }
+    /// `len` zero bytes, or `None` when the allocator cannot provide them (a model file too big
+    /// for what is left of wasm32's address space is refused, not aborted on).
+    pub fn try_zeroed(len: usize) -> Option<Self> {
+        let n = len.div_ceil(64);
+        let mut words = Vec::new();
+        words.try_reserve_exact(n).ok()?;
+        words.resize(n, Align64([0; 64]));
+        Some(Self { words, len })
     }
     /// Copy of `bytes`.
     pub fn from_slice(bytes: &[u8]) -> Self {
@@ -56,6 +68,53 @@ impl std::fmt::Debug for AlignedBytes {
     }
 }
 
+/// The bytes of one tensor: its own copy, or a range of a buffer shared with other tensors (the
+/// model file read once into memory, which the tensors then borrow instead of copying).
+#[derive(Clone, Debug)]
+pub enum TensorBytes {
+    Owned(AlignedBytes),
+    Shared {
+        buf: Arc<AlignedBytes>,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl TensorBytes {
+    /// Bytes `start .. start + len` of `buf`, or `None` when the range passes its end.
+    pub fn shared(buf: Arc<AlignedBytes>, start: usize, len: usize) -> Option<Self> {
+        (start.checked_add(len)? <= buf.len()).then_some(Self::Shared { buf, start, len })
+    }
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Owned(b) => b.as_slice(),
+            Self::Shared { buf, start, len } => &buf.as_slice()[*start..*start + *len],
+        }
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Owned(b) => b.len(),
+            Self::Shared { len, .. } => *len,
+        }
+    }
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Whether the bytes are borrowed from a shared buffer.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::Shared { .. })
+    }
+}
+
+impl From<AlignedBytes> for TensorBytes {
+    fn from(b: AlignedBytes) -> Self {
+        Self::Owned(b)
+    }
+}
+
 /// A weight matrix kept in its GGUF block layout: `rows` rows of `cols` elements, row `r` at
 /// bytes `r * row_bytes .. (r + 1) * row_bytes`. GGML dims (cols, rows) = (ne0, ne1).
 #[derive(Clone, Debug)]
@@ -65,7 +124,7 @@ pub struct QMatrix {
     pub rows: usize,
     pub cols: usize,
     pub row_bytes: usize,
-    pub data: AlignedBytes,
+    pub data: TensorBytes,
 }
 
 impl QMatrix {
@@ -75,9 +134,10 @@ impl QMatrix {
         dtype: GgmlDType,
         rows: usize,
         cols: usize,
-        data: AlignedBytes,
+        data: impl Into<TensorBytes>,
     ) -> Result<Self> {
         let name = name.into();
+        let data = data.into();
         let row_bytes = dtype.row_bytes(cols).ok_or_else(|| Error::Shape {
             op: "QMatrix::new",
             detail: format!("`{name}`: {cols} columns is not a multiple of the {dtype} block size"),

@@ -18,9 +18,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use engine::backend::{self, cpu::CpuModel, BackendChoice};
-use engine::gguf::{ChunkedSource, FileSource, GgufFile};
+use engine::backend::{self, cpu::CpuModel, BackendChoice, LoadedModel};
+use engine::gguf::{FileSource, GgufFile, SharedSource};
 use engine::model::{ForwardPass, Logits};
+use engine::tensor::AlignedBytes;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -74,55 +75,47 @@ fn tiny_families_gpu() {
     check_all("gpu", on_backend(BackendChoice::Gpu));
 }
 
-/// The browser's load path: the file as IndexedDB-sized chunks, each released once its tensor
-/// bytes are copied out ([`ChunkedSource::release_after_reading`]). Every family must read each
-/// tensor byte once (a second read fails), give the same logits as a load from the file, and
-/// leave only the chunks without tensor data (the header) held.
+/// The browser's load path: the file read once into memory ([`SharedSource`], filled from the
+/// IndexedDB chunks), its tensors lent to the CPU model instead of copied. Every family must
+/// borrow every matrix (none copied; only the small f32 vectors are converted) and give the
+/// same logits as a load from the file.
 #[test]
-fn tiny_families_load_from_released_chunks() {
+fn tiny_families_borrow_their_weights_from_the_file_in_memory() {
     let dir = tiny_dir();
-    let Ok(list) = std::fs::read_dir(&dir) else {
-        assert!(
-            std::env::var("SLM_SKIP_TINY").is_ok_and(|v| v == "1"),
-            "no tiny models at {} (set SLM_TINY_DIR, or SLM_SKIP_TINY=1 to skip)",
-            dir.display()
-        );
+    if !dir.is_dir() && std::env::var("SLM_SKIP_TINY").is_ok_and(|v| v == "1") {
+        eprintln!("SLM_SKIP_TINY=1: no tiny folder at {}", dir.display());
         return;
-    };
-    let mut n = 0;
-    for path in list.map(|e| e.unwrap().path()) {
-        if path.extension().is_none_or(|x| x != "gguf") {
-            continue;
-        }
-        let bytes = std::fs::read(&path).unwrap();
+    }
+    let files = tiny_gguf_files(&dir);
+    assert!(
+        files.len() >= 8,
+        "{} tiny models in {}",
+        files.len(),
+        dir.display()
+    );
+    for path in &files {
+        let bytes = std::fs::read(path).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let g = GgufFile::parse(bytes.as_slice()).unwrap();
         let (mut whole, _) =
             backend::load(&g, bytes.as_slice(), BackendChoice::Cpu, 64, 1).unwrap();
-        // Small chunks, so tensors straddle them and several share one.
-        let chunk = (bytes.len() / 50).max(4096);
-        let src = ChunkedSource::new(bytes.chunks(chunk).map(Arc::from));
-        let g = GgufFile::parse(&src).unwrap();
-        src.release_after_reading(g.tensors.iter().map(|t| (g.data_offset + t.offset, t.size)));
-        let (mut part, _) = backend::load(&g, &src, BackendChoice::Cpu, 64, 1)
-            .unwrap_or_else(|e| panic!("{name}: load from released chunks: {e}"));
-        let held = src.held_bytes();
-        eprintln!(
-            "{name}: {held} of {} bytes held after the load",
-            bytes.len()
-        );
-        assert!(
-            held <= g.data_offset + chunk as u64,
-            "{name}: {held} bytes still held (header {} + one chunk {chunk})",
-            g.data_offset
-        );
+        let src = SharedSource(Arc::new(AlignedBytes::from_slice(&bytes)));
+        let (mut lent, _) = backend::load(&g, &src, BackendChoice::Cpu, 64, 1)
+            .unwrap_or_else(|e| panic!("{name}: load from memory: {e}"));
+        let LoadedModel::Cpu(m) = &lent else {
+            panic!("{name}: not on the CPU")
+        };
+        let (shared, copied) = m.weight_bytes();
+        eprintln!("{name}: {shared} bytes of matrices lent, {copied} copied");
+        assert_eq!(copied, 0, "{name}: matrices copied out of the file");
+        assert!(shared > 0 && shared <= bytes.len(), "{name}: {shared}");
+        // The model keeps the file alive (one reference here, the rest in the model).
+        assert!(Arc::strong_count(&src.0) > 1, "{name}");
         let tokens = [1u32, 5, 9, 2];
         let a = whole.forward(&tokens, 0, Logits::All).unwrap().to_vec();
-        let b = part.forward(&tokens, 0, Logits::All).unwrap().to_vec();
+        let b = lent.forward(&tokens, 0, Logits::All).unwrap().to_vec();
         assert_eq!(a, b, "{name}: same logits");
-        n += 1;
     }
-    assert!(n >= 8, "{n} tiny models in {}", dir.display());
 }
 
 /// The f32 interpreter of the graph (dequantized weights, f32 activations, f16 KV cache as

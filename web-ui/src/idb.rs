@@ -58,19 +58,19 @@ pub fn chunk_key(id: &str, index: u32) -> String {
 
 /// Resolve with the request's result on `success`, reject with its error on `error`.
 async fn request(req: &IdbRequest) -> R<JsValue> {
-    let r_ok = req.clone();
-    let r_err = req.clone();
+    let r = req.clone();
+    let mut handlers = Handlers::new(move || {
+        r.set_onsuccess(None);
+        r.set_onerror(None);
+    });
     let p = Promise::new(&mut |resolve, reject| {
-        let r_res = r_ok.clone();
-        let r_err = r_err.clone();
-        let ok = Closure::once_into_js(move |_e: JsValue| {
-            let _ = resolve.call1(
-                &JsValue::NULL,
-                &r_res.result().unwrap_or(JsValue::UNDEFINED),
-            );
+        let r = req.clone();
+        let ok = Handler::new(move |_e: JsValue| {
+            let _ = resolve.call1(&JsValue::NULL, &r.result().unwrap_or(JsValue::UNDEFINED));
         });
-        let err = Closure::once_into_js(move |_e: JsValue| {
-            let e = r_err
+        let r = req.clone();
+        let err = Handler::new(move |_e: JsValue| {
+            let e = r
                 .error()
                 .ok()
                 .flatten()
@@ -78,40 +78,75 @@ async fn request(req: &IdbRequest) -> R<JsValue> {
                 .unwrap_or_else(|| JsValue::from_str("IndexedDB request failed"));
             let _ = reject.call1(&JsValue::NULL, &e);
         });
-        r_ok.set_onsuccess(Some(ok.unchecked_ref()));
-        r_ok.set_onerror(Some(err.unchecked_ref()));
+        req.set_onsuccess(Some(ok.as_ref().unchecked_ref()));
+        req.set_onerror(Some(err.as_ref().unchecked_ref()));
+        handlers.keep([ok, err]);
     });
     Ok(await_promise(p).await?)
+}
+
+/// An event handler.
+type Handler = Closure<dyn FnMut(JsValue)>;
+
+/// The handlers of one awaited request or transaction, owned by the Rust side: when the await
+/// ends (or is cancelled) they are unset and dropped. `Closure::once_into_js` would leak every
+/// handler that never runs (the error handler of a request that succeeded) together with what it
+/// holds: the request, and so its result, a model chunk of megabytes.
+struct Handlers {
+    unset: Box<dyn Fn()>,
+    kept: Vec<Handler>,
+}
+
+impl Handlers {
+    fn new(unset: impl Fn() + 'static) -> Self {
+        Self {
+            unset: Box::new(unset),
+            kept: Vec::new(),
+        }
+    }
+    fn keep(&mut self, h: impl IntoIterator<Item = Handler>) {
+        self.kept.extend(h);
+    }
+}
+
+impl Drop for Handlers {
+    fn drop(&mut self) {
+        // Before `kept` is dropped: no handler may run once its closure is gone.
+        (self.unset)();
+    }
 }
 
 /// Resolve when the transaction commits; reject with its error when it fails or aborts (this is
 /// where `QuotaExceededError` shows up).
 async fn committed(tx: &IdbTransaction) -> R<()> {
     let t = tx.clone();
+    let mut handlers = Handlers::new(move || {
+        t.set_oncomplete(None);
+        t.set_onerror(None);
+        t.set_onabort(None);
+    });
     let p = Promise::new(&mut |resolve, reject| {
-        let ok = Closure::once_into_js(move |_e: JsValue| {
+        let ok = Handler::new(move |_e: JsValue| {
             let _ = resolve.call0(&JsValue::NULL);
         });
-        let t2 = t.clone();
-        let rej2 = reject.clone();
-        let fail = Closure::once_into_js(move |_e: JsValue| {
-            let e = t2
-                .error()
-                .map(JsValue::from)
-                .unwrap_or_else(|| JsValue::from_str("IndexedDB transaction failed"));
-            let _ = rej2.call1(&JsValue::NULL, &e);
-        });
-        let t3 = t.clone();
-        let abort = Closure::once_into_js(move |_e: JsValue| {
-            let e = t3
-                .error()
-                .map(JsValue::from)
-                .unwrap_or_else(|| JsValue::from_str("IndexedDB transaction aborted"));
-            let _ = reject.call1(&JsValue::NULL, &e);
-        });
-        t.set_oncomplete(Some(ok.unchecked_ref()));
-        t.set_onerror(Some(fail.unchecked_ref()));
-        t.set_onabort(Some(abort.unchecked_ref()));
+        let failed = |what: &'static str| {
+            let (t, reject) = (tx.clone(), reject.clone());
+            Handler::new(move |_e: JsValue| {
+                let e = t
+                    .error()
+                    .map(JsValue::from)
+                    .unwrap_or_else(|| JsValue::from_str(what));
+                let _ = reject.call1(&JsValue::NULL, &e);
+            })
+        };
+        let (fail, abort) = (
+            failed("IndexedDB transaction failed"),
+            failed("IndexedDB transaction aborted"),
+        );
+        tx.set_oncomplete(Some(ok.as_ref().unchecked_ref()));
+        tx.set_onerror(Some(fail.as_ref().unchecked_ref()));
+        tx.set_onabort(Some(abort.as_ref().unchecked_ref()));
+        handlers.keep([ok, fail, abort]);
     });
     await_promise(p).await?;
     Ok(())
@@ -247,11 +282,36 @@ impl Db {
     /// Chunk `index` of model `id`.
     pub async fn get_chunk(&self, id: &str, index: u32) -> R<Vec<u8>> {
         match self.get(CHUNKS, &chunk_key(id, index)).await? {
-            Some(v) => Ok(v.unchecked_into::<Uint8Array>().to_vec()),
+            Some(v) => {
+                let a = v.unchecked_into::<Uint8Array>();
+                let bytes = a.to_vec();
+                release(&a);
+                Ok(bytes)
+            }
             None => Err(plain(&format!(
                 "chunk {index} of the model is missing from storage"
             ))),
         }
+    }
+
+    /// Copy chunk `index` of model `id` straight into the start of `dst` (no copy in between:
+    /// the worker reads a model into its final buffer); its length.
+    pub async fn read_chunk_into(&self, id: &str, index: u32, dst: &mut [u8]) -> R<usize> {
+        let Some(v) = self.get(CHUNKS, &chunk_key(id, index)).await? else {
+            return Err(plain(&format!(
+                "chunk {index} of the model is missing from storage"
+            )));
+        };
+        let a = v.unchecked_into::<Uint8Array>();
+        let n = a.length() as usize;
+        let Some(dst) = dst.get_mut(..n) else {
+            return Err(plain(
+                "the stored model is larger than its record: delete it and download again",
+            ));
+        };
+        a.copy_to(dst);
+        release(&a);
+        Ok(n)
     }
 
     /// Delete a model: its record and every chunk.
@@ -278,5 +338,18 @@ impl Db {
         tx.object_store(MODELS)?
             .put_with_key(&JsValue::from_str(&s), &JsValue::from_str(id))?;
         committed(&tx).await
+    }
+}
+
+/// Free `a`'s memory now rather than at the next garbage collection: `ArrayBuffer.transfer(0)`
+/// detaches it and drops its bytes (Chromium 114+, Firefox 122+, Safari 17.4+; elsewhere the
+/// collector frees it later). A model's chunks would otherwise pile up next to the copy in wasm
+/// memory until the collector runs: up to the whole file twice.
+fn release(a: &Uint8Array) {
+    let buf = a.buffer();
+    if let Ok(f) = js_sys::Reflect::get(&buf, &JsValue::from_str("transfer")) {
+        if let Some(f) = f.dyn_ref::<js_sys::Function>() {
+            let _ = f.call1(&buf, &JsValue::from_f64(0.0));
+        }
     }
 }

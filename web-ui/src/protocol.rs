@@ -193,6 +193,9 @@ pub enum FromWorker {
         n_gen: usize,
         prefill_tok_s: f64,
         decode_tok_s: f64,
+        /// The engine worker's wasm linear memory after the run, in MiB (it never shrinks: the
+        /// worker's peak).
+        wasm_memory_mib: f64,
     },
     /// New reply text (may be empty while a character is incomplete).
     Token { text: String },

@@ -28,9 +28,11 @@ use std::sync::Arc;
 use engine::backend::{self, gpu, BackendChoice, GpuHooks, LoadedModel};
 use engine::chat_template::{ChatMessage, ChatTemplate, TemplateLimits};
 use engine::generate::{GenerateParams, Generation, Step};
-use engine::gguf::{ByteSource, ChunkedSource, GgufFile};
+use engine::gguf::{GgufFile, SharedSource};
+use engine::memory;
 use engine::model::{ForwardPass, Logits};
 use engine::sampler::SamplerParams;
+use engine::tensor::AlignedBytes;
 use engine::tokenizer::Tokenizer;
 use engine::Error;
 use wasm_bindgen::prelude::*;
@@ -333,6 +335,12 @@ async fn bench(
         n_gen,
         prefill_tok_s: round2(engine::bench::median(&mut prefill)),
         decode_tok_s: round2(engine::bench::median(&mut decode)),
+        wasm_memory_mib: round2(
+            get(&get(&wasm_bindgen::memory(), "buffer"), "byteLength")
+                .as_f64()
+                .unwrap_or(0.0)
+                / (1u64 << 20) as f64,
+        ),
     })
 }
 
@@ -409,6 +417,14 @@ fn load_err(e: impl ToString) -> LoadError {
     ("load", e.to_string())
 }
 
+/// Bytes of f32 KV cache one position takes (K and V, every layer).
+fn kv_bytes_per_token(cfg: &engine::model::ModelConfig) -> u64 {
+    (cfg.n_layer as u64)
+        .saturating_mul(cfg.n_head_kv as u64)
+        .saturating_mul(cfg.head_dim as u64)
+        .saturating_mul(2 * 4)
+}
+
 /// Load the stored model. The file is untrusted: parsing, the tokenizer, the chat template (a
 /// sample conversation is rendered under the template's budget) and the weights all go through
 /// the engine's checks, so a hostile file ends here as a plain error and the worker stays
@@ -429,25 +445,45 @@ async fn load(
         .ok_or_else(|| {
             load_err("this model is not stored on this device yet: download it first")
         })?;
-    let mut src = ChunkedSource::default();
+    // The file, read once into its final place: CPU weights borrow from it, the GPU uploads
+    // from it, and nothing else of its size is ever held (memory ≈ 1× the file).
+    let size = memory::checked_bytes("the model file", &[rec.size], memory::allowed_bytes())
+        .map_err(load_err)?;
+    let mut file = AlignedBytes::try_zeroed(size as usize).ok_or_else(|| {
+        load_err(format!(
+            "not enough memory left in this tab for the model file ({}): close other models' \
+             tabs or pick a smaller model",
+            memory::human_bytes(size)
+        ))
+    })?;
+    let mut pos = 0;
     for i in 0..rec.n_chunks {
-        let c = db.get_chunk(model_id, i).await.map_err(load_err)?;
-        src.push(Arc::from(c));
+        let rest = file.as_mut_slice().get_mut(pos..).unwrap_or_default();
+        pos += db
+            .read_chunk_into(model_id, i, rest)
+            .await
+            .map_err(load_err)?;
         progress(
             "reading from storage",
             (i + 1) as f64 / rec.n_chunks.max(1) as f64 * 0.5,
         );
     }
-    if src.len() != rec.size {
+    if pos as u64 != rec.size {
         return Err(load_err(format!(
-            "the stored model is incomplete ({} of {} bytes): delete it and download again",
-            src.len(),
+            "the stored model is incomplete ({pos} of {} bytes): delete it and download again",
             rec.size
         )));
     }
+    let src = SharedSource(Arc::new(file));
     let g = GgufFile::parse(&src).map_err(load_err)?;
     let arch = g.architecture().unwrap_or("?").to_string();
-    engine::arch::config(&g).map_err(load_err)?;
+    let cfg = engine::arch::config(&g).map_err(load_err)?;
+    // Within the KV budget the settings offer (a context the model cannot hold next to its
+    // weights in wasm32's 4 GiB is shortened here, not refused after the weights are read).
+    let n_ctx = n_ctx.min(crate::protocol::max_context(
+        cfg.n_ctx_train,
+        kv_bytes_per_token(&cfg),
+    ));
     let tok = Tokenizer::from_gguf(&g).map_err(load_err)?;
     let limits = TemplateLimits::for_context(n_ctx);
     let (tmpl, failed) =
@@ -474,11 +510,6 @@ async fn load(
             crate::js::adapter_label_js(&dev.info().name, &get(&get(&r, "adapter"), "info"));
         recorded = Some((adapter, get(&r, "device")));
     };
-    // Going to the CPU for sure: drop each stored chunk as soon as its weights are copied out,
-    // so the file is never held twice (a GPU attempt may fall back and read everything again).
-    if choice == BackendChoice::Cpu || unavailable.is_some() {
-        src.release_after_reading(g.tensors.iter().map(|t| (g.data_offset + t.offset, t.size)));
-    }
     let hooks = GpuHooks {
         unavailable,
         on_device: Some(&mut on_device),
@@ -504,10 +535,7 @@ async fn load(
     };
     let cfg = model.config();
     let n_ctx_train = cfg.n_ctx_train;
-    let kv_bytes_per_token = (cfg.n_layer as u64)
-        .saturating_mul(cfg.n_head_kv as u64)
-        .saturating_mul(cfg.head_dim as u64)
-        .saturating_mul(2 * 4);
+    let kv_bytes_per_token = kv_bytes_per_token(cfg);
     LOADED.with(|l| {
         *l.borrow_mut() = Some(Loaded {
             model,

@@ -290,7 +290,7 @@ pub trait WeightStore {
         dtype: crate::quant::GgmlDType,
         rows: usize,
         cols: usize,
-        bytes: crate::tensor::AlignedBytes,
+        bytes: crate::tensor::TensorBytes,
     ) -> crate::Result<Mat>;
     /// Keep an f32 vector.
     fn vector(&mut self, name: &str, v: Vec<f32>) -> crate::Result<Vector>;

@@ -1,14 +1,13 @@
 //! [`Weights`]: how a family reads its tensors. Each read checks the tensor's shape against the
-//! metadata, reads only its bytes from the [`ByteSource`] (one tensor in memory at a time) and
-//! hands them to the backend's [`WeightStore`]. It also remembers what was read, so a file with
+//! metadata, reads only its bytes from the [`ByteSource`] (one tensor in memory at a time, or
+//! none when the source lends them) and hands them to the backend's [`WeightStore`]. It also remembers what was read, so a file with
 //! tensors for layers past `block_count` is refused ([`Weights::finish`]).
 
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::gguf::{ByteSource, GgufFile, TensorInfo};
+use crate::gguf::{self, ByteSource, GgufFile, TensorInfo};
 use crate::quant::{self, GgmlDType};
-use crate::tensor::AlignedBytes;
 
 use super::graph::{Mat, Vector, WeightStore};
 
@@ -115,8 +114,7 @@ impl<'a> Weights<'a> {
             .and_then(|o| o.checked_add(info.offset))
             .and_then(|o| o.checked_add(self.g.data_offset))
             .ok_or_else(shape_err)?;
-        let mut bytes = AlignedBytes::zeroed(len);
-        self.src.read_exact_at(off, bytes.as_mut_slice())?;
+        let bytes = gguf::read_range(self.src, off, len as u64)?;
         let part = format!("{name}[{first}..{end}]");
         self.store.matrix(&part, info.dtype, rows, cols, bytes)
     }

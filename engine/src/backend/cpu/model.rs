@@ -1,9 +1,11 @@
 //! [`CpuModel`]: any family's [`Graph`] executed on the CPU, op by op, on every forward call.
 //!
-//! Weights stay in their GGUF block layout ([`QMatrix`]); activations are quantized once per
+//! Weights stay in their GGUF block layout ([`QMatrix`]), borrowed from the file when it is held
+//! in memory (the browser) rather than copied; activations are quantized once per
 //! token and matrix for the dot products ([`PreparedActs`]), as llama.cpp does. Scratch buffers
 //! grow only when a bigger batch arrives, so a decode step allocates nothing. The KV cache is
-//! f32, per layer (n_ctx, kv_dim) for K and V, and keeps every position on every layer (sliding
+//! f32, per layer (n_ctx, kv_dim) for K and V, reserved at load and filled as positions are
+//! written (memory follows the conversation), and keeps every position on every layer (sliding
 //! layers read only their window), so a caller may rewind to any earlier position.
 
 use crate::arch::{self, Act, Epilogue, Glu, Graph, Mat, Op, Vector, WeightStore};
@@ -12,7 +14,7 @@ use crate::gguf::{ByteSource, GgufFile, SourceRef};
 use crate::memory;
 use crate::model::{check_forward, ForwardPass, Logits, ModelConfig};
 use crate::quant::{self, GgmlDType, PreparedActs};
-use crate::tensor::{AlignedBytes, QMatrix};
+use crate::tensor::{QMatrix, TensorBytes};
 
 use super::{matmul, ops, CpuThreads};
 
@@ -34,7 +36,7 @@ impl WeightStore for CpuWeights {
         dtype: GgmlDType,
         rows: usize,
         cols: usize,
-        bytes: AlignedBytes,
+        bytes: TensorBytes,
     ) -> Result<Mat> {
         self.mats
             .push(QMatrix::new(name, dtype, rows, cols, bytes)?);
@@ -54,6 +56,16 @@ impl CpuWeights {
     /// Vector `v`.
     pub fn vec(&self, v: Vector) -> &[f32] {
         &self.vecs[v.0]
+    }
+    /// Bytes of the matrices: (lent by the file held in memory, copied into their own buffers).
+    pub fn matrix_bytes(&self) -> (usize, usize) {
+        self.mats.iter().fold((0, 0), |(s, c), m| {
+            if m.data.is_shared() {
+                (s + m.data.len(), c)
+            } else {
+                (s, c + m.data.len())
+            }
+        })
     }
     /// Bytes of weight data held.
     pub fn size_bytes(&self) -> usize {
@@ -101,7 +113,7 @@ pub struct CpuModel {
     w: CpuWeights,
     n_ctx: usize,
     threads: CpuThreads,
-    /// Per layer (n_ctx, kv_dim).
+    /// Per layer (n_ctx, kv_dim) reserved; filled up to the furthest position written.
     k_cache: Vec<Vec<f32>>,
     v_cache: Vec<Vec<f32>>,
     s: Scratch,
@@ -166,9 +178,14 @@ impl CpuModel {
         let (cfg, graph) = arch::build(g, src, n_ctx, &mut w)?;
         // Within the budget checked above (zeroed pages are mapped when first written).
         let kv_len = n_ctx * cfg.kv_dim();
+        let cache = || {
+            (0..cfg.n_layer)
+                .map(|_| memory::try_reserved_f32(&format!("the KV cache of {what}"), kv_len))
+                .collect::<Result<Vec<_>>>()
+        };
         Ok(Self {
-            k_cache: (0..cfg.n_layer).map(|_| vec![0f32; kv_len]).collect(),
-            v_cache: (0..cfg.n_layer).map(|_| vec![0f32; kv_len]).collect(),
+            k_cache: cache()?,
+            v_cache: cache()?,
             cfg,
             graph,
             w,
@@ -197,6 +214,11 @@ impl CpuModel {
     /// The forward pass being executed.
     pub fn graph(&self) -> &Graph {
         &self.graph
+    }
+
+    /// Bytes of the weight matrices: (lent by a file held in memory, copied).
+    pub fn weight_bytes(&self) -> (usize, usize) {
+        self.w.matrix_bytes()
     }
 
     /// Bytes of weights one decode step reads ([`Graph::weight_bytes_per_token`]).
@@ -438,6 +460,14 @@ impl ForwardPass for CpuModel {
                     allowed: memory::allowed_bytes(),
                 })?;
             self.logits.resize(n_out * n_vocab, 0.0);
+        }
+        // The KV cache's filled part grows with the positions written (within the capacity
+        // reserved at load: no reallocation), so memory follows the conversation's length.
+        let filled = (pos + tokens.len()) * self.cfg.kv_dim();
+        for c in self.k_cache.iter_mut().chain(&mut self.v_cache) {
+            if c.len() < filled {
+                c.resize(filled, 0.0);
+            }
         }
         let mut done = 0;
         for batch in tokens.chunks(MAX_BATCH) {

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, GgufFile, SourceRef};
 use crate::model::{check_forward, ForwardPass, Logits, ModelConfig, RopeLayout};
 use crate::quant::GgmlDType;
-use crate::tensor::AlignedBytes;
+use crate::tensor::TensorBytes;
 
 use super::arena::{dispatch, ParamArena};
 use super::params::*;
@@ -133,7 +133,7 @@ impl WeightStore for GpuStore<'_> {
         dtype: GgmlDType,
         rows: usize,
         cols: usize,
-        bytes: AlignedBytes,
+        bytes: TensorBytes,
     ) -> Result<Mat> {
         let w = GpuWeight::upload(&self.gpu.ctx, name, dtype, rows, cols, bytes.as_slice())?;
         self.gpu.ctx.check()?;
