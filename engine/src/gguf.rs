@@ -51,6 +51,10 @@ pub trait ByteSource {
     ///
     /// Errors: [`Error::Truncated`] when the range passes the end, [`Error::Io`] on read failure.
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// How many bytes from the start can be read: all of them, except for a [`Prefix`].
+    fn readable(&self) -> u64 {
+        self.len()
+    }
     /// The bytes at `offset..offset + len` without copying them, when the source holds them in
     /// memory it can share ([`SharedSource`]); `None` otherwise (the caller reads a copy).
     fn lend(&self, offset: u64, len: u64) -> Option<TensorBytes> {
@@ -69,6 +73,9 @@ impl<S: ByteSource + ?Sized> ByteSource for SourceRef<'_, S> {
     }
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.0.read_exact_at(offset, buf)
+    }
+    fn readable(&self) -> u64 {
+        self.0.readable()
     }
     fn lend(&self, offset: u64, len: u64) -> Option<TensorBytes> {
         self.0.lend(offset, len)
@@ -107,32 +114,157 @@ impl ByteSource for Vec<u8> {
     }
 }
 
-/// A model file read once into one aligned buffer (the browser worker fills it straight from
-/// IndexedDB's chunks). Tensors borrow their bytes from it ([`ByteSource::lend`]) instead of
+/// A model file read once into memory, in segments (each one aligned buffer of at most
+/// [`MAX_SEGMENT_BYTES`]: wasm32 cannot allocate 2 GiB at once), split at tensor starts so no
+/// tensor straddles two ([`SharedSource::plan`]). The browser worker fills it straight from
+/// IndexedDB's chunks. Tensors borrow their bytes from it ([`ByteSource::lend`]) instead of
 /// copying them, so a CPU model holds the file once and nothing else of that size.
 #[derive(Clone, Debug, Default)]
-pub struct SharedSource(pub Arc<AlignedBytes>);
+pub struct SharedSource {
+    segments: Vec<Arc<AlignedBytes>>,
+    /// File offset of each segment's first byte.
+    starts: Vec<u64>,
+    len: u64,
+}
+
+/// Largest segment of a [`SharedSource`] (a quarter of wasm32's address space).
+pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
 
 /// Tensors at offsets with this alignment are lent (the default GGUF alignment; weight blocks
 /// need 2, f32 rows 4); others are copied into their own aligned buffer.
 const LEND_ALIGN: u64 = 32;
 
+impl SharedSource {
+    /// The whole of `bytes` as one segment (tests, small files).
+    pub fn from_vec(bytes: AlignedBytes) -> Self {
+        Self::from_segments(vec![Arc::new(bytes)])
+    }
+
+    /// Consecutive segments, in file order (as [`SharedSource::plan`] sized them).
+    pub fn from_segments(segments: Vec<Arc<AlignedBytes>>) -> Self {
+        let mut starts = Vec::with_capacity(segments.len());
+        let mut len = 0u64;
+        for s in &segments {
+            starts.push(len);
+            len = len.saturating_add(s.len() as u64);
+        }
+        Self {
+            segments,
+            starts,
+            len,
+        }
+    }
+
+    /// Segment lengths for a file of `len` bytes whose header is `g`: each at most `max` bytes,
+    /// cut only where a tensor starts, so every tensor lies in one segment (and starts aligned
+    /// in it: segments are 64-aligned, tensor offsets multiples of the file's alignment).
+    ///
+    /// Errors: [`Error::TooLarge`] when one tensor, or the bytes between two cuts that cannot
+    /// be split (the header, a gap, the trailing bytes), is larger than `max`.
+    pub fn plan(g: &GgufFile, len: u64, max: u64) -> Result<Vec<u64>> {
+        let too_large = |what: String, needed: u64| Error::TooLarge {
+            what,
+            needed,
+            allowed: max,
+        };
+        let mut tensors: Vec<(u64, u64)> = g
+            .tensors
+            .iter()
+            .map(|t| (g.data_offset.saturating_add(t.offset), t.size))
+            .collect();
+        tensors.sort_unstable();
+        let (mut sizes, mut seg_start, mut last_end) = (Vec::new(), 0u64, 0u64);
+        for (start, size) in tensors {
+            if size > max {
+                return Err(too_large(format!("the tensor at byte {start}"), size));
+            }
+            let end = start.saturating_add(size);
+            // Sorted: `start >= seg_start`, which is an earlier tensor's start (or 0).
+            if end - seg_start > max {
+                if start - seg_start > max {
+                    let what = format!("the bytes before byte {start}");
+                    return Err(too_large(what, start - seg_start));
+                }
+                sizes.push(start - seg_start);
+                seg_start = start;
+            }
+            last_end = last_end.max(end);
+        }
+        let len = len.max(last_end);
+        if len - seg_start > max {
+            if last_end > seg_start {
+                sizes.push(last_end - seg_start);
+            }
+            seg_start = last_end;
+            if len - seg_start > max {
+                let what = "the bytes after the last tensor".to_string();
+                return Err(too_large(what, len - seg_start));
+            }
+        }
+        if len > seg_start {
+            sizes.push(len - seg_start);
+        }
+        Ok(sizes)
+    }
+
+    fn segment_of(&self, offset: u64) -> usize {
+        self.starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1)
+    }
+}
+
 impl ByteSource for SharedSource {
     fn len(&self) -> u64 {
-        self.0.len() as u64
+        self.len
     }
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.0.as_slice().read_exact_at(offset, buf)
+        check_range(offset, buf.len() as u64, self.len)?;
+        let (mut i, mut pos, mut written) = (self.segment_of(offset), offset, 0);
+        while written < buf.len() {
+            let seg = self.segments[i].as_slice();
+            let within = (pos - self.starts[i]) as usize;
+            let n = (seg.len() - within).min(buf.len() - written);
+            buf[written..written + n].copy_from_slice(&seg[within..within + n]);
+            written += n;
+            pos += n as u64;
+            i += 1;
+        }
+        Ok(())
     }
     fn lend(&self, offset: u64, len: u64) -> Option<TensorBytes> {
-        if !offset.is_multiple_of(LEND_ALIGN) {
+        let i = self.segment_of(offset);
+        let within = offset.checked_sub(*self.starts.get(i)?)?;
+        if !within.is_multiple_of(LEND_ALIGN) {
             return None;
         }
         TensorBytes::shared(
-            self.0.clone(),
-            usize::try_from(offset).ok()?,
+            self.segments[i].clone(),
+            usize::try_from(within).ok()?,
             usize::try_from(len).ok()?,
         )
+    }
+}
+
+/// The first bytes of a file whose full length is known: enough to parse its header
+/// ([`GgufFile::parse`] checks tensor ranges against the full length). Reading past the prefix
+/// fails with [`Error::Truncated`], which says more of the file is needed.
+pub struct Prefix<'a> {
+    pub bytes: &'a [u8],
+    pub len: u64,
+}
+
+impl ByteSource for Prefix<'_> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn readable(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.len)?;
+        check_range(offset, buf.len() as u64, self.bytes.len() as u64)?;
+        self.bytes.read_exact_at(offset, buf)
     }
 }
 
@@ -511,7 +643,11 @@ impl<'a, S: ByteSource + ?Sized> Reader<'a, S> {
         let pos = self.pos();
         check_range(pos, n as u64, self.len)?;
         if self.at + n > self.buf.len() {
-            let want = (n.max(READ_WINDOW) as u64).min(self.len - pos) as usize;
+            // Not past what the source can read (a header prefix), unless `n` itself is.
+            let readable = self.src.readable().saturating_sub(pos).max(n as u64);
+            let want = (n.max(READ_WINDOW) as u64)
+                .min(self.len - pos)
+                .min(readable) as usize;
             self.buf.resize(want, 0);
             self.src.read_exact_at(pos, &mut self.buf)?;
             self.buf_start = pos;
@@ -1101,7 +1237,7 @@ mod tests {
 
         // Held in memory: the same tensors, lent rather than copied (the file's offsets are
         // 32-aligned), except at an offset the kernels could not view in place.
-        let shared = SharedSource(Arc::new(AlignedBytes::from_slice(&bytes)));
+        let shared = SharedSource::from_vec(AlignedBytes::from_slice(&bytes));
         let g = GgufFile::parse(&shared).unwrap();
         assert_eq!(g.tensors, f.tensors);
         assert_eq!(g.metadata, f.metadata);
@@ -1117,6 +1253,63 @@ mod tests {
             read_range(&shared, bytes.len() as u64 - 4, 8),
             Err(Error::Truncated { .. })
         ));
+    }
+
+    /// The browser's path for a big file: the header parsed from a prefix, segments planned at
+    /// tensor starts, every tensor lent from its segment.
+    #[test]
+    fn segments_split_at_tensor_starts_and_lend_every_tensor() {
+        let mut b = Builder::default().kv_str("general.architecture", "llama");
+        for i in 0..6u8 {
+            // 100 f32 each: 400 bytes, padded to 416 in the file.
+            b = b.tensor(&format!("t{i}"), &[100], 0, vec![i; 400]);
+        }
+        let bytes = b.build();
+        let len = bytes.len() as u64;
+        let f = GgufFile::parse_bytes(&bytes).unwrap();
+        // The header alone: a prefix that ends before the data parses; one that ends inside
+        // the header says it is truncated.
+        let header = &bytes[..f.data_offset as usize];
+        let g = GgufFile::parse(&Prefix { bytes: header, len }).unwrap();
+        assert_eq!(g.tensors, f.tensors);
+        let short = Prefix {
+            bytes: &header[..20],
+            len,
+        };
+        assert!(matches!(
+            GgufFile::parse(&short),
+            Err(Error::Truncated { .. })
+        ));
+        let max = f.data_offset + 416 * 2;
+        let sizes = SharedSource::plan(&g, len, max).unwrap();
+        assert_eq!(sizes.iter().sum::<u64>(), len);
+        assert!(
+            sizes.len() >= 3 && sizes.iter().all(|&s| s <= max),
+            "{sizes:?}"
+        );
+        let mut at = 0usize;
+        let segments = sizes
+            .iter()
+            .map(|&n| {
+                let s = Arc::new(AlignedBytes::from_slice(&bytes[at..at + n as usize]));
+                at += n as usize;
+                s
+            })
+            .collect();
+        let src = SharedSource::from_segments(segments);
+        assert_eq!(src.len(), len);
+        for t in &g.tensors {
+            let lent = g.read_tensor(&src, t).unwrap();
+            assert!(lent.is_shared(), "{} is lent", t.name);
+            assert_eq!(lent.as_slice(), data_of(&f, &bytes, t));
+        }
+        // A read across a cut is stitched from both segments.
+        let cut = sizes[0];
+        let across = read_range(&src, cut - 3, 6).unwrap();
+        assert_eq!(across.as_slice(), &bytes[cut as usize - 3..][..6]);
+        // One tensor larger than a segment may be: refused, named.
+        let e = SharedSource::plan(&g, len, 300).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { needed: 400, .. }), "{e}");
     }
 
     fn data_of<'a>(f: &GgufFile, bytes: &'a [u8], t: &TensorInfo) -> &'a [u8] {

@@ -294,24 +294,15 @@ impl Db {
         }
     }
 
-    /// Copy chunk `index` of model `id` straight into the start of `dst` (no copy in between:
-    /// the worker reads a model into its final buffer); its length.
-    pub async fn read_chunk_into(&self, id: &str, index: u32, dst: &mut [u8]) -> R<usize> {
-        let Some(v) = self.get(CHUNKS, &chunk_key(id, index)).await? else {
-            return Err(plain(&format!(
+    /// Chunk `index` of model `id` as the array IndexedDB gave (no copy): the worker copies it
+    /// into its final place, then frees it with [`release`].
+    pub async fn chunk_array(&self, id: &str, index: u32) -> R<Uint8Array> {
+        match self.get(CHUNKS, &chunk_key(id, index)).await? {
+            Some(v) => Ok(v.unchecked_into()),
+            None => Err(plain(&format!(
                 "chunk {index} of the model is missing from storage"
-            )));
-        };
-        let a = v.unchecked_into::<Uint8Array>();
-        let n = a.length() as usize;
-        let Some(dst) = dst.get_mut(..n) else {
-            return Err(plain(
-                "the stored model is larger than its record: delete it and download again",
-            ));
-        };
-        a.copy_to(dst);
-        release(&a);
-        Ok(n)
+            ))),
+        }
     }
 
     /// Delete a model: its record and every chunk.
@@ -345,7 +336,7 @@ impl Db {
 /// detaches it and drops its bytes (Chromium 114+, Firefox 122+, Safari 17.4+; elsewhere the
 /// collector frees it later). A model's chunks would otherwise pile up next to the copy in wasm
 /// memory until the collector runs: up to the whole file twice.
-fn release(a: &Uint8Array) {
+pub fn release(a: &Uint8Array) {
     let buf = a.buffer();
     if let Ok(f) = js_sys::Reflect::get(&buf, &JsValue::from_str("transfer")) {
         if let Some(f) = f.dyn_ref::<js_sys::Function>() {

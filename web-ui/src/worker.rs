@@ -28,7 +28,7 @@ use std::sync::Arc;
 use engine::backend::{self, gpu, BackendChoice, GpuHooks, LoadedModel};
 use engine::chat_template::{ChatMessage, ChatTemplate, TemplateLimits};
 use engine::generate::{GenerateParams, Generation, Step};
-use engine::gguf::{GgufFile, SharedSource};
+use engine::gguf::{GgufFile, Prefix, SharedSource, MAX_SEGMENT_BYTES};
 use engine::memory;
 use engine::model::{ForwardPass, Logits};
 use engine::sampler::SamplerParams;
@@ -425,6 +425,97 @@ fn kv_bytes_per_token(cfg: &engine::model::ModelConfig) -> u64 {
         .saturating_mul(2 * 4)
 }
 
+/// The header of stored model `model_id` (`size` bytes in `n_chunks` chunks), parsed from as
+/// few leading chunks as it takes (the weights are read afterwards, into segments planned from
+/// it).
+async fn read_header(
+    db: &Db,
+    model_id: &str,
+    size: u64,
+    n_chunks: u32,
+) -> Result<GgufFile, LoadError> {
+    let mut head: Vec<u8> = Vec::new();
+    let mut next = 0;
+    loop {
+        match GgufFile::parse(&Prefix {
+            bytes: &head,
+            len: size,
+        }) {
+            Ok(g) => return Ok(g),
+            // Inside the file but past the chunks read so far: read one more.
+            Err(Error::Truncated { offset, needed, .. })
+                if offset.saturating_add(needed) <= size
+                    && next < n_chunks
+                    && (head.len() as u64) < MAX_SEGMENT_BYTES =>
+            {
+                let a = db.chunk_array(model_id, next).await.map_err(load_err)?;
+                let at = head.len();
+                head.resize(at + a.length() as usize, 0);
+                a.copy_to(&mut head[at..]);
+                crate::idb::release(&a);
+                next += 1;
+            }
+            Err(e) => return Err(load_err(e)),
+        }
+    }
+}
+
+/// Stored model `model_id` read into memory once: in segments of at most
+/// [`MAX_SEGMENT_BYTES`] cut at tensor starts (wasm32 cannot allocate 2 GiB at once), each
+/// chunk copied straight from IndexedDB's array into its place and freed.
+async fn read_segments(
+    db: &Db,
+    model_id: &str,
+    g: &GgufFile,
+    size: u64,
+    n_chunks: u32,
+) -> Result<SharedSource, LoadError> {
+    let sizes = SharedSource::plan(g, size, MAX_SEGMENT_BYTES).map_err(load_err)?;
+    let mut segments = Vec::with_capacity(sizes.len());
+    for &n in &sizes {
+        segments.push(AlignedBytes::try_zeroed(n as usize).ok_or_else(|| {
+            load_err(format!(
+                "not enough memory left in this tab for the model file ({}): close other \
+                 models' tabs or pick a smaller model",
+                memory::human_bytes(size)
+            ))
+        })?);
+    }
+    let too_long =
+        || load_err("the stored model is larger than its record: delete it and download again");
+    let (mut seg, mut at, mut total) = (0, 0, 0u64);
+    for i in 0..n_chunks {
+        let a = db.chunk_array(model_id, i).await.map_err(load_err)?;
+        let n = a.length();
+        let mut from = 0;
+        while from < n {
+            let dst = segments.get_mut(seg).ok_or_else(too_long)?.as_mut_slice();
+            if at == dst.len() {
+                (seg, at) = (seg + 1, 0);
+                continue;
+            }
+            let take = ((dst.len() - at) as u32).min(n - from);
+            a.subarray(from, from + take)
+                .copy_to(&mut dst[at..at + take as usize]);
+            (from, at) = (from + take, at + take as usize);
+        }
+        crate::idb::release(&a);
+        total += n as u64;
+        progress(
+            "reading from storage",
+            (i + 1) as f64 / n_chunks.max(1) as f64 * 0.5,
+        );
+    }
+    if total != size {
+        return Err(load_err(format!(
+            "the stored model is incomplete ({total} of {size} bytes): delete it and download again"
+        )));
+    }
+    Ok(SharedSource::from_segments(
+        segments.into_iter().map(Arc::new).collect(),
+    ))
+}
+
 /// Load the stored model. The file is untrusted: parsing, the tokenizer, the chat template (a
 /// sample conversation is rendered under the template's budget) and the weights all go through
 /// the engine's checks, so a hostile file ends here as a plain error and the worker stays
@@ -449,33 +540,8 @@ async fn load(
     // from it, and nothing else of its size is ever held (memory ≈ 1× the file).
     let size = memory::checked_bytes("the model file", &[rec.size], memory::allowed_bytes())
         .map_err(load_err)?;
-    let mut file = AlignedBytes::try_zeroed(size as usize).ok_or_else(|| {
-        load_err(format!(
-            "not enough memory left in this tab for the model file ({}): close other models' \
-             tabs or pick a smaller model",
-            memory::human_bytes(size)
-        ))
-    })?;
-    let mut pos = 0;
-    for i in 0..rec.n_chunks {
-        let rest = file.as_mut_slice().get_mut(pos..).unwrap_or_default();
-        pos += db
-            .read_chunk_into(model_id, i, rest)
-            .await
-            .map_err(load_err)?;
-        progress(
-            "reading from storage",
-            (i + 1) as f64 / rec.n_chunks.max(1) as f64 * 0.5,
-        );
-    }
-    if pos as u64 != rec.size {
-        return Err(load_err(format!(
-            "the stored model is incomplete ({pos} of {} bytes): delete it and download again",
-            rec.size
-        )));
-    }
-    let src = SharedSource(Arc::new(file));
-    let g = GgufFile::parse(&src).map_err(load_err)?;
+    let g = read_header(&db, model_id, size, rec.n_chunks).await?;
+    let src = read_segments(&db, model_id, &g, size, rec.n_chunks).await?;
     let arch = g.architecture().unwrap_or("?").to_string();
     let cfg = engine::arch::config(&g).map_err(load_err)?;
     // Within the KV budget the settings offer (a context the model cannot hold next to its
