@@ -181,7 +181,7 @@ fn glu(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    pair(MODE_GLU, linear_wg(wid, nwg), lid, 0u);
+    pair(MODE_GLU, linear_wg(wid, nwg), lid);
 }
 
 @compute @workgroup_size(WG)
@@ -190,9 +190,14 @@ fn qkv(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    pair(MODE_QKV, linear_wg(wid, nwg), lid, 0u);
+    pair(MODE_QKV, linear_wg(wid, nwg), lid);
 }
 
+// qkv_norm: workgroup g < n_head + n_head_kv of a token tile makes Q head g or K head
+// g - n_head in passes of WG / TPR adjacent row pairs into head_raw, then normalises, turns and
+// stores it (`head_out`); the others make WG / TPR V pairs each, in one pass, as `qkv`. One
+// `unit_sums` call site, so the pipeline holds one copy of the dot loop per weight buffer, as
+// `qkv` (its creation time on lavapipe is mostly those copies).
 @compute @workgroup_size(WG)
 fn qkv_norm(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -201,18 +206,53 @@ fn qkv_norm(
 ) {
     let id = linear_wg(wid, nwg);
     if (id >= p.total_wg) { return; }
-    // The first n_head + n_head_kv workgroups of each tile: whole Q and K heads; then the V
-    // units as `qkv` (units after every Q and K pair).
     let n_tiles = (p.n_tok + p.tile - 1u) / p.tile;
     let g = id / n_tiles;
+    let t0 = (id % n_tiles) * p.tile;
+    let nt = min(p.tile, p.n_tok - t0);
+    let norm = x_norm(t0, nt, lid);
+    let hd = p.head_dim;
+    let half = hd / 2u;
     let n_qk = p.n_head + p.n_head_kv;
-    if (g < n_qk) {
-        let t0 = (id % n_tiles) * p.tile;
-        let nt = min(p.tile, p.n_tok - t0);
-        norm_head(g, t0, nt, lid);
-        return;
+    let is_head = g < n_qk;
+    let is_k = g >= p.n_head;
+    // The head within its segment (Q: g, K: g - n_head).
+    let h = select(g, g - p.n_head, is_k);
+    let upw = WG / TPR;
+    var passes = 1u;
+    if (is_head) { passes = (half + upw - 1u) / upw; }
+    for (var k = 0u; k < passes; k++) {
+        var un: Unit;
+        var valid: bool;
+        // Head: pair j of the head; V: unit u after every Q and K pair.
+        let j = k * upw + lid / TPR;
+        var u = 0u;
+        if (is_head) {
+            valid = j < half;
+            un.seg = select(0u, 1u, is_k);
+            un.ra = h * hd + 2u * j;
+            un.rb = un.ra + 1u;
+        } else {
+            u = n_qk * half + (g - n_qk) * upw + lid / TPR;
+            valid = u < p.units;
+            if (valid) { un = unit_of(MODE_QKV, u); }
+        }
+        var acc_a: array<f32, TILE_MAX>;
+        var acc_b: array<f32, TILE_MAX>;
+        unit_sums(MODE_QKV, un, valid, t0, nt, lid, norm, &acc_a, &acc_b);
+        if (valid && lid % TPR == 0u) {
+            if (is_head) {
+                for (var t = 0u; t < nt; t++) {
+                    head_raw[t * hd + 2u * j] = value(acc_a[t], t, un.seg, un.ra, norm);
+                    head_raw[t * hd + 2u * j + 1u] = value(acc_b[t], t, un.seg, un.rb, norm);
+                }
+            } else {
+                store(MODE_QKV, un, u, t0, nt, acc_a, acc_b, norm);
+            }
+        }
     }
-    pair(MODE_QKV, id - n_qk * n_tiles, lid, n_qk * (p.head_dim / 2u));
+    if (!is_head) { return; }
+    head_out(h, is_k, t0, nt, lid);
 }
 
 // The rows and token tile one invocation multiplies.
@@ -281,8 +321,9 @@ fn sum_tokens(nt: u32, lid: u32) {
     workgroupBarrier();
 }
 
-// The two sums of unit `un` (when `valid`) for tokens t0 .. t0 + nt into acc_a, acc_b, reduced
-// over the unit's TPR lanes (every lane gets the totals). Call from uniform control flow.
+// The two sums of unit `un` (when `valid`) for tokens t0 .. t0 + nt added into acc_a, acc_b
+// (zero: each caller's fresh `var`), reduced over the unit's TPR lanes (every lane gets the
+// totals). Call from uniform control flow.
 fn unit_sums(
     mode: u32,
     un: Unit,
@@ -302,10 +343,6 @@ fn unit_sums(
     if (mode == MODE_QKV) {
         rb_a = select(select(p.row_bytes2, p.row_bytes1, un.seg == 1u), p.row_bytes, un.seg == 0u);
         rb_b = rb_a;
-    }
-    for (var t = 0u; t < TILE_MAX; t++) {
-        (*acc_a)[t] = 0.0;
-        (*acc_b)[t] = 0.0;
     }
     // Each call's buffers are constants (once inlined), so `wword` reads one buffer and every
     // invocation of a qkv workgroup loops in the copy of its own segment.
@@ -358,33 +395,12 @@ fn value(acc: f32, t: u32, seg: u32, row: u32, norm: bool) -> f32 {
     return a;
 }
 
-// qkv_norm: workgroup g (< n_head + n_head_kv) makes Q head g, or K head g - n_head, for
-// tokens t0 .. t0 + nt: products into head_raw, Σx² per token, x / rms ⊙ norm weight, RoPE,
-// store. Call from uniform control flow.
-fn norm_head(g: u32, t0: u32, nt: u32, lid: u32) {
-    let norm = x_norm(t0, nt, lid);
+// qkv_norm, once head_raw holds the raw head (Q head h if !is_k, else K head h) of tokens
+// t0 .. t0 + nt: its Σx² per token, x / rms ⊙ norm weight, RoPE, store. Call from uniform
+// control flow.
+fn head_out(h: u32, is_k: bool, t0: u32, nt: u32, lid: u32) {
     let hd = p.head_dim;
     let half = hd / 2u;
-    let is_k = g >= p.n_head;
-    // Pass j0: the adjacent row pairs j0 .. j0 + WG / TPR of the head (of Wq or Wk).
-    var un: Unit;
-    un.seg = select(0u, 1u, is_k);
-    let h = select(g, g - p.n_head, is_k);
-    for (var j0 = 0u; j0 < half; j0 += WG / TPR) {
-        let j = j0 + lid / TPR;
-        let valid = j < half;
-        un.ra = h * hd + 2u * j;
-        un.rb = un.ra + 1u;
-        var acc_a: array<f32, TILE_MAX>;
-        var acc_b: array<f32, TILE_MAX>;
-        unit_sums(MODE_QKV, un, valid, t0, nt, lid, norm, &acc_a, &acc_b);
-        if (valid && lid % TPR == 0u) {
-            for (var t = 0u; t < nt; t++) {
-                head_raw[t * hd + 2u * j] = value(acc_a[t], t, un.seg, un.ra, norm);
-                head_raw[t * hd + 2u * j + 1u] = value(acc_b[t], t, un.seg, un.rb, norm);
-            }
-        }
-    }
     workgroupBarrier();
     for (var t = 0u; t < nt; t++) {
         var ss = 0.0;
@@ -455,15 +471,15 @@ fn x_norm(t0: u32, nt: u32, lid: u32) -> bool {
     return norm;
 }
 
-// The kernel; `mode` is a constant at every call site. Workgroup `id` makes units
-// u0 + (id / n_tiles) * (WG / TPR) .. for its token tile.
-fn pair(mode: u32, id: u32, lid: u32, u0: u32) {
+// The glu and qkv kernel; `mode` is a constant at both call sites. Workgroup `id` makes units
+// (id / n_tiles) * (WG / TPR) .. for its token tile.
+fn pair(mode: u32, id: u32, lid: u32) {
     if (id >= p.total_wg) { return; }
     let n_tiles = (p.n_tok + p.tile - 1u) / p.tile;
     let t0 = (id % n_tiles) * p.tile;
     let nt = min(p.tile, p.n_tok - t0);
     let norm = x_norm(t0, nt, lid);
-    let u = u0 + (id / n_tiles) * (WG / TPR) + lid / TPR;
+    let u = (id / n_tiles) * (WG / TPR) + lid / TPR;
     let valid = u < p.units;
     var un: Unit;
     if (valid) { un = unit_of(mode, u); }
@@ -471,7 +487,21 @@ fn pair(mode: u32, id: u32, lid: u32, u0: u32) {
     var acc_b: array<f32, TILE_MAX>;
     unit_sums(mode, un, valid, t0, nt, lid, norm, &acc_a, &acc_b);
     if (!valid || lid % TPR != 0u) { return; }
+    store(mode, un, u, t0, nt, acc_a, acc_b, norm);
+}
 
+// The epilogue of unit u (`un`) for tokens t0 .. t0 + nt from its two sums: glu: the gated
+// value into y; qkv: the pair turned (Q, K) and stored into y, k_cache or v_cache.
+fn store(
+    mode: u32,
+    un: Unit,
+    u: u32,
+    t0: u32,
+    nt: u32,
+    acc_a: array<f32, TILE_MAX>,
+    acc_b: array<f32, TILE_MAX>,
+    norm: bool,
+) {
     let kv_dim = p.n_head_kv * p.head_dim;
     let q_dim = p.n_head * p.head_dim;
     for (var t = 0u; t < nt; t++) {
