@@ -72,3 +72,18 @@ export function sampleMemory(dir) {
   const timer = setInterval(sample, 500);
   return { stop() { clearInterval(timer); sample(); return { peak, by }; } };
 }
+
+/// The browser's memory (as browserPss) once it has settled: sampled every 500 ms until two
+/// samples 1 s apart differ by under 4 MiB (at most 20 s). After a reload the previous page's
+/// engine (its wasm memory, shared with its pool threads) is freed asynchronously; a baseline
+/// taken before that would hide the new load's memory.
+export async function settledPss(marker) {
+  const t0 = Date.now();
+  let prev = browserPss(marker);
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 1000));
+    const m = browserPss(marker);
+    if (Math.abs(m.total - prev.total) < 4 || Date.now() - t0 > 20_000) return m;
+    prev = m;
+  }
+}

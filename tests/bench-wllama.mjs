@@ -9,7 +9,7 @@ import { createReadStream, statSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { basename, dirname, join, normalize } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { browserPss, launchBrowser, sampleMemory } from './bench-common.mjs';
+import { launchBrowser, sampleMemory, settledPss } from './bench-common.mjs';
 
 const MODEL = process.env.SLM_BENCH_MODEL;
 const THREADS = Number(process.env.SLM_BENCH_THREADS || 1);
@@ -71,7 +71,7 @@ try {
   await page.goto(base);
   await page.waitForFunction(() => window.ready === true);
   await page.waitForTimeout(1000);
-  const { total: baseline, by: baselineBy } = browserPss(dir);
+  const { total: baseline, by: baselineBy } = await settledPss(dir);
   const memory = sampleMemory(dir);
   const r = await page.evaluate(([t, g, n]) => window.bench(t, g, n), [THREADS, N_GEN, REPS]);
   const { peak, by: peakBy } = memory.stop();

@@ -6,7 +6,7 @@
 // from the load to the end of the benchmark; baseline_mem_mib is the same sum just before the
 // load (Chromium and the app without a model).
 import { basename } from 'node:path';
-import { browserPss, launchBrowser, sampleMemory } from './bench-common.mjs';
+import { launchBrowser, sampleMemory, settledPss } from './bench-common.mjs';
 
 const BASE = process.env.SLM_URL || 'http://127.0.0.1:8080/';
 const MODEL = process.env.SLM_BENCH_MODEL;
@@ -50,7 +50,7 @@ try {
   await page.reload();
   await page.getByTestId('backend-select').selectOption('cpu');
   await page.waitForTimeout(1000);
-  const { total: baseline, by: baselineBy } = browserPss(dir);
+  const { total: baseline, by: baselineBy } = await settledPss(dir);
   const memory = sampleMemory(dir);
   const t0 = Date.now();
   await page.getByTestId('stored-models').locator('li', { hasText: basename(MODEL) }).getByTestId('stored-load').click();
