@@ -279,19 +279,12 @@ impl Db {
         committed(&tx).await
     }
 
-    /// Chunk `index` of model `id`.
+    /// Chunk `index` of model `id`, copied into wasm memory.
     pub async fn get_chunk(&self, id: &str, index: u32) -> R<Vec<u8>> {
-        match self.get(CHUNKS, &chunk_key(id, index)).await? {
-            Some(v) => {
-                let a = v.unchecked_into::<Uint8Array>();
-                let bytes = a.to_vec();
-                release(&a);
-                Ok(bytes)
-            }
-            None => Err(plain(&format!(
-                "chunk {index} of the model is missing from storage"
-            ))),
-        }
+        let a = self.chunk_array(id, index).await?;
+        let bytes = a.to_vec();
+        release(&a);
+        Ok(bytes)
     }
 
     /// Chunk `index` of model `id` as the array IndexedDB gave (no copy): the worker copies it

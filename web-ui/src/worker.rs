@@ -442,18 +442,26 @@ async fn read_header(
             len: size,
         }) {
             Ok(g) => return Ok(g),
-            // Inside the file but past the chunks read so far: read one more.
+            // Inside the file but past the chunks read so far: read on to where the parser
+            // stopped, and at least double the prefix (each retry parses from the start, so a
+            // header a hostile file stretches over a GiB costs a few parses, not hundreds).
             Err(Error::Truncated { offset, needed, .. })
                 if offset.saturating_add(needed) <= size
                     && next < n_chunks
                     && (head.len() as u64) < MAX_SEGMENT_BYTES =>
             {
-                let a = db.chunk_array(model_id, next).await.map_err(load_err)?;
-                let at = head.len();
-                head.resize(at + a.length() as usize, 0);
-                a.copy_to(&mut head[at..]);
-                crate::idb::release(&a);
-                next += 1;
+                let want = offset
+                    .saturating_add(needed)
+                    .max(2 * head.len() as u64)
+                    .min(MAX_SEGMENT_BYTES);
+                while (head.len() as u64) < want && next < n_chunks {
+                    let a = db.chunk_array(model_id, next).await.map_err(load_err)?;
+                    let at = head.len();
+                    head.resize(at + a.length() as usize, 0);
+                    a.copy_to(&mut head[at..]);
+                    crate::idb::release(&a);
+                    next += 1;
+                }
             }
             Err(e) => return Err(load_err(e)),
         }
