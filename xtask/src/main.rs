@@ -436,15 +436,18 @@ fn fuzz(target: &str, seconds: u32) -> Result {
 /// llama-bench's pp128/tg128 of the test models (or `--model`) at 1 and 2 threads (or
 /// `--threads`), natively (`slm bench`) or in headless Chromium through the app's worker
 /// (`tests/bench.mjs`; `--wllama`: and wllama on the same file, with the ratios); one JSON line
-/// each.
+/// each. `--llama-cpp` (native): llama.cpp on the same shape right after each `slm bench`
+/// (`tests/bench-llamacpp.py`, with the Python that `SLM_LLAMA_PYTHON` names, default
+/// `python3`, where `llama-cpp-python` is installed), then a line with our/llama.cpp ratios.
 fn bench(args: &[String]) -> Result {
-    let (mut browser, mut build, mut wllama) = (false, true, false);
+    let (mut browser, mut build, mut wllama, mut llama_cpp) = (false, true, false, false);
     let (mut models, mut threads): (Vec<PathBuf>, Vec<String>) = (Vec::new(), Vec::new());
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--browser" => browser = true,
             "--wllama" => wllama = true,
+            "--llama-cpp" => llama_cpp = true,
             "--no-build" => build = false,
             "--model" => models.push(PathBuf::from(it.next().ok_or("--model needs a path")?)),
             "--threads" => {
@@ -457,7 +460,7 @@ fn bench(args: &[String]) -> Result {
             }
             other => {
                 return Err(format!(
-                    "bench: unknown argument `{other}` (usage: cargo xtask bench [--browser [--wllama]] [--model PATH] [--threads N] [--no-build])"
+                    "bench: unknown argument `{other}` (usage: cargo xtask bench [--browser [--wllama] | --llama-cpp] [--model PATH] [--threads N] [--no-build])"
                 ))
             }
         }
@@ -470,17 +473,65 @@ fn bench(args: &[String]) -> Result {
         threads = vec!["1".into(), "2".into()];
     }
     if browser {
+        if llama_cpp {
+            return Err(
+                "bench: --llama-cpp is native only (the browser's comparison is --wllama)".into(),
+            );
+        }
         return serve::bench_browser(&models, &threads, build, wllama);
     }
     for m in &models {
         for t in &threads {
-            run(cargo()
-                .args(["run", "--quiet", "--release", "--bin", "slm", "--", "bench"])
+            let mut slm = cargo();
+            slm.args(["run", "--quiet", "--release", "--bin", "slm", "--", "bench"])
                 .args(["--backend", "cpu", "--threads", t, "--model"])
-                .arg(m))?;
+                .arg(m);
+            if !llama_cpp {
+                run(&mut slm)?;
+                continue;
+            }
+            let ours = json_line(&mut slm)?;
+            let python = std::env::var("SLM_LLAMA_PYTHON").unwrap_or_else(|_| "python3".into());
+            let mut reference = Command::new(python);
+            reference
+                .arg(root().join("tests/bench-llamacpp.py"))
+                .arg(m)
+                .args(["--threads", t]);
+            let theirs = json_line(&mut reference)?;
+            let ratio = |k: &str| -> Option<f64> {
+                Some(ours.get(k)?.as_f64()? / theirs.get(k)?.as_f64()?)
+            };
+            println!(
+                "{}",
+                serde_json::json!({
+                    "model": m,
+                    "threads": t.parse::<u32>().unwrap_or(0),
+                    "prefill_vs_llama_cpp": ratio("prefill_tok_s"),
+                    "decode_vs_llama_cpp": ratio("decode_tok_s"),
+                })
+            );
         }
     }
     Ok(())
+}
+
+/// Run `cmd`, echo its stdout, and parse its last line as a JSON object (a benchmark's result).
+fn json_line(cmd: &mut Command) -> Result<serde_json::Value> {
+    eprintln!("+ {cmd:?}");
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    if !out.status.success() {
+        return Err(format!("{cmd:?} failed with {}", out.status));
+    }
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(serde_json::Value::is_object)
+        .ok_or_else(|| format!("{cmd:?} printed no JSON result"))
 }
 
 fn main() {
@@ -497,7 +548,7 @@ fn main() {
             args.get(1).map_or("gguf_parse", String::as_str),
             args.get(2).and_then(|s| s.parse().ok()).unwrap_or(60),
         ),
-        _ => Err("usage: cargo xtask <fetch-models|test|bench [--browser [--wllama]] [--model PATH] [--threads N]|fuzz [target] [seconds]|serve [--port N] [--no-build] [--test-hooks] [--embed-origins URL,URL]|dist [--out DIR] [--no-build]|browser-tests|synth-model --shape NAME --type TYPE --out PATH>".into()),
+        _ => Err("usage: cargo xtask <fetch-models|test|bench [--browser [--wllama] | --llama-cpp] [--model PATH] [--threads N]|fuzz [target] [seconds]|serve [--port N] [--no-build] [--test-hooks] [--embed-origins URL,URL]|dist [--out DIR] [--no-build]|browser-tests|synth-model --shape NAME --type TYPE --out PATH>".into()),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e}");
