@@ -528,7 +528,7 @@ fn attention_causal_gqa_prefill_and_split_decode() {
                 .unwrap();
             let qd = n_head * head_dim;
             let mut want = vec![0.0; n_tok * qd];
-            let mut scores = vec![0.0; n_ctx];
+            let mut scores = vec![0.0; n_ctx * n_head / n_head_kv];
             for t in 0..n_tok {
                 cpu::attention(
                     &mut want[t * qd..(t + 1) * qd],
@@ -782,7 +782,7 @@ fn attention_sliding_window_and_softcap_prefill_and_decode() {
                 .unwrap();
                 let qd = n_head * head_dim;
                 let mut want = vec![0.0; n_tok * qd];
-                let mut scores = vec![0.0; n_ctx];
+                let mut scores = vec![0.0; n_ctx * n_head / n_head_kv];
                 for t in 0..n_tok {
                     let end = pos0 + t + 1;
                     let start = if window > 0 {

@@ -74,7 +74,7 @@ pub fn reference_forward(
     // Per layer (n, kv_dim).
     let mut k_cache = vec![vec![0f32; n * kv_dim]; cfg.n_layer];
     let mut v_cache = vec![vec![0f32; n * kv_dim]; cfg.n_layer];
-    let mut scores = vec![0f32; n];
+    let mut scores = vec![0f32; n * cfg.n_head / cfg.n_head_kv];
     let round = |v: &mut [f32]| {
         if kv == KvStore::F16 {
             v.iter_mut()

@@ -45,6 +45,15 @@ impl CpuThreads {
         self.n
     }
 
+    /// Runs `f(i)` for every `i in 0..n`: on the pool's threads and the caller, or on the
+    /// caller alone when there is no pool. Returns when all are done.
+    pub(crate) fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        match &self.pool {
+            Some(pool) => pool.run(n, f),
+            None => (0..n).for_each(f),
+        }
+    }
+
     /// Row chunks of all products so far that a worker thread (not the caller) computed: whether
     /// the workers take part (the browser shows it per reply).
     pub fn helped(&self) -> usize {
@@ -61,7 +70,7 @@ const PARALLEL_MIN_BYTES: usize = 1 << 20;
 
 /// Raw output pointer shared by workers that write disjoint elements.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: workers write disjoint indices (distinct weight rows) of one live `&mut [f32]`.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}

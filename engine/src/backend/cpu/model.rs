@@ -16,11 +16,16 @@ use crate::model::{check_forward, ForwardPass, Logits, ModelConfig};
 use crate::quant::{self, GgmlDType, PreparedActs};
 use crate::tensor::{QMatrix, TensorBytes};
 
+use super::matmul::OutPtr;
 use super::{matmul, ops, CpuThreads};
 
 /// Most tokens run through the layers at once during prefill (bounds scratch memory; a longer
 /// prompt is processed in several batches).
 pub const MAX_BATCH: usize = 64;
+
+/// Prefill attention splits a batch's rows into this many parts per thread (taken as threads
+/// come free, so a descheduled worker holds up less of the step).
+const ATTN_PARTS_PER_THREAD: usize = 2;
 
 /// The weights a graph refers to, in CPU memory.
 #[derive(Default)]
@@ -82,14 +87,15 @@ struct Scratch {
     bufs: [Vec<f32>; 9],
     /// (cap, widest activation): products that are added, not stored.
     tmp: Vec<f32>,
-    /// (n_ctx) attention scores of one head.
+    /// Attention scores: [`ATTN_PARTS_PER_THREAD`] · threads parts of (n_head / n_head_kv,
+    /// n_ctx), one per part of a batch's rows.
     scores: Vec<f32>,
     /// One per token.
     acts: Vec<PreparedActs>,
 }
 
 impl Scratch {
-    fn ensure(&mut self, cfg: &ModelConfig, n_ctx: usize, n: usize) {
+    fn ensure(&mut self, cfg: &ModelConfig, n_ctx: usize, n: usize, threads: usize) {
         if n <= self.cap {
             return;
         }
@@ -100,7 +106,9 @@ impl Scratch {
             b.resize(n * w, 0.0);
         }
         self.tmp.resize(n * widest, 0.0);
-        self.scores.resize(n_ctx, 0.0);
+        let group = cfg.n_head / cfg.n_head_kv.max(1);
+        self.scores
+            .resize(ATTN_PARTS_PER_THREAD * threads * group * n_ctx, 0.0);
         self.acts.resize_with(n, PreparedActs::new);
         self.cap = n;
     }
@@ -392,22 +400,48 @@ impl Exec<'_> {
                     usize::MAX
                 };
                 let (q, att) = pair(&mut s.bufs, Act::Q, Act::Att);
-                for t in 0..rows {
-                    // Position p = pos + t sees cache rows max(0, p + 1 - window) ..= p.
-                    let end = self.pos + t + 1;
+                let (kc, vc, pos) = (&self.k_cache[layer][..], &self.v_cache[layer][..], self.pos);
+                // Row t (position p = pos + t) sees cache rows max(0, p + 1 - window) ..= p.
+                let row = |t: usize, out: &mut [f32], scores: &mut [f32]| {
+                    let end = pos + t + 1;
                     ops::attention_range(
-                        &mut att[t * q_dim..(t + 1) * q_dim],
+                        out,
                         &q[t * q_dim..(t + 1) * q_dim],
-                        &self.k_cache[layer],
-                        &self.v_cache[layer],
+                        kc,
+                        vc,
                         end.saturating_sub(window)..end,
                         cfg.n_head,
                         cfg.n_head_kv,
                         cfg.head_dim,
                         spec.attn_scale,
                         spec.attn_softcap,
-                        &mut s.scores,
+                        scores,
                     );
+                };
+                let parts = (ATTN_PARTS_PER_THREAD * self.threads.count()).min(rows);
+                if parts <= 1 {
+                    for t in 0..rows {
+                        row(t, &mut att[t * q_dim..(t + 1) * q_dim], &mut s.scores);
+                    }
+                } else {
+                    // Prefill: part c takes rows c, c + parts, … (causal rows grow in cost, so
+                    // interleaving balances them), each with its own stretch of `scores`.
+                    let stride = s.scores.len() / parts;
+                    let (ap, sp) = (OutPtr(att.as_mut_ptr()), OutPtr(s.scores.as_mut_ptr()));
+                    self.threads.run(parts, &|c| {
+                        let (ap, sp) = (ap, sp);
+                        // SAFETY: `scores` holds `parts` stretches of `stride`; part c alone
+                        // uses stretch c and writes rows t ≡ c (mod parts) of `att`
+                        // (rows · q_dim long), so no two parts touch the same element.
+                        let scores =
+                            unsafe { std::slice::from_raw_parts_mut(sp.0.add(c * stride), stride) };
+                        for t in (c..rows).step_by(parts) {
+                            let out = unsafe {
+                                std::slice::from_raw_parts_mut(ap.0.add(t * q_dim), q_dim)
+                            };
+                            row(t, out, scores);
+                        }
+                    });
                 }
             }
             Op::Glu(act) => {
@@ -472,7 +506,8 @@ impl ForwardPass for CpuModel {
         let mut done = 0;
         for batch in tokens.chunks(MAX_BATCH) {
             let n = batch.len();
-            self.s.ensure(&self.cfg, self.n_ctx, n);
+            self.s
+                .ensure(&self.cfg, self.n_ctx, n, self.threads.count());
             let mut ex = Exec {
                 cfg: &self.cfg,
                 w: &self.w,

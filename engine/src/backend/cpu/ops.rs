@@ -104,12 +104,34 @@ pub fn rope_scaled(
     }
 }
 
+/// e^x within 3e-7 relative (2–3 ulp) for x in [-87, 88]; x is clamped to that range first
+/// (e^-87 ≈ 1.6e-38, e^88 ≈ 1.7e38: no overflow, no subnormals), NaN stays NaN. Cody–Waite
+/// reduction x = k·ln 2 + r (|r| ≤ ln 2 / 2, k rounded to nearest by the 1.5·2^23 trick),
+/// e^r by its degree-6 Taylor polynomial, 2^k put in the exponent bits. Branch-free plain
+/// arithmetic, so loops over it vectorise (AVX2, wasm simd128), where `f32::exp` is a libm call
+/// per element.
+#[inline(always)]
+pub fn exp_fast(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23
+    let x = x.clamp(-87.0, 88.0);
+    let k = (x * LOG2_E + ROUND) - ROUND;
+    let r = (x - k * LN2_HI) - k * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((k as i32 + 127) as u32) << 23)
+}
+
 /// Numerically stable softmax in place.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in x.iter_mut() {
-        *v = (*v - max).exp();
+        *v = exp_fast(*v - max);
         sum += *v;
     }
     let inv = 1.0 / sum;
@@ -121,7 +143,7 @@ pub fn softmax(x: &mut [f32]) {
 /// SiLU(x) = x · σ(x).
 #[inline]
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x / (1.0 + exp_fast(-x))
 }
 
 /// SwiGLU (Shazeer 2020): `gate = silu(gate) * up`. gate, up: (n_ff).
@@ -132,12 +154,13 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
 }
 
 /// GELU, tanh approximation (Hendrycks & Gimpel 2016):
-/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+/// `0.5·x·(1 + tanh(u))`, u = √(2/π)·(x + 0.044715·x³), computed as the equal
+/// `x / (1 + e^(-2u))` (one [`exp_fast`], no libm `tanh`).
 #[inline]
 pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     const COEF: f32 = 0.044_715;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF * x * x)).tanh())
+    x / (1.0 + exp_fast(-2.0 * SQRT_2_OVER_PI * x * (1.0 + COEF * x * x)))
 }
 
 /// GeGLU (Shazeer 2020), as Gemma uses it: `gate = gelu_tanh(gate) * up`. gate, up: (n_ff).
@@ -157,7 +180,7 @@ pub fn add_inplace(a: &mut [f32], b: &[f32]) {
 /// Scaled dot-product attention of one query position over KV-cache rows `0..n_kv`, with
 /// grouped-query attention (query head `h` reads KV head `h / (n_head / n_head_kv)`).
 /// q, out: (n_head, head_dim); k_cache, v_cache: (≥ n_kv, n_head_kv * head_dim);
-/// scores: scratch of ≥ n_kv. Scale 1/√head_dim. Causality is the caller's: pass only the
+/// scores: scratch of ≥ (n_head / n_head_kv) · n_kv. Scale 1/√head_dim. Causality is the caller's: pass only the
 /// positions this query may see.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
@@ -191,7 +214,7 @@ pub fn attention(
 /// with the score scale given: `softmax(softcap(scale · q·k)) · v`, where
 /// `softcap(s) = c · tanh(s / c)` when `softcap` c > 0 (Gemma 2) and the identity otherwise.
 /// q, out: (n_head, head_dim); k_cache, v_cache: (≥ kv.end, n_head_kv * head_dim);
-/// scores: scratch of ≥ kv.len().
+/// scores: scratch of ≥ (n_head / n_head_kv) · kv.len().
 #[allow(clippy::too_many_arguments)]
 pub fn attention_range(
     out: &mut [f32],
@@ -208,29 +231,39 @@ pub fn attention_range(
 ) {
     let kv_dim = n_head_kv * head_dim;
     let group = n_head / n_head_kv;
-    let first = kv.start;
-    let scores = &mut scores[..kv.len()];
-    for h in 0..n_head {
-        let kvh = h / group;
-        let qh = &q[h * head_dim..(h + 1) * head_dim];
-        for (i, s) in scores.iter_mut().enumerate() {
-            let t = first + i;
-            let k = &k_cache[t * kv_dim + kvh * head_dim..][..head_dim];
-            *s = dot(qh, k) * scale;
+    let (first, n) = (kv.start, kv.len());
+    if n == 0 {
+        out[..n_head * head_dim].fill(0.0);
+        return;
+    }
+    let scores = &mut scores[..group * n];
+    // The `group` query heads of one KV head together: each K and V row is read once for all
+    // of them (GQA), while every head's scores, softmax and sums are those of a head alone.
+    for kvh in 0..n_head_kv {
+        let heads = kvh * group * head_dim..(kvh + 1) * group * head_dim;
+        let qs = &q[heads.clone()];
+        for i in 0..n {
+            let k = &k_cache[(first + i) * kv_dim + kvh * head_dim..][..head_dim];
+            for (g, qh) in qs.chunks_exact(head_dim).enumerate() {
+                scores[g * n + i] = dot(qh, k) * scale;
+            }
         }
-        if softcap > 0.0 {
-            scores
-                .iter_mut()
-                .for_each(|s| *s = softcap * (*s / softcap).tanh());
+        for sg in scores.chunks_exact_mut(n) {
+            if softcap > 0.0 {
+                sg.iter_mut()
+                    .for_each(|s| *s = softcap * (*s / softcap).tanh());
+            }
+            softmax(sg);
         }
-        softmax(scores);
-        let oh = &mut out[h * head_dim..(h + 1) * head_dim];
-        oh.fill(0.0);
-        for (i, &p) in scores.iter().enumerate() {
-            let t = first + i;
-            let v = &v_cache[t * kv_dim + kvh * head_dim..][..head_dim];
-            for (o, &vv) in oh.iter_mut().zip(v) {
-                *o += p * vv;
+        let os = &mut out[heads];
+        os.fill(0.0);
+        for i in 0..n {
+            let v = &v_cache[(first + i) * kv_dim + kvh * head_dim..][..head_dim];
+            for (g, oh) in os.chunks_exact_mut(head_dim).enumerate() {
+                let p = scores[g * n + i];
+                for (o, &vv) in oh.iter_mut().zip(v) {
+                    *o += p * vv;
+                }
             }
         }
     }
@@ -369,7 +402,7 @@ mod tests {
         let k = [1.0, 0.0, 0.0, 1.0];
         let v = [10.0, 20.0, 30.0, 40.0];
         let mut out = [0.0; 4];
-        let mut scores = [0.0; 2];
+        let mut scores = [0.0; 4];
         attention(&mut out, &q, &k, &v, 1, n_head, n_head_kv, hd, &mut scores);
         assert_eq!(out, [10.0, 20.0, 10.0, 20.0]);
         attention(&mut out, &q, &k, &v, 2, n_head, n_head_kv, hd, &mut scores);
@@ -378,6 +411,104 @@ mod tests {
         let p = w / (w + 1.0);
         assert!((out[0] - (p * 10.0 + (1.0 - p) * 30.0)).abs() < 1e-4);
         assert!((out[2] - ((1.0 - p) * 10.0 + p * 30.0)).abs() < 1e-4);
+    }
+
+    /// Plain per-head attention (the definition): scores, softcap, softmax, weighted V sum.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_ref(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        kv: std::ops::Range<usize>,
+        n_head: usize,
+        n_head_kv: usize,
+        hd: usize,
+        scale: f32,
+        softcap: f32,
+    ) -> Vec<f32> {
+        let kv_dim = n_head_kv * hd;
+        let mut out = vec![0f32; n_head * hd];
+        for h in 0..n_head {
+            let kvh = h / (n_head / n_head_kv);
+            let mut s: Vec<f32> = kv
+                .clone()
+                .map(|t| {
+                    let mut d = 0f32;
+                    for i in 0..hd {
+                        d += q[h * hd + i] * k[t * kv_dim + kvh * hd + i];
+                    }
+                    let d = d * scale;
+                    if softcap > 0.0 {
+                        softcap * (d / softcap).tanh()
+                    } else {
+                        d
+                    }
+                })
+                .collect();
+            let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            s.iter_mut().for_each(|x| *x = (*x - m).exp());
+            let sum: f32 = s.iter().sum();
+            for (j, t) in kv.clone().enumerate() {
+                for i in 0..hd {
+                    out[h * hd + i] += s[j] / sum * v[t * kv_dim + kvh * hd + i];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn grouped_attention_matches_the_per_head_definition() {
+        // Groups of 1, 3 (SmolLM2) and 4 (Gemma 3), odd head dims, windows, softcap; 1e-5
+        // relative to the largest |value| (the summation orders differ).
+        for &(n_head, n_head_kv, hd, softcap) in &[
+            (3, 3, 5, 0.0),
+            (9, 3, 24, 0.0),
+            (4, 1, 40, 0.0),
+            (8, 2, 17, 50.0),
+        ] {
+            let n_ctx = 13;
+            let val = |i: usize, m: f32| ((i as f32) * m).sin() * 1.5;
+            let q: Vec<f32> = (0..n_head * hd).map(|i| val(i, 0.37)).collect();
+            let k: Vec<f32> = (0..n_ctx * n_head_kv * hd).map(|i| val(i, 0.73)).collect();
+            let v: Vec<f32> = (0..n_ctx * n_head_kv * hd).map(|i| val(i, 1.31)).collect();
+            let scale = 1.0 / (hd as f32).sqrt();
+            for kv in [0..1, 0..n_ctx, 4..11] {
+                let mut got = vec![0f32; n_head * hd];
+                let mut scores = vec![f32::NAN; n_head / n_head_kv * kv.len()];
+                attention_range(
+                    &mut got,
+                    &q,
+                    &k,
+                    &v,
+                    kv.clone(),
+                    n_head,
+                    n_head_kv,
+                    hd,
+                    scale,
+                    softcap,
+                    &mut scores,
+                );
+                let want = attention_ref(
+                    &q,
+                    &k,
+                    &v,
+                    kv.clone(),
+                    n_head,
+                    n_head_kv,
+                    hd,
+                    scale,
+                    softcap,
+                );
+                let big = want.iter().fold(0f32, |a, &b| a.max(b.abs()));
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * big,
+                        "heads {n_head}/{n_head_kv} hd {hd} kv {kv:?}: [{i}] {g} vs {w}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -417,6 +548,38 @@ mod tests {
         );
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn exp_fast_matches_exp() {
+        // Every 1/1024 over the clamped range, plus the ends: 3e-7 relative (2–3 ulp).
+        let mut worst = 0f64;
+        for i in -87 * 1024..=88 * 1024 {
+            let x = i as f32 / 1024.0;
+            let want = (x as f64).exp();
+            let rel = ((exp_fast(x) as f64 - want) / want).abs();
+            worst = worst.max(rel);
+        }
+        assert!(worst <= 3e-7, "worst relative error {worst:e}");
+        assert_eq!(exp_fast(0.0), 1.0);
+        assert!(exp_fast(-1e30) > 0.0 && exp_fast(-1e30) < 2e-38);
+        assert!(exp_fast(1e30).is_finite());
+        assert!(exp_fast(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn silu_and_gelu_match_their_definitions() {
+        for i in -4000..=4000 {
+            let x = i as f32 / 100.0;
+            let xd = x as f64;
+            let silu_want = xd / (1.0 + (-xd).exp());
+            let u = (2.0 / std::f64::consts::PI).sqrt() * (xd + 0.044715 * xd * xd * xd);
+            let gelu_want = 0.5 * xd * (1.0 + u.tanh());
+            for (got, want) in [(silu(x), silu_want), (gelu_tanh(x), gelu_want)] {
+                let err = (got as f64 - want).abs();
+                assert!(err <= 1e-6 * want.abs().max(1e-3), "x {x}: {got} vs {want}");
+            }
         }
     }
 

@@ -225,7 +225,7 @@ pub async fn self_test(gpu: &mut Gpu) -> Result<()> {
         .await
         .map_err(|e| fail(e.to_string()))?;
     let mut want = vec![0f32; n_head * hd];
-    let mut scores = vec![0f32; N_KV];
+    let mut scores = vec![0f32; N_KV * n_head / n_head_kv];
     crate::backend::cpu::ops::attention(
         &mut want,
         &q,
