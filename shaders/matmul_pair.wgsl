@@ -237,8 +237,15 @@ fn qkv_norm(
             valid = u < p.units;
             if (valid) { un = unit_of(MODE_QKV, u); }
         }
+        // Zeroed by hand each pass: WGSL zero-initialises a `var` declared in a loop body at
+        // every iteration, but Chromium's WebGPU on SwiftShader kept the previous pass's sums
+        // (the gemma3 browser flow on WebGPU; native Vulkan re-zeroes).
         var acc_a: array<f32, TILE_MAX>;
         var acc_b: array<f32, TILE_MAX>;
+        for (var t = 0u; t < TILE_MAX; t++) {
+            acc_a[t] = 0.0;
+            acc_b[t] = 0.0;
+        }
         unit_sums(MODE_QKV, un, valid, t0, nt, lid, norm, &acc_a, &acc_b);
         if (valid && lid % TPR == 0u) {
             if (is_head) {
