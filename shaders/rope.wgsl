@@ -9,14 +9,8 @@
 // unrotated (a NoPE layer). Dimensions n_rot .. head_dim are copied unchanged. One invocation per
 // (token, head, pair).
 // q_raw, q: (n_tok, q_stride); k_raw, v_raw: (n_tok, kv_dim); k_cache, v_cache: (n_ctx, kv_dim);
-// freq: (n_rot/2) when has_freq.
-//
-// qk_norm = 1 (Qwen3, Gemma 3: per-head RMSNorm of Q and K before RoPE): one workgroup per
-// (token, head) over the n_head query heads then the n_head_kv key heads; the head's
-// Σx² is reduced in the workgroup, x is scaled by 1/rms and by its norm weight
-// (freq[norm_off ..] for Q, freq[norm_off + head_dim ..] for K), then rotated as above. K is read
-// from k_raw at k_off + t * kv_dim (the pair kernel left it there, after Q in the same buffer);
-// V is already in its cache (the pair kernel stored it) and is not touched.
+// freq: (n_rot/2) when has_freq. (A layer with per-head Q/K norms turns in matmul_pair.wgsl's
+// `qkv_norm` epilogue instead, after the norms.)
 
 const WG: u32 = 64u;
 
@@ -35,10 +29,6 @@ struct Params {
     pos_scale: f32,
     mscale: f32,
     rotate: u32,
-    qk_norm: u32,
-    k_off: u32,
-    norm_off: u32,
-    eps: f32,
     _pad0: u32,
     _pad1: u32,
 }
@@ -85,69 +75,12 @@ fn turn_of(j: u32, t: u32) -> Turn {
     return o;
 }
 
-var<workgroup> red: array<f32, WG>;
-
-// qk_norm = 1: workgroup `w` normalises, scales and rotates one head of one token.
-fn norm_head(w: u32, lid: u32) {
-    let nh = p.n_head + p.n_head_kv;
-    if (w >= p.n_tok * nh) { return; }
-    let t = w / nh;
-    let h = w % nh;
-    let is_k = h >= p.n_head;
-    let hk = h - p.n_head;
-    var src = t * p.q_stride + h * p.head_dim;
-    var wo = p.norm_off;
-    if (is_k) {
-        src = p.k_off + t * p.kv_dim + hk * p.head_dim;
-        wo = p.norm_off + p.head_dim;
-    }
-    var ss = 0.0;
-    for (var i = lid; i < p.head_dim; i += WG) {
-        var v = q_raw[src + i];
-        if (is_k) { v = k_raw[src + i]; }
-        ss += v * v;
-    }
-    red[lid] = ss;
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        workgroupBarrier();
-        if (lid < s) { red[lid] += red[lid + s]; }
-    }
-    workgroupBarrier();
-    let scale = inverseSqrt(red[0] / f32(p.head_dim) + p.eps);
-    for (var j = lid; j < p.head_dim / 2u; j += WG) {
-        let o = turn_of(j, t);
-        var x0 = q_raw[src + o.ia];
-        var x1 = q_raw[src + o.ib];
-        if (is_k) {
-            x0 = k_raw[src + o.ia];
-            x1 = k_raw[src + o.ib];
-        }
-        x0 = x0 * scale * freq[wo + o.ia];
-        x1 = x1 * scale * freq[wo + o.ib];
-        let y0 = x0 * o.c - x1 * o.sn;
-        let y1 = x0 * o.sn + x1 * o.c;
-        if (is_k) {
-            let cb = (p.pos0 + t) * p.kv_dim + hk * p.head_dim;
-            k_cache[cb + o.ia] = kv_t(y0);
-            k_cache[cb + o.ib] = kv_t(y1);
-        } else {
-            let qb = t * p.q_stride + h * p.head_dim;
-            q[qb + o.ia] = y0;
-            q[qb + o.ib] = y1;
-        }
-    }
-}
-
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    if (p.qk_norm != 0u) {
-        norm_head(linear_wg(wid, nwg), lid);
-        return;
-    }
     let half_dim = p.head_dim / 2u;
     let gid = linear_wg(wid, nwg) * WG + lid;
     if (gid >= p.n_tok * p.n_head * half_dim) { return; }

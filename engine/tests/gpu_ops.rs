@@ -352,85 +352,6 @@ fn as_cached(gpu: &engine::backend::gpu::Gpu, v: &[f32]) -> Vec<f32> {
     }
 }
 
-/// rope.wgsl's `qk_norm` mode (Qwen3, Gemma 3) against the scalar references
-/// (`cpu::rms_norm` per head, then `cpu::rope_scaled`): both layouts, partial rotation with
-/// frequency factors, a NoPE layer, head dims 24 and 256 (more pairs than the workgroup's 64
-/// invocations), decode at position 40 and a 5-token prefill, every device setup.
-#[test]
-fn rope_with_per_head_qk_norms() {
-    for (mode, mut gpu) in gpus() {
-        let mut rng = Rng(44);
-        let kv_f16 = gpu.pipes.kv_type() == KvType::F16;
-        for (n_tok, pos0, head_dim, n_rot, layout, ff, rotate) in [
-            (1, 40, 24, 24, RopeLayout::Neox, false, true),
-            (5, 3, 24, 16, RopeLayout::Adjacent, true, true),
-            (5, 0, 256, 256, RopeLayout::Neox, false, true),
-            (1, 9, 24, 24, RopeLayout::Neox, false, false),
-        ] {
-            let (n_head, n_head_kv) = (4, 2);
-            let (qd, kvd) = (n_head * head_dim, n_head_kv * head_dim);
-            let q: Vec<f32> = rng.vec(n_tok * qd).iter().map(|v| v * 40.0).collect();
-            let k: Vec<f32> = rng.vec(n_tok * kvd).iter().map(|v| v * 40.0).collect();
-            let qn: Vec<f32> = rng.vec(head_dim).iter().map(|v| 1.0 + v).collect();
-            let kn: Vec<f32> = rng.vec(head_dim).iter().map(|v| 1.0 + v).collect();
-            let freq: Vec<f32> = (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.25).collect();
-            let freq = ff.then_some(&freq[..]);
-            let eps = 1e-6;
-            let r = RopeArgs {
-                n_head,
-                n_head_kv,
-                head_dim,
-                n_rot,
-                pos0,
-                base: 10000.0,
-                pos_scale: 1.0,
-                layout,
-                freq,
-                mscale: 1.0,
-                rotate,
-            };
-            let (gq, gk) = block_on(gpu.rope_qk_norm(&q, &k, n_tok, &qn, &kn, eps, &r)).unwrap();
-            let reference = |x: &[f32], w: &[f32], heads: usize| {
-                let mut y = vec![0.0; x.len()];
-                for (o, xi) in y.chunks_exact_mut(head_dim).zip(x.chunks_exact(head_dim)) {
-                    cpu::rms_norm(o, xi, w, eps);
-                }
-                if rotate {
-                    for t in 0..n_tok {
-                        let w = heads * head_dim;
-                        cpu::rope_scaled(
-                            &mut y[t * w..(t + 1) * w],
-                            heads,
-                            head_dim,
-                            n_rot,
-                            pos0 + t,
-                            10000.0,
-                            1.0,
-                            1.0,
-                            layout,
-                            freq,
-                        );
-                    }
-                }
-                y
-            };
-            let (wq, wk) = (reference(&q, &qn, n_head), reference(&k, &kn, n_head_kv));
-            let what =
-                format!("{mode} n_tok {n_tok} head_dim {head_dim} {layout:?} rotate {rotate}");
-            for (name, got, want, cached) in [("q", &gq, &wq, false), ("k", &gk, &wk, true)] {
-                let rtol = if cached && kv_f16 { F16_RTOL } else { 0.0 };
-                for (j, (g, e)) in got.iter().zip(want.iter()).enumerate() {
-                    let tol = ROPE_TOL * (1.0 + e.abs()) + rtol * e.abs();
-                    assert!(
-                        (g - e).abs() <= tol,
-                        "{what} {name}[{j}]: {g} vs {e} (tol {tol})"
-                    );
-                }
-            }
-        }
-    }
-}
-
 #[test]
 fn rope_fused_with_the_kv_store_both_layouts_with_and_without_freq_factors() {
     for (mode, mut gpu) in gpus() {
@@ -1118,6 +1039,7 @@ fn qkv_product_fused_with_rope_and_the_kv_store() {
                 n_tok,
                 norm,
                 bias.as_deref(),
+                None,
                 &r,
             ))
             .unwrap();
@@ -1179,6 +1101,224 @@ fn qkv_product_fused_with_rope_and_the_kv_store() {
                         (g - e).abs() <= tol,
                         "{what} {name}[{j}]: {g} vs {e} (tol {tol})"
                     );
+                }
+            }
+        }
+    }
+}
+
+/// Q, K, V products with per-head Q/K RMSNorms, RoPE and the KV store in their epilogue
+/// (matmul_pair.wgsl, entry point `qkv_norm`: Qwen3, Gemma 3) against the scalar references
+/// (dequantize, f64 products, biases, `cpu::rms_norm` per head, `cpu::rope_scaled`): 4 query
+/// heads over 2 KV heads of 24 and of 256 (more pairs than the workgroup's 64 invocations, a
+/// workgroup's whole head memory at 8 tokens), both pair layouts, partial rotation with
+/// frequency factors, a NoPE layer, decode at positions 40 / 97 and 5- and 11-token prefills
+/// (a partial tile), with and without the folded norm and biases, V of another type or all
+/// three different, every device setup.
+#[test]
+fn qkv_product_fused_with_per_head_qk_norms() {
+    for (mode, mut gpu) in gpus() {
+        let (n_head, n_head_kv) = (4, 2);
+        let kv_f16 = gpu.pipes.kv_type() == KvType::F16;
+        let cases = [
+            // (n_tok, pos0, head_dim, n_rot, layout, freq, rotate, norm, bias, dtypes)
+            (
+                1,
+                40,
+                24,
+                24,
+                RopeLayout::Neox,
+                false,
+                true,
+                true,
+                false,
+                [GgmlDType::Q5K, GgmlDType::Q5K, GgmlDType::Q6K],
+            ),
+            (
+                5,
+                3,
+                24,
+                16,
+                RopeLayout::Adjacent,
+                true,
+                true,
+                false,
+                true,
+                [GgmlDType::Q8_0; 3],
+            ),
+            (
+                8,
+                0,
+                256,
+                256,
+                RopeLayout::Neox,
+                false,
+                true,
+                true,
+                false,
+                [GgmlDType::Q5_0, GgmlDType::Q4_1, GgmlDType::F16],
+            ),
+            (
+                1,
+                9,
+                24,
+                24,
+                RopeLayout::Neox,
+                false,
+                false,
+                true,
+                true,
+                [GgmlDType::F32, GgmlDType::F32, GgmlDType::BF16],
+            ),
+            (
+                11,
+                97,
+                256,
+                128,
+                RopeLayout::Adjacent,
+                true,
+                true,
+                true,
+                true,
+                [GgmlDType::Q4K, GgmlDType::Q4K, GgmlDType::Q6K],
+            ),
+            (
+                1,
+                97,
+                256,
+                256,
+                RopeLayout::Adjacent,
+                false,
+                true,
+                false,
+                false,
+                [GgmlDType::Q4_0; 3],
+            ),
+        ];
+        for (ci, &(n_tok, pos0, head_dim, n_rot, layout, ff, rotate, normed, biased, dt)) in
+            cases.iter().enumerate()
+        {
+            let (qd, kvd) = (n_head * head_dim, n_head_kv * head_dim);
+            let cols = pair_cols(&dt);
+            let mut rng = Rng(1700 + ci as u64);
+            let rows = [qd, kvd, kvd];
+            let bytes: Vec<Vec<u8>> = (0..3)
+                .map(|i| random_matrix(dt[i], rows[i], cols, &mut rng))
+                .collect();
+            let x: Vec<f32> = rng.vec(n_tok * cols).iter().map(|v| v * 3.0).collect();
+            let nw: Vec<f32> = rng.vec(cols).iter().map(|v| 1.0 + 0.5 * v).collect();
+            let bias = biased.then(|| rng.vec(qd + 2 * kvd));
+            let qn: Vec<f32> = rng.vec(head_dim).iter().map(|v| 1.0 + v).collect();
+            let kn: Vec<f32> = rng.vec(head_dim).iter().map(|v| 1.0 + v).collect();
+            let freq: Vec<f32> = (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.25).collect();
+            let freq = ff.then_some(&freq[..]);
+            let norm = normed.then_some((&nw[..], 1e-5f32));
+            let eps = 1e-6;
+            let ws: Vec<GpuWeight> = (0..3)
+                .map(|i| GpuWeight::upload(&gpu.ctx, "w", dt[i], rows[i], cols, &bytes[i]).unwrap())
+                .collect();
+            let r = RopeArgs {
+                n_head,
+                n_head_kv,
+                head_dim,
+                n_rot,
+                pos0,
+                base: 10000.0,
+                pos_scale: 1.0,
+                layout,
+                freq,
+                mscale: 1.0,
+                rotate,
+            };
+            let (gq, gk, gv) = block_on(gpu.qkv_rope_kv(
+                &ws[0],
+                &ws[1],
+                &ws[2],
+                &x,
+                n_tok,
+                norm,
+                bias.as_deref(),
+                Some((&qn, &kn, eps)),
+                &r,
+            ))
+            .unwrap();
+            let what = format!("{mode} case {ci} {dt:?} n_tok {n_tok} head_dim {head_dim}");
+            let mut boff = 0;
+            for (i, (name, got)) in [("q", &gq), ("k", &gk), ("v", &gv)].into_iter().enumerate() {
+                // Reference: product (+ bias); for q and k the head norm, then RoPE per token.
+                let (mut raw, mag) = products(
+                    &dequant(dt[i], &bytes[i], rows[i], cols),
+                    rows[i],
+                    cols,
+                    &x,
+                    n_tok,
+                    norm,
+                );
+                if let Some(b) = &bias {
+                    for row in raw.chunks_exact_mut(rows[i]) {
+                        for (v, bj) in row.iter_mut().zip(&b[boff..]) {
+                            *v += bj;
+                        }
+                    }
+                }
+                boff += rows[i];
+                let e_prod = MATMUL_RTOL * mag.iter().cloned().fold(0.0, f32::max) + ABS_TOL;
+                let rtol = if i > 0 && kv_f16 { F16_RTOL } else { 0.0 };
+                if i == 2 {
+                    for (j, (g, e)) in got.iter().zip(&raw).enumerate() {
+                        let tol = e_prod + rtol * e.abs();
+                        assert!(
+                            (g - e).abs() <= tol,
+                            "{what} v[{j}]: {g} vs {e} (tol {tol})"
+                        );
+                    }
+                    continue;
+                }
+                let w = if i == 0 { &qn } else { &kn };
+                let heads = rows[i] / head_dim;
+                let mut want = vec![0.0; raw.len()];
+                for (o, xi) in want
+                    .chunks_exact_mut(head_dim)
+                    .zip(raw.chunks_exact(head_dim))
+                {
+                    cpu::rms_norm(o, xi, w, eps);
+                }
+                if rotate {
+                    for t in 0..n_tok {
+                        cpu::rope_scaled(
+                            &mut want[t * rows[i]..(t + 1) * rows[i]],
+                            heads,
+                            head_dim,
+                            n_rot,
+                            pos0 + t,
+                            10000.0,
+                            1.0,
+                            1.0,
+                            layout,
+                            freq,
+                        );
+                    }
+                }
+                let w_max = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                for (hi, (gh, (eh, xh))) in got
+                    .chunks_exact(head_dim)
+                    .zip(want.chunks_exact(head_dim).zip(raw.chunks_exact(head_dim)))
+                    .enumerate()
+                {
+                    // The product's error δ ≤ e_prod moves x / rms ⊙ w by ≤ s·w_max·δ·(1 +
+                    // s·max|x|) (s = 1 / rms, its own change included); a rotated value mixes
+                    // two; then RoPE's own error.
+                    let ss: f32 = xh.iter().map(|v| v * v).sum();
+                    let s = 1.0 / (ss / head_dim as f32 + eps).sqrt();
+                    let x_max = xh.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    let e_norm = s * w_max * e_prod * (1.0 + s * x_max);
+                    for (j, (g, e)) in gh.iter().zip(eh).enumerate() {
+                        let tol = 2.0 * e_norm + ROPE_TOL * (1.0 + e.abs()) + rtol * e.abs();
+                        assert!(
+                            (g - e).abs() <= tol,
+                            "{what} {layout:?} rotate {rotate} {name} head {hi} [{j}]: {g} vs {e} (tol {tol})"
+                        );
+                    }
                 }
             }
         }

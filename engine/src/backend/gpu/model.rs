@@ -70,10 +70,6 @@ enum Step {
         inst: Inst,
         layer: usize,
         has_freq: bool,
-        /// Per-head Q/K norms first (rope.wgsl `qk_norm`): the offset of the Q norm weight in
-        /// the step's vector buffer (K's follows); Q and K are read from the Q buffer, where the
-        /// pair step before left them.
-        qk_norm: Option<u32>,
     },
     Attend {
         inst: Inst,
@@ -85,7 +81,7 @@ enum Step {
     },
     /// Two weight rows per unit with a pairwise epilogue (matmul_pair.wgsl): gate and up with
     /// the GLU (`qkv` None: [`Op::PairGlu`]), or Q, K, V with RoPE and the KV store of layer
-    /// `qkv` ([`Op::PairQkv`]).
+    /// `qkv` ([`Op::PairQkv`]; with per-head Q/K norms first, [`Op::PairQkvNorm`]).
     Pair {
         inst: Inst,
         /// The types of w0, w1, w2 (the pipeline's `DTYPE`, `DTYPE1`, `DTYPE2`; glu: gate, up,
@@ -110,9 +106,9 @@ struct PairQkv {
     has_freq: bool,
     /// Offset of the RoPE factors in the step's vector buffer.
     freq_off: u32,
-    /// K goes raw into the Q buffer after Q and nothing turns ([`MAT_RAW_K`]): a
-    /// [`Step::Rope`] with `qk_norm` follows.
-    raw_k: bool,
+    /// Per-head Q and K RMSNorms before RoPE ([`Op::PairQkvNorm`]): the offset of the Q norm
+    /// weight in the step's vector buffer (K's follows).
+    head_norm_off: Option<u32>,
 }
 
 /// Where a backend-neutral load puts weights on the GPU: matrices uploaded in their block
@@ -489,7 +485,6 @@ impl Compiler<'_> {
                     inst,
                     layer,
                     has_freq: freqs.is_some(),
-                    qk_norm: None,
                 }
             }
             GraphOp::Attend { layer } => {
@@ -565,9 +560,9 @@ impl Compiler<'_> {
     ///   pair product with the GLU in its epilogue;
     /// - `Linear(q) → Q, Linear(k) → K, Linear(v) → V, RopeStore` (same input, optional
     ///   biases): one pair product with RoPE and the KV store in its epilogue;
-    /// - the same with `HeadNorm(Q), HeadNorm(K)` before `RopeStore` (Qwen3, Gemma 3): the
-    ///   pair product stores V and leaves raw Q and K in the Q buffer, then one rope.wgsl
-    ///   dispatch normalises each head, turns it and stores K.
+    /// - the same with `HeadNorm(Q), HeadNorm(K)` before `RopeStore` (Qwen3, Gemma 3): one
+    ///   pair product whose Q and K workgroups each make a whole head and normalise it before
+    ///   RoPE and the store ([`Op::PairQkvNorm`]).
     ///
     /// Each weight must be in one buffer, all of one width (each of its own type: the pair
     /// pipelines are specialised to the types), and the unmaterialised activations (Up; K, V)
@@ -576,7 +571,7 @@ impl Compiler<'_> {
         &mut self,
         ops: &[GraphOp],
         rest: impl Iterator<Item = &'g GraphOp> + Clone,
-    ) -> Result<Option<(Vec<Step>, usize)>> {
+    ) -> Result<Option<(Step, usize)>> {
         let (cfg, mats) = (self.cfg, self.mats);
         let lin = |i: usize| ops.get(i).and_then(plain_linear);
         let single = |m: Mat| mats[m.0].chunks.len() == 1;
@@ -623,7 +618,7 @@ impl Compiler<'_> {
             self.need_pair(Op::PairGlu, dtypes)?;
             let inst = self.inst(Op::PairGlu, &[&g, &u, &g, &xb, &vb, &yb, &rk, &rv])?;
             return Ok(Some((
-                vec![Step::Pair {
+                Step::Pair {
                     inst,
                     dtypes,
                     row_bytes,
@@ -633,7 +628,7 @@ impl Compiler<'_> {
                     act: *act,
                     norm: norm.is_some(),
                     qkv: None,
-                }],
+                },
                 n_ops,
             )));
         }
@@ -664,7 +659,8 @@ impl Compiler<'_> {
         {
             return Ok(None);
         }
-        // The step's vectors: [norm weight (cols) | Q, K, V biases | RoPE factors].
+        // The step's vectors: [norm weight (cols) | Q, K, V biases | RoPE factors | Q head
+        // norm | K head norm].
         let hv = self.host_vecs;
         let mut packed = norm.map_or(vec![0.0; cols], |n| hv[n.0].clone());
         let bias = b0.is_some() || b1.is_some() || b2.is_some();
@@ -680,6 +676,15 @@ impl Compiler<'_> {
         if let Some(f) = freqs {
             packed.extend_from_slice(&hv[f.0]);
         }
+        let head_norm_off = match head_norms {
+            Some((qn, kn)) => {
+                let off = u32_of("gpu load", packed.len())?;
+                packed.extend_from_slice(&hv[qn.0]);
+                packed.extend_from_slice(&hv[kn.0]);
+                Some(off)
+            }
+            None => None,
+        };
         let vb = self.ctx.buffer_init(
             "pair vectors",
             bytemuck::cast_slice(&packed),
@@ -693,11 +698,13 @@ impl Compiler<'_> {
         let ws = [w0, w1, w2].map(|m| mats[m.0].chunks[0].buffer.clone());
         let dtypes = [dt(w0), dt(w1), dt(w2)];
         let row_bytes = [rbytes(w0)?, rbytes(w1)?, rbytes(w2)?];
-        self.need_pair(Op::PairQkv, dtypes)?;
-        let inst = self.inst(
-            Op::PairQkv,
-            &[&ws[0], &ws[1], &ws[2], &xb, &vb, &qb, &kc, &vc],
-        )?;
+        let op = if head_norms.is_some() {
+            Op::PairQkvNorm
+        } else {
+            Op::PairQkv
+        };
+        self.need_pair(op, dtypes)?;
+        let inst = self.inst(op, &[&ws[0], &ws[1], &ws[2], &xb, &vb, &qb, &kc, &vc])?;
         self.packed.push(vb);
         let pair = Step::Pair {
             inst,
@@ -713,34 +720,10 @@ impl Compiler<'_> {
                 bias,
                 has_freq: freqs.is_some(),
                 freq_off,
-                raw_k: head_norms.is_some(),
+                head_norm_off,
             }),
         };
-        let Some((qn, kn)) = head_norms else {
-            return Ok(Some((vec![pair], rope_at + 1)));
-        };
-        // Then one rope.wgsl dispatch: its vectors [RoPE factors | Q norm | K norm].
-        let mut rv: Vec<f32> = freqs.map_or(Vec::new(), |f| hv[f.0].clone());
-        let norm_off = u32_of("gpu load", rv.len())?;
-        rv.extend_from_slice(&hv[qn.0]);
-        rv.extend_from_slice(&hv[kn.0]);
-        let fb = self.ctx.buffer_init(
-            "rope vectors",
-            bytemuck::cast_slice(&rv),
-            wgpu::BufferUsages::STORAGE,
-        )?;
-        let q_out = self.flip(Act::Q).clone();
-        let (dummy, [_, unused_v]) = (self.bufs.dummy.clone(), self.bufs.dummy_rw.clone());
-        self.need(&[Op::Rope], GgmlDType::F32)?;
-        let inst = self.inst(Op::Rope, &[&qb, &q_out, &qb, &dummy, &kc, &unused_v, &fb])?;
-        self.packed.push(fb);
-        let rope = Step::Rope {
-            inst,
-            layer,
-            has_freq: freqs.is_some(),
-            qk_norm: Some(norm_off),
-        };
-        Ok(Some((vec![pair, rope], rope_at + 1)))
+        Ok(Some((pair, rope_at + 1)))
     }
 }
 
@@ -862,9 +845,7 @@ impl GpuModel {
         let twice = rewritten(&graph);
         let mut acts = Vec::with_capacity(Act::ALL.len());
         for a in Act::ALL {
-            // Q's buffers also hold K after Q: where the pair step leaves raw K for the
-            // per-head norms (MAT_RAW_K).
-            let width = a.width(&cfg) + if a == Act::Q { cfg.kv_dim() } else { 0 };
+            let width = a.width(&cfg);
             let size = (nb * width * 4) as u64;
             let first = ctx.buffer(&format!("{a:?}"), size, st)?;
             let second = if twice.contains(&a) {
@@ -943,9 +924,9 @@ impl GpuModel {
         let mut i = 0;
         while i < graph.layers.len() {
             let ops = &graph.layers[i..];
-            if let Some((steps, used)) = c.fuse(ops, ops.iter().chain(&graph.head))? {
+            if let Some((step, used)) = c.fuse(ops, ops.iter().chain(&graph.head))? {
                 c.end_fold(&ops[..used]);
-                layers.extend(steps);
+                layers.push(step);
                 i += used;
                 continue;
             }
@@ -1278,15 +1259,8 @@ impl Rec<'_> {
                 inst,
                 layer,
                 has_freq,
-                qk_norm,
             } => {
-                let mut p = rope_params(c, *layer, n, pos, *has_freq);
-                if let Some(norm_off) = *qk_norm {
-                    p.qk_norm = 1;
-                    p.k_off = n * c.q_dim() as u32;
-                    p.norm_off = norm_off;
-                    p.eps = c.rms_eps;
-                }
+                let p = rope_params(c, *layer, n, pos, *has_freq);
                 self.go(Op::Rope, GgmlDType::F32, inst, &p, p.workgroups())?;
             }
             Step::Pair {
@@ -1300,10 +1274,10 @@ impl Rec<'_> {
                 norm,
                 qkv,
             } => {
-                let op = if qkv.is_some() {
-                    Op::PairQkv
-                } else {
-                    Op::PairGlu
+                let op = match qkv {
+                    None => Op::PairGlu,
+                    Some(q) if q.head_norm_off.is_some() => Op::PairQkvNorm,
+                    Some(_) => Op::PairQkv,
                 };
                 let tile = if n == 1 { 1 } else { MATMUL_TILE };
                 let eps = norm.then_some(c.rms_eps);
@@ -1323,28 +1297,17 @@ impl Rec<'_> {
                         eps,
                         (tile, self.tpr),
                     ),
-                    Some(q) => {
-                        let mut r = rope_params(c, q.layer, n, pos, q.has_freq);
-                        if q.raw_k {
-                            // Nothing turns before the per-head norms (the rope step's).
-                            r.rotate = 0;
-                        }
-                        let mut p = PairParams::qkv(
-                            &r,
-                            *cols,
-                            x,
-                            *row_bytes,
-                            eps,
-                            q.bias,
-                            q.freq_off,
-                            (tile, self.tpr),
-                        );
-                        if q.raw_k {
-                            p.flags |= MAT_RAW_K;
-                            p.k_off = n * c.q_dim() as u32;
-                        }
-                        p
-                    }
+                    Some(q) => PairParams::qkv(
+                        &rope_params(c, q.layer, n, pos, q.has_freq),
+                        *cols,
+                        x,
+                        *row_bytes,
+                        eps,
+                        q.bias,
+                        q.freq_off,
+                        q.head_norm_off.map(|off| (off, c.rms_eps)),
+                        (tile, self.tpr),
+                    ),
                 };
                 let key = self.pipes.key_pair(op, *dtypes);
                 self.go_key(key, inst, &p, p.total_wg)?;

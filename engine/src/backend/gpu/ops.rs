@@ -9,6 +9,7 @@ use crate::model::RopeLayout;
 use crate::quant::GgmlDType;
 
 use super::arena::{dispatch, ParamArena};
+use super::model::MAX_HEAD_DIM;
 use super::params::*;
 use super::shaders::{KvType, Op};
 use super::weights::{bind_group, GpuWeight};
@@ -455,74 +456,6 @@ impl Gpu {
         Ok((q_rot, k_rows, v_rows))
     }
 
-    /// Per-head RMSNorm of Q and K (weights `qn`, `kn`: (head_dim), ε `eps`) then RoPE and
-    /// the K store, as the model runs a Qwen3 / Gemma 3 layer after its pair product (rope.wgsl
-    /// with `qk_norm`: one workgroup per (token, head)). q: (n_tok, n_head * head_dim), k:
-    /// (n_tok, n_head_kv * head_dim), raw; returns (q normed and turned, cache rows `pos0 ..`
-    /// of K as the cache holds them). Errors: [`Error::Shape`].
-    #[allow(clippy::too_many_arguments)]
-    pub async fn rope_qk_norm(
-        &mut self,
-        q: &[f32],
-        k: &[f32],
-        n_tok: usize,
-        qn: &[f32],
-        kn: &[f32],
-        eps: f32,
-        r: &RopeArgs<'_>,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        const OP: &str = "gpu rope qk norm";
-        let (qd, kv_dim) = (r.n_head * r.head_dim, r.n_head_kv * r.head_dim);
-        shape(
-            OP,
-            n_tok > 0
-                && q.len() == n_tok * qd
-                && k.len() == n_tok * kv_dim
-                && qn.len() == r.head_dim
-                && kn.len() == r.head_dim
-                && r.n_rot <= r.head_dim
-                && r.n_rot.is_multiple_of(2)
-                && r.head_dim.is_multiple_of(2),
-            || format!("q {} k {} values for {n_tok} rows", q.len(), k.len()),
-        )?;
-        shape(OP, r.freq.is_none_or(|f| f.len() >= r.n_rot / 2), || {
-            format!("freq factors need {} values", r.n_rot / 2)
-        })?;
-        // As the model lays them out: [Q | K] in one buffer, [RoPE factors | qn | kn].
-        let qk: Vec<f32> = q.iter().chain(k).copied().collect();
-        let mut vecs = r.freq.map_or(Vec::new(), <[f32]>::to_vec);
-        let norm_off = u32_of(OP, vecs.len())?;
-        vecs.extend_from_slice(qn);
-        vecs.extend_from_slice(kn);
-        let (qkb, qo) = (
-            self.f32_buf("q|k raw", &qk)?,
-            self.f32_buf("q", &vec![0.0; q.len()])?,
-        );
-        let fb = self.f32_buf("vecs", &vecs)?;
-        let unused_v = self.f32_buf("unused v", &[0.0])?;
-        let unused_vc = self.storage("unused v cache", &[0u8; 16])?;
-        let kc = self.kv_buf("k_cache", &vec![0.0; (r.pos0 + n_tok) * kv_dim])?;
-        let p = RopeParams {
-            qk_norm: 1,
-            k_off: u32_of(OP, n_tok * qd)?,
-            norm_off,
-            eps,
-            ..r.params(OP, n_tok)?
-        };
-        let q_rot = self
-            .simple(
-                Op::Rope,
-                &p,
-                vec![&qkb, &qo, &qkb, &unused_v, &kc, &unused_vc, &fb],
-                p.workgroups(),
-                &qo,
-                q.len(),
-            )
-            .await?;
-        let k_rows = self.read_kv(&kc, r.pos0 * kv_dim, n_tok * kv_dim).await?;
-        Ok((q_rot, k_rows))
-    }
-
     /// Causal GQA attention of `n_tok` queries at positions `pos0 ..` over cache rows
     /// `0 ..= pos0 + t`, with the kernels the model uses: the prefill kernel for several
     /// tokens, the split decode kernel (and its merge) for one. q: (n_tok, n_head * head_dim);
@@ -816,8 +749,10 @@ impl Gpu {
     /// Q, K, V products with RoPE and the KV-cache store in their epilogue (matmul_pair.wgsl,
     /// QKV mode), as the model runs them. wq: (n_head * head_dim, cols), wk, wv:
     /// (n_head_kv * head_dim, cols); x: (n_tok, cols), optionally RMS-normalised first with
-    /// `norm`; bias: the concatenated [Q | K | V] biases. Returns (rotated q (n_tok, q_dim),
-    /// cache rows `pos0 ..` of K (rotated) and of V, as the cache holds them).
+    /// `norm`; bias: the concatenated [Q | K | V] biases; `head_norms`: per-head RMSNorms of Q
+    /// and K before RoPE (weights (head_dim) each, ε; entry point `qkv_norm`, Qwen3 / Gemma 3,
+    /// head_dim ≤ [`MAX_HEAD_DIM`]). Returns (rotated q (n_tok, q_dim), cache rows `pos0 ..` of
+    /// K (rotated) and of V, as the cache holds them).
     /// Errors: [`Error::Shape`] (also for weights split across buffers or of different types).
     #[allow(clippy::too_many_arguments)]
     pub async fn qkv_rope_kv(
@@ -829,6 +764,7 @@ impl Gpu {
         n_tok: usize,
         norm: Option<(&[f32], f32)>,
         bias: Option<&[f32]>,
+        head_norms: Option<(&[f32], &[f32], f32)>,
         r: &RopeArgs<'_>,
     ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         const OP: &str = "gpu qkv pair";
@@ -862,12 +798,29 @@ impl Gpu {
         shape(OP, r.freq.is_none_or(|f| f.len() >= r.n_rot / 2), || {
             format!("freq factors need {} values", r.n_rot / 2)
         })?;
+        shape(
+            OP,
+            head_norms.is_none_or(|(qn, kn, _)| {
+                qn.len() == r.head_dim && kn.len() == r.head_dim && r.head_dim <= MAX_HEAD_DIM
+            }),
+            || {
+                format!(
+                    "head norms need {} values (head_dim ≤ {MAX_HEAD_DIM})",
+                    r.head_dim
+                )
+            },
+        )?;
         let (dtypes, row_bytes) = pair_weights(OP, [wq, wk, wv])?;
-        // vecs: [norm weight (cols) | biases | RoPE factors].
+        // vecs: [norm weight (cols) | biases | RoPE factors | Q head norm | K head norm].
         let mut vecs = norm.map_or(vec![0.0; cols], |n| n.0.to_vec());
         vecs.extend_from_slice(bias.unwrap_or(&[]));
         let freq_off = u32_of(OP, vecs.len())?;
         vecs.extend_from_slice(r.freq.unwrap_or(&[]));
+        let head_norm_off = u32_of(OP, vecs.len())?;
+        if let Some((qn, kn, _)) = head_norms {
+            vecs.extend_from_slice(qn);
+            vecs.extend_from_slice(kn);
+        }
         let xb = self.f32_buf("x", x)?;
         let vb = self.f32_buf("vecs", &vecs)?;
         let qo = self.f32_buf("q", &vec![0.0; n_tok * qd])?;
@@ -875,7 +828,11 @@ impl Gpu {
         let kc = self.kv_buf("k_cache", &vec![0.0; cache_len])?;
         let vc = self.kv_buf("v_cache", &vec![0.0; cache_len])?;
         let rope = r.params(OP, n_tok)?;
-        let (op, tile) = (Op::PairQkv, if n_tok == 1 { 1 } else { MATMUL_TILE });
+        let op = match head_norms {
+            Some(_) => Op::PairQkvNorm,
+            None => Op::PairQkv,
+        };
+        let tile = if n_tok == 1 { 1 } else { MATMUL_TILE };
         let cols32 = u32_of(OP, cols)?;
         let p = PairParams::qkv(
             &rope,
@@ -885,6 +842,7 @@ impl Gpu {
             norm.map(|n| n.1),
             bias.is_some(),
             freq_off,
+            head_norms.map(|(_, _, eps)| (head_norm_off, eps)),
             (tile, self.ctx.info.matmul_threads_per_row),
         );
         let bufs = vec![

@@ -37,13 +37,14 @@ pub const MAT_ACCUMULATE: u32 = 2;
 /// matmul flag: x is RMS-normalised (times the norm weight) first: the norm is folded into the
 /// product.
 pub const MAT_NORM: u32 = 4;
-/// Pair kernel, QKV mode: K rows go to y after Q (`k_off`), as f32, for rope.wgsl's per-head
-/// norms ([`RopeParams::qk_norm`]); nothing turns in the pair kernel.
-pub const MAT_RAW_K: u32 = 8;
 /// Invocations per workgroup of the matmul kernels (`WG` of matmul.wgsl).
 pub const MATMUL_WG: u32 = 64;
 /// Tokens per workgroup of the prefill matmul (`TILE_N` of [`super::shaders::Op::MatMul`]).
 pub const MATMUL_TILE: u32 = 8;
+/// Floats of matmul_pair.wgsl's `head_raw` (entry point `qkv_norm`): a token tile of
+/// [`MATMUL_TILE`] heads of up to [`super::model::MAX_HEAD_DIM`].
+pub const PAIR_HEAD_RAW: usize = 2048;
+const _: () = assert!(MATMUL_TILE as usize * super::model::MAX_HEAD_DIM <= PAIR_HEAD_RAW);
 
 impl MatParams {
     /// Workgroups: one per (block of 64 / tpr rows, token tile), where `tpr` is the number of
@@ -54,11 +55,12 @@ impl MatParams {
 }
 
 /// matmul_pair.wgsl `Params`: two weight rows per unit and a pairwise epilogue (the mode is
-/// the entry point: `glu` or `qkv`).
+/// the entry point: `glu`, `qkv` or `qkv_norm`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct PairParams {
-    /// GLU: n_ff; QKV: (n_head + 2 n_head_kv) · head_dim / 2 rotation pairs.
+    /// GLU: n_ff; QKV: (n_head + 2 n_head_kv) · head_dim / 2 rotation pairs (with per-head
+    /// norms, the Q and K ones are made head by head: see [`PairParams::qkv`]).
     pub units: u32,
     pub cols: u32,
     pub n_tok: u32,
@@ -95,9 +97,11 @@ pub struct PairParams {
     pub tile: u32,
     pub row_bytes1: u32,
     pub row_bytes2: u32,
-    /// [`MAT_RAW_K`]: where K starts in y (n_tok · q_dim).
-    pub k_off: u32,
-    pub _pad: [u32; 3],
+    /// `qkv_norm`: offset in `vecs` of the Q head-norm weight (head_dim; K's follows) and the
+    /// head norms' ε.
+    pub hnorm_off: u32,
+    pub hnorm_eps: f32,
+    pub _pad: [u32; 2],
 }
 
 impl PairParams {
@@ -144,7 +148,10 @@ impl PairParams {
     /// QKV mode for the rows and RoPE of `r` (its n_tok, heads, pos0, rotation): `row_bytes`:
     /// of Wq, Wk, Wv (each of its own type, all `cols` wide); `eps`: the folded RMSNorm (weight at
     /// vecs[0 .. cols]); `bias`: the [Q | K | V] biases at vecs[cols ..]; the RoPE factors at
-    /// vecs[freq_off ..] when `r.has_freq`.
+    /// vecs[freq_off ..] when `r.has_freq`; `head_norms`: (offset, ε) of per-head Q and K
+    /// RMSNorms before RoPE (entry point `qkv_norm`: the Q weight at vecs[offset ..], K's
+    /// head_dim after), which take one workgroup per (token tile, Q or K head), then
+    /// workgroups of WG / tpr V pairs.
     #[allow(clippy::too_many_arguments)]
     pub fn qkv(
         r: &RopeParams,
@@ -154,10 +161,19 @@ impl PairParams {
         eps: Option<f32>,
         bias: bool,
         freq_off: u32,
+        head_norms: Option<(u32, f32)>,
         (tile, tpr): (u32, u32),
     ) -> Self {
         let units = (r.n_head + 2 * r.n_head_kv) * r.head_dim / 2;
-        let total_wg = Self::workgroups(units, r.n_tok, tile, tpr);
+        let total_wg = match head_norms {
+            None => Self::workgroups(units, r.n_tok, tile, tpr),
+            Some(_) => {
+                let v_units = r.n_head_kv * r.head_dim / 2;
+                (r.n_head + r.n_head_kv) * r.n_tok.div_ceil(tile)
+                    + Self::workgroups(v_units, r.n_tok, tile, tpr)
+            }
+        };
+        let (hnorm_off, hnorm_eps) = head_norms.unwrap_or((0, 0.0));
         PairParams {
             units,
             cols,
@@ -184,6 +200,8 @@ impl PairParams {
             tile,
             row_bytes1,
             row_bytes2,
+            hnorm_off,
+            hnorm_eps,
             ..Default::default()
         }
     }
@@ -240,23 +258,12 @@ pub struct RopeParams {
     pub mscale: f32,
     /// 0: no rotation (a NoPE layer), K and V are only stored.
     pub rotate: u32,
-    /// 1: per-head RMSNorm of Q and K first (Qwen3, Gemma 3), K read from `k_raw` at `k_off`,
-    /// V already stored; the norm weights at freq[norm_off ..] (Q) and freq[norm_off +
-    /// head_dim ..] (K), ε `eps`.
-    pub qk_norm: u32,
-    pub k_off: u32,
-    pub norm_off: u32,
-    pub eps: f32,
     pub _pad: [u32; 2],
 }
 
 impl RopeParams {
-    /// Workgroups of [`ELT_WG`]: one invocation per (token, query head, pair); with `qk_norm`
-    /// one workgroup per (token, head) over the query heads then the key heads.
+    /// Workgroups of [`ELT_WG`]: one invocation per (token, query head, pair).
     pub fn workgroups(&self) -> u32 {
-        if self.qk_norm != 0 {
-            return self.n_tok * (self.n_head + self.n_head_kv);
-        }
         (self.n_tok * self.n_head * self.head_dim / 2).div_ceil(ELT_WG)
     }
 }

@@ -74,7 +74,7 @@ pub const GPU_WEIGHT_TYPES: [GgmlDType; 13] = [
 /// Whether `op` has a GPU kernel for weights of `dtype`.
 pub fn supports(op: Op, dtype: GgmlDType) -> bool {
     match op {
-        Op::MatVec | Op::MatMul | Op::GetRows | Op::PairGlu | Op::PairQkv => {
+        Op::MatVec | Op::MatMul | Op::GetRows | Op::PairGlu | Op::PairQkv | Op::PairQkvNorm => {
             GPU_WEIGHT_TYPES.contains(&dtype)
         }
         _ => dtype == GgmlDType::F32,
@@ -96,6 +96,10 @@ pub enum Op {
     /// Q, K, V products with RoPE and the KV-cache store in their epilogue: matmul_pair.wgsl,
     /// entry point `qkv`; all three weights of the key's type.
     PairQkv,
+    /// [`Op::PairQkv`] with per-head Q and K RMSNorms before RoPE (Qwen3, Gemma 3): entry point
+    /// `qkv_norm`, one workgroup per Q or K head (the norm needs the whole head), then the V
+    /// pairs as `qkv`.
+    PairQkvNorm,
     /// Embedding lookup from a quantized table.
     GetRows,
     RmsNorm,
@@ -169,11 +173,12 @@ pub const PARAMS_BYTES: u64 = 128;
 
 impl Op {
     /// Every op.
-    pub const ALL: [Op; 15] = [
+    pub const ALL: [Op; 16] = [
         Op::MatVec,
         Op::MatMul,
         Op::PairGlu,
         Op::PairQkv,
+        Op::PairQkvNorm,
         Op::GetRows,
         Op::RmsNorm,
         Op::Rope,
@@ -190,7 +195,7 @@ impl Op {
     fn kernel(self) -> &'static str {
         match self {
             Op::MatVec | Op::MatMul => MATMUL,
-            Op::PairGlu | Op::PairQkv => MATMUL_PAIR,
+            Op::PairGlu | Op::PairQkv | Op::PairQkvNorm => MATMUL_PAIR,
             Op::GetRows => GET_ROWS,
             Op::RmsNorm => RMS_NORM,
             Op::Rope => ROPE,
@@ -210,6 +215,7 @@ impl Op {
             Op::AttnCombine => "combine",
             Op::PairGlu => "glu",
             Op::PairQkv => "qkv",
+            Op::PairQkvNorm => "qkv_norm",
             Op::SampleGather => "gather",
             Op::SamplePick => "pick",
             _ => "main",
@@ -220,7 +226,7 @@ impl Op {
     fn module_op(self) -> Op {
         match self {
             Op::AttnCombine => Op::AttnDecode,
-            Op::PairQkv => Op::PairGlu,
+            Op::PairQkv | Op::PairQkvNorm => Op::PairGlu,
             Op::SamplePick => Op::SampleGather,
             o => o,
         }
@@ -230,7 +236,13 @@ impl Op {
     pub fn uses_kv(self) -> bool {
         matches!(
             self,
-            Op::Rope | Op::Attention | Op::AttnDecode | Op::AttnCombine | Op::PairGlu | Op::PairQkv
+            Op::Rope
+                | Op::Attention
+                | Op::AttnDecode
+                | Op::AttnCombine
+                | Op::PairGlu
+                | Op::PairQkv
+                | Op::PairQkvNorm
         )
     }
 
@@ -239,7 +251,7 @@ impl Op {
     fn reads_weights(self) -> bool {
         matches!(
             self,
-            Op::MatVec | Op::MatMul | Op::GetRows | Op::PairGlu | Op::PairQkv
+            Op::MatVec | Op::MatMul | Op::GetRows | Op::PairGlu | Op::PairQkv | Op::PairQkvNorm
         )
     }
 
@@ -257,7 +269,9 @@ impl Op {
             // wq, x, y, bias, norm weight
             Op::MatVec | Op::MatMul => &[false, false, true, false, false],
             // w0, w1, w2, x, vecs (norm weight | biases | RoPE factors), y, k_cache, v_cache
-            Op::PairGlu | Op::PairQkv => &[false, false, false, false, false, true, true, true],
+            Op::PairGlu | Op::PairQkv | Op::PairQkvNorm => {
+                &[false, false, false, false, false, true, true, true]
+            }
             // wq, tokens, out
             Op::GetRows => &[false, false, true],
             // x, w, out
@@ -278,7 +292,7 @@ impl Op {
     fn layout_op(self) -> Op {
         match self {
             Op::MatMul => Op::MatVec,
-            Op::PairQkv => Op::PairGlu,
+            Op::PairQkv | Op::PairQkvNorm => Op::PairGlu,
             Op::Add => Op::Glu,
             Op::AttnDecode | Op::AttnCombine => Op::Attention,
             Op::SampleGather | Op::SamplePick => Op::Sample,
@@ -320,16 +334,16 @@ fn overrides(key: PipelineKey, tpr: u32) -> Vec<(&'static str, f64)> {
     if key.op.reads_weights() {
         c.push(("DTYPE", key.dtype.ggml_id() as f64));
     }
-    if matches!(key.op, Op::PairGlu | Op::PairQkv) {
+    if matches!(key.op, Op::PairGlu | Op::PairQkv | Op::PairQkvNorm) {
         c.push(("DTYPE1", key.dtype12[0].ggml_id() as f64));
     }
-    if key.op == Op::PairQkv {
+    if matches!(key.op, Op::PairQkv | Op::PairQkvNorm) {
         c.push(("DTYPE2", key.dtype12[1].ggml_id() as f64));
     }
     match key.op {
         Op::MatVec => c.extend([("TILE_N", 1.0), ("TPR", tpr as f64)]),
         Op::MatMul => c.extend([("TILE_N", 8.0), ("TPR", tpr as f64)]),
-        Op::PairGlu | Op::PairQkv => c.push(("TPR", tpr as f64)),
+        Op::PairGlu | Op::PairQkv | Op::PairQkvNorm => c.push(("TPR", tpr as f64)),
         _ => {}
     }
     c
