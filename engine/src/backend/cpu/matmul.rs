@@ -62,11 +62,13 @@ impl CpuThreads {
 }
 
 /// Weight bytes × tokens below which a product runs on the calling thread. With the spinning
-/// pool a job starts within ~1 µs, so on an idle machine far smaller products (64 KiB, all of
-/// SmolLM2's decode) should pay; but on this shared 2-core machine (load 7–13) splitting them
-/// made 2-thread decode 0.6× the 1-thread speed (a worker descheduled inside a job stalls the
-/// step), so decode-sized products stay on one thread until that is measured idle.
-const PARALLEL_MIN_BYTES: usize = 1 << 20;
+/// pool a job starts within ~1 µs, so decode-sized products (SmolLM2's 576 × 576 Q4_1: 180 KiB)
+/// pay. Measured on this 2-core machine at load ≈ 2 (2026-11-29, `slm bench`, 64-token prompt,
+/// 128 tokens, medians of 3 interleaved rounds): 2-thread decode with this 64 KiB threshold
+/// 1.22× the 1-thread speed for SmolLM2-135M Q4_1 and 1.37× for Gemma-3-270M Q4_K_M, where a
+/// 1 MiB threshold (no decode product split) gave 0.89× and 1.08×. Under heavy load (7–13)
+/// splitting them was 0.6×: a worker descheduled inside a job stalls the step.
+const PARALLEL_MIN_BYTES: usize = 64 << 10;
 
 /// Raw output pointer shared by workers that write disjoint elements.
 #[derive(Clone, Copy)]
