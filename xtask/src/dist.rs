@@ -167,7 +167,7 @@ mod tests {
         };
         assert_eq!(
             get("/embed.html", "Content-Security-Policy"),
-            [embed.clone()]
+            std::slice::from_ref(&embed)
         );
         assert!(
             embed.contains("frame-ancestors 'self' https://wiki.example.com"),

@@ -370,7 +370,7 @@ fn ensure_wasm_bindgen_cli() -> Result {
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    if !have.is_some_and(|h| h.split_whitespace().nth(1) == Some(want.as_str())) {
+    if have.is_none_or(|h| h.split_whitespace().nth(1) != Some(want.as_str())) {
         run(Command::new("cargo").args(["install", "wasm-bindgen-cli", "--version", &want]))?;
     }
     Ok(())

@@ -235,8 +235,8 @@ impl Types {
     /// `t`, or its 32-element stand-in when `cols` is not a multiple of 256.
     fn fit(t: GgmlDType, cols: usize) -> GgmlDType {
         match t {
-            GgmlDType::Q4K if cols % 256 != 0 => GgmlDType::Q5_0,
-            GgmlDType::Q6K if cols % 256 != 0 => GgmlDType::Q8_0,
+            GgmlDType::Q4K if !cols.is_multiple_of(256) => GgmlDType::Q5_0,
+            GgmlDType::Q6K if !cols.is_multiple_of(256) => GgmlDType::Q8_0,
             t => t,
         }
     }
