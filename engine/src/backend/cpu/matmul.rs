@@ -73,7 +73,8 @@ const PARALLEL_MIN_BYTES: usize = 64 << 10;
 /// Raw output pointer shared by workers that write disjoint elements.
 #[derive(Clone, Copy)]
 pub(crate) struct OutPtr(pub(crate) *mut f32);
-// SAFETY: workers write disjoint indices (distinct weight rows) of one live `&mut [f32]`.
+// SAFETY: workers write disjoint indices (distinct weight rows; distinct attention rows and
+// scores stretches) of one live `&mut [f32]`.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 

@@ -27,6 +27,15 @@ pub const MAX_BATCH: usize = 64;
 /// come free, so a descheduled worker holds up less of the step).
 const ATTN_PARTS_PER_THREAD: usize = 2;
 
+/// Parts of a batch's attention rows, each with its own scores scratch: one without a pool.
+fn attn_parts(threads: usize) -> usize {
+    if threads > 1 {
+        ATTN_PARTS_PER_THREAD * threads
+    } else {
+        1
+    }
+}
+
 /// The weights a graph refers to, in CPU memory.
 #[derive(Default)]
 pub struct CpuWeights {
@@ -87,8 +96,8 @@ struct Scratch {
     bufs: [Vec<f32>; 9],
     /// (cap, widest activation): products that are added, not stored.
     tmp: Vec<f32>,
-    /// Attention scores: [`ATTN_PARTS_PER_THREAD`] · threads parts of (n_head / n_head_kv,
-    /// n_ctx), one per part of a batch's rows.
+    /// Attention scores: [`attn_parts`] parts of (n_head / n_head_kv, n_ctx), one per part of
+    /// a batch's rows.
     scores: Vec<f32>,
     /// One per token.
     acts: Vec<PreparedActs>,
@@ -107,8 +116,7 @@ impl Scratch {
         }
         self.tmp.resize(n * widest, 0.0);
         let group = cfg.n_head / cfg.n_head_kv.max(1);
-        self.scores
-            .resize(ATTN_PARTS_PER_THREAD * threads * group * n_ctx, 0.0);
+        self.scores.resize(attn_parts(threads) * group * n_ctx, 0.0);
         self.acts.resize_with(n, PreparedActs::new);
         self.cap = n;
     }
@@ -418,7 +426,7 @@ impl Exec<'_> {
                         scores,
                     );
                 };
-                let parts = (ATTN_PARTS_PER_THREAD * self.threads.count()).min(rows);
+                let parts = attn_parts(self.threads.count()).min(rows);
                 if parts <= 1 {
                     for t in 0..rows {
                         row(t, &mut att[t * q_dim..(t + 1) * q_dim], &mut s.scores);
