@@ -171,8 +171,8 @@ pub enum FromWorker {
         /// Set when the built-in chat format replaced the file's failing template: why.
         #[serde(default)]
         template_fallback: Option<String>,
-        /// The worker runs the multi-threaded wasm build (shared memory; the page is
-        /// cross-origin isolated).
+        /// The worker runs the multi-threaded wasm build (shared memory and relaxed SIMD; the
+        /// page is cross-origin isolated).
         #[serde(default)]
         threaded: bool,
         /// Threads the CPU engine computes with (1 in the single-threaded build; 0 on `gpu`).

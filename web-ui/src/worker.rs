@@ -12,8 +12,8 @@
 //! conversation.
 //!
 //! The CPU engine comes in two builds of this module: single-threaded, and multi-threaded
-//! (atomics + shared memory, built with nightly `-Z build-std`), which `worker.js` picks when the
-//! page is cross-origin isolated. In the multi-threaded one the engine's thread pool runs on Web
+//! (atomics + shared memory + relaxed SIMD, built with nightly `-Z build-std`), which `worker.js`
+//! picks when the page is cross-origin isolated and the browser compiles relaxed SIMD. In the multi-threaded one the engine's thread pool runs on Web
 //! Workers (`public/pool-worker.js`) that instantiate this module on the same memory
 //! ([`spawn_pool_thread`]).
 //!

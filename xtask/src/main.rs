@@ -316,6 +316,39 @@ fn test() -> Result {
             }),
         ),
         (
+            // The relaxed-SIMD kernels (the multi-threaded app build) against the scalar
+            // references, in Node, on both of V8's wasm compilers: each tier lowers relaxed
+            // instructions on its own (Node 20's Liftoff miscomputes `i32x4.relaxed_dot_*_add`).
+            "wasm32 relaxed-simd kernel tests",
+            Box::new(|| {
+                ensure_wasm_bindgen_cli()?;
+                for tier in ["--liftoff-only", "--no-liftoff"] {
+                    run(cargo()
+                        .args([
+                            "test",
+                            "-p",
+                            "slm-engine",
+                            "--release",
+                            "--target",
+                            "wasm32-unknown-unknown",
+                            "--test",
+                            "quant_parity",
+                        ])
+                        .env("CARGO_TARGET_DIR", "target-relaxed")
+                        .env("RUSTFLAGS", "-C target-feature=+simd128,+relaxed-simd")
+                        .env(
+                            "NODE_ARGS",
+                            format!("--experimental-wasm-relaxed-simd,{tier}"),
+                        )
+                        .env(
+                            "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
+                            "wasm-bindgen-test-runner",
+                        ))?;
+                }
+                Ok(())
+            }),
+        ),
+        (
             // Download, IndexedDB reload, offline chat, resume, sha256, XSS.
             "browser tests in headless Chromium",
             Box::new(serve::browser_tests),

@@ -19,8 +19,10 @@ const TRUNK_VERSION: &str = "0.21.14";
 const NIGHTLY: &str = "nightly";
 /// The multi-threaded build: atomics and a shared memory (imported, so the pool's Web Workers
 /// instantiate the module on the same memory), up to 4 GiB as the single-threaded build, with
-/// the thread-local storage symbols wasm-bindgen's thread setup uses exported.
-const THREADED_RUSTFLAGS: &str = "-C target-feature=+atomics,+bulk-memory,+simd128 \
+/// the thread-local storage symbols wasm-bindgen's thread setup uses exported. Its kernels use
+/// relaxed SIMD's 8-bit dot product (`pmaddubsw` on x86); a browser without relaxed SIMD fails
+/// to compile this module and `worker.js` runs the single-threaded (plain simd128) build.
+const THREADED_RUSTFLAGS: &str = "-C target-feature=+atomics,+bulk-memory,+simd128,+relaxed-simd \
      -C link-arg=--shared-memory -C link-arg=--max-memory=4294967296 -C link-arg=--import-memory \
      -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size \
      -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base";
@@ -252,6 +254,7 @@ fn build_threaded(dist: &Path) -> Result {
                 "--enable-threads",
                 "--enable-bulk-memory",
                 "--enable-simd",
+                "--enable-relaxed-simd",
             ])
             .args([
                 "--enable-sign-ext",

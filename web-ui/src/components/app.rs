@@ -112,7 +112,8 @@ fn StatusChip() -> impl IntoView {
         None => "no model loaded".to_string(),
     };
     let why = move || engine.loaded.get().map(|l| l.reason).unwrap_or_default();
-    // The CPU engine's build and threads (multi-threaded only on a cross-origin isolated page).
+    // The CPU engine's build and threads (multi-threaded only on a cross-origin isolated page, in
+    // a browser with relaxed SIMD).
     let threads = move || {
         engine
             .loaded
@@ -123,9 +124,16 @@ fn StatusChip() -> impl IntoView {
     let threads_view = move || {
         threads().map(|(threaded, n)| {
             let (build, title) = if threaded {
-                ("threads", "multi-threaded wasm build (the page is cross-origin isolated)")
+                (
+                    "threads",
+                    "multi-threaded wasm build (cross-origin isolated page, relaxed SIMD)",
+                )
             } else {
-                ("single", "single-threaded wasm build (the page is not cross-origin isolated)")
+                (
+                    "single",
+                    "single-threaded wasm build (the page is not cross-origin isolated, \
+                     or this browser has no relaxed SIMD)",
+                )
             };
             let label = if n == 1 { "1 thread".to_string() } else { format!("{n} threads") };
             view! {

@@ -26,6 +26,18 @@ use std::time::{Duration, Instant};
 #[cfg(not(target_arch = "wasm32"))]
 const SPIN: Duration = Duration::from_micros(200);
 
+/// Polls of the job's count by [`Pool::run`]'s caller, waiting for the workers still inside the
+/// job, before it lets a descheduled worker run. Natively 256 then `yield_now` (cheap). wasm32
+/// has no yield, only a timed wait that nothing ends early (no worker notifies the caller) and
+/// that lasts the timer's slack (~50 µs on Linux) beyond its 20 µs: parking after 256 polls
+/// (< 1 µs) cost about that per product, and 2-thread decode in the browser ran at 0.8× the
+/// 1-thread speed. There the caller polls ~65 µs (about 1 ns a poll), longer than a decode
+/// product's last chunk takes, before it parks.
+#[cfg(not(target_arch = "wasm32"))]
+const WAIT_SPINS: u32 = 256;
+#[cfg(target_arch = "wasm32")]
+const WAIT_SPINS: u32 = 1 << 16;
+
 /// Starts one worker thread running the closure; `Err` says why it could not.
 pub type Spawner = fn(Box<dyn FnOnce() + Send>) -> Result<(), String>;
 
@@ -205,7 +217,7 @@ impl Pool {
         let mut spins = 0u32;
         while s.ctl.load(Ordering::Acquire) & COUNT != 0 {
             spins += 1;
-            if spins < 256 {
+            if spins < WAIT_SPINS {
                 std::hint::spin_loop();
             } else {
                 // A worker was descheduled mid-index (a busy machine): let it run.
