@@ -14,8 +14,8 @@
 const CACHE = 'slm-shell-v1';
 const SHELL = ['./', 'index.html', 'boot.js', 'web-ui.js', 'web-ui_bg.wasm', 'worker.js', 'style.css',
   'models.json', 'manifest.webmanifest', 'icon.svg',
-  // The engine's multi-threaded build (worker.js picks it on a cross-origin isolated page).
-  'web-ui-mt.js', 'web-ui-mt_bg.wasm', 'pool-worker.js'];
+  // The engine's multi-threaded and single-threaded relaxed-SIMD builds (worker.js picks one).
+  'web-ui-mt.js', 'web-ui-mt_bg.wasm', 'pool-worker.js', 'web-ui-relaxed.js', 'web-ui-relaxed_bg.wasm'];
 const scope = new URL(self.registration.scope);
 const shellPaths = new Set(SHELL.map((p) => new URL(p, scope).pathname));
 

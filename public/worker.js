@@ -1,12 +1,15 @@
 // The engine's Web Worker: the same wasm module as the page; main() sees no window and
 // returns, then worker_main() listens for load/generate messages.
 //
-// Two builds of that module: web-ui.js (single-threaded, with the UI: what the page runs) and
-// web-ui-mt.js (atomics + shared memory, the engine worker alone, built without the `ui` feature:
-// the CPU engine's thread pool runs on Web Workers, pool-worker.js).
-// The multi-threaded one needs SharedArrayBuffer, i.e. a cross-origin isolated page, and relaxed
-// SIMD (its 8-bit dot products); anywhere else (a host page without COOP/COEP embedding the
-// widget, a browser without relaxed SIMD) the module fails to load and the single-threaded one runs.
+// Three builds of that module, the first that loads runs:
+// 1. web-ui-mt.js: atomics + shared memory + relaxed SIMD, the engine worker alone (built without
+//    the `ui` feature); the CPU engine's thread pool runs on Web Workers (pool-worker.js). Needs
+//    SharedArrayBuffer, i.e. a cross-origin isolated page, and relaxed SIMD.
+// 2. web-ui-relaxed.js: single-threaded, relaxed SIMD, the engine worker alone: a host page
+//    without COOP/COEP embedding the widget.
+// 3. web-ui.js: single-threaded, plain simd128, with the UI (what the page runs): a browser
+//    without relaxed SIMD (relaxed SIMD's 8-bit dot product is 1.5-1.7x faster here).
+// `?simd=plain` (passed on from the page's URL) skips 1 and 2, for tests.
 // Threads: navigator.hardwareConcurrency, at most MAX_THREADS; `?threads=N` (passed on from the
 // page's URL) overrides it, for tests and benchmarks.
 const MAX_THREADS = 8;
@@ -39,16 +42,21 @@ const relaxedSimd = (() => {
   try { return WebAssembly.validate(RELAXED_SIMD_PROBE); } catch { return false; }
 })();
 
-let engine = null;
-if (self.crossOriginIsolated && relaxedSimd) {
+const plain = new URL(self.location.href).searchParams.get('simd') === 'plain';
+
+const tryBuild = async (name) => {
   try {
-    engine = await import('./web-ui-mt.js');
-    await engine.default({ module_or_path: './web-ui-mt_bg.wasm' });
+    const m = await import(`./${name}.js`);
+    await m.default({ module_or_path: `./${name}_bg.wasm` });
+    return m;
   } catch (e) {
-    console.warn('multi-threaded engine unavailable, using the single-threaded one:', e);
-    engine = null;
+    console.warn(`engine build ${name} unavailable, trying the next:`, e);
+    return null;
   }
-}
+};
+let engine = null;
+if (relaxedSimd && !plain && self.crossOriginIsolated) engine = await tryBuild('web-ui-mt');
+if (relaxedSimd && !plain && !engine) engine = await tryBuild('web-ui-relaxed');
 if (!engine) {
   engine = await import('./web-ui.js');
   await engine.default({ module_or_path: './web-ui_bg.wasm' });

@@ -246,7 +246,12 @@ fn fast_path_is_active() {
             cfg!(target_feature = "simd128"),
             "build the wasm tests with RUSTFLAGS=\"-C target-feature=+simd128\""
         );
-        assert_eq!(quant::fast_path(), "simd128");
+        let path = if cfg!(target_feature = "relaxed-simd") {
+            "relaxed-simd"
+        } else {
+            "simd128"
+        };
+        assert_eq!(quant::fast_path(), path);
         use GgmlDType::*;
         for t in [F32, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4K, Q5K, Q6K] {
             assert!(quant::has_fast_kernel(t), "no simd128 kernel for {t}");

@@ -34,6 +34,8 @@ pub struct LoadedInfo {
     pub threaded: bool,
     /// CPU threads computing (0 on the GPU).
     pub threads: usize,
+    /// The CPU kernels of the worker's build: `"relaxed-simd"` or `"simd128"`.
+    pub kernels: String,
 }
 
 /// A failed worker request: `kind` as in [`FromWorker::Error`].
@@ -90,20 +92,31 @@ impl RequestId {
     }
 }
 
-/// `worker.js`, passing on the page's `?threads=N` (the CPU engine's thread count, for tests and
-/// benchmarks; the worker picks its build and default count itself).
+/// `worker.js`, passing on the page's `?threads=N` (the CPU engine's thread count) and
+/// `?simd=plain` (the plain simd128 build even where relaxed SIMD runs), for tests and benchmarks;
+/// otherwise the worker picks its build and thread count itself.
 fn worker_url() -> String {
     let search = web_sys::window()
         .and_then(|w| w.location().search().ok())
         .unwrap_or_default();
-    let threads = search
-        .trim_start_matches('?')
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("threads="))
-        .and_then(|t| t.parse::<u32>().ok());
-    match threads {
-        Some(n) => format!("./worker.js?threads={n}"),
-        None => "./worker.js".into(),
+    let param = |name: &str| {
+        search
+            .trim_start_matches('?')
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    let mut query = Vec::new();
+    if let Some(n) = param("threads").and_then(|t| t.parse::<u32>().ok()) {
+        query.push(format!("threads={n}"));
+    }
+    if param("simd").as_deref() == Some("plain") {
+        query.push("simd=plain".into());
+    }
+    if query.is_empty() {
+        "./worker.js".into()
+    } else {
+        format!("./worker.js?{}", query.join("&"))
     }
 }
 
@@ -294,6 +307,7 @@ pub async fn load(
             template_fallback,
             threaded,
             threads,
+            kernels,
         } => Ok(LoadedInfo {
             model_id: model_id.into(),
             backend,
@@ -307,6 +321,7 @@ pub async fn load(
             template_fallback,
             threaded,
             threads,
+            kernels,
         }),
         other => Err(WorkerError {
             kind: "protocol".into(),

@@ -178,6 +178,9 @@ pub enum FromWorker {
         /// Threads the CPU engine computes with (1 in the single-threaded build; 0 on `gpu`).
         #[serde(default)]
         threads: usize,
+        /// The CPU engine's dot-product kernels in this build: `"relaxed-simd"` or `"simd128"`.
+        #[serde(default)]
+        kernels: String,
     },
     /// The answer to `Probe`: weight bytes per second through the decode kernel, one thread.
     Probed {

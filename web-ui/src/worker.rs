@@ -634,6 +634,7 @@ async fn load(
         template_fallback: template_note,
         threaded: THREADED,
         threads: cpu_threads,
+        kernels: engine::quant::fast_path().into(),
     });
     Ok(())
 }

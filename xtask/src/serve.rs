@@ -1,7 +1,8 @@
 //! `cargo xtask serve` and the browser tests: install the web toolchain (wasm32 target, trunk,
 //! wasm-bindgen-cli, wasm-opt, and nightly with `rust-src` for the multi-threaded build), build
-//! the app with Trunk into `dist/` plus its multi-threaded build beside it (`web-ui-mt.js`,
-//! `web-ui-mt_bg.wasm`), copy the default model next to it, and serve it with a small static
+//! the app with Trunk into `dist/` plus the engine worker's multi-threaded and relaxed-SIMD builds
+//! beside it (`web-ui-mt.js`, `web-ui-relaxed.js` and their `_bg.wasm`), copy the default model
+//! next to it, and serve it with a small static
 //! server that sends cross-origin isolation headers, a Content-Security-Policy limited to this origin and the catalog's model hosts, and honours
 //! HTTP Range requests (download resume).
 
@@ -172,9 +173,14 @@ pub fn build_web() -> Result {
         // The CPU engine's simd128 kernels.
         .env("RUSTFLAGS", "-C target-feature=+simd128"))?;
     let dist = root().join("dist");
-    build_threaded(&dist)?;
+    build_engine_worker(&dist, EngineBuild::Threaded)?;
+    build_engine_worker(&dist, EngineBuild::Relaxed)?;
     place_default_model(&dist)?;
-    for name in ["web-ui_bg.wasm", "web-ui-mt_bg.wasm"] {
+    for name in [
+        "web-ui_bg.wasm",
+        "web-ui-mt_bg.wasm",
+        "web-ui-relaxed_bg.wasm",
+    ] {
         if let Ok(m) = std::fs::metadata(dist.join(name)) {
             let gz = gzip_len(&dist.join(name)).unwrap_or(0);
             eprintln!("{name}: {} bytes ({gz} gzipped)", m.len());
@@ -183,28 +189,65 @@ pub fn build_web() -> Result {
     Ok(())
 }
 
-/// The multi-threaded build into `dist/web-ui-mt{.js,_bg.wasm}`: the same crate without its `ui`
-/// feature (the engine worker alone) with atomics and a shared memory, std rebuilt for it
-/// (`-Z build-std`, nightly), bound with the locked wasm-bindgen and shrunk with wasm-opt as
-/// Trunk does the other. `worker.js` loads it on a cross-origin isolated page (the engine's pool
-/// threads then run on Web Workers). Cold: ~3 min 50 s of cargo plus ~1 min of wasm-bindgen and
-/// wasm-opt on 2 cores (with the UI crates and line tables it was about half as much again).
-fn build_threaded(dist: &Path) -> Result {
-    let target = root().join("target-ui-mt");
+/// The engine worker's own builds beside Trunk's (which has the UI and plain simd128): the same
+/// crate without its `ui` feature (the engine worker alone), bound with the locked wasm-bindgen
+/// and shrunk with wasm-opt as Trunk does the other. `worker.js` loads the first that runs here.
+#[derive(Clone, Copy)]
+enum EngineBuild {
+    /// `dist/web-ui-mt{.js,_bg.wasm}`: atomics, a shared memory and relaxed SIMD, std rebuilt for
+    /// it (`-Z build-std`, nightly); for a cross-origin isolated page (the engine's pool threads
+    /// then run on Web Workers). Cold: ~3 min 50 s of cargo plus ~1 min of wasm-bindgen and
+    /// wasm-opt on 2 cores.
+    Threaded,
+    /// `dist/web-ui-relaxed{.js,_bg.wasm}`: single-threaded with relaxed SIMD (stable); for a page
+    /// that is not isolated (the widget on a host page without COOP/COEP).
+    Relaxed,
+}
+
+impl EngineBuild {
+    fn name(self) -> &'static str {
+        match self {
+            EngineBuild::Threaded => "web-ui-mt",
+            EngineBuild::Relaxed => "web-ui-relaxed",
+        }
+    }
+}
+
+fn build_engine_worker(dist: &Path, build: EngineBuild) -> Result {
+    let name = build.name();
+    let target = root().join(match build {
+        EngineBuild::Threaded => "target-ui-mt",
+        EngineBuild::Relaxed => "target-ui-relaxed",
+    });
     let started = std::time::Instant::now();
     let mut cargo = Command::new("nice");
+    cargo.current_dir(root()).args(["-n", "15"]);
+    match build {
+        EngineBuild::Threaded => {
+            cargo
+                .args(["rustup", "run", NIGHTLY, "cargo", "build", "--release"])
+                .args(["-Z", "build-std=std,panic_abort"])
+                .env(
+                    "RUSTFLAGS",
+                    THREADED_RUSTFLAGS
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
+                // Set by the stable cargo that runs xtask; the nightly build must pick its own.
+                .env_remove("RUSTC")
+                .env_remove("RUSTDOC")
+                .env_remove("RUSTUP_TOOLCHAIN")
+                .env_remove("CARGO");
+        }
+        EngineBuild::Relaxed => {
+            cargo
+                .arg(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .args(["build", "--release"])
+                .env("RUSTFLAGS", "-C target-feature=+simd128,+relaxed-simd");
+        }
+    }
     cargo
-        .current_dir(root())
-        .args([
-            "-n",
-            "15",
-            "rustup",
-            "run",
-            NIGHTLY,
-            "cargo",
-            "build",
-            "--release",
-        ])
         .args([
             "-p",
             "web-ui",
@@ -216,22 +259,9 @@ fn build_threaded(dist: &Path) -> Result {
         // The engine worker alone: no Leptos or Markdown crates to compile (the page always
         // runs Trunk's build).
         .arg("--no-default-features")
-        .args(["-Z", "build-std=std,panic_abort"])
         .env("CARGO_TARGET_DIR", &target)
         // No line tables: wasm-bindgen drops them anyway, and generating them costs build time.
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env(
-            "RUSTFLAGS",
-            THREADED_RUSTFLAGS
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
-        )
-        // Set by the stable cargo that runs xtask; the nightly build must pick its own.
-        .env_remove("RUSTC")
-        .env_remove("RUSTDOC")
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("CARGO");
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false");
     run(&mut cargo)?;
     let wasm = target.join("wasm32-unknown-unknown/release/web-ui.wasm");
     run(Command::new(cargo_bin("wasm-bindgen"))
@@ -240,37 +270,35 @@ fn build_threaded(dist: &Path) -> Result {
             "web",
             "--no-typescript",
             "--out-name",
-            "web-ui-mt",
+            name,
             "--out-dir",
         ])
         .arg(dist)
         .arg(&wasm))?;
-    let bg = dist.join("web-ui-mt_bg.wasm");
-    let opt = dist.join("web-ui-mt_bg.opt.wasm");
-    run(
-        Command::new(web_tests_dir().join("node_modules/.bin/wasm-opt"))
-            .args([
-                "-Oz",
-                "--enable-threads",
-                "--enable-bulk-memory",
-                "--enable-simd",
-                "--enable-relaxed-simd",
-            ])
-            .args([
-                "--enable-sign-ext",
-                "--enable-mutable-globals",
-                "--enable-nontrapping-float-to-int",
-            ])
-            .args(["--enable-reference-types", "--enable-multivalue"])
-            .arg(&bg)
-            .arg("-o")
-            .arg(&opt),
-    )?;
+    let bg = dist.join(format!("{name}_bg.wasm"));
+    let opt = dist.join(format!("{name}_bg.opt.wasm"));
+    let mut wasm_opt = Command::new(web_tests_dir().join("node_modules/.bin/wasm-opt"));
+    wasm_opt.args([
+        "-Oz",
+        "--enable-simd",
+        "--enable-relaxed-simd",
+        "--enable-bulk-memory",
+    ]);
+    if let EngineBuild::Threaded = build {
+        wasm_opt.arg("--enable-threads");
+    }
+    run(wasm_opt
+        .args([
+            "--enable-sign-ext",
+            "--enable-mutable-globals",
+            "--enable-nontrapping-float-to-int",
+        ])
+        .args(["--enable-reference-types", "--enable-multivalue"])
+        .arg(&bg)
+        .arg("-o")
+        .arg(&opt))?;
     std::fs::rename(&opt, &bg).map_err(|e| format!("{}: {e}", bg.display()))?;
-    eprintln!(
-        "multi-threaded build: {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("{name} build: {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -170,7 +170,8 @@ impl PreparedActs {
 }
 
 /// Which fast path [`vec_dot`] uses on this machine: `"avx2"` (x86_64 with AVX2, FMA and F16C),
-/// `"simd128"` (wasm32 built with `+simd128`) or `"portable"`.
+/// `"simd128"` (wasm32 built with `+simd128`), `"relaxed-simd"` (with `+relaxed-simd` as well) or
+/// `"portable"`.
 pub fn fast_path() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
@@ -182,7 +183,11 @@ pub fn fast_path() -> &'static str {
     }
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     {
-        "simd128"
+        if cfg!(target_feature = "relaxed-simd") {
+            "relaxed-simd"
+        } else {
+            "simd128"
+        }
     }
     #[cfg(not(any(
         target_arch = "x86_64",

@@ -119,10 +119,10 @@ fn StatusChip() -> impl IntoView {
             .loaded
             .get()
             .filter(|l| l.backend != "gpu")
-            .map(|l| (l.threaded, l.threads))
+            .map(|l| (l.threaded, l.threads, l.kernels))
     };
     let threads_view = move || {
-        threads().map(|(threaded, n)| {
+        threads().map(|(threaded, n, kernels)| {
             let (build, title) = if threaded {
                 (
                     "threads",
@@ -137,7 +137,7 @@ fn StatusChip() -> impl IntoView {
             };
             let label = if n == 1 { "1 thread".to_string() } else { format!("{n} threads") };
             view! {
-                <span class="threads" data-testid="cpu-threads" data-threads=n data-build=build title=title>{label}</span>
+                <span class="threads" data-testid="cpu-threads" data-threads=n data-build=build data-kernels=kernels.clone() title=format!("{title}; {kernels} kernels")>{label}</span>
             }
         })
     };
