@@ -69,17 +69,32 @@ pub(crate) fn vec_dot_tile(
             out.copy_from_slice(&r);
         }};
     }
+    macro_rules! legacy {
+        ($f:ident) => {
+            match acts.len() {
+                1 => legacy!(@n 1, $f),
+                2 => legacy!(@n 2, $f),
+                3 => legacy!(@n 3, $f),
+                4 => legacy!(@n 4, $f),
+                n => unreachable!("tile of {n} tokens"),
+            }
+        };
+        (@n $n:literal, $f:ident) => {{
+            let r: [f32; $n] = $f::<$n>(super::row_blocks(row), std::array::from_fn(|t| &acts[t]));
+            out.copy_from_slice(&r);
+        }};
+    }
     match dtype {
         GgmlDType::F32 => {
             for (o, a) in out.iter_mut().zip(acts) {
                 *o = dot_f32(row, &a.x);
             }
         }
-        GgmlDType::Q4_0 => tile!(dot_q4_0, q8),
-        GgmlDType::Q4_1 => tile!(dot_q4_1, q8),
-        GgmlDType::Q5_0 => tile!(dot_q5_0, q8),
-        GgmlDType::Q5_1 => tile!(dot_q5_1, q8),
-        GgmlDType::Q8_0 => tile!(dot_q8_0, q8),
+        GgmlDType::Q4_0 => legacy!(dot_q4_0),
+        GgmlDType::Q4_1 => legacy!(dot_q4_1),
+        GgmlDType::Q5_0 => legacy!(dot_q5_0),
+        GgmlDType::Q5_1 => legacy!(dot_q5_1),
+        GgmlDType::Q8_0 => legacy!(dot_q8_0),
         GgmlDType::Q4K => tile!(dot_q4k, q8k),
         GgmlDType::Q5K => tile!(dot_q5k, q8k),
         GgmlDType::Q6K => tile!(dot_q6k, q8k),
@@ -104,6 +119,27 @@ fn h2f(h: f16) -> f32 {
         (f32::from_bits(mag << 13) * f32::from_bits(0x7780_0000)).to_bits()
     };
     f32::from_bits(v | sign)
+}
+
+/// [`h2f`] of four f16s (their bits in the low halves of u32 lanes), bit for bit.
+#[inline(always)]
+fn h2f_x4(bits: v128) -> v128 {
+    let sign = i32x4_shl(v128_and(bits, u32x4_splat(0x8000)), 16);
+    let mag = v128_and(bits, u32x4_splat(0x7FFF));
+    let finite = f32x4_mul(i32x4_shl(mag, 13), f32x4_splat(f32::from_bits(0x7780_0000)));
+    let special = v128_or(
+        u32x4_splat(0x7F80_0000),
+        i32x4_shl(v128_and(mag, u32x4_splat(0x03FF)), 13),
+    );
+    let is_special = i32x4_ge(mag, u32x4_splat(0x7C00));
+    v128_or(v128_bitselect(special, finite, is_special), sign)
+}
+
+/// The f16 scales of blocks `i..i + 4` as f32 lanes.
+#[inline(always)]
+fn scales_x4<B>(w: &[B], i: usize, bits: impl Fn(&B) -> f16) -> v128 {
+    let b = |j: usize| bits(&w[i + j]).to_bits() as u32;
+    h2f_x4(u32x4(b(0), b(1), b(2), b(3)))
 }
 
 /// 16 bytes starting at `p[0]`.
@@ -191,31 +227,97 @@ fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
 // Legacy 32-element blocks: per block `d dy Σ u·qy + off · s` with unsigned codes `u` (< 32)
 // and offset `off` (`m`, `-8 d`, `-16 d`).
 
+/// Scale and offset of a legacy block: `d` and `m` as f16, or `d` and the factor `k` of the
+/// offset `k · d` (`-8`, `-16`).
+#[derive(Clone, Copy)]
+enum Offset<B> {
+    Min(fn(&B) -> f16),
+    Times(f32),
+}
+
+/// Per block `d dy Σ u·qy + off · s`. Blocks go 4 at a time: their scales are converted in one
+/// vector ([`h2f_x4`]) and multiplied by the tokens' 4 contiguous `dy` (`q8_d`), and the offsets
+/// by the 4 `s` (`q8_s`) in one vector, where a block at a time took two scalar f16 conversions
+/// (Q4_1, Q5_1) or one, a multiply and a splat per token. Each block's integer sum is scaled by
+/// its lane of that vector; a last 1–3 blocks go one at a time.
 #[inline(always)]
 fn legacy_loop<B, const N: usize>(
     w: &[B],
-    a: [&[ActBlockQ8]; N],
+    a: [&PreparedActs; N],
     codes: impl Fn(&B) -> (v128, v128),
-    d_off: impl Fn(&B) -> (f32, f32),
+    d: fn(&B) -> f16,
+    offset: Offset<B>,
 ) -> [f32; N] {
+    let nb = w.len();
+    for y in a {
+        assert!(y.q8.len() == nb && y.q8_d.len() == nb && y.q8_s.len() == nb);
+    }
+    // Codes < 32: four products of at most 31·127 fit i16.
+    let block_sum = |u0: v128, u1: v128, y: &ActBlockQ8| {
+        let s16 = i16x8_add(
+            mul16(u0, load16(&y.qs[..16])),
+            mul16(u1, load16(&y.qs[16..])),
+        );
+        f32x4_convert_i32x4(i32x4_extadd_pairwise_i16x8(s16))
+    };
     let mut acc = [f32x4_splat(0.0); N];
-    let mut off_sum = [0f32; N];
-    for (i, b) in w.iter().enumerate() {
-        let (u0, u1) = codes(b);
-        let (d, off) = d_off(b);
+    let mut off_acc = [f32x4_splat(0.0); N];
+    let mut i = 0;
+    while i + 4 <= nb {
+        let dv = scales_x4(w, i, d);
+        let offv = match offset {
+            Offset::Min(m) => scales_x4(w, i, m),
+            Offset::Times(k) => f32x4_mul(dv, f32x4_splat(k)),
+        };
+        let u = [
+            codes(&w[i]),
+            codes(&w[i + 1]),
+            codes(&w[i + 2]),
+            codes(&w[i + 3]),
+        ];
         for t in 0..N {
-            let y = &a[t][i];
-            // Codes < 32: four products of at most 31·127 fit i16.
-            let s16 = i16x8_add(
-                mul16(u0, load16(&y.qs[..16])),
-                mul16(u1, load16(&y.qs[16..])),
+            let scale = f32x4_mul(dv, load16(&a[t].q8_d[i..i + 4]));
+            off_acc[t] = f32x4_add(off_acc[t], f32x4_mul(offv, load16(&a[t].q8_s[i..i + 4])));
+            let y = &a[t].q8[i..i + 4];
+            let s = block_sum(u[0].0, u[0].1, &y[0]);
+            acc[t] = f32x4_add(
+                acc[t],
+                f32x4_mul(s, i32x4_shuffle::<0, 0, 0, 0>(scale, scale)),
             );
-            let s = f32x4_convert_i32x4(i32x4_extadd_pairwise_i16x8(s16));
-            acc[t] = f32x4_add(acc[t], f32x4_mul(s, f32x4_splat(d * y.d)));
-            off_sum[t] += off * y.s;
+            let s = block_sum(u[1].0, u[1].1, &y[1]);
+            acc[t] = f32x4_add(
+                acc[t],
+                f32x4_mul(s, i32x4_shuffle::<1, 1, 1, 1>(scale, scale)),
+            );
+            let s = block_sum(u[2].0, u[2].1, &y[2]);
+            acc[t] = f32x4_add(
+                acc[t],
+                f32x4_mul(s, i32x4_shuffle::<2, 2, 2, 2>(scale, scale)),
+            );
+            let s = block_sum(u[3].0, u[3].1, &y[3]);
+            acc[t] = f32x4_add(
+                acc[t],
+                f32x4_mul(s, i32x4_shuffle::<3, 3, 3, 3>(scale, scale)),
+            );
+        }
+        i += 4;
+    }
+    let mut off_tail = [0f32; N];
+    for (i, b) in w.iter().enumerate().skip(i) {
+        let (u0, u1) = codes(b);
+        let db = h2f(d(b));
+        let off = match offset {
+            Offset::Min(m) => h2f(m(b)),
+            Offset::Times(k) => db * k,
+        };
+        for t in 0..N {
+            let y = &a[t].q8[i];
+            let s = block_sum(u0, u1, y);
+            acc[t] = f32x4_add(acc[t], f32x4_mul(s, f32x4_splat(db * y.d)));
+            off_tail[t] += off * y.s;
         }
     }
-    std::array::from_fn(|t| hsum_f32(acc[t]) + off_sum[t])
+    std::array::from_fn(|t| hsum_f32(acc[t]) + (hsum_f32(off_acc[t]) + off_tail[t]))
 }
 
 /// Low nibbles (elements 0..16) and high nibbles (16..32) of a legacy block.
@@ -236,77 +338,128 @@ fn q5_codes(qs: &[u8; 16], qh: [u8; 4]) -> (v128, v128) {
     )
 }
 
-fn dot_q4_0<const N: usize>(w: &[BlockQ4_0], a: [&[ActBlockQ8]; N]) -> [f32; N] {
-    legacy_loop(
-        w,
-        a,
-        |b| nibbles(&b.qs),
-        |b| {
-            let d = h2f(b.d);
-            (d, -8.0 * d)
-        },
-    )
+fn dot_q4_0<const N: usize>(w: &[BlockQ4_0], a: [&PreparedActs; N]) -> [f32; N] {
+    legacy_loop(w, a, |b| nibbles(&b.qs), |b| b.d, Offset::Times(-8.0))
 }
 
-fn dot_q4_1<const N: usize>(w: &[BlockQ4_1], a: [&[ActBlockQ8]; N]) -> [f32; N] {
-    legacy_loop(w, a, |b| nibbles(&b.qs), |b| (h2f(b.d), h2f(b.m)))
+fn dot_q4_1<const N: usize>(w: &[BlockQ4_1], a: [&PreparedActs; N]) -> [f32; N] {
+    legacy_loop(w, a, |b| nibbles(&b.qs), |b| b.d, Offset::Min(|b| b.m))
 }
 
-fn dot_q5_0<const N: usize>(w: &[BlockQ5_0], a: [&[ActBlockQ8]; N]) -> [f32; N] {
+fn dot_q5_0<const N: usize>(w: &[BlockQ5_0], a: [&PreparedActs; N]) -> [f32; N] {
     legacy_loop(
         w,
         a,
         |b| q5_codes(&b.qs, b.qh),
-        |b| {
-            let d = h2f(b.d);
-            (d, -16.0 * d)
-        },
+        |b| b.d,
+        Offset::Times(-16.0),
     )
 }
 
-fn dot_q5_1<const N: usize>(w: &[BlockQ5_1], a: [&[ActBlockQ8]; N]) -> [f32; N] {
-    legacy_loop(w, a, |b| q5_codes(&b.qs, b.qh), |b| (h2f(b.d), h2f(b.m)))
+fn dot_q5_1<const N: usize>(w: &[BlockQ5_1], a: [&PreparedActs; N]) -> [f32; N] {
+    legacy_loop(
+        w,
+        a,
+        |b| q5_codes(&b.qs, b.qh),
+        |b| b.d,
+        Offset::Min(|b| b.m),
+    )
 }
 
-fn dot_q8_0<const N: usize>(w: &[BlockQ8_0], a: [&[ActBlockQ8]; N]) -> [f32; N] {
+/// Σ w·y of one Q8_0 block (codes `w0`, `w1`) with one token's block, as 4 i32 lanes.
+///
+/// With relaxed SIMD: Σ w·y = Σ |w| · (y · sgn w) with |w| as the 7-bit operand, so a pair of
+/// products (at most 2 · 127 · 127) fits i16. A block with a code of -128 (|w| = 0x80;
+/// llama.cpp's quantizer writes ±127 at most) takes the exact signed path: for a 7-bit operand
+/// with its top bit set the relaxed dot may answer either way, and V8's two compilers differ.
+/// `abs` is `(|w0|, |w1|, w0 < 0, w1 < 0)` when no code is -128.
+#[inline(always)]
+fn q8_block_sum(w0: v128, w1: v128, abs: Option<(v128, v128, v128, v128)>, y: &ActBlockQ8) -> v128 {
+    let (y0, y1) = (load16(&y.qs[..16]), load16(&y.qs[16..]));
+    #[cfg(target_feature = "relaxed-simd")]
+    if let Some((u0, u1, neg0, neg1)) = abs {
+        let s0 = v128_bitselect(i8x16_neg(y0), y0, neg0);
+        let s1 = v128_bitselect(i8x16_neg(y1), y1, neg1);
+        // Widened by `i32x4.dot_i16x8` with ones: LLVM folds an `extadd_pairwise` of the dot
+        // into `i32x4.relaxed_dot_i8x16_i7x16_add`, which Node 20's baseline compiler (Liftoff)
+        // gets wrong.
+        let ones = i16x8_splat(1);
+        return f32x4_convert_i32x4(i32x4_add(
+            i32x4_dot_i16x8(i16x8_relaxed_dot_i8x16_i7x16(s0, u0), ones),
+            i32x4_dot_i16x8(i16x8_relaxed_dot_i8x16_i7x16(s1, u1), ones),
+        ));
+    }
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    let _ = abs;
+    f32x4_convert_i32x4(q8_sum_signed(w0, w1, y0, y1))
+}
+
+/// A Q8_0 block's codes and, where relaxed SIMD runs and no code is -128, their magnitudes and
+/// signs for [`q8_block_sum`].
+#[inline(always)]
+fn q8_codes(b: &BlockQ8_0) -> (v128, v128, Option<(v128, v128, v128, v128)>) {
+    let (w0, w1) = (load16(&b.qs[..16]), load16(&b.qs[16..]));
+    #[cfg(target_feature = "relaxed-simd")]
+    let abs = {
+        let (u0, u1) = (i8x16_abs(w0), i8x16_abs(w1));
+        (i8x16_bitmask(v128_or(u0, u1)) == 0).then(|| {
+            let zero = i8x16_splat(0);
+            (u0, u1, i8x16_lt(w0, zero), i8x16_lt(w1, zero))
+        })
+    };
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    let abs = None;
+    (w0, w1, abs)
+}
+
+/// Q8_0: as [`legacy_loop`] without the offset, 4 blocks' scales in one vector.
+fn dot_q8_0<const N: usize>(w: &[BlockQ8_0], a: [&PreparedActs; N]) -> [f32; N] {
+    let nb = w.len();
+    for y in a {
+        assert!(y.q8.len() == nb && y.q8_d.len() == nb);
+    }
     let mut acc = [f32x4_splat(0.0); N];
-    for (i, b) in w.iter().enumerate() {
-        let (w0, w1) = (load16(&b.qs[..16]), load16(&b.qs[16..]));
-        let d = h2f(b.d);
-        // Σ w·y = Σ |w| · (y · sgn w) with |w| as the 7-bit operand: a pair of products (at
-        // most 2 · 127 · 127) fits i16. A block with a code of -128 (|w| = 0x80; llama.cpp's
-        // quantizer writes ±127 at most) takes the exact signed path: for a 7-bit operand with
-        // its top bit set the relaxed dot may answer either way, and V8's two compilers differ.
-        #[cfg(target_feature = "relaxed-simd")]
-        let relaxed = {
-            let (u0, u1) = (i8x16_abs(w0), i8x16_abs(w1));
-            (i8x16_bitmask(v128_or(u0, u1)) == 0).then(|| {
-                let zero = i8x16_splat(0);
-                (u0, u1, i8x16_lt(w0, zero), i8x16_lt(w1, zero))
-            })
-        };
+    let mut i = 0;
+    while i + 4 <= nb {
+        let dv = scales_x4(w, i, |b| b.d);
+        let c = [
+            q8_codes(&w[i]),
+            q8_codes(&w[i + 1]),
+            q8_codes(&w[i + 2]),
+            q8_codes(&w[i + 3]),
+        ];
         for t in 0..N {
-            let y = &a[t][i];
-            let (y0, y1) = (load16(&y.qs[..16]), load16(&y.qs[16..]));
-            #[cfg(target_feature = "relaxed-simd")]
-            let s = match relaxed {
-                Some((u0, u1, neg0, neg1)) => {
-                    let s0 = v128_bitselect(i8x16_neg(y0), y0, neg0);
-                    let s1 = v128_bitselect(i8x16_neg(y1), y1, neg1);
-                    // Widened by `i32x4.dot_i16x8` with ones: LLVM folds an `extadd_pairwise`
-                    // of the dot into `i32x4.relaxed_dot_i8x16_i7x16_add`, which Node 20's
-                    // baseline compiler (Liftoff) gets wrong.
-                    let ones = i16x8_splat(1);
-                    i32x4_add(
-                        i32x4_dot_i16x8(i16x8_relaxed_dot_i8x16_i7x16(s0, u0), ones),
-                        i32x4_dot_i16x8(i16x8_relaxed_dot_i8x16_i7x16(s1, u1), ones),
-                    )
-                }
-                None => q8_sum_signed(w0, w1, y0, y1),
-            };
-            #[cfg(not(target_feature = "relaxed-simd"))]
-            let s = q8_sum_signed(w0, w1, y0, y1);
-            let s = f32x4_convert_i32x4(s);
+            let scale = f32x4_mul(dv, load16(&a[t].q8_d[i..i + 4]));
+            let y = &a[t].q8[i..i + 4];
+            let s = q8_block_sum(c[0].0, c[0].1, c[0].2, &y[0]);
+            acc[t] = f32x4_add(
+                acc[t],
+                f32x4_mul(s, i32x4_shuffle::<0, 0, 0, 0>(scale, scale)),
+            );
+            let s = q8_block_sum(c[1].0, c[1].1, c[1].2, &y[1]);
+            acc[t] = f32x4_add(
+                acc[t],
+                f32x4_mul(s, i32x4_shuffle::<1, 1, 1, 1>(scale, scale)),
+            );
+            let s = q8_block_sum(c[2].0, c[2].1, c[2].2, &y[2]);
+            acc[t] = f32x4_add(
+                acc[t],
+                f32x4_mul(s, i32x4_shuffle::<2, 2, 2, 2>(scale, scale)),
+            );
+            let s = q8_block_sum(c[3].0, c[3].1, c[3].2, &y[3]);
+            acc[t] = f32x4_add(
+                acc[t],
+                f32x4_mul(s, i32x4_shuffle::<3, 3, 3, 3>(scale, scale)),
+            );
+        }
+        i += 4;
+    }
+    for (i, b) in w.iter().enumerate().skip(i) {
+        let (w0, w1, abs) = q8_codes(b);
+        let d = h2f(b.d);
+        for t in 0..N {
+            let y = &a[t].q8[i];
+            let s = q8_block_sum(w0, w1, abs, y);
             acc[t] = f32x4_add(acc[t], f32x4_mul(s, f32x4_splat(d * y.d)));
         }
     }

@@ -115,9 +115,12 @@ pub fn matmul(w: &QMatrix, acts: &[PreparedActs], out: &mut [f32], threads: &Cpu
         // Several chunks per thread balance uneven cores (a busy machine); multiples of 8 rows
         // keep cache lines of `out` mostly owned by one worker.
         let chunk = (rows / (threads.n * 4)).max(8).next_multiple_of(8);
-        pool.run(rows.div_ceil(chunk), &|c| {
-            work(c * chunk, ((c + 1) * chunk).min(rows))
-        });
+        let job = |c: usize| work(c * chunk, ((c + 1) * chunk).min(rows));
+        if n_tokens == 1 {
+            pool.run_short(rows.div_ceil(chunk), &job);
+        } else {
+            pool.run(rows.div_ceil(chunk), &job);
+        }
         return;
     }
     work(0, rows);

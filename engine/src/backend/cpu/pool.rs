@@ -27,16 +27,21 @@ use std::time::{Duration, Instant};
 const SPIN: Duration = Duration::from_micros(200);
 
 /// Polls of the job's count by [`Pool::run`]'s caller, waiting for the workers still inside the
-/// job, before it lets a descheduled worker run. Natively 256 then `yield_now` (cheap). wasm32
-/// has no yield, only a timed wait that nothing ends early (no worker notifies the caller) and
-/// that lasts the timer's slack (~50 µs on Linux) beyond its 20 µs: parking after 256 polls
-/// (< 1 µs) cost about that per product, and 2-thread decode in the browser ran at 0.8× the
-/// 1-thread speed. There the caller polls ~65 µs (about 1 ns a poll), longer than a decode
-/// product's last chunk takes, before it parks.
-#[cfg(not(target_arch = "wasm32"))]
+/// job, before it lets a descheduled worker run: natively then `yield_now` (cheap); wasm32 has
+/// no yield, only a timed wait that nothing ends early (no worker notifies the caller) and that
+/// lasts the timer's slack (~50 µs on Linux) beyond its 20 µs.
 const WAIT_SPINS: u32 = 256;
+
+/// [`WAIT_SPINS`] for a short job ([`Pool::run_short`]: a decode product). In wasm32 parking after
+/// 256 polls (< 1 µs) cost ~70 µs per decode product, and 2-thread decode in the browser ran at
+/// 0.75× the 1-thread speed; polling ~65 µs (about 1 ns a poll), longer than a decode product's
+/// last chunk takes, made it 1.1–1.3×. Long jobs (prefill) keep the short poll: on a busy
+/// 2-core machine a caller polling while the OS runs something else in its worker's place cost
+/// prefill about 1.3× its time.
+#[cfg(not(target_arch = "wasm32"))]
+const WAIT_SPINS_SHORT: u32 = WAIT_SPINS;
 #[cfg(target_arch = "wasm32")]
-const WAIT_SPINS: u32 = 1 << 16;
+const WAIT_SPINS_SHORT: u32 = 1 << 16;
 
 /// Starts one worker thread running the closure; `Err` says why it could not.
 pub type Spawner = fn(Box<dyn FnOnce() + Send>) -> Result<(), String>;
@@ -197,6 +202,16 @@ impl Pool {
     /// returns when all are done. A panic in `f` is re-raised here (after every thread has left
     /// `f`).
     pub(crate) fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        self.run_polling(n, f, WAIT_SPINS);
+    }
+
+    /// [`run`](Self::run) for a job of tens of microseconds (a decode product): in wasm32 the
+    /// caller polls longer for the workers still inside it before it parks.
+    pub(crate) fn run_short(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        self.run_polling(n, f, WAIT_SPINS_SHORT);
+    }
+
+    fn run_polling(&self, n: usize, f: &(dyn Fn(usize) + Sync), wait_spins: u32) {
         let s = &*self.shared;
         // SAFETY: the previous job is closed with no worker in it (`run` waited for that), so
         // no worker reads `job` now. The lifetime is erased because `f` outlives this call and
@@ -217,7 +232,7 @@ impl Pool {
         let mut spins = 0u32;
         while s.ctl.load(Ordering::Acquire) & COUNT != 0 {
             spins += 1;
-            if spins < WAIT_SPINS {
+            if spins < wait_spins {
                 std::hint::spin_loop();
             } else {
                 // A worker was descheduled mid-index (a busy machine): let it run.
