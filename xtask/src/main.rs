@@ -316,8 +316,8 @@ fn test() -> Result {
             }),
         ),
         (
-            // The relaxed-SIMD kernels (the multi-threaded app build) against the scalar
-            // references, in Node, on both of V8's wasm compilers: each tier lowers relaxed
+            // The relaxed-SIMD kernels (the app's multi-threaded and web-ui-relaxed builds)
+            // against the scalar references, in Node, on both of V8's wasm compilers: each tier lowers relaxed
             // instructions on its own (Node 20's Liftoff miscomputes `i32x4.relaxed_dot_*_add`).
             "wasm32 relaxed-simd kernel tests",
             Box::new(|| {
