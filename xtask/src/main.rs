@@ -243,6 +243,27 @@ fn setup_test_tools() -> Result {
     Ok(())
 }
 
+/// `cargo test` of the kernel parity tests (`quant_parity`) for wasm32, run in Node by
+/// wasm-bindgen's test runner; the caller sets the target features.
+fn wasm_kernel_tests() -> Command {
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "-p",
+        "slm-engine",
+        "--release",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--test",
+        "quant_parity",
+    ])
+    .env(
+        "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
+        "wasm-bindgen-test-runner",
+    );
+    cmd
+}
+
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
@@ -297,52 +318,24 @@ fn test() -> Result {
             "wasm32 simd128 kernel tests",
             Box::new(|| {
                 ensure_wasm_bindgen_cli()?;
-                run(cargo()
-                    .args([
-                        "test",
-                        "-p",
-                        "slm-engine",
-                        "--release",
-                        "--target",
-                        "wasm32-unknown-unknown",
-                        "--test",
-                        "quant_parity",
-                    ])
-                    .env("RUSTFLAGS", "-C target-feature=+simd128")
-                    .env(
-                        "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
-                        "wasm-bindgen-test-runner",
-                    ))
+                run(wasm_kernel_tests().env("RUSTFLAGS", "-C target-feature=+simd128"))
             }),
         ),
         (
             // The relaxed-SIMD kernels (the app's multi-threaded and web-ui-relaxed builds)
-            // against the scalar references, in Node, on both of V8's wasm compilers: each tier lowers relaxed
-            // instructions on its own (Node 20's Liftoff miscomputes `i32x4.relaxed_dot_*_add`).
+            // against the scalar references, in Node, on both of V8's wasm compilers: each tier
+            // lowers relaxed instructions on its own (Node 20's Liftoff miscomputes
+            // `i32x4.relaxed_dot_*_add`).
             "wasm32 relaxed-simd kernel tests",
             Box::new(|| {
                 ensure_wasm_bindgen_cli()?;
                 for tier in ["--liftoff-only", "--no-liftoff"] {
-                    run(cargo()
-                        .args([
-                            "test",
-                            "-p",
-                            "slm-engine",
-                            "--release",
-                            "--target",
-                            "wasm32-unknown-unknown",
-                            "--test",
-                            "quant_parity",
-                        ])
+                    run(wasm_kernel_tests()
                         .env("CARGO_TARGET_DIR", "target-relaxed")
                         .env("RUSTFLAGS", "-C target-feature=+simd128,+relaxed-simd")
                         .env(
                             "NODE_ARGS",
                             format!("--experimental-wasm-relaxed-simd,{tier}"),
-                        )
-                        .env(
-                            "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
-                            "wasm-bindgen-test-runner",
                         ))?;
                 }
                 Ok(())
